@@ -1,0 +1,251 @@
+"""Streaming readers for review dumps: Amazon 2014 / 2018 / 2023 JSON lines, Python-literal lines, CSV, Parquet.
+
+Full Amazon dumps hold tens of millions of lines, so every reader is a generator that yields one normalised
+`RawReview` at a time and never holds the file in memory. Bad records are not silently skipped: each one is
+reported to a `BadRecords` tally with its file and line number (or raised at once in strict mode).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from pipeline.config import ColumnMapping
+from pipeline.io import DataError
+
+FORMATS = ("amazon2014", "amazon2018", "amazon2023", "python_literal", "csv", "parquet")
+
+# Canonical text-field names (the 2014/2018 keys) and what the 2023 release calls them, so that one
+# `text_fields` setting works for every JSON release.
+AMAZON2023_FIELDS = {"summary": "title", "reviewText": "text"}
+AMAZON_KEYS = {"user": "reviewerID", "item": "asin", "rating": "overall", "time": "unixReviewTime"}
+AMAZON2023_KEYS = {"user": "user_id", "item": "parent_asin", "rating": "rating", "time": "timestamp"}
+
+
+@dataclass(frozen=True)
+class RawReview:
+    """One review as read, before any filtering; `line` is 1-based (data rows for CSV/Parquet)."""
+
+    user: str
+    item: str
+    rating: float | None
+    time: int  # unix seconds
+    text: str
+    source: int  # index of the input file
+    line: int
+
+
+@dataclass
+class BadRecords:
+    """Counts of skipped records by reason, with the first few locations for the report."""
+
+    strict: bool = False
+    max_examples: int = 20
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def report(self, path: Path, line: int, reason: str, detail: str) -> None:
+        message = f"{path}:{line}: {detail}"
+        if self.strict:
+            raise DataError(f"{message} (strict mode: the first bad record stops the run)")
+        self.counts[reason] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(message)
+
+
+def open_text_lines(path: Path) -> Iterator[bytes]:
+    """Yield raw lines, gunzipping when the file starts with the gzip magic bytes (whatever its name)."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    with opener(path, "rb") as handle:
+        yield from handle
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format from the name (CSV, Parquet) or the first non-empty line (JSON or Python literal)."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".csv"):
+        return "csv"
+    for raw in open_text_lines(path):
+        line = raw.decode("utf-8", errors="replace").strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            try:
+                record = ast.literal_eval(line)
+            except (ValueError, SyntaxError):
+                raise DataError(f"{path}:1: cannot detect the format (neither JSON nor a Python dict literal)") from None
+            return "python_literal" if isinstance(record, dict) and "reviewerID" in record else _unknown(path)
+        if not isinstance(record, dict):
+            return _unknown(path)
+        if "parent_asin" in record or ("user_id" in record and "asin" in record):
+            return "amazon2023"
+        if "reviewerID" in record:
+            return "amazon2018" if {"verified", "vote", "style", "image"} & set(record) else "amazon2014"
+        return _unknown(path)
+    raise DataError(f"{path}: file is empty")
+
+
+def _unknown(path: Path) -> str:
+    raise DataError(
+        f"{path}: unknown review format: expected Amazon 2014/2018 keys (reviewerID, asin, ...) or 2023 keys "
+        "(user_id, parent_asin, ...); for CSV/Parquet give the file a .csv/.parquet name and set prepare.columns"
+    )
+
+
+def join_text(parts: list[object]) -> str:
+    """Join text fields (summary first) into one review text, adding a full stop so sentence splitting works."""
+    pieces = [str(p).strip() for p in parts if p is not None and str(p).strip()]
+    out = ""
+    for piece in pieces:
+        if out:
+            out += " " if out[-1] in ".!?" else ". "
+        out += piece
+    return out
+
+
+def _to_seconds(value: object, unit: str) -> int:
+    seconds = float(value)  # type: ignore[arg-type]
+    return int(seconds / 1000) if unit == "ms" else int(seconds)
+
+
+def _from_mapping(
+    record: dict, keys: dict[str, str], text_keys: list[str], time_unit: str, path: Path, line: int, bad: BadRecords
+) -> tuple[str, str, float | None, int, str] | None:
+    missing = [keys[k] for k in ("user", "item", "time") if record.get(keys[k]) in (None, "")]
+    if missing:
+        bad.report(path, line, "missing_field", f"missing required field(s) {missing}")
+        return None
+    try:
+        rating = None if record.get(keys["rating"]) is None else float(record[keys["rating"]])
+        time = _to_seconds(record[keys["time"]], time_unit)
+    except (TypeError, ValueError):
+        bad.report(path, line, "bad_value", f"non-numeric {keys['rating']} or {keys['time']}")
+        return None
+    text = join_text([record.get(k) for k in text_keys])
+    if not text:
+        bad.report(path, line, "empty_text", f"empty review text (fields {text_keys})")
+        return None
+    return str(record[keys["user"]]), str(record[keys["item"]]), rating, time, text
+
+
+def read_json_lines(
+    path: Path, fmt: str, text_fields: list[str], source: int, bad: BadRecords
+) -> Iterator[RawReview]:
+    """Amazon JSON lines (2014, 2018, 2023) and one-Python-dict-per-line dumps."""
+    if fmt == "amazon2023":
+        keys, text_keys, unit = AMAZON2023_KEYS, [AMAZON2023_FIELDS.get(f, f) for f in text_fields], "ms"
+    else:
+        keys, text_keys, unit = AMAZON_KEYS, text_fields, "s"
+    for number, raw in enumerate(open_text_lines(path), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad.report(path, number, "non_utf8", f"byte {error.start} is not UTF-8")
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = ast.literal_eval(line) if fmt == "python_literal" else json.loads(line)
+        except (ValueError, SyntaxError):
+            bad.report(path, number, "malformed", "malformed line (not a JSON object)")
+            continue
+        if not isinstance(record, dict):
+            bad.report(path, number, "malformed", "line is not an object")
+            continue
+        values = _from_mapping(record, keys, text_keys, unit, path, number, bad)
+        if values is not None:
+            yield RawReview(*values, source=source, line=number)
+
+
+def _column_keys(columns: ColumnMapping) -> tuple[dict[str, str], list[str]]:
+    keys = {"user": columns.user, "item": columns.item, "rating": columns.rating, "time": columns.time}
+    return keys, [c.strip() for c in columns.text.split(",")]
+
+
+def read_csv(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
+    keys, text_keys = _column_keys(columns)
+    try:
+        reader = csv.DictReader(_decode_or_report(path, bad))
+        header = reader.fieldnames or []
+    except csv.Error as error:
+        raise DataError(f"{path}:1: unreadable CSV header ({error})") from None
+    missing = [c for c in [*keys.values(), *text_keys] if c not in header and c != keys["rating"]]
+    if missing:
+        raise DataError(f"{path}: CSV has no column(s) {missing} (columns: {header}); set prepare.columns")
+    for record in reader:
+        number = reader.line_num  # physical line, correct across quoted multi-line fields
+        values = _from_mapping(record, keys, text_keys, columns.time_unit, path, number, bad)
+        if values is not None:
+            yield RawReview(*values, source=source, line=number)
+
+
+def _decode_or_report(path: Path, bad: BadRecords) -> Iterator[str]:
+    for number, raw in enumerate(open_text_lines(path), start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad.report(path, number, "non_utf8", f"byte {error.start} is not UTF-8")
+
+
+def read_parquet(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
+    keys, text_keys = _column_keys(columns)
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    missing = [c for c in [keys["user"], keys["item"], keys["time"], *text_keys] if c not in names]
+    if missing:
+        raise DataError(f"{path}: Parquet file has no column(s) {missing} (columns: {names}); set prepare.columns")
+    wanted = [c for c in dict.fromkeys([*keys.values(), *text_keys]) if c in names]
+    number = 0
+    for batch in parquet.iter_batches(columns=wanted, batch_size=65536):
+        for record in batch.to_pylist():
+            number += 1
+            values = _from_mapping(record, keys, text_keys, columns.time_unit, path, number, bad)
+            if values is not None:
+                yield RawReview(*values, source=source, line=number)
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to their files (sorted); a missing path is an error naming it."""
+    files: list[Path] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: input file not found")
+    if not files:
+        raise DataError(f"no input files in {list(map(str, inputs))}")
+    return files
+
+
+def read_reviews(
+    files: list[Path], fmt: str, text_fields: list[str], columns: ColumnMapping, bad: BadRecords
+) -> Iterator[RawReview]:
+    """Stream every review of every file, detecting each file's format unless `fmt` names one."""
+    for source, path in enumerate(files):
+        file_format = detect_format(path) if fmt == "auto" else fmt
+        if file_format == "csv":
+            yield from read_csv(path, columns, source, bad)
+        elif file_format == "parquet":
+            yield from read_parquet(path, columns, source, bad)
+        elif file_format in FORMATS:
+            yield from read_json_lines(path, file_format, text_fields, source, bad)
+        else:
+            raise DataError(f"{path}: unknown format {file_format!r} (one of {FORMATS})")
