@@ -1,0 +1,61 @@
+"""Specification of params.yaml loading: typed, validated, and every error names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_shipped_params_load_into_typed_sections():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.train.factors == 32 and params.train.mlp_layers[-1] == 32
+    assert params.runs["bert_rs"].embeddings in params.encoders
+    assert params.evaluate.ks == [1, 3, 5, 10]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"prepare": {"min_user_reviewz": 3}}, r"prepare\.min_user_reviewz: unknown key"),
+        ({"prepare": {"min_user_reviews": "3"}}, r"prepare\.min_user_reviews: expected an integer"),
+        ({"prepare": {"protocol": "loo"}}, r"prepare\.protocol: 'loo' is not one of"),
+        ({"prepare": {"test_share": 1.5}}, r"prepare\.test_share: must lie in"),
+        ({"train": {"factors": 16}}, r"train\.mlp_layers: last layer must equal train\.factors"),
+        ({"train": {"k_core": True}}, r"train\.k_core: unknown key"),
+        ({"runs": {"x": {"model": "bert_rs"}}}, r"runs\.x\.embeddings: model bert_rs needs an encoder name"),
+        ({"runs": {"x": {"model": "bert_rs", "embeddings": "nope"}}}, r"runs\.x\.embeddings: 'nope' is not one of"),
+        ({"runs": {"x": {"model": "gmf", "shuffle": True}}}, r"runs\.x\.shuffle"),
+        ({"encoders": {"e": {"finetune": "yes"}}}, r"encoders\.e\.finetune: expected true or false"),
+        ({"whatever": 1}, r"whatever: unknown key"),
+    ],
+)
+def test_bad_parameters_name_the_key(tmp_path, data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(write_params(tmp_path, data))
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prepare: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_a_single_input_path_is_accepted_as_a_list(tmp_path):
+    params = load_params(write_params(tmp_path, {"prepare": {"input": "data/x.json.gz"}}))
+    assert params.prepare.input == ["data/x.json.gz"]
