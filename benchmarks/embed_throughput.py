@@ -1,0 +1,212 @@
+"""Throughput benchmark of the `embed` encode path against a naive baseline, measured in the same run.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_throughput.py --n 600 --max-length 256
+
+On the bundled real sample (Amazon 2014 Digital Music, first 6,907 reviews), for two text sets:
+    reviews    summary + reviewText (long: ~200 words on average, mostly truncated at max_length)
+    summaries  the summary line only (short: padding dominates the naive baseline)
+it measures reviews/s and peak RSS growth of
+    naive       plain `BertModel` fp32, fixed batches in file order, every batch padded to max_length
+    ours_fp32   pipeline.text.encode: length-sorted batches, dynamic padding, inference_mode
+    ours_bf16   the same with backend "torch_bf16" (autocast bfloat16 on CPU)
+plus achieved GFLOP/s (linear layers + attention on the tokens actually run) against a float32 (and bfloat16)
+matmul measured here, and cosine agreement of each path with the naive fp32 vectors. Not a test: results go to
+benchmarks/results/embed_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import PACKAGED_ENCODER  # noqa: E402
+from pipeline.text.encode import cosine_agreement, encode_texts, load_encoder  # noqa: E402
+from pipeline.text.encoders import resolve_encoder  # noqa: E402
+
+SAMPLE = ROOT / "data/sample/reviews_Digital_Music_5.first6907.json.gz"
+
+
+def read_sample(path: Path, n: int, seed: int) -> dict[str, list[str]]:
+    records = [json.loads(line) for line in gzip.open(path, "rt")]
+    rows = np.random.default_rng(seed).permutation(len(records))[:n]
+    picked = [records[i] for i in rows]
+    return {
+        "reviews": [f"{r.get('summary', '')}. {r.get('reviewText', '')}".strip() for r in picked],
+        "summaries": [r.get("summary", "") or "" for r in picked],
+    }
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; `peak_mb` is the growth over the level at start."""
+
+    def __enter__(self):
+        self.proc, self.stop = psutil.Process(), False
+        self.start = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+        self.peak_mb = (self.peak - self.start) / 2**20
+
+
+def flops(config, token_counts: list[int]) -> float:
+    """FLOPs of the encoder layers (+ pooler) for sequences of the given lengths (2 per multiply-add)."""
+    d, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    total = 0.0
+    for s in token_counts:
+        linear = 2 * s * (4 * d * d + 2 * d * inter)  # Q, K, V, O and the two FFN matrices
+        attention = 2 * 2 * s * s * d  # scores and weighted sum
+        total += layers * (linear + attention) + 2 * d * d
+    return total
+
+
+@torch.inference_mode()
+def naive_encode(encoder, texts: list[str], batch_size: int, max_length: int) -> tuple[np.ndarray, list[int]]:
+    """Baseline: file order, every batch padded to max_length, fp32, pooler output."""
+    out, lengths = [], []
+    for start in range(0, len(texts), batch_size):
+        batch = encoder.tokenizer(texts[start : start + batch_size], padding="max_length", truncation=True,
+                                  max_length=max_length, return_tensors="pt")
+        lengths += [batch["input_ids"].shape[1]] * len(batch["input_ids"])
+        out.append(encoder.model(**batch).pooler_output.numpy())
+    return np.concatenate(out), lengths
+
+
+def timed(fn):
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+    return result, seconds, mem.peak_mb
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    texts = read_sample(SAMPLE, args.n, args.seed)
+    path = resolve_encoder(PACKAGED_ENCODER)
+    fp32 = load_encoder(path, pooling="pooler", max_length=args.max_length, batch_size=args.batch_size)
+    bf16 = load_encoder(path, pooling="pooler", max_length=args.max_length, batch_size=args.batch_size,
+                        backend="torch_bf16")
+    ceiling = {"fp32_matmul_gflops": matmul_gflops(torch.float32), "bf16_matmul_gflops": matmul_gflops(torch.bfloat16)}
+    results = {}
+    for name, batch in texts.items():
+        real = [len(ids) for ids in fp32.tokenizer(batch, truncation=True, max_length=args.max_length)["input_ids"]]
+        encode_texts(fp32, batch[: args.batch_size])  # warm-up
+        (naive_vecs, naive_lengths), t_naive, m_naive = timed(
+            lambda: naive_encode(fp32, batch, args.batch_size, args.max_length))
+        ours, t_ours, m_ours = timed(lambda: encode_texts(fp32, batch))
+        ours_bf16, t_bf16, m_bf16 = timed(lambda: encode_texts(bf16, batch))
+        useful = flops(fp32.model.config, real)
+        sorted_real = np.sort(real)[::-1]
+        # dynamic padding runs each batch at its longest member's length
+        executed_ours = flops(fp32.model.config, [int(sorted_real[i - i % args.batch_size]) for i in range(len(real))])
+        executed_naive = flops(fp32.model.config, naive_lengths)
+        row = {
+            "n": len(batch),
+            "mean_tokens": float(np.mean(real)),
+            "truncated_share": float(np.mean(np.array(real) >= args.max_length)),
+            "naive": {"seconds": t_naive, "reviews_per_s": len(batch) / t_naive, "peak_rss_mb": m_naive,
+                      "gflops_executed": executed_naive / t_naive / 1e9, "gflops_useful": useful / t_naive / 1e9},
+            "ours_fp32": {"seconds": t_ours, "reviews_per_s": len(batch) / t_ours, "peak_rss_mb": m_ours,
+                          "gflops_executed": executed_ours / t_ours / 1e9, "gflops_useful": useful / t_ours / 1e9,
+                          "cosine_vs_naive": cosine_agreement(ours, naive_vecs)},
+            "ours_bf16": {"seconds": t_bf16, "reviews_per_s": len(batch) / t_bf16, "peak_rss_mb": m_bf16,
+                          "gflops_executed": executed_ours / t_bf16 / 1e9, "gflops_useful": useful / t_bf16 / 1e9,
+                          "cosine_vs_fp32": cosine_agreement(ours_bf16, ours)},
+        }
+        row["speedup_fp32"] = t_naive / t_ours
+        row["speedup_bf16"] = t_naive / t_bf16
+        results[name] = row
+        print(name, json.dumps({k: row[k] for k in ("speedup_fp32", "speedup_bf16")}), flush=True)
+    return {
+        "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:]),
+        "sample": f"{SAMPLE.relative_to(ROOT)} (random subset of {args.n} reviews, seed {args.seed})",
+        "encoder": PACKAGED_ENCODER,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch": torch.__version__},
+        **ceiling,
+        "results": results,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# embed throughput", "",
+        f"Command: `{report['command']}`", "",
+        f"Sample: {report['sample']}; encoder {report['encoder']}; max_length {report['max_length']}; "
+        f"batch {report['batch_size']}; {report['threads']} torch threads; torch {report['machine']['torch']}.", "",
+        f"Matmul ceiling (2048^3, measured in the same run): fp32 {report['fp32_matmul_gflops']:.0f} GFLOP/s, "
+        f"bf16 {report['bf16_matmul_gflops']:.0f} GFLOP/s.", "",
+        "| texts | mean tokens | truncated | path | reviews/s | speed-up | peak RSS MB | GFLOP/s executed | "
+        "GFLOP/s useful | cosine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["results"].items():
+        for path in ("naive", "ours_fp32", "ours_bf16"):
+            r = row[path]
+            speed = {"naive": 1.0, "ours_fp32": row["speedup_fp32"], "ours_bf16": row["speedup_bf16"]}[path]
+            cos = r.get("cosine_vs_naive") or r.get("cosine_vs_fp32")
+            cos_text = f"{cos['mean']:.5f} (min {cos['min']:.4f})" if cos else "reference"
+            lines.append(f"| {name} | {row['mean_tokens']:.0f} | {row['truncated_share']:.0%} | {path} | "
+                         f"{r['reviews_per_s']:.1f} | {speed:.2f}x | {r['peak_rss_mb']:.0f} | "
+                         f"{r['gflops_executed']:.0f} | {r['gflops_useful']:.0f} | {cos_text} |")
+    lines += ["", "GFLOP/s counts the encoder's linear layers and attention (2 FLOPs per multiply-add); "
+              "'executed' includes padding tokens, 'useful' counts real tokens only. Cosine: ours_fp32 against the "
+              "naive fp32 vectors, ours_bf16 against ours_fp32. Peak RSS is growth over the level before each path.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=600, help="reviews in the random subset")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    args = parser.parse_args()
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "embed_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "embed_throughput.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

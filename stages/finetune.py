@@ -1,0 +1,45 @@
+"""`bertrs finetune`: adapt one named encoder to the training reviews with MLM+NSP (or pass it through).
+
+    bertrs finetune --prepared data/prepared --encoder minilm --out data/encoders/minilm \
+        --metrics metrics/finetune/minilm.json --params params.yaml
+
+Reads `encoders.<name>` (EncoderSpec) and `finetune` (FinetuneConfig). Fine-tuning runs only when both
+`finetune.enabled` and `encoders.<name>.finetune` are true; otherwise the base checkpoint is passed through.
+Checkpoints for resuming live in `<out>.work/` (outside the DVC output).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipeline.config import ConfigError
+from pipeline.data.prepared import load_reviews
+from pipeline.io import write_json
+from pipeline.text.finetune import finetune_encoder, pass_through
+from stages.common import PARAMS_OPTION, read_params, user_errors
+
+
+@user_errors
+def main(
+    prepared: Path = typer.Option(..., "--prepared", help="prepared-data folder (from `bertrs prepare`)"),
+    encoder: str = typer.Option(..., "--encoder", help="encoder name: a key of params `encoders`"),
+    out: Path = typer.Option(..., "--out", help="output folder for the encoder (model + tokenizer)"),
+    metrics: Path = typer.Option(..., "--metrics", help="metrics JSON (MLM loss, perplexity, NSP accuracy)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Fine-tune an encoder with MLM+NSP on training-split reviews, or pass the base checkpoint through."""
+    config = read_params(params)
+    if encoder not in config.encoders:
+        raise ConfigError(f"encoders.{encoder}: not defined in {params} (known: {sorted(config.encoders)})")
+    spec = config.encoders[encoder]
+    if not config.finetune.enabled or not spec.finetune:
+        reason = "finetune.enabled is false" if not config.finetune.enabled else f"encoders.{encoder}.finetune is false"
+        result = pass_through(spec.model, out, reason)
+    else:
+        reviews = load_reviews(prepared, columns=["review_id", "text", "split"])
+        result = finetune_encoder(reviews, spec.model, out, config.finetune)
+    result["encoder"] = encoder
+    write_json(metrics, result)
+    typer.echo(f"encoder {encoder} -> {out} (finetuned: {result['finetuned']}); metrics -> {metrics}")
