@@ -171,6 +171,14 @@ class EvaluateConfig:
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
     protocols: list[Literal["sampled", "full"]] = field(default_factory=lambda: ["sampled", "full"])
     batch_users: int = 256  # users scored at once in full ranking
+    # full ranking also masks the user's positives of the other held-out split (valid when evaluating test), as the
+    # sampled candidates (never a positive in any split) do; train items and same-split positives are always masked
+    mask_other_splits: bool = True
+
+    def __post_init__(self) -> None:
+        _check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "evaluate.ks", "needs K values >= 1")
+        _check(len(self.protocols) >= 1, "evaluate.protocols", "needs at least one protocol")
+        _check(self.batch_users >= 1, "evaluate.batch_users", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,129 @@
+"""Simple baselines that any honest comparison needs, behind the same interface as the neural ranker.
+
+    Popularity   score = number of training interactions of the item (the same list for every user)
+    MF           score = <p_u, q_i>, trained with BPR (Rendle et al., UAI 2009) or pointwise BCE
+    EASE         score = x_u B, B the closed-form item-item model of Steck (WWW 2019)
+
+Each is an `nn.Module` whose state lives in parameters or buffers, so one checkpoint format (a state dict) and
+one evaluator (`score`, `score_all`) serve every run. `trainable = False` marks the closed-form ones, which
+"train" by calling `fit` once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.ranking.models import pointwise_bce
+from pipeline.ranking.sampling import PairSet
+
+
+def csr_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Dense 0/1 float rows (b, n_items) of a CSR user-item matrix, without a per-user loop."""
+    starts, ends = indptr[users], indptr[users + 1]
+    lengths = ends - starts  # (b,)
+    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+    first = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+    cols = indices[first + torch.arange(int(lengths.sum()), device=users.device)]
+    out = torch.zeros((len(users), n_items), device=users.device)
+    out[rows, cols] = 1.0
+    return out
+
+
+class Popularity(nn.Module):
+    """Most-popular: every user gets the items with the most training interactions."""
+
+    trainable = False
+
+    def __init__(self, n_users: int, n_items: int) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.register_buffer("counts", torch.zeros(n_items))  # (n_items,)
+
+    def fit(self, users: np.ndarray, items: np.ndarray) -> "Popularity":
+        self.counts.copy_(torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32))
+        return self
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.counts[items]
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.counts.expand(users.shape[0], self.n_items)
+
+    def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"popularity": self.score(users, items)}
+
+
+class MatrixFactorization(nn.Module):
+    """Dot-product MF; `loss` is BPR (pairwise, each positive against each of its negatives) or BCE (eq. 12)."""
+
+    trainable = True
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 32, loss: str = "bpr") -> None:
+        super().__init__()
+        if loss not in ("bpr", "bce"):
+            raise ValueError(f"mf loss must be 'bpr' or 'bce', got {loss!r}")
+        self.n_users, self.n_items, self.loss_name = n_users, n_items, loss
+        self.p = nn.Embedding(n_users, factors)
+        self.q = nn.Embedding(n_items, factors)
+        nn.init.normal_(self.p.weight, std=0.1)
+        nn.init.normal_(self.q.weight, std=0.1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.p(users) * self.q(items)).sum(-1)  # (b,)
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        if self.loss_name == "bce":
+            return pointwise_bce(self, users, pos, neg)
+        pos_scores = self(users, pos)[:, None]  # (b, 1)
+        neg_scores = (self.p(users)[:, None, :] * self.q(neg)).sum(-1)  # (b, k)
+        return -F.logsigmoid(pos_scores - neg_scores).mean()
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self(users, items)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.p(users) @ self.q.weight.T  # (b, n_items)
+
+    def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mf": self.score(users, items)}
+
+
+class EASE(nn.Module):
+    """EASE^R (Steck 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0, in closed form:
+    P = (X^T X + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. Memory is n_items^2: fine up to ~20k items."""
+
+    trainable = False
+
+    def __init__(self, n_users: int, n_items: int, ease_lambda: float = 500.0) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.ease_lambda = n_users, n_items, ease_lambda
+        self.register_buffer("B", torch.zeros(n_items, n_items))  # (n_items, n_items)
+        self.register_buffer("indptr", torch.zeros(n_users + 1, dtype=torch.int64))  # training matrix X, CSR
+        self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
+
+    def fit(self, users: np.ndarray, items: np.ndarray) -> "EASE":
+        pairs = PairSet(users, items, self.n_users, self.n_items)
+        self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64)
+        self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64)
+        x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users), self.n_items).double()
+        gram = x.T @ x + self.ease_lambda * torch.eye(self.n_items, dtype=torch.float64)
+        p = torch.linalg.inv(gram)
+        b = -p / torch.diagonal(p)[None, :]
+        b.fill_diagonal_(0.0)
+        self.B = b.float()
+        return self
+
+    def _x(self, users: torch.Tensor) -> torch.Tensor:
+        return csr_rows(self.indptr, self.indices, users, self.n_items)  # (b, n_items)
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self._x(users) * self.B[:, items].T).sum(-1)  # (b,)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self._x(users) @ self.B
+
+    def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ease": self.score(users, items)}

@@ -1,0 +1,169 @@
+"""Top-K recommendations: retrieve candidates, re-rank with a trained model, explain each pick.
+
+Candidates for a user are
+  - the nearest items to the user's profile in the cache's FAISS index over item profiles (`items.faiss`), when
+    the model reads a cache (the profile is the one the model sees, so the shuffle ablation retrieves with the
+    shuffled profile), plus
+  - the `popular_fallback` most popular training items, so users with no (or unhelpful) reviews still get a list.
+Models without a cache, and users whose pool runs short of K new items, are scored against every item instead.
+
+Every item with a known interaction of the user (train, valid or test) is removed before ranking: a
+recommendation is never something the user already has. Each pick carries its score parts (for the fusion ranker:
+w_s^T l_s, w_g^T l_g, w_m^T l_m and the bias, which sum to the logit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from pipeline.data.prepared import PreparedData
+from pipeline.embeddings.cache import INDEX_FILE, Profiles
+from pipeline.io import DataError
+from pipeline.ranking.evaluate import model_device
+from pipeline.ranking.sampling import PairSet
+
+
+def user_indices(data: PreparedData, user_ids: Sequence[str]) -> np.ndarray:
+    """Raw user ids -> indices; an unknown id is a `DataError` naming it."""
+    lookup = {uid: i for i, uid in enumerate(data.user_ids)}
+    missing = [u for u in user_ids if u not in lookup]
+    if missing:
+        raise DataError(
+            f"unknown user id {missing[0]!r} ({len(missing)} unknown in all): not in {data.root / 'users.parquet'}"
+        )
+    return np.asarray([lookup[u] for u in user_ids], dtype=np.int64)
+
+
+def known_pairs(data: PreparedData) -> PairSet:
+    """Every (user, item) with a known interaction in any split."""
+    parts = (data.train, data.valid, data.test)
+    return PairSet(
+        np.concatenate([p.users for p in parts]), np.concatenate([p.items for p in parts]), data.n_users, data.n_items
+    )
+
+
+def popular_items(data: PreparedData, n: int) -> np.ndarray:
+    """The n items with most training interactions, most popular first (stable order for ties)."""
+    counts = np.bincount(data.train.items, minlength=data.n_items)
+    return np.argsort(-counts, kind="stable")[: max(0, min(n, data.n_items))]
+
+
+def read_index(cache_path: str | Path):
+    """The cache's FAISS index over item profiles (read directly: the ranker never imports pipeline.text)."""
+    import faiss
+
+    path = Path(cache_path) / INDEX_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: FAISS index not found (has `bertrs embed` finished?)")
+    return faiss.read_index(str(path))
+
+
+def faiss_candidates(index, queries: np.ndarray, n: int) -> np.ndarray:
+    """Nearest item indices per query vector, (b, d) -> (b, n), -1 where the index has fewer items.
+
+    Queries are L2-normalised: for an inner-product index this leaves each user's ranking unchanged, and for a
+    cosine index (normalised item vectors, inner product) it is what cosine needs.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    _, found = index.search(q, min(n, index.ntotal))
+    return found.astype(np.int64)
+
+
+def _dedupe(pool: np.ndarray) -> np.ndarray:
+    """Sort each row and replace repeated items by -1. (b, c) -> (b, c)"""
+    pool = np.sort(pool, axis=1)
+    repeat = np.zeros(pool.shape, bool)
+    repeat[:, 1:] = pool[:, 1:] == pool[:, :-1]
+    return np.where(repeat, -1, pool)
+
+
+@torch.no_grad()
+def recommend(
+    model: nn.Module,
+    data: PreparedData,
+    users: np.ndarray,
+    k: int = 10,
+    candidates: int = 100,
+    popular_fallback: int = 100,
+    profiles: Profiles | None = None,
+    index=None,
+    batch_users: int = 512,
+) -> pa.Table:
+    """Top-k new items for each user index, with score parts; one row per (user, rank)."""
+    model.eval()
+    device = model_device(model)
+    known = known_pairs(data)
+    popular = popular_items(data, popular_fallback)
+    tables = []
+    for start in range(0, len(users), batch_users):
+        batch = np.asarray(users[start : start + batch_users], dtype=np.int64)
+        items, scores = _top_k(model, device, batch, k, known, popular, candidates, profiles, index)
+        tables.append(_to_table(model, device, data, batch, items, scores))
+    if not tables:
+        return _to_table(model, device, data, np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
+    return pa.concat_tables(tables)
+
+
+def _top_k(model, device, batch, k, known, popular, n_candidates, profiles, index) -> tuple[np.ndarray, np.ndarray]:
+    """(b, k) item indices (-1 where fewer than k new items exist) and their scores."""
+    b = len(batch)
+    if index is not None and profiles is not None:
+        pool = np.concatenate(
+            [faiss_candidates(index, profiles.users[batch], n_candidates), np.broadcast_to(popular, (b, len(popular)))],
+            axis=1,
+        )
+        pool = _dedupe(pool)  # (b, c)
+        ok = (pool >= 0) & ~known.contains(batch[:, None], np.maximum(pool, 0))
+        pool = np.where(ok, pool, -1)
+    else:
+        pool = np.zeros((b, 0), np.int64)
+    short = (pool >= 0).sum(axis=1) < k  # these users are scored against every item
+    items = np.full((b, k), -1, np.int64)
+    scores = np.full((b, k), -np.inf)
+    if (~short).any():
+        rows = np.flatnonzero(~short)
+        p = torch.as_tensor(pool[rows], device=device)  # (r, c)
+        u = torch.as_tensor(batch[rows], device=device)
+        s = model.score(u.repeat_interleave(p.shape[1]), p.clamp(min=0).reshape(-1)).reshape(p.shape).float()
+        s = s.masked_fill(p < 0, -torch.inf)
+        top = s.topk(k, dim=1)
+        items[rows] = p.gather(1, top.indices).cpu().numpy()
+        scores[rows] = top.values.cpu().numpy()
+    if short.any():
+        rows = np.flatnonzero(short)
+        s = model.score_all(torch.as_tensor(batch[rows], device=device)).float()  # (r, n_items)
+        s = s.masked_fill(known.dense_mask(batch[rows]).to(device), -torch.inf)
+        top = s.topk(min(k, s.shape[1]), dim=1)
+        items[rows, : top.indices.shape[1]] = top.indices.cpu().numpy()
+        scores[rows, : top.values.shape[1]] = top.values.cpu().numpy()
+    items = np.where(np.isfinite(scores), items, -1)  # a user who has every item gets a shorter list
+    return items, scores
+
+
+def _to_table(model, device, data: PreparedData, batch, items, scores) -> pa.Table:
+    rows, ranks = np.nonzero(items >= 0)
+    u, i = batch[rows], items[rows, ranks]
+    parts = {}
+    if len(u):
+        parts = {
+            name: value.float().cpu().numpy()
+            for name, value in model.score_parts(torch.as_tensor(u, device=device), torch.as_tensor(i, device=device)).items()
+        }
+    columns = {
+        "user_idx": pa.array(u, pa.int32()),
+        "user_id": pa.array([data.user_ids[x] for x in u], pa.string()),
+        "rank": pa.array(ranks + 1, pa.int32()),
+        "item_idx": pa.array(i, pa.int32()),
+        "item_id": pa.array([data.item_ids[x] for x in i], pa.string()),
+        "score": pa.array(scores[rows, ranks], pa.float32()),
+    }
+    for name, value in parts.items():
+        columns[f"part_{name}"] = pa.array(value, pa.float32())
+    return pa.table(columns)

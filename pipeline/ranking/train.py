@@ -1,0 +1,303 @@
+"""Training every ranker the same way, with early stopping on validation, and checkpoints that know their inputs.
+
+    result = train(spec, config, data, profiles)          # profiles only for text models
+    save_checkpoint(out_dir, result, spec, config, data, profiles, cache_path, run_name)
+    ckpt = load_checkpoint(out_dir, data)                 # refuses other prepared data or another cache
+
+Model selection and early stopping look at the VALIDATION split's sampled NDCG@10 and nothing else; the test split
+is never touched here. Negatives are redrawn every epoch. Closed-form baselines (pop, ease) "train" through the same
+entry point: one fit, one validation pass, one row of curves.
+
+A checkpoint is a folder:
+    model.safetensors   the state dict (profiles are NOT in it: they are fixed inputs reloaded from the cache)
+    run.json            RunSpec, TrainConfig, data fingerprint, cache path + fingerprint + provenance, best epoch,
+                        n_users, n_items, dim
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime
+import json
+import logging
+import math
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.config import TEXT_MODELS, ConfigError, RunSpec, TrainConfig, from_dict, to_dict
+from pipeline.data.prepared import PreparedData
+from pipeline.embeddings.cache import Profiles, load_profiles
+from pipeline.io import DataError, atomic_dir, atomic_path, read_json
+from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
+from pipeline.ranking.evaluate import rank_sampled
+from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
+from pipeline.ranking.sampling import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+RUN_FILE = "run.json"
+SELECTION_METRIC = "ndcg@10"  # on the validation split, sampled protocol
+CACHE_IDENTITY_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "profile")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    curves: list[dict]  # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10
+    best_epoch: int
+    best_valid: dict  # validation metrics of the selected epoch
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    spec: RunSpec
+    config: TrainConfig
+    info: dict  # run.json
+    profiles: Optional[Profiles]  # as the model sees them (shuffled for the ablation)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_model(
+    spec: RunSpec, config: TrainConfig, n_users: int, n_items: int, profiles: Profiles | None = None
+) -> nn.Module:
+    """The untrained model for a run; `profiles` must already be shuffled when the run asks for the ablation."""
+    if spec.model in TEXT_MODELS and profiles is None:
+        raise ConfigError(f"model {spec.model} needs an embedding cache (--embeddings)")
+    if spec.model == "pop":
+        return Popularity(n_users, n_items)
+    if spec.model == "ease":
+        return EASE(n_users, n_items, config.ease_lambda)
+    if spec.model == "mf":
+        return MatrixFactorization(n_users, n_items, config.factors, config.mf_loss)
+    if spec.model in VARIANTS:
+        return FusionRanker(
+            spec.model,
+            n_users,
+            n_items,
+            factors=config.factors,
+            mlp_layers=config.mlp_layers,
+            dropout=config.dropout,
+            profiles=profiles if spec.model in TEXT_MODELS else None,
+        )
+    raise ConfigError(f"unknown model {spec.model!r}")
+
+
+def model_profiles(spec: RunSpec, profiles: Profiles | None, seed: int) -> Profiles | None:
+    """The profiles a run's model sees: none, the cache's, or the cache's shuffled (seeded by train.seed)."""
+    if spec.model not in TEXT_MODELS:
+        return None
+    if profiles is None:
+        raise ConfigError(f"model {spec.model} needs an embedding cache (--embeddings)")
+    return shuffle_profiles(profiles, seed) if spec.shuffle else profiles
+
+
+def valid_metrics(model: nn.Module, data: PreparedData) -> dict:
+    """Sampled HR@10 / NDCG@10 on the validation split: the only signal model selection sees."""
+    return metrics_from_ranks(rank_sampled(model, data.candidates["valid"]).ranks, [10])
+
+
+def train(
+    spec: RunSpec,
+    config: TrainConfig,
+    data: PreparedData,
+    profiles: Profiles | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit one run's model on `data.train`, selecting the epoch by validation NDCG@10 with early stopping."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    model = build_model(spec, config, data.n_users, data.n_items, model_profiles(spec, profiles, config.seed))
+    has_valid = len(data.candidates["valid"].users) > 0
+    if not has_valid:
+        log.warning("no validation positives: no early stopping, the last epoch is kept")
+
+    if not getattr(model, "trainable", True):
+        model.fit(data.train.users, data.train.items)
+        model.to(device)
+        valid = valid_metrics(model, data) if has_valid else {}
+        row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
+        return TrainResult(model.cpu(), [row], 0, valid)
+
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.seed)
+    curves: list[dict] = []
+    best_score, best_epoch, best_state, best_valid, stale = -math.inf, 0, None, {}, 0
+    bar = tqdm(range(1, config.epochs + 1), desc=f"train {spec.model}", disable=not progress, unit="epoch")
+    for epoch in bar:
+        loss = _train_epoch(model, optimizer, sampler, config, device)
+        valid = valid_metrics(model, data) if has_valid else {}
+        curves.append({"epoch": epoch, "loss": loss, **_curve_metrics(valid)})
+        bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
+        score = valid.get(SELECTION_METRIC, epoch)  # without validation: the latest epoch wins
+        if score > best_score:
+            best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best_epoch, SELECTION_METRIC, best_score)
+                break
+    model.load_state_dict(best_state)
+    return TrainResult(model.cpu(), curves, best_epoch, best_valid)
+
+
+def _train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, config: TrainConfig, device
+) -> float:
+    model.train()
+    users, pos, neg = (torch.as_tensor(a, device=device) for a in sampler.epoch(config.num_negatives))
+    total, seen = 0.0, 0
+    for start in range(0, len(users), config.batch_size):
+        batch = slice(start, start + config.batch_size)
+        loss = model.loss(users[batch], pos[batch], neg[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(users[batch])
+        total, seen = total + float(loss.detach()) * n, seen + n
+    return total / max(seen, 1)
+
+
+def _curve_metrics(valid: dict) -> dict:
+    return {"valid_hr@10": valid.get("hr@10", float("nan")), "valid_ndcg@10": valid.get("ndcg@10", float("nan"))}
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    result: TrainResult,
+    spec: RunSpec,
+    config: TrainConfig,
+    data: PreparedData,
+    profiles: Profiles | None = None,
+    cache_path: str | Path | None = None,
+    run_name: str | None = None,
+) -> Path:
+    """Write the checkpoint folder atomically. `profiles` are the cache's (unshuffled), for the fingerprint."""
+    out_dir = Path(out_dir)
+    embeddings = None
+    if spec.model in TEXT_MODELS:
+        if profiles is None or cache_path is None:
+            raise ConfigError(f"model {spec.model}: a checkpoint needs the embedding cache's path and profiles")
+        embeddings = {
+            "path": str(cache_path),
+            "fingerprint": profiles.fingerprint,
+            "dim": profiles.dim,
+            "meta": {k: profiles.meta.get(k) for k in CACHE_IDENTITY_KEYS},
+        }
+    info = {
+        "run": run_name or out_dir.name,
+        "spec": to_dict(spec),
+        "train": to_dict(config),
+        "data_fingerprint": data.fingerprint,
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "dim": embeddings["dim"] if embeddings else None,
+        "embeddings": embeddings,
+        "best_epoch": result.best_epoch,
+        "best_valid": result.best_valid,
+        "weights": WEIGHTS_FILE,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    with atomic_dir(out_dir) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / RUN_FILE).write_text(_json(info))
+    return out_dir
+
+
+def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str | Path | None = None) -> Checkpoint:
+    """Rebuild a trained model, refusing other prepared data or a cache other than the one it was trained with.
+
+    `cache_path` overrides the path recorded in run.json (e.g. a moved cache); its fingerprint must still match.
+    """
+    model_dir = Path(model_dir)
+    info = read_json(model_dir / RUN_FILE)
+    where = str(model_dir / RUN_FILE)
+    if info.get("data_fingerprint") != data.fingerprint:
+        raise DataError(
+            f"{where}: checkpoint was trained on prepared data {info.get('data_fingerprint')}, "
+            f"but {data.root} has fingerprint {data.fingerprint}; retrain on this data"
+        )
+    if (info.get("n_users"), info.get("n_items")) != (data.n_users, data.n_items):
+        raise DataError(f"{where}: n_users/n_items {info.get('n_users')}/{info.get('n_items')} differ from the data")
+    spec = from_dict(RunSpec, info["spec"], f"{where}: spec")
+    config = from_dict(TrainConfig, info["train"], f"{where}: train")
+    profiles = None
+    if spec.model in TEXT_MODELS:
+        recorded = info.get("embeddings") or {}
+        path = Path(cache_path) if cache_path is not None else Path(recorded.get("path", ""))
+        profiles = load_profiles(
+            path, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items
+        )
+        check_same_cache(recorded, profiles, where, path)
+    seen_profiles = model_profiles(spec, profiles, config.seed)
+    model = build_model(spec, config, data.n_users, data.n_items, seen_profiles)
+    state = load_file(str(model_dir / info.get("weights", WEIGHTS_FILE)))
+    _resize_buffers(model, state)
+    model.load_state_dict(state)
+    model.eval()
+    return Checkpoint(model, spec, config, info, seen_profiles)
+
+
+def check_same_cache(recorded: dict, profiles: Profiles, where: str, path: Path) -> None:
+    """Refuse a cache whose identity differs from the one recorded at training time, naming the differences."""
+    if recorded.get("fingerprint") == profiles.fingerprint:
+        return
+    old = recorded.get("meta") or {}
+    diffs = [
+        f"{k}: trained with {old.get(k)!r}, cache has {profiles.meta.get(k)!r}"
+        for k in CACHE_IDENTITY_KEYS
+        if old.get(k) != profiles.meta.get(k)
+    ]
+    raise DataError(
+        f"{where}: embedding cache {path} is not the one this model was trained with "
+        f"(fingerprint {profiles.fingerprint} != {recorded.get('fingerprint')}); differs in "
+        + ("; ".join(diffs) or "fingerprint")
+        + ". Retrain, or pass the original cache."
+    )
+
+
+def _resize_buffers(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Closed-form baselines size some buffers at fit time (EASE's CSR); match them before loading."""
+    for name, buffer in model.named_buffers():
+        if name in state and buffer.shape != state[name].shape:
+            owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(owner, name.rpartition(".")[2], torch.empty_like(state[name]))
+
+
+def write_curves(path: str | Path, curves: list[dict]) -> None:
+    """Training curves as CSV (one row per epoch) for `dvc plots`."""
+    fields = list(curves[0]) if curves else ["epoch", "loss", "valid_hr@10", "valid_ndcg@10"]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(curves)
+
+
+def _json(data: dict) -> str:
+    return json.dumps(data, indent=2, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)) + "\n"

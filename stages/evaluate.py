@@ -1,0 +1,80 @@
+"""`bertrs evaluate`: score every trained run on one split under the sampled and full-ranking protocols.
+
+    bertrs evaluate --prepared data/prepared --models data/models --metrics metrics.json \
+        --table reports/comparison.md --plots reports/plots/hr_at_k.csv --params params.yaml --split test
+
+Every folder under --models holding a run.json is one run. Text runs reload the embedding cache recorded in their
+run.json, whose fingerprint must still match. Writes metrics.json (run -> protocol -> metric@K, plus the cache each
+run used), the Markdown comparison (the paper's Table 2 layout, one table per protocol, plus user-activity
+buckets), and per-K plot points.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import typer
+
+from pipeline.data.prepared import load_prepared
+from pipeline.io import DataError, atomic_path, write_json
+from pipeline.ranking.evaluate import evaluate
+from pipeline.ranking.report import comparison_markdown, plot_rows
+from pipeline.ranking.train import RUN_FILE, load_checkpoint
+from stages.common import PARAMS_OPTION, read_params, user_errors
+
+
+def find_runs(models: Path) -> list[Path]:
+    """Run folders (those with a run.json) under `models`, in sorted order."""
+    if not models.is_dir():
+        raise DataError(f"{models}: models folder not found (run `bertrs train` first)")
+    runs = sorted(p.parent for p in models.rglob(RUN_FILE) if not any(part.startswith(".") for part in p.parts))
+    if not runs:
+        raise DataError(f"{models}: no run folders (none holds a {RUN_FILE})")
+    return runs
+
+
+@user_errors
+def main(
+    prepared: Path = typer.Option(Path("data/prepared"), help="prepared-data folder"),
+    models: Path = typer.Option(Path("data/models"), help="folder of run folders (each with run.json)"),
+    metrics: Path = typer.Option(Path("metrics.json"), help="metrics JSON to write (DVC metrics)"),
+    table: Path = typer.Option(Path("reports/comparison.md"), help="Markdown comparison table to write"),
+    plots: Path = typer.Option(Path("reports/plots/hr_at_k.csv"), "--plots", "--plots-file", help="per-K points CSV (run, protocol, k, hr, ndcg)"),
+    params: Path = PARAMS_OPTION,
+    split: str = typer.Option("test", help="valid | test"),
+) -> None:
+    """Evaluate every run on the same candidates with the same code."""
+    if split not in ("valid", "test"):
+        raise DataError(f"--split: {split!r} is not valid | test")
+    config = read_params(params).evaluate
+    data = load_prepared(prepared)
+    results: dict[str, dict] = {}
+    for folder in find_runs(models):
+        ckpt = load_checkpoint(folder, data)
+        name = ckpt.info.get("run") or str(folder.relative_to(models))
+        if name in results:
+            name = str(folder.relative_to(models))
+        embeddings = ckpt.info.get("embeddings") or {}
+        res = evaluate(
+            ckpt.model, data, split, config.ks, config.protocols, config.batch_users, config.mask_other_splits
+        )
+        results[name] = {
+            "model": ckpt.spec.model,
+            "shuffle": ckpt.spec.shuffle,
+            "split": split,
+            "cache": embeddings.get("path"),
+            "cache_fingerprint": embeddings.get("fingerprint"),
+            **res,
+        }
+        typer.echo(f"{name}: " + ", ".join(f"{p} ndcg@10={res[p].get('ndcg@10', float('nan')):.4f}" for p in config.protocols))
+    write_json(metrics, results)
+    with atomic_path(table) as tmp:
+        tmp.write_text(comparison_markdown(results, config.ks, config.protocols, split))
+    rows = plot_rows(results, config.ks, config.protocols)
+    with atomic_path(plots) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["run", "protocol", "k", "hr", "ndcg"])
+            writer.writeheader()
+            writer.writerows(rows)
+    typer.echo(f"{len(results)} runs -> {metrics}, {table}, {plots}")

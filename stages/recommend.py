@@ -1,0 +1,88 @@
+"""`bertrs recommend`: top-K new items for one user (printed with score parts) or many users (Parquet).
+
+    bertrs recommend --prepared data/prepared --model-dir data/models/bert_rs --user A2XYZ --k 10
+    bertrs recommend --prepared data/prepared --model-dir data/models/bert_rs --all-users --out recs.parquet
+    bertrs recommend ... --users-file users.txt --out recs.parquet      (one raw user id per line)
+
+Text models retrieve candidates from the FAISS index of the cache recorded in the checkpoint (`--embeddings`
+overrides the folder; its fingerprint must still match), plus popular items; other models rank every item.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from pipeline.config import ConfigError, RecommendConfig
+from pipeline.data.prepared import load_prepared
+from pipeline.io import DataError, write_table
+from pipeline.ranking.recommend import read_index, recommend, user_indices
+from pipeline.ranking.train import load_checkpoint
+from stages.common import PARAMS_OPTION, read_params, user_errors
+
+log = logging.getLogger(__name__)
+
+
+@user_errors
+def main(
+    prepared: Path = typer.Option(Path("data/prepared"), help="prepared-data folder"),
+    model_dir: Path = typer.Option(..., help="a run folder written by `bertrs train`"),
+    user: Optional[str] = typer.Option(None, help="raw user id (as in the reviews) to recommend for"),
+    k: Optional[int] = typer.Option(None, help="list length [default: params recommend.k]"),
+    all_users: bool = typer.Option(False, "--all-users", help="batch mode: every user"),
+    users_file: Optional[Path] = typer.Option(None, help="batch mode: file with one raw user id per line"),
+    out: Optional[Path] = typer.Option(None, help="Parquet output (batch mode)"),
+    embeddings: Optional[Path] = typer.Option(None, help="override the cache folder recorded in the checkpoint"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Recommend K items per user, never one the user already has, with each pick's score parts."""
+    config = read_params(params).recommend if params.is_file() else RecommendConfig()
+    k = k or config.k
+    if k < 1:
+        raise ConfigError("--k: must be >= 1")
+    modes = sum([user is not None, all_users, users_file is not None])
+    if modes != 1:
+        raise ConfigError("pass exactly one of --user, --all-users, --users-file")
+    if user is None and out is None:
+        raise ConfigError("--out: batch mode writes Parquet; give the output path")
+    data = load_prepared(prepared)
+    ckpt = load_checkpoint(model_dir, data, cache_path=embeddings)
+    index = None
+    if ckpt.profiles is not None:
+        cache = embeddings or Path(ckpt.info["embeddings"]["path"])
+        try:
+            index = read_index(cache)
+        except DataError as error:
+            log.warning("%s; ranking every item instead", error)
+    if user is not None:
+        ids = [user]
+    elif all_users:
+        ids = list(data.user_ids)
+    else:
+        if not users_file.is_file():
+            raise DataError(f"{users_file}: users file not found")
+        ids = [line.strip() for line in users_file.read_text().splitlines() if line.strip()]
+    users = user_indices(data, ids)
+    recs = recommend(
+        ckpt.model, data, users, k, config.candidates, config.popular_fallback, ckpt.profiles, index
+    )
+    if out is not None:
+        write_table(out, recs)
+        typer.echo(f"{recs.num_rows} recommendations for {len(np.unique(users))} users -> {out}")
+    if user is not None:
+        typer.echo(format_recommendations(recs))
+
+
+def format_recommendations(recs) -> str:
+    """A plain-text table: rank, item, score and each score part."""
+    parts = [c for c in recs.column_names if c.startswith("part_")]
+    header = ["rank", "item_id", "score"] + [c.removeprefix("part_") for c in parts]
+    rows = [header]
+    for row in recs.to_pylist():
+        rows.append([str(row["rank"]), str(row["item_id"]), f"{row['score']:.4f}"] + [f"{row[c]:+.4f}" for c in parts])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows)

@@ -1,0 +1,81 @@
+"""`bertrs train`: fit one run (a model, and for text models an embedding cache) and write its checkpoint + curves.
+
+    bertrs train --prepared data/prepared --run bert_rs --out data/models/bert_rs \
+        --curves metrics/curves/bert_rs.csv --params params.yaml --embeddings data/embeddings/minilm
+
+`--embeddings-root data/embeddings` instead resolves the cache from the run's encoder name (`runs.NAME.embeddings`),
+which is how `dvc.yaml` calls it for every run.
+
+The run comes from `params.yaml` `runs.<NAME>`; `--model` / `--shuffle` override it or define an ad-hoc run. The
+training parameters come from the `train` section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
+from pipeline.data.prepared import load_prepared
+from pipeline.embeddings.cache import load_profiles
+from pipeline.ranking.train import save_checkpoint, train, write_curves
+from stages.common import PARAMS_OPTION, read_params, user_errors
+
+
+def resolve_run(runs: dict[str, RunSpec], name: str, model: Optional[str], shuffle: Optional[bool]) -> RunSpec:
+    """params.runs[name], with CLI overrides; without such a run, `--model` is required."""
+    if name in runs:
+        spec = runs[name]
+    elif model is None:
+        known = ", ".join(sorted(runs)) or "none"
+        raise ConfigError(f"runs.{name}: no such run in params (known: {known}); pass --model to define one")
+    else:
+        spec = RunSpec(model=model)  # type: ignore[arg-type]
+    if model is not None:
+        if model not in MODELS:
+            raise ConfigError(f"--model: {model!r} is not one of {list(MODELS)}")
+        spec = dataclasses.replace(spec, model=model)  # type: ignore[arg-type]
+    if shuffle is not None:
+        spec = dataclasses.replace(spec, shuffle=shuffle)
+    if spec.shuffle and spec.model not in TEXT_MODELS:
+        raise ConfigError(f"--shuffle: model {spec.model} has no profiles to shuffle")
+    return spec
+
+
+@user_errors
+def main(
+    prepared: Path = typer.Option(Path("data/prepared"), help="prepared-data folder (`bertrs prepare`)"),
+    run: str = typer.Option(..., help="run name: a key of params.yaml `runs`, or any name with --model"),
+    out: Optional[Path] = typer.Option(None, help="checkpoint folder [default: data/models/RUN]"),
+    curves: Optional[Path] = typer.Option(None, help="training curves CSV [default: metrics/curves/RUN.csv]"),
+    params: Path = PARAMS_OPTION,
+    embeddings: Optional[Path] = typer.Option(None, help="embedding cache folder (text models); wins over --embeddings-root"),
+    embeddings_root: Optional[Path] = typer.Option(
+        None, help="folder of caches: text runs read ROOT/<runs.NAME.embeddings> (e.g. data/embeddings)"
+    ),
+    model: Optional[str] = typer.Option(None, help=f"override the run's model: {', '.join(MODELS)}"),
+    shuffle: Optional[bool] = typer.Option(None, "--shuffle/--no-shuffle", help="ablation: shuffle the profiles"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Train one run, selecting the epoch on validation NDCG@10; write the checkpoint and curves."""
+    config = read_params(params)
+    spec = resolve_run(config.runs, run, model, shuffle)
+    data = load_prepared(prepared)
+    profiles = None
+    if spec.model in TEXT_MODELS:
+        if embeddings is None and embeddings_root is not None and spec.embeddings is not None:
+            embeddings = embeddings_root / spec.embeddings
+        if embeddings is None:
+            raise ConfigError(
+                f"--embeddings: model {spec.model} needs an embedding cache folder "
+                "(or --embeddings-root with runs.NAME.embeddings set)"
+            )
+        profiles = load_profiles(embeddings, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
+    result = train(spec, config.train, data, profiles, progress=progress)
+    out = out or Path("data/models") / run
+    save_checkpoint(out, result, spec, config.train, data, profiles, embeddings, run_name=run)
+    write_curves(curves or Path("metrics/curves") / f"{run}.csv", result.curves)
+    typer.echo(f"{run}: best epoch {result.best_epoch}, valid {result.best_valid} -> {out}")

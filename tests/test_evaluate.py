@@ -1,0 +1,109 @@
+"""Evaluation: batched full ranking equals a naive per-user loop, sampled ranking ignores padding, buckets, CLI."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+from torch import nn
+from typer.testing import CliRunner
+
+from pipeline.data.prepared import Candidates
+from pipeline.ranking.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
+from pipeline.ranking.train import save_checkpoint
+from tests.test_train import _write_params
+
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+class ItemIndexScorer(nn.Module):
+    """score = item index: item 9 beats item 8, ... (ties only where items repeat)."""
+
+    def __init__(self, n_items):
+        super().__init__()
+        self.n_items = n_items
+        self.register_buffer("dummy", torch.zeros(1))
+
+    def score(self, users, items):
+        return items.float()
+
+    def score_all(self, users):
+        return torch.arange(self.n_items).float().expand(len(users), -1)
+
+
+def test_sampled_ranks_by_hand_and_padding_ignored():
+    cand = Candidates(
+        users=np.array([0, 1, 2]),
+        items=np.array([5, 0, 3]),
+        negatives=np.array([[1, 7, 9], [-1, -1, -1], [3, 4, -1]]),
+    )
+    ranks = rank_sampled(ItemIndexScorer(10), cand).ranks
+    # row 0: 7, 9 beat 5 -> 2; row 1: only padding -> 0 (item 0 would tie if padding counted); row 2: 3 ties, 4 beats
+    assert ranks.tolist() == [2, 0, 2]
+
+
+def test_full_ranking_equals_a_naive_per_user_loop(ranking_env, trained_runs):
+    data = ranking_env.data
+    model = trained_runs["bert_rs"][1].model.eval()
+    for split in ("valid", "test"):
+        mask = full_ranking_mask(data, split)
+        batched = rank_full(model, getattr(data, split), mask, batch_users=37).ranks
+        known = {}
+        for part in (data.train, data.valid, data.test):
+            for u, i in zip(part.users, part.items):
+                known.setdefault(int(u), set()).add(int(i))
+        naive = []
+        with torch.no_grad():
+            for u, i in zip(getattr(data, split).users, getattr(data, split).items):
+                scores = model.score(torch.full((data.n_items,), int(u)), torch.arange(data.n_items)).numpy()
+                competitors = [j for j in range(data.n_items) if j not in known[int(u)]]
+                naive.append(int((scores[competitors] >= scores[i]).sum()))
+        np.testing.assert_array_equal(batched, naive)
+
+
+def test_full_ranking_masks_train_and_same_split_positives_only_when_asked(ranking_env):
+    data = ranking_env.data
+    m = full_ranking_mask(data, "test", mask_other_splits=False)
+    assert m.contains(data.train.users, data.train.items).all() and m.contains(data.test.users, data.test.items).all()
+    assert not m.contains(data.valid.users, data.valid.items).any()
+    assert full_ranking_mask(data, "test").contains(data.valid.users, data.valid.items).all()
+
+
+def test_activity_buckets_and_result_layout(ranking_env):
+    assert activity_bucket(np.array([0, 1, 3, 4, 10, 11])).tolist() == ["0", "1-3", "1-3", "4-10", "4-10", ">10"]
+    data = ranking_env.data
+    out = evaluate(ItemIndexScorer(data.n_items), data, "test", ks=[1, 10])
+    assert set(out) == {"sampled", "full", "buckets"}
+    assert out["sampled"]["n"] == len(data.test) == out["full"]["n"]
+    assert sum(b["n"] for b in out["buckets"]["full"].values()) == len(data.test)
+
+
+def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, tmp_path):
+    from stages.evaluate import main
+
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    for name in ("bert_rs", "neumf"):
+        spec, result = trained_runs[name]
+        save_checkpoint(tmp_path / "models" / name, result, spec, ranking_env.config, data, profiles,
+                        ranking_env.cache, name)
+    app = typer.Typer()
+    app.command()(main)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [
+        "--prepared", str(ranking_env.prepared), "--models", str(tmp_path / "models"),
+        "--metrics", str(out / "metrics.json"), "--table", str(out / "comparison.md"),
+        "--plots", str(out / "hr_at_k.csv"), "--params", str(_write_params(tmp_path / "params.yaml")),
+    ])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"bert_rs", "neumf"}
+    assert metrics["bert_rs"]["cache"] == str(ranking_env.cache) and metrics["neumf"]["cache"] is None
+    assert 0 <= metrics["bert_rs"]["full"]["ndcg@10"] <= 1 and "hr@1" in metrics["neumf"]["sampled"]
+    table = (out / "comparison.md").read_text()
+    assert "| HR@10 | NDCG@10 | HR@5 | NDCG@5 | HR@3 | NDCG@3 | HR@1 | NDCG@1 | Cache |" in table
+    assert "sampled protocol" in table and "full protocol" in table and "user activity" in table
+    rows = list(csv.DictReader(open(out / "hr_at_k.csv")))
+    assert len(rows) == 2 * 2 * 4 and set(rows[0]) == {"run", "protocol", "k", "hr", "ndcg"}

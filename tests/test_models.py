@@ -1,0 +1,163 @@
+"""The model family: shapes, the semantic branch against its formula, batched scoring, baselines, sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.embeddings.cache import Profiles
+from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
+from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
+from pipeline.ranking.sampling import NegativeSampler, PairSet, sample_negatives
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+N_USERS, N_ITEMS, DIM = 7, 11, 6
+
+
+def tiny_profiles(seed=0) -> Profiles:
+    rng = np.random.default_rng(seed)
+    return Profiles(
+        users=rng.normal(size=(N_USERS, DIM)).astype(np.float32),
+        items=rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
+        user_has_reviews=np.ones(N_USERS, bool),
+        item_has_reviews=np.ones(N_ITEMS, bool),
+        meta={"dim": DIM},
+    )
+
+
+def tiny(variant: str) -> FusionRanker:
+    torch.manual_seed(0)
+    model = FusionRanker(variant, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
+                         mlp_item_chunk=4)
+    with torch.no_grad():  # move u_s, i_s off their all-ones start so the formula test is not trivial
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_forward_shapes_and_interface(variant):
+    model = tiny(variant)
+    users, items = torch.tensor([0, 1, 6]), torch.tensor([3, 10, 0])
+    assert model(users, items).shape == (3,)
+    assert model.score(users, items).shape == (3,)
+    assert model.score_all(users).shape == (3, N_ITEMS)
+    loss = model.loss(users, items, torch.tensor([[1, 2], [3, 4], [5, 6]]))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    vectors = model.branch_vectors(users, items)
+    assert list(vectors) == [b for b in ("semantic", "gmf", "mlp") if b in VARIANTS[variant]]
+    widths = {"semantic": DIM, "gmf": 4, "mlp": 4}
+    assert all(v.shape == (3, widths[name]) for name, v in vectors.items())
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_score_all_equals_pairwise_forward(variant):
+    model = tiny(variant)
+    users = torch.arange(N_USERS)
+    pairs_u = users.repeat_interleave(N_ITEMS)
+    pairs_i = torch.arange(N_ITEMS).repeat(N_USERS)
+    expected = model(pairs_u, pairs_i).reshape(N_USERS, N_ITEMS)
+    torch.testing.assert_close(model.score_all(users), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_score_parts_sum_to_the_logit(variant):
+    model = tiny(variant)
+    users, items = torch.tensor([0, 2, 5]), torch.tensor([1, 1, 9])
+    parts = model.score_parts(users, items)
+    torch.testing.assert_close(sum(parts.values()), model(users, items))
+
+
+def test_semantic_branch_equals_eq8_by_hand():
+    model = tiny("semantic_only")
+    prof = tiny_profiles()
+    u, i = 3, 7
+    u_s = model.u_s.weight[u].detach().numpy()
+    i_s = model.i_s.weight[i].detach().numpy()
+    l_s = (u_s * prof.users[u]) * (i_s * prof.items[i])  # eq. 8, profiles for b_s
+    w = model.predict.weight[0].detach().numpy()
+    b = model.predict.bias.item()
+    got = model.semantic(torch.tensor([u]), torch.tensor([i]))[0].detach().numpy()
+    np.testing.assert_allclose(got, l_s, rtol=1e-5)
+    np.testing.assert_allclose(model(torch.tensor([u]), torch.tensor([i])).item(), w @ l_s + b, rtol=1e-5)
+    prob = 1 / (1 + np.exp(-(w @ l_s + b)))  # eq. 12 prediction
+    np.testing.assert_allclose(torch.sigmoid(model(torch.tensor([u]), torch.tensor([i]))).item(), prob, rtol=1e-5)
+
+
+def test_profiles_are_fixed_buffers_not_parameters_nor_checkpointed():
+    model = tiny("bert_rs")
+    names = {n for n, _ in model.named_parameters()}
+    assert "b_u" not in names and "b_i" not in names
+    assert "b_u" not in model.state_dict() and "b_i" not in model.state_dict()
+    before = model.b_u.clone()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.loss(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4], [5]])).backward()
+    opt.step()
+    assert torch.equal(model.b_u, before)
+
+
+def test_text_variant_without_profiles_is_refused():
+    with pytest.raises(ValueError, match="profiles"):
+        FusionRanker("bert_rs", N_USERS, N_ITEMS)
+
+
+def test_shuffle_permutes_rows_seeded():
+    prof = tiny_profiles()
+    a, b = shuffle_profiles(prof, 1), shuffle_profiles(prof, 1)
+    np.testing.assert_array_equal(a.users, b.users)
+    assert not np.array_equal(a.users, prof.users) and not np.array_equal(a.items, prof.items)
+    # same rows, other owners
+    assert sorted(map(tuple, a.users.tolist())) == sorted(map(tuple, prof.users.tolist()))
+
+
+def test_popularity_and_mf_interface():
+    users, items = np.array([0, 1, 2, 2]), np.array([3, 3, 3, 5])
+    pop = Popularity(N_USERS, N_ITEMS).fit(users, items)
+    assert pop.score_all(torch.tensor([0, 1])).shape == (2, N_ITEMS)
+    assert pop.score(torch.tensor([0]), torch.tensor([3])).item() == 3
+    for loss in ("bpr", "bce"):
+        mf = MatrixFactorization(N_USERS, N_ITEMS, 4, loss)
+        value = mf.loss(torch.tensor([0, 1]), torch.tensor([3, 3]), torch.tensor([[1, 2], [4, 5]]))
+        assert value.ndim == 0
+        torch.testing.assert_close(mf.score_all(torch.tensor([1]))[0, 5], mf.score(torch.tensor([1]), torch.tensor([5]))[0])
+
+
+def test_ease_matches_the_closed_form_in_numpy():
+    rng = np.random.default_rng(0)
+    x = (rng.random((N_USERS, N_ITEMS)) < 0.4).astype(np.float64)
+    users, items = np.nonzero(x)
+    lam = 2.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(N_ITEMS))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    model = EASE(N_USERS, N_ITEMS, lam).fit(users, items)
+    np.testing.assert_allclose(model.score_all(torch.arange(N_USERS)).numpy(), x @ b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.score(torch.tensor([2, 4]), torch.tensor([1, 8])), model.score_all(torch.tensor([2, 4]))[[0, 1], [1, 8]])
+
+
+def test_negatives_avoid_training_items_and_are_redrawn_each_epoch():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(50), 8)
+    items = np.concatenate([rng.choice(20, 8, replace=False) for _ in range(50)])  # 8 of 20 items seen per user
+    sampler = NegativeSampler(users, items, 50, 20, seed=0)
+    seen = PairSet(users, items, 50, 20)
+    u1, _, n1 = sampler.epoch(4)
+    u2, _, n2 = sampler.epoch(4)
+    assert n1.shape == (400, 4)
+    assert not seen.contains(u1[:, None], n1).any() and not seen.contains(u2[:, None], n2).any()
+    assert not np.array_equal(n1, n2)
+
+
+def test_user_with_every_item_is_a_clear_error():
+    seen = PairSet(np.zeros(3, int), np.arange(3), 1, 3)
+    with pytest.raises(ValueError, match="every item"):
+        sample_negatives(np.random.default_rng(0), np.array([0]), 1, seen)
+
+
+def test_pairset_dense_mask():
+    seen = PairSet(np.array([0, 0, 2]), np.array([1, 4, 0]), 3, 5)
+    mask = seen.dense_mask(np.array([2, 0, 1])).numpy()
+    expected = np.zeros((3, 5), bool)
+    expected[0, 0] = expected[1, 1] = expected[1, 4] = True
+    np.testing.assert_array_equal(mask, expected)

@@ -1,0 +1,78 @@
+"""Recommendations: never a known item, explained by score parts, unknown users refused, cold users served."""
+
+import dataclasses
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.io import DataError
+from pipeline.ranking.recommend import known_pairs, read_index, recommend, user_indices
+from pipeline.ranking.train import save_checkpoint
+from tests.test_train import _write_params
+
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.mark.parametrize("name", ["bert_rs", "neumf"])
+def test_never_recommends_a_known_item_and_parts_explain_the_score(ranking_env, trained_runs, name):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    model = trained_runs[name][1].model
+    index = read_index(ranking_env.cache) if name == "bert_rs" else None
+    users = np.arange(data.n_users)
+    recs = recommend(model, data, users, k=10, candidates=50, popular_fallback=20, profiles=profiles, index=index)
+    assert recs.num_rows == 10 * data.n_users
+    u, i = recs.column("user_idx").to_numpy(), recs.column("item_idx").to_numpy()
+    assert not known_pairs(data).contains(u, i).any()
+    parts = sum(recs.column(c).to_numpy() for c in recs.column_names if c.startswith("part_"))
+    np.testing.assert_allclose(parts, recs.column("score").to_numpy(), rtol=1e-4, atol=1e-4)
+    scores = recs.column("score").to_numpy().reshape(data.n_users, 10)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    if name == "bert_rs":
+        assert {"part_semantic", "part_gmf", "part_mlp", "part_bias"} <= set(recs.column_names)
+
+
+def test_unknown_user_is_a_clear_error(ranking_env):
+    with pytest.raises(DataError, match="'nobody'"):
+        user_indices(ranking_env.data, ["U1", "nobody"])
+
+
+def test_user_without_training_reviews_still_gets_recommendations(ranking_env, trained_runs):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    keep = data.train.users != 0
+    cold = dataclasses.replace(data, train=dataclasses.replace(data.train, users=data.train.users[keep],
+                                                                 items=data.train.items[keep]))
+    fallback = profiles.users.mean(axis=0)
+    cold_profiles = dataclasses.replace(profiles, users=profiles.users.copy())
+    cold_profiles.users[0] = fallback
+    model = trained_runs["bert_rs"][1].model
+    recs = recommend(model, cold, np.array([0]), k=5, profiles=cold_profiles, index=read_index(ranking_env.cache))
+    assert recs.num_rows == 5
+    assert not known_pairs(data).contains(np.zeros(5, int), recs.column("item_idx").to_numpy()).any()
+
+
+def test_recommend_cli_single_and_batch(ranking_env, trained_runs, tmp_path):
+    from stages.recommend import main
+
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    spec, result = trained_runs["bert_rs"]
+    save_checkpoint(tmp_path / "bert_rs", result, spec, ranking_env.config, data, profiles, ranking_env.cache, "bert_rs")
+    app = typer.Typer()
+    app.command()(main)
+    base = ["--prepared", str(ranking_env.prepared), "--model-dir", str(tmp_path / "bert_rs"),
+            "--params", str(_write_params(tmp_path / "params.yaml"))]
+    runner = CliRunner()
+    res = runner.invoke(app, base + ["--user", "U3", "--k", "5"])
+    assert res.exit_code == 0, res.output
+    assert "semantic" in res.output and len(res.output.strip().splitlines()) == 6
+    res = runner.invoke(app, base + ["--user", "nobody"])
+    assert res.exit_code == 2 and "nobody" in res.output
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("U1\nU2\n")
+    res = runner.invoke(app, base + ["--users-file", str(users_file), "--out", str(tmp_path / "recs.parquet")])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(tmp_path / "recs.parquet")
+    assert table.num_rows == 20 and set(table.column("user_id").to_pylist()) == {"U1", "U2"}
