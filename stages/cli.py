@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from stages import generate, prepare
+from stages import embed, evaluate, finetune, generate, prepare, recommend, train
 
 app = typer.Typer(
     name="bertrs",
@@ -17,6 +17,15 @@ app = typer.Typer(
 )
 app.command("prepare")(prepare.main)
 app.command("generate")(generate.main)
+app.command("finetune")(finetune.main)
+app.command("embed")(embed.main)
+app.command("train")(train.main)
+app.command("evaluate")(evaluate.main)
+app.command("recommend")(recommend.main)
+
+cache_app = typer.Typer(help="Inspect embedding caches.", no_args_is_help=True)
+cache_app.command("info")(embed.cache_info)
+app.add_typer(cache_app, name="cache")
 
 if __name__ == "__main__":
     app()
