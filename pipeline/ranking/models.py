@@ -5,8 +5,20 @@ One class, `FusionRanker`, implements every neural variant; a variant is just th
     gmf            l_g                      (NCF's GMF, eq. 9)
     mlp            l_m                      (NCF's MLP, eq. 10-11)
     neumf          [l_g ; l_m]              (NCF / NeuMF)
-    bert_rs        [l_s ; l_g ; l_m]        (the paper's model, eq. 8-12)
-    semantic_only  l_s                      (text alone, an ablation)
+    bert_rs_paper  [l_s ; l_g ; l_m]        (the paper's model, eq. 8-12, semantic branch exactly as eq. 8)
+    bert_rs        [l_s ; l_t ; l_g ; l_m]  (the same with the semantic form and text-similarity feature chosen
+                                             by `semantic_form` / `text_similarity`; see below)
+    semantic_only  l_s (; l_t)              (text alone, an ablation)
+
+Semantic forms (the paper's eq. 8 read with profiles, and one alternative measured in benchmarks/):
+
+    paper       l_s = (u_s (.) b_u) (.) (i_s (.) b_i)                    (dim,)  per-user/item gates on raw profiles
+    projected   l_s = (A (b_u - mu_u)) (.) (B (b_i - mu_i))              (factors,)  shared projections A, B learned
+                for all users, so a user with few interactions still gets a text term from the projection learned
+                on everyone else; centring removes the direction every review shares.
+
+Text-similarity feature l_t = cos(b_u - mu_u, b_i - mu_i) (width 1): the fixed zero-shot text match, handed to the
+prediction layer as one more input, whose weight is learned.
 
 Every scorer in `pipeline.ranking` (these and the baselines) exposes the same small interface, so one evaluator and
 one recommender serve them all:
@@ -33,14 +45,16 @@ from torch import nn
 
 from pipeline.embeddings.cache import Profiles
 
-BRANCHES = ("semantic", "gmf", "mlp")
+BRANCHES = ("semantic", "similarity", "gmf", "mlp")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "gmf": ("gmf",),
     "mlp": ("mlp",),
     "neumf": ("gmf", "mlp"),
     "bert_rs": ("semantic", "gmf", "mlp"),
+    "bert_rs_paper": ("semantic", "gmf", "mlp"),
     "semantic_only": ("semantic",),
 }
+SEMANTIC_FORMS = ("paper", "projected")
 
 
 class FusionRanker(nn.Module):
@@ -59,12 +73,21 @@ class FusionRanker(nn.Module):
         dropout: float = 0.0,
         profiles: Profiles | None = None,
         mlp_item_chunk: int = 4096,
+        semantic_form: str = "paper",
+        text_similarity: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+        if semantic_form not in SEMANTIC_FORMS:
+            raise ValueError(f"unknown semantic form {semantic_form!r}; known: {SEMANTIC_FORMS}")
+        if variant == "bert_rs_paper":  # the literal paper model, whatever the configuration says
+            semantic_form, text_similarity = "paper", False
         self.variant = variant
         self.branches = VARIANTS[variant]
+        if text_similarity and "semantic" in self.branches:
+            self.branches = ("semantic", "similarity", *self.branches[1:])
+        self.semantic_form = semantic_form
         self.n_users, self.n_items = n_users, n_items
         self.mlp_item_chunk = mlp_item_chunk
         widths: dict[str, int] = {}
@@ -78,16 +101,27 @@ class FusionRanker(nn.Module):
                     f"the model {n_users} / {n_items}"
                 )
             dim = profiles.dim
+            b_u = torch.tensor(profiles.users, dtype=torch.float32)  # (n_users, dim)
+            b_i = torch.tensor(profiles.items, dtype=torch.float32)  # (n_items, dim)
+            if semantic_form == "projected" or text_similarity:
+                b_u, b_i = b_u - b_u.mean(0), b_i - b_i.mean(0)
             # b_u, b_i: fixed, never trained, not saved (eq. 8, leakage-free reading: training-review profiles)
-            self.register_buffer("b_u", torch.tensor(profiles.users, dtype=torch.float32), persistent=False)
-            self.register_buffer("b_i", torch.tensor(profiles.items, dtype=torch.float32), persistent=False)
-            # u_s, i_s start at 1 so l_s starts as the profile agreement b_u (.) b_i; two small random inits would
-            # multiply to ~1e-4 and leave the branch with vanishing gradients.
-            self.u_s = nn.Embedding(n_users, dim)
-            self.i_s = nn.Embedding(n_items, dim)
-            nn.init.ones_(self.u_s.weight)
-            nn.init.ones_(self.i_s.weight)
-            widths["semantic"] = dim
+            self.register_buffer("b_u", b_u, persistent=False)
+            self.register_buffer("b_i", b_i, persistent=False)
+            if semantic_form == "paper":
+                # u_s, i_s start at 1 so l_s starts as the profile agreement b_u (.) b_i; two small random inits
+                # would multiply to ~1e-4 and leave the branch with vanishing gradients.
+                self.u_s = nn.Embedding(n_users, dim)
+                self.i_s = nn.Embedding(n_items, dim)
+                nn.init.ones_(self.u_s.weight)
+                nn.init.ones_(self.i_s.weight)
+                widths["semantic"] = dim
+            else:
+                self.proj_u = nn.Linear(dim, factors, bias=False)  # A
+                self.proj_i = nn.Linear(dim, factors, bias=False)  # B
+                widths["semantic"] = factors
+            if text_similarity:
+                widths["similarity"] = 1
 
         if "gmf" in self.branches:
             self.u_g = nn.Embedding(n_users, factors)
@@ -120,8 +154,28 @@ class FusionRanker(nn.Module):
     # ------------------------------------------------------------------------------------------------ branches
 
     def semantic(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """l_s = (u_s (.) b_u) (.) (i_s (.) b_i), eq. 8 with profiles in place of the pair's own review. (b, dim)"""
-        return (self.u_s(users) * self.b_u[users]) * (self.i_s(items) * self.b_i[items])
+        """l_s: eq. 8 with profiles in place of the pair's own review (paper form, (b, dim)) or its projected
+        form (b, factors)."""
+        return self._semantic_user(users) * self._semantic_item(items)
+
+    def _semantic_user(self, users: torch.Tensor) -> torch.Tensor:
+        if self.semantic_form == "paper":
+            return self.u_s(users) * self.b_u[users]  # u_s (.) b_u
+        return self.proj_u(self.b_u[users])  # A b_u
+
+    def _semantic_item(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """i_s (.) b_i (or B b_i) for `items`, or for every item when `items` is None."""
+        if self.semantic_form == "paper":
+            if items is None:
+                return self.i_s.weight * self.b_i
+            return self.i_s(items) * self.b_i[items]
+        return self.proj_i(self.b_i if items is None else self.b_i[items])
+
+    def similarity(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """l_t = cos(b_u, b_i) of the centred profiles, the zero-shot text match. (b, 1)"""
+        unit_u = F.normalize(self.b_u[users], dim=-1, eps=1e-8)
+        unit_i = F.normalize(self.b_i[items], dim=-1, eps=1e-8)
+        return (unit_u * unit_i).sum(-1, keepdim=True)
 
     def gmf(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """l_g = u_g (.) i_g, eq. 9. (b, factors)"""
@@ -133,7 +187,7 @@ class FusionRanker(nn.Module):
 
     def branch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         """The switched-on branch vectors in fusion order [l_s ; l_g ; l_m]."""
-        fns = {"semantic": self.semantic, "gmf": self.gmf, "mlp": self.mlp_branch}
+        fns = {"semantic": self.semantic, "similarity": self.similarity, "gmf": self.gmf, "mlp": self.mlp_branch}
         return {name: fns[name](users, items) for name in BRANCHES if name in self.branches}
 
     def _weight_slices(self) -> dict[str, torch.Tensor]:
@@ -181,8 +235,12 @@ class FusionRanker(nn.Module):
         slices = self._weight_slices()
         out = self.predict.bias.expand(users.shape[0], self.n_items).clone()  # (b, n_items)
         if "semantic" in self.branches:
-            left = self.u_s(users) * self.b_u[users] * slices["semantic"]  # (b, dim)
-            out = out + left @ (self.i_s.weight * self.b_i).T
+            left = self._semantic_user(users) * slices["semantic"]  # (b, width)
+            out = out + left @ self._semantic_item().T
+        if "similarity" in self.branches:
+            unit_u = F.normalize(self.b_u[users], dim=-1, eps=1e-8)  # (b, dim)
+            unit_i = F.normalize(self.b_i, dim=-1, eps=1e-8)  # (n_items, dim)
+            out = out + slices["similarity"] * (unit_u @ unit_i.T)
         if "gmf" in self.branches:
             out = out + (self.u_g(users) * slices["gmf"]) @ self.i_g.weight.T
         if "mlp" in self.branches:

@@ -39,6 +39,7 @@ from pipeline.embeddings.cache import Profiles, load_profiles
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.evaluate import rank_sampled
+from pipeline.ranking.hybrid import EaseText
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
 from pipeline.ranking.sampling import NegativeSampler
@@ -86,6 +87,8 @@ def build_model(
         return Popularity(n_users, n_items)
     if spec.model == "ease":
         return EASE(n_users, n_items, config.ease_lambda)
+    if spec.model == "ease_text":
+        return EaseText(n_users, n_items, profiles, config.ease_lambda, config.text_weights)
     if spec.model == "mf":
         return MatrixFactorization(n_users, n_items, config.factors, config.mf_loss)
     if spec.model in VARIANTS:
@@ -97,6 +100,8 @@ def build_model(
             mlp_layers=config.mlp_layers,
             dropout=config.dropout,
             profiles=profiles if spec.model in TEXT_MODELS else None,
+            semantic_form=config.semantic_form,
+            text_similarity=config.text_similarity,
         )
     raise ConfigError(f"unknown model {spec.model!r}")
 
@@ -132,6 +137,8 @@ def train(
 
     if not getattr(model, "trainable", True):
         model.fit(data.train.users, data.train.items)
+        if hasattr(model, "select_weight") and has_valid:
+            model.select_weight(data.candidates["valid"])  # a closed-form model's one knob, on validation only
         model.to(device)
         valid = valid_metrics(model, data) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}

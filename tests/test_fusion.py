@@ -1,0 +1,129 @@
+"""Fusion forms beyond the literal eq. 8 (issue 7): projected semantic branch, text-similarity feature, EASE+text.
+
+Each form is checked against its formula computed by hand, and on the planted world the text signal must help
+and the shuffled-profile ablation must lose the gain.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import RunSpec
+from pipeline.ranking.evaluate import evaluate
+from pipeline.ranking.hybrid import EaseText, standardise
+from pipeline.ranking.models import FusionRanker
+from pipeline.ranking.train import build_model, train
+from tests.ranking_fixtures import replace_config
+from tests.test_models import N_ITEMS, N_USERS, tiny_profiles
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def fused(form: str, similarity: bool, variant: str = "bert_rs") -> FusionRanker:
+    torch.manual_seed(0)
+    return FusionRanker(variant, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
+                        semantic_form=form, text_similarity=similarity)
+
+
+def centred():
+    prof = tiny_profiles()
+    return prof.users - prof.users.mean(0), prof.items - prof.items.mean(0)
+
+
+def test_projected_semantic_branch_by_hand():
+    model = fused("projected", False)
+    b_u, b_i = centred()
+    u, i = 2, 9
+    a = model.proj_u.weight.detach().numpy()  # (factors, dim)
+    b = model.proj_i.weight.detach().numpy()
+    expected = (a @ b_u[u]) * (b @ b_i[i])  # l_s = (A b_u) (.) (B b_i), on centred profiles
+    got = model.semantic(torch.tensor([u]), torch.tensor([i]))[0].detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert got.shape == (4,)  # the predictive-factor size, not the encoder's
+
+
+def test_similarity_feature_is_the_cosine_of_centred_profiles():
+    model = fused("projected", True)
+    b_u, b_i = centred()
+    u, i = 5, 1
+    expected = b_u[u] @ b_i[i] / (np.linalg.norm(b_u[u]) * np.linalg.norm(b_i[i]))
+    got = model.similarity(torch.tensor([u]), torch.tensor([i])).item()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert list(model.branch_vectors(torch.tensor([u]), torch.tensor([i]))) == ["semantic", "similarity", "gmf", "mlp"]
+
+
+@pytest.mark.parametrize("form, similarity", [("paper", True), ("projected", False), ("projected", True)])
+def test_every_form_scores_all_items_like_pairwise_forward_and_explains_itself(form, similarity):
+    model = fused(form, similarity)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    users = torch.arange(N_USERS)
+    pairs_u, pairs_i = users.repeat_interleave(N_ITEMS), torch.arange(N_ITEMS).repeat(N_USERS)
+    expected = model(pairs_u, pairs_i).reshape(N_USERS, N_ITEMS)
+    torch.testing.assert_close(model.score_all(users), expected, rtol=1e-5, atol=1e-5)
+    parts = model.score_parts(pairs_u, pairs_i)
+    torch.testing.assert_close(sum(parts.values()), model(pairs_u, pairs_i), rtol=1e-5, atol=1e-5)
+
+
+def test_bert_rs_paper_stays_literal_whatever_the_configuration():
+    model = fused("projected", True, variant="bert_rs_paper")
+    assert model.semantic_form == "paper" and "similarity" not in model.branches
+    assert model.widths["semantic"] == tiny_profiles().dim
+
+
+def test_ease_text_with_zero_weight_ranks_like_ease():
+    prof = tiny_profiles()
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, N_USERS, 30), rng.integers(0, N_ITEMS, 30)
+    model = EaseText(N_USERS, N_ITEMS, prof, ease_lambda=1.0, weights=[0.0]).fit(users, items)
+    everyone = torch.arange(N_USERS)
+    torch.testing.assert_close(model.score_all(everyone), standardise(model.ease.score_all(everyone)))
+    model.weight = torch.tensor(0.7)
+    parts = model.score_parts(everyone, torch.zeros(N_USERS, dtype=torch.long))
+    torch.testing.assert_close(parts["ease"] + parts["semantic"], model.score(everyone, torch.zeros(N_USERS, dtype=torch.long)))
+
+
+def test_ease_text_picks_its_weight_on_validation_and_the_text_signal_is_real(ranking_env):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    config = replace_config(ranking_env.config, text_weights=[0.0, 0.25, 0.5, 1.0, 2.0])
+    ndcg = {}
+    for name, spec in {"ease": RunSpec(model="ease"),
+                       "ease_text": RunSpec(model="ease_text", embeddings="x"),
+                       "ease_text_shuffled": RunSpec(model="ease_text", embeddings="x", shuffle=True)}.items():
+        result = train(spec, config, data, profiles, progress=False)
+        ndcg[name] = evaluate(result.model, data, "test", ks=[10], protocols=["full"])["full"]["ndcg@10"]
+        if name == "ease_text":
+            assert float(result.model.weight) in config.text_weights
+            assert float(result.model.weight) > 0  # the planted text signal is worth using
+    gain = ndcg["ease_text"] - ndcg["ease"]
+    assert gain > 0.01, ndcg
+    assert ndcg["ease_text_shuffled"] - ndcg["ease"] < 0.5 * gain, ndcg
+
+
+def test_projected_bert_rs_uses_the_text_signal(ranking_env):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    config = replace_config(ranking_env.config, semantic_form="projected", text_similarity=True)
+    ndcg = {}
+    for name, spec in {"neumf": RunSpec(model="neumf"),
+                       "bert_rs": RunSpec(model="bert_rs", embeddings="x"),
+                       "bert_rs_shuffled": RunSpec(model="bert_rs", embeddings="x", shuffle=True)}.items():
+        result = train(spec, config, data, profiles, progress=False)
+        ndcg[name] = evaluate(result.model, data, "test", ks=[10], protocols=["sampled"])["sampled"]["ndcg@10"]
+    gain = ndcg["bert_rs"] - ndcg["neumf"]
+    assert gain > 0.05, ndcg
+    assert ndcg["bert_rs_shuffled"] - ndcg["neumf"] < 0.5 * gain, ndcg
+
+
+def test_checkpoint_of_a_hybrid_keeps_its_chosen_weight(ranking_env, tmp_path):
+    from pipeline.ranking.train import load_checkpoint, save_checkpoint
+
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    spec = RunSpec(model="ease_text", embeddings="x")
+    result = train(spec, ranking_env.config, data, profiles, progress=False)
+    save_checkpoint(tmp_path / "m", result, spec, ranking_env.config, data, profiles, ranking_env.cache)
+    loaded = load_checkpoint(tmp_path / "m", data)
+    assert float(loaded.model.weight) == float(result.model.weight)
+    users = torch.arange(data.n_users)
+    torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
+    assert build_model(spec, ranking_env.config, data.n_users, data.n_items, profiles) is not None
