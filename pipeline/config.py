@@ -209,6 +209,21 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
 
+    def embed_for(self, encoder: str) -> EmbedConfig:
+        """The embed settings for one named encoder: its own pooling, where it sets one, beats `embed.pooling`."""
+        spec = self.encoders.get(encoder)
+        if spec is None or spec.pooling is None:
+            return self.embed
+        return dataclasses.replace(self.embed, pooling=spec.pooling)
+
+    def finetune_reason(self, encoder: str) -> str | None:
+        """Why `encoder` is passed through untouched, or None when the finetune stage should train it."""
+        if not self.finetune.enabled:
+            return "finetune.enabled is false"
+        if not self.encoders[encoder].finetune:
+            return f"encoders.{encoder}.finetune is false"
+        return None
+
     def __post_init__(self) -> None:
         for name, run in self.runs.items():
             key = f"runs.{name}"

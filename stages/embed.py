@@ -10,26 +10,14 @@ the cache folder appears only when complete.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import typer
 
-from pipeline.data.prepared import FILES, STATS_FILE
 from pipeline.embeddings import cache
-from pipeline.io import DataError, read_json
-from pipeline.text.encode import load_encoder, set_threads
-from pipeline.text.encoders import resolve_encoder, weights_fingerprint
-from pipeline.text.finetune import SOURCE_FILE
+from pipeline.embeddings.build import build_cache
 from stages.common import PARAMS_OPTION, read_params, user_errors
-
-
-def _rows(path: Path) -> int:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (has `bertrs prepare` run?)")
-    return pq.ParquetFile(path).metadata.num_rows
 
 
 @user_errors
@@ -41,41 +29,7 @@ def main(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Encode all reviews, build training-only user/item profiles and the item index, with provenance."""
-    all_params = read_params(params)
-    config = all_params.embed
-    spec = all_params.encoders.get(name)
-    if spec is not None and spec.pooling is not None:
-        config = dataclasses.replace(config, pooling=spec.pooling)  # a per-encoder choice beats the default
-    set_threads(config.threads)
-    resolved = resolve_encoder(encoder_dir)
-    source_file = Path(resolved) / SOURCE_FILE
-    source = read_json(source_file) if source_file.is_file() else {"base": encoder_dir}
-    encoder = load_encoder(resolved, pooling=config.pooling, max_length=config.max_length,
-                           batch_size=config.batch_size, backend=config.backend)
-    meta = {
-        "encoder": name,
-        "encoder_path": str(encoder_dir),
-        "source_model": source.get("base"),
-        "finetuned": source.get("finetuned"),
-        "weights_fingerprint": weights_fingerprint(resolved),
-        "pooling": config.pooling,
-        "max_length": encoder.max_length,
-        "dim": encoder.dim,
-        "backend": config.backend,
-        "data_fingerprint": read_json(prepared / STATS_FILE)["fingerprint"],
-        "profile": config.profile,
-    }
-    final = cache.write_embedding_cache(
-        out,
-        prepared / FILES["reviews"][0],
-        encoder,
-        meta=meta,
-        n_users=_rows(prepared / FILES["users"][0]),
-        n_items=_rows(prepared / FILES["items"][0]),
-        shard_size=config.shard_size,
-        normalize_profiles=config.normalize_profiles,
-        index_metric=config.index_metric,
-    )
+    final = build_cache(prepared, encoder_dir, name, read_params(params).embed_for(name), out)
     typer.echo(f"cache {name} -> {out}: {final['n_reviews']} reviews, dim {final['dim']}, pooling {final['pooling']}")
 
 

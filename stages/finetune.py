@@ -34,8 +34,8 @@ def main(
     if encoder not in config.encoders:
         raise ConfigError(f"encoders.{encoder}: not defined in {params} (known: {sorted(config.encoders)})")
     spec = config.encoders[encoder]
-    if not config.finetune.enabled or not spec.finetune:
-        reason = "finetune.enabled is false" if not config.finetune.enabled else f"encoders.{encoder}.finetune is false"
+    reason = config.finetune_reason(encoder)
+    if reason is not None:
         result = pass_through(spec.model, out, reason)
     else:
         reviews = load_reviews(prepared, columns=["review_id", "text", "split"])

@@ -59,3 +59,13 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
 def test_a_single_input_path_is_accepted_as_a_list(tmp_path):
     params = load_params(write_params(tmp_path, {"prepare": {"input": "data/x.json.gz"}}))
     assert params.prepare.input == ["data/x.json.gz"]
+
+
+def test_an_encoder_can_choose_its_own_pooling_and_finetune_decision(tmp_path):
+    params = load_params(write_params(tmp_path, {
+        "encoders": {"a": {"finetune": True}, "b": {"pooling": "mean"}},
+        "embed": {"pooling": "pooler"},
+    }))
+    assert params.embed_for("a").pooling == "pooler" and params.embed_for("b").pooling == "mean"
+    assert params.finetune_reason("a") is None
+    assert params.finetune_reason("b") == "encoders.b.finetune is false"

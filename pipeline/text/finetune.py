@@ -268,3 +268,4 @@ def pass_through(base: str, out: str | Path, reason: str) -> dict[str, Any]:
     log.info("fine-tuning skipped (%s): base checkpoint passed through to %s", reason, out)
     return {"finetuned": False, "note": f"fine-tuning skipped: {reason}; base checkpoint passed through",
             "base": base, "base_weights_fingerprint": base_fp, "weights_fingerprint": weights_fingerprint(out)}
+
