@@ -1,7 +1,7 @@
 """`bertrs evaluate`: score every trained run on one split under the sampled and full-ranking protocols.
 
     bertrs evaluate --prepared data/prepared --models data/models --metrics metrics.json \
-        --table reports/comparison.md --plots reports/plots/hr_at_k.csv --params params.yaml --split test
+        --table reports/comparison.md --plots-dir reports/at_k --params params.yaml --split test
 
 Every folder under --models holding a run.json is one run. Text runs reload the embedding cache recorded in their
 run.json, whose fingerprint must still match. Writes metrics.json (run -> protocol -> metric@K, plus the cache each
@@ -17,9 +17,9 @@ from pathlib import Path
 import typer
 
 from pipeline.data.prepared import load_prepared
-from pipeline.io import DataError, atomic_path, write_json
+from pipeline.io import DataError, atomic_dir, atomic_path, write_json
 from pipeline.ranking.evaluate import evaluate
-from pipeline.ranking.report import comparison_markdown, plot_rows
+from pipeline.ranking.report import at_k_rows, comparison_markdown
 from pipeline.ranking.train import RUN_FILE, load_checkpoint
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
@@ -40,7 +40,7 @@ def main(
     models: Path = typer.Option(Path("data/models"), help="folder of run folders (each with run.json)"),
     metrics: Path = typer.Option(Path("metrics.json"), help="metrics JSON to write (DVC metrics)"),
     table: Path = typer.Option(Path("reports/comparison.md"), help="Markdown comparison table to write"),
-    plots: Path = typer.Option(Path("reports/plots/hr_at_k.csv"), "--plots", "--plots-file", help="per-K points CSV (run, protocol, k, hr, ndcg)"),
+    plots_dir: Path = typer.Option(Path("reports/at_k"), "--plots-dir", help="folder of per-run CSVs: k, hr_*, ndcg_*"),
     params: Path = PARAMS_OPTION,
     split: str = typer.Option("test", help="valid | test"),
 ) -> None:
@@ -71,10 +71,11 @@ def main(
     write_json(metrics, results)
     with atomic_path(table) as tmp:
         tmp.write_text(comparison_markdown(results, config.ks, config.protocols, split))
-    rows = plot_rows(results, config.ks, config.protocols)
-    with atomic_path(plots) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["run", "protocol", "k", "hr", "ndcg"])
-            writer.writeheader()
-            writer.writerows(rows)
-    typer.echo(f"{len(results)} runs -> {metrics}, {table}, {plots}")
+    with atomic_dir(plots_dir) as tmp:
+        for name, result in results.items():
+            rows = at_k_rows(result, config.ks, config.protocols)
+            with open(tmp / f"{name.replace('/', '_')}.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    typer.echo(f"{len(results)} runs -> {metrics}, {table}, {plots_dir}/")

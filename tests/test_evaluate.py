@@ -95,7 +95,7 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     res = CliRunner().invoke(app, [
         "--prepared", str(ranking_env.prepared), "--models", str(tmp_path / "models"),
         "--metrics", str(out / "metrics.json"), "--table", str(out / "comparison.md"),
-        "--plots", str(out / "hr_at_k.csv"), "--params", str(_write_params(tmp_path / "params.yaml")),
+        "--plots-dir", str(out / "at_k"), "--params", str(_write_params(tmp_path / "params.yaml")),
     ])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -105,5 +105,7 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     table = (out / "comparison.md").read_text()
     assert "| HR@10 | NDCG@10 | HR@5 | NDCG@5 | HR@3 | NDCG@3 | HR@1 | NDCG@1 | Cache |" in table
     assert "sampled protocol" in table and "full protocol" in table and "user activity" in table
-    rows = list(csv.DictReader(open(out / "hr_at_k.csv")))
-    assert len(rows) == 2 * 2 * 4 and set(rows[0]) == {"run", "protocol", "k", "hr", "ndcg"}
+    assert sorted(p.name for p in (out / "at_k").iterdir()) == ["bert_rs.csv", "neumf.csv"]
+    rows = list(csv.DictReader(open(out / "at_k" / "bert_rs.csv")))
+    assert [int(r["k"]) for r in rows] == [1, 3, 5, 10]
+    assert set(rows[0]) == {"k", "hr_sampled", "ndcg_sampled", "hr_full", "ndcg_full"}

@@ -3,7 +3,8 @@
     score(u, i) = z_u(EASE(u, i)) + w * z_u(cos(b_u - mu_u, b_i - mu_i))
 
 z_u standardises a user's scores over all items, so that w is comparable across users. w is picked from a fixed
-grid on the validation split only (w = 0 is EASE itself, so on validation the hybrid can only match or beat EASE).
+grid by full-ranking NDCG@10 on the validation split only; w = 0 is EASE itself, so on validation the hybrid can
+only match or beat EASE.
 This is the "text-similarity feature" fusion of issue 7 in its simplest form: if review text carries a signal the
 item-item model misses, this is where it shows, and the shuffled-profile ablation removes it.
 """
@@ -17,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.prepared import Candidates
+from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE
-from pipeline.ranking.metrics import metrics_from_ranks, rank_against
+from pipeline.ranking.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.metrics import metrics_from_ranks
 
 
 def standardise(scores: torch.Tensor) -> torch.Tensor:
@@ -52,19 +54,13 @@ class EaseText(nn.Module):
         """Standardised EASE and text scores for every item. (b, n_items) each"""
         return standardise(self.ease.score_all(users)), standardise(self.unit_u[users] @ self.unit_i.T)
 
-    def select_weight(self, candidates: Candidates) -> dict:
-        """Pick w on validation candidates by sampled NDCG@10; returns the validation metrics of the choice."""
-        users = torch.as_tensor(candidates.users)
-        ease, text = self._parts_all(users)
-        items = torch.as_tensor(np.concatenate([candidates.items[:, None], candidates.negatives], axis=1))
-        valid = items >= 0
-        ease_c = ease.gather(1, items.clamp(min=0))
-        text_c = text.gather(1, items.clamp(min=0))
+    def select_weight(self, data: PreparedData) -> dict:
+        """Pick w by full-ranking NDCG@10 on the validation split (the metric the comparison is judged on)."""
+        mask = full_ranking_mask(data, "valid")
         best, best_metrics = None, None
         for w in self.grid:
-            scores = ease_c + w * text_c
-            ranks = rank_against(scores[:, 0], scores[:, 1:], valid[:, 1:]).numpy()
-            m = metrics_from_ranks(ranks, [10])
+            self.weight = torch.tensor(float(w))
+            m = metrics_from_ranks(rank_full(self, data.valid, mask).ranks, [10])
             if best_metrics is None or m["ndcg@10"] > best_metrics["ndcg@10"]:
                 best, best_metrics = w, m
         self.weight = torch.tensor(float(best))

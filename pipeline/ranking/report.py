@@ -51,12 +51,9 @@ def comparison_markdown(results: dict[str, dict], ks: Sequence[int], protocols: 
     return "\n".join(lines)
 
 
-def plot_rows(results: dict[str, dict], ks: Sequence[int], protocols: Sequence[str]) -> list[dict]:
-    """Rows (run, protocol, k, hr, ndcg) for `dvc plots`."""
+def at_k_rows(result: dict, ks: Sequence[int], protocols: Sequence[str]) -> list[dict]:
+    """One run's metrics against K, one row per K (columns hr_<protocol>, ndcg_<protocol>), for `dvc plots`."""
     return [
-        {"run": run, "protocol": p, "k": k, "hr": res[p][f"hr@{k}"], "ndcg": res[p][f"ndcg@{k}"]}
-        for run, res in results.items()
-        for p in protocols
-        if p in res
+        {"k": k, **{f"{m}_{p}": result[p][f"{m}@{k}"] for p in protocols if p in result for m in ("hr", "ndcg")}}
         for k in sorted(ks)
     ]

@@ -138,7 +138,7 @@ def train(
     if not getattr(model, "trainable", True):
         model.fit(data.train.users, data.train.items)
         if hasattr(model, "select_weight") and has_valid:
-            model.select_weight(data.candidates["valid"])  # a closed-form model's one knob, on validation only
+            model.select_weight(data)  # a closed-form model's one knob, on validation only
         model.to(device)
         valid = valid_metrics(model, data) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}

@@ -1,0 +1,444 @@
+"""Quality benchmark: does review text improve recommendations, on every real dataset, against tuned baselines?
+
+    python benchmarks/quality.py                                   # every dataset found, both protocols, 3 seeds
+    python benchmarks/quality.py --datasets digital_music --protocols leave_one_out --seeds 1 --budget 1  # a look
+
+For each dataset and split protocol: prepare the data (same code as `bertrs prepare`), fine-tune the encoder with
+MLM+NSP on the training reviews (`bertrs finetune`), build the embedding caches (`bertrs embed`), then train and
+evaluate every model with the same code as `bertrs train` / `bertrs evaluate`:
+
+- non-text: pop, mf, ease, gmf, mlp, neumf;
+- text: bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler), bert_rs (the fusion form of `params.yaml`) and
+  ease_text (EASE + text cosine) on each cache, plus every text model with shuffled profiles (the ablation).
+
+Fairness rules. Every trainable model gets the same `--budget` hyper-parameter configurations (the first N of
+SEARCH below), every EASE-based model the same N values of lambda; the configuration is chosen on the validation
+split (full-ranking NDCG@10) with seed 0, then retrained with `--seeds` seeds. "Best text" and "best non-text" are
+also chosen on validation; the test split is only read to report. The split itself is fixed (prepare seed 42) so
+that the fine-tuned encoder never sees a review that another seed's split would hold out; seeds vary model
+initialisation and negative sampling. One fine-tuned encoder serves both protocols of a dataset: it is trained on
+the reviews that are training reviews under both, so neither protocol's held-out reviews reach it. Beside the seed spread, a paired bootstrap over test users gives a 95%
+interval for the gain of the best text model over the best non-text model.
+
+Leakage audit: bert_rs and ease_text are also trained once with profiles pooled over *all* reviews, test reviews
+included (what the paper's eq. 8 does when read literally); the inflation this causes is reported, never used.
+
+Writes benchmarks/results/quality.{json,md}. Work is kept under build/quality/ (prepared data, encoders, caches,
+one JSON line per trained model), so a rerun resumes where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import Params, RunSpec, TrainConfig, load_params  # noqa: E402
+from pipeline.data.prepare import prepare_dataset  # noqa: E402
+from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
+from pipeline.embeddings.build import build_cache  # noqa: E402
+from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings  # noqa: E402
+from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+from pipeline.ranking.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
+from pipeline.ranking.train import train  # noqa: E402
+from pipeline.text.finetune import finetune_encoder  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+DATASETS = {
+    # the bundled sample is the shared Digital Music file itself, so it is one dataset here, not two
+    "digital_music": REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz",
+    "all_beauty": SHARED / "amazon2018" / "All_Beauty_5.json.gz",
+    "amazon_fashion": SHARED / "amazon2018" / "AMAZON_FASHION_5.json.gz",
+    "gift_cards": SHARED / "amazon2018" / "Gift_Cards_5.json.gz",
+}
+PROTOCOLS = ("leave_one_out", "random")
+KS = (1, 3, 5, 10)
+NON_TEXT = ("pop", "mf", "ease", "gmf", "mlp", "neumf")
+
+# The shared search space, in order: a budget of N takes the first N for every trainable model.
+SEARCH = (
+    {"learning_rate": 3e-3, "factors": 32, "mlp_layers": [128, 64, 32], "weight_decay": 0.0, "dropout": 0.0},
+    {"learning_rate": 1e-3, "factors": 32, "mlp_layers": [128, 64, 32], "weight_decay": 0.0, "dropout": 0.0},
+    {"learning_rate": 3e-3, "factors": 64, "mlp_layers": [256, 128, 64], "weight_decay": 1e-6, "dropout": 0.2},
+    {"learning_rate": 1e-2, "factors": 16, "mlp_layers": [64, 32, 16], "weight_decay": 1e-6, "dropout": 0.0},
+)
+EASE_SEARCH = (500.0, 100.0, 2000.0, 50.0)
+
+
+def variants(params: Params) -> dict[str, RunSpec]:
+    """Every row of the benchmark table: non-text models, then text models on each cache, then their ablations."""
+    out = {name: RunSpec(model=name) for name in NON_TEXT}
+    for encoder in params.encoders:
+        out[f"bert_rs@{encoder}"] = RunSpec(model="bert_rs", embeddings=encoder)
+        out[f"ease_text@{encoder}"] = RunSpec(model="ease_text", embeddings=encoder)
+    finetuned = [e for e, spec in params.encoders.items() if spec.finetune] or list(params.encoders)
+    out[f"bert_rs_paper@{finetuned[0]}"] = RunSpec(model="bert_rs_paper", embeddings=finetuned[0])
+    for name, spec in list(out.items()):
+        if spec.embeddings is not None:
+            out[f"{name}+shuffled"] = dataclasses.replace(spec, shuffle=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def prepared_for(work: Path, dataset: str, protocol: str, params: Params) -> PreparedData:
+    out = work / dataset / protocol / "prepared"
+    if not (out / "stats.json").is_file():
+        config = dataclasses.replace(params.prepare, protocol=protocol, input=[str(DATASETS[dataset])])
+        prepare_dataset(config, config.input, out)
+    return load_prepared(out)
+
+
+def shared_training_reviews(work: Path, dataset: str, protocols: list[str], params: Params) -> pa.Table:
+    """Reviews that are training reviews under *every* protocol run: one fine-tuned encoder per dataset then serves
+    both protocols without ever having seen a review that either of them holds out."""
+    tables = [load_reviews(prepared_for(work, dataset, p, params).root, columns=["review_id", "text", "split"])
+              for p in protocols]
+    train_everywhere = np.logical_and.reduce([t.column("split").to_numpy(zero_copy_only=False) == "train"
+                                              for t in tables])
+    if len({t.num_rows for t in tables}) != 1 or not all(
+            np.array_equal(t.column("review_id").to_numpy(), tables[0].column("review_id").to_numpy()) for t in tables):
+        raise RuntimeError(f"{dataset}: protocols kept different reviews; cannot share one fine-tuned encoder")
+    splits = np.where(train_everywhere, "train", "held_out")
+    return tables[0].set_column(2, "split", pa.array(splits))
+
+
+def encoders_for(work: Path, dataset: str, protocols: list[str], params: Params) -> dict[str, str]:
+    """Encoder folder (or spec) per name; fine-tuned ones are trained once per dataset (see above)."""
+    out = {}
+    for name, spec in params.encoders.items():
+        if params.finetune_reason(name) is not None:
+            out[name] = spec.model
+            continue
+        folder = work / dataset / "encoders" / name
+        if not (folder / "config.json").is_file():
+            reviews = shared_training_reviews(work, dataset, protocols, params)
+            metrics = finetune_encoder(reviews, spec.model, folder, params.finetune)
+            write_json(work / dataset / "encoders" / f"{name}.metrics.json", metrics)
+        out[name] = str(folder)
+    return out
+
+
+def caches_for(work: Path, dataset: str, protocol: str, params: Params, data: PreparedData,
+               encoders: dict[str, str]) -> dict[str, Path]:
+    caches = {}
+    for name, encoder_dir in encoders.items():
+        cache = work / dataset / protocol / "embeddings" / name
+        if not (cache / "meta.json").is_file():
+            build_cache(data.root, encoder_dir, name, params.embed_for(name), cache)
+        caches[name] = cache
+    return caches
+
+
+def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:
+    """The audit's deliberately wrong profiles: every review pooled, test reviews included."""
+    table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
+    everything = np.full(table.num_rows, "train")
+    tables = mean_profiles(table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(), everything,
+                           vectors, data.n_users, data.n_items)
+    honest = load_profiles(cache, data_fingerprint=data.fingerprint)
+    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, honest.meta)
+
+
+# ----------------------------------------------------------------------------------------------- train + eval
+
+
+def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int) -> TrainConfig:
+    if spec.model in ("ease", "ease_text"):
+        return dataclasses.replace(base, ease_lambda=EASE_SEARCH[index], seed=seed)
+    return dataclasses.replace(base, **SEARCH[index], seed=seed)
+
+
+def n_configs(spec: RunSpec, budget: int) -> int:
+    return 1 if spec.model == "pop" else budget
+
+
+def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None) -> dict:
+    started = time.perf_counter()
+    result = train(spec, config, data, profiles, progress=False)
+    valid = evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]
+    test = evaluate(result.model, data, "test", ks=KS, protocols=["sampled", "full"])
+    ranked = rank_full(result.model, data.test, full_ranking_mask(data, "test"))
+    per_user = np.where(ranked.ranks < 10, 1.0 / np.log2(ranked.ranks + 2.0), 0.0).tolist()  # for the bootstrap
+    return {
+        "valid_full_ndcg@10": valid["ndcg@10"],
+        "test": {p: test[p] for p in ("sampled", "full")},
+        "buckets": {b: m["ndcg@10"] for b, m in test["buckets"]["full"].items()},
+        "bucket_sizes": {b: m["n"] for b, m in test["buckets"]["full"].items()},
+        "per_positive_full_ndcg@10": per_user,
+        "best_epoch": result.best_epoch,
+        "text_weight": float(result.model.weight) if spec.model == "ease_text" else None,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+class Ledger:
+    """One JSON line per trained model, so an interrupted benchmark resumes without retraining."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                self.rows[row["key"]] = row
+
+    def get_or_run(self, key: str, fn) -> dict:
+        if key not in self.rows:
+            row = {"key": key, **fn()}
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            self.rows[key] = row
+        return self.rows[key]
+
+
+def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget: int, seeds: int,
+                encoders: dict[str, str], log) -> dict:
+    data = prepared_for(work, dataset, protocol, params)
+    caches = caches_for(work, dataset, protocol, params, data, encoders)
+    profiles = {name: load_profiles(path, data_fingerprint=data.fingerprint, n_users=data.n_users,
+                                    n_items=data.n_items) for name, path in caches.items()}
+    ledger = Ledger(work / dataset / protocol / "runs.jsonl")
+    rows = {}
+    for name, spec in variants(params).items():
+        prof = profiles.get(spec.embeddings) if spec.embeddings else None
+        search = []
+        for index in range(n_configs(spec, budget)):
+            config = config_for(params.train, spec, index, seed=0)
+            row = ledger.get_or_run(f"{name}|c{index}|s0", lambda: fit_and_score(spec, config, data, prof))
+            search.append(row["valid_full_ndcg@10"])
+        chosen = int(np.argmax(search))
+        runs = [ledger.get_or_run(f"{name}|c{chosen}|s{seed}",
+                                  lambda: fit_and_score(spec, config_for(params.train, spec, chosen, seed), data, prof))
+                for seed in range(seeds)]
+        rows[name] = summarise(spec, chosen, search, runs)
+        log(f"{dataset}/{protocol} {name}: config {chosen}, valid {rows[name]['valid']:.4f}, "
+            f"test full NDCG@10 {rows[name]['full']['ndcg@10'][0]:.4f} ± {rows[name]['full']['ndcg@10'][1]:.4f}")
+    audit = leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger)
+    return {"stats": data.stats["table1"], "rows": rows, "verdict": verdict(rows), "leakage_audit": audit,
+            "finetune": finetune_summary(work / dataset)}
+
+
+def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict]) -> dict:
+    out = {"model": spec.model, "cache": spec.embeddings, "shuffle": spec.shuffle, "config": chosen,
+           "search_valid": search, "valid": float(np.mean([r["valid_full_ndcg@10"] for r in runs]))}
+    for protocol in ("sampled", "full"):
+        out[protocol] = {
+            metric: (float(np.mean([r["test"][protocol][metric] for r in runs])),
+                     float(np.std([r["test"][protocol][metric] for r in runs])))
+            for metric in (f"{m}@{k}" for k in KS for m in ("hr", "ndcg"))
+        }
+    buckets = sorted({b for r in runs for b in r["buckets"]})
+    out["buckets"] = {b: float(np.mean([r["buckets"].get(b, np.nan) for r in runs])) for b in buckets}
+    out["bucket_sizes"] = runs[0]["bucket_sizes"]
+    out["per_positive"] = np.mean([r["per_positive_full_ndcg@10"] for r in runs], axis=0).tolist()
+    out["text_weight"] = [r["text_weight"] for r in runs] if spec.model == "ease_text" else None
+    out["seconds_per_fit"] = float(np.mean([r["seconds"] for r in runs]))
+    return out
+
+
+def verdict(rows: dict) -> dict:
+    """Best text and best non-text model chosen on validation; their test gap with seed spread and bootstrap."""
+    text = {n: r for n, r in rows.items() if r["cache"] is not None and not r["shuffle"]}
+    plain = {n: r for n, r in rows.items() if r["cache"] is None}
+    best_text = max(text, key=lambda n: text[n]["valid"])
+    best_plain = max(plain, key=lambda n: plain[n]["valid"])
+    t, p = rows[best_text]["full"]["ndcg@10"], rows[best_plain]["full"]["ndcg@10"]
+    shuffled = rows.get(f"{best_text}+shuffled", {}).get("full", {}).get("ndcg@10", (np.nan, np.nan))
+    neumf = rows["neumf"]["full"]["ndcg@10"]
+    low, high = paired_bootstrap(rows[best_text]["per_positive"], rows[best_plain]["per_positive"])
+    spread = max(t[1], p[1])
+    sparsest = "1-3"
+    bucket_gain = _relative(rows[best_text]["buckets"].get(sparsest), rows[best_plain]["buckets"].get(sparsest))
+    return {
+        "best_text": best_text,
+        "best_non_text": best_plain,
+        "text_full_ndcg@10": t,
+        "non_text_full_ndcg@10": p,
+        "gain_over_best_non_text": t[0] - p[0],
+        "relative_gain_over_best_non_text": _relative(t[0], p[0]),
+        "relative_gain_over_neumf": _relative(t[0], neumf[0]),
+        "seed_std": spread,
+        "beats_by_more_than_two_std": bool(t[0] - p[0] > 2 * spread),
+        "text_wins_on_validation": bool(rows[best_text]["valid"] > rows[best_plain]["valid"]),
+        "bootstrap_95ci_gain": [low, high],
+        "bootstrap_excludes_zero": bool(low > 0),
+        "shuffled_full_ndcg@10": shuffled,
+        "shuffle_loses_gain": bool(shuffled[0] - p[0] < 0.5 * (t[0] - p[0])) if t[0] > p[0] else None,
+        "sparsest_bucket_relative_gain": bucket_gain,
+    }
+
+
+def _relative(a, b):
+    return None if a is None or b is None or b == 0 else float(a / b - 1.0)
+
+
+def paired_bootstrap(a: list[float], b: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(a - b) over test positives resampled with replacement."""
+    diff = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(rounds, len(diff)))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -> dict:
+    """Train the chosen configs of the mean-pooled text models once more on leaky profiles; report inflation."""
+    out = {}
+    audited_cache = "minilm_mean" if "minilm_mean" in caches else next(iter(caches))
+    for name, row in rows.items():
+        if row["shuffle"] or row["model"] not in ("bert_rs", "ease_text") or row["cache"] != audited_cache:
+            continue
+        spec = RunSpec(model=row["model"], embeddings=row["cache"])
+        leaky = leaky_profiles(caches[row["cache"]], data)
+        config = config_for(params.train, spec, row["config"], seed=0)
+        audit = ledger.get_or_run(f"{name}|c{row['config']}|s0|LEAKY", lambda: fit_and_score(spec, config, data, leaky))
+        honest = row["full"]["ndcg@10"][0]
+        leaked = audit["test"]["full"]["ndcg@10"]
+        out[name] = {"honest_full_ndcg@10": honest, "leaky_full_ndcg@10": leaked,
+                     "inflation": _relative(leaked, honest)}
+    return out
+
+
+def finetune_summary(base: Path) -> dict:
+    return {p.name.removesuffix(".metrics.json"): {k: json.loads(p.read_text())[k] for k in ("before", "after", "steps")}
+            for p in sorted((base / "encoders").glob("*.metrics.json"))}
+
+
+# --------------------------------------------------------------------------------------------------- reports
+
+
+def markdown(results: dict, meta: dict) -> str:
+    lines = ["# Quality benchmark", "",
+             f"Run {meta['date']} on {meta['machine']} with `{meta['command']}` ({meta['minutes']:.0f} min). "
+             f"Seeds: {meta['seeds']}; tuning budget: {meta['budget']} configurations per model, chosen on "
+             "validation full-ranking NDCG@10. Test metrics: mean ± std over seeds. `@cache` names the embedding "
+             "cache; `+shuffled` permutes its profiles across users and items.", ""]
+    for key, res in results.items():
+        stats = res["stats"]
+        lines += [f"## {key}", "",
+                  f"{stats['users']} users, {stats['items']} items, {stats['reviews']} reviews "
+                  f"(sparsity {stats['sparsity']:.4f}).", ""]
+        for protocol in ("full", "sampled"):
+            lines += [f"### {protocol} ranking (test)", "",
+                      "| model | " + " | ".join(f"HR@{k} | NDCG@{k}" for k in (10, 5, 3, 1)) + " | valid NDCG@10 |",
+                      "|---|" + "---|" * 9]
+            for name, row in res["rows"].items():
+                cells = [f"{row[protocol][f'{m}@{k}'][0]:.4f} ± {row[protocol][f'{m}@{k}'][1]:.4f}"
+                         for k in (10, 5, 3, 1) for m in ("hr", "ndcg")]
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['valid']:.4f} |")
+            lines.append("")
+        v = res["verdict"]
+        lines += ["### Verdict (chosen on validation, reported on test, full-ranking NDCG@10)", "",
+                  f"- best text model: **{v['best_text']}** {v['text_full_ndcg@10'][0]:.4f} ± "
+                  f"{v['text_full_ndcg@10'][1]:.4f}; best non-text: **{v['best_non_text']}** "
+                  f"{v['non_text_full_ndcg@10'][0]:.4f} ± {v['non_text_full_ndcg@10'][1]:.4f}",
+                  f"- gain {v['gain_over_best_non_text']:+.4f} ({_pct(v['relative_gain_over_best_non_text'])}); "
+                  f"more than twice the seed std: {'yes' if v['beats_by_more_than_two_std'] else 'no'}; "
+                  f"paired bootstrap 95% CI of the gain [{v['bootstrap_95ci_gain'][0]:+.4f}, "
+                  f"{v['bootstrap_95ci_gain'][1]:+.4f}]",
+                  f"- over neumf: {_pct(v['relative_gain_over_neumf'])}; text also ahead on validation: "
+                  f"{'yes' if v['text_wins_on_validation'] else 'no'}",
+                  f"- shuffled ablation of the best text model: {v['shuffled_full_ndcg@10'][0]:.4f} "
+                  f"(loses the gain: {v['shuffle_loses_gain']})",
+                  f"- users with 1-3 training interactions: {_pct(v['sparsest_bucket_relative_gain'])} relative",
+                  ""]
+        buckets = sorted({b for row in res["rows"].values() for b in row["buckets"]})
+        lines += ["### Full-ranking NDCG@10 by user activity (training interactions)", "",
+                  "| model | " + " | ".join(f"{b} (n={next(iter(res['rows'].values()))['bucket_sizes'].get(b, 0)})"
+                                          for b in buckets) + " |",
+                  "|---|" + "---|" * len(buckets)]
+        for name, row in res["rows"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row['buckets'].get(b, float('nan')):.4f}" for b in buckets)
+                         + " |")
+        lines.append("")
+        if res["leakage_audit"]:
+            lines += ["### Leakage audit (profiles pooled over all reviews, test included; never reported above)",
+                      "", "| model | honest | leaky | inflation |", "|---|---|---|---|"]
+            for name, a in res["leakage_audit"].items():
+                lines.append(f"| {name} | {a['honest_full_ndcg@10']:.4f} | {a['leaky_full_ndcg@10']:.4f} | "
+                             f"{_pct(a['inflation'])} |")
+            lines.append("")
+        if res["finetune"]:
+            lines += ["### MLM+NSP fine-tuning (held-out training reviews)", "",
+                      "| encoder | steps | MLM loss before → after | NSP accuracy before → after |", "|---|---|---|---|"]
+            for name, f in res["finetune"].items():
+                lines.append(f"| {name} | {f['steps']} | {f['before']['mlm_loss']:.3f} → {f['after']['mlm_loss']:.3f}"
+                             f" | {f['before']['nsp_accuracy']:.3f} → {f['after']['nsp_accuracy']:.3f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=3, choices=range(1, len(SEARCH) + 1))
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--work", default=str(REPO / "build" / "quality"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quality"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = load_params(args.params)
+    params = dataclasses.replace(params, prepare=dataclasses.replace(
+        params.prepare, min_user_reviews=3, min_item_reviews=3, k_core=True, max_users=None, seed=42))
+    work = Path(args.work)
+    started = time.perf_counter()
+    results = {}
+    for dataset in args.datasets.split(","):
+        if not DATASETS[dataset].is_file():
+            print(f"skip {dataset}: {DATASETS[dataset]} not present", flush=True)
+            continue
+        protocols = args.protocols.split(",")
+        encoders = encoders_for(work, dataset, protocols, params)
+        for protocol in protocols:
+            results[f"{dataset} / {protocol}"] = run_dataset(work, dataset, protocol, params, args.budget,
+                                                             args.seeds, encoders, lambda m: print(m, flush=True))
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPU cores, {_memory_gib():.0f} GiB RAM, {platform.processor() or platform.machine()}",
+        "command": "python " + " ".join(["benchmarks/quality.py", *sys.argv[1:]]),
+        "seeds": args.seeds,
+        "budget": args.budget,
+        "minutes": (time.perf_counter() - started) / 60,
+        "torch": torch.__version__,
+    }
+    out = Path(args.out)
+    for res in results.values():
+        for row in res["rows"].values():
+            row.pop("per_positive", None)
+    write_json(out.with_suffix(".json"), {"meta": meta, "results": results})
+    out.with_suffix(".md").write_text(markdown(results, meta))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+def _memory_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / 2**30
+
+
+if __name__ == "__main__":
+    main()

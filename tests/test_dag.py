@@ -1,0 +1,118 @@
+"""The real DVC DAG on a tiny configuration: a temporary git repo with this project's dvc.yaml, stages and library,
+a tiny local BERT and a small generated dataset.
+
+Specifies that `dvc repro` builds every output, that a second run does nothing, that a ranker parameter reruns
+only stage two, and that swapping a run's embedding cache changes the table's cache column and its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.data.synthetic import SyntheticSpec, write_synthetic
+from pipeline.data.prepared import load_prepared
+from pipeline.embeddings.cache import load_profiles
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_param(repo: Path, dotted: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def dag_repo(tmp_path_factory, tiny_encoder_master) -> Path:
+    repo = tmp_path_factory.mktemp("dag") / "repo"
+    repo.mkdir()
+    for folder in ("pipeline", "stages"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    write_synthetic(repo / "data" / "raw" / "reviews.json.gz", SyntheticSpec(n_users=40, n_items=25, seed=5))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"].update(input="data/raw", min_user_reviews=3, min_item_reviews=2, eval_negatives=10)
+    tiny = str(tiny_encoder_master)
+    params["encoders"] = {"tiny": {"model": tiny, "finetune": False},
+                          "tiny_ft": {"model": tiny, "finetune": True}}
+    params["finetune"].update(max_steps=3, batch_size=4, max_length=32, max_eval_pairs=8, save_steps=1,
+                              learning_rate=5e-3)  # large enough that the tuned encoder really differs
+    params["embed"].update(max_length=32, batch_size=16, shard_size=32)
+    params["runs"] = {"pop": {"model": "pop"}, "neumf": {"model": "neumf"},
+                      # text alone: with a random tiny BERT, only a text-only model is sure to rank differently
+                      "text": {"model": "semantic_only", "embeddings": "tiny"}}
+    params["train"].update(epochs=2, factors=8, mlp_layers=[16, 8], batch_size=64, device="cpu")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
+        subprocess.run(command, cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def first_repro(dag_repo) -> str:
+    return dvc(dag_repo, "repro")
+
+
+def test_repro_builds_every_stage_and_valid_outputs(dag_repo, first_repro):
+    assert ran(first_repro) == {"prepare", "finetune@tiny", "finetune@tiny_ft", "embed@tiny", "embed@tiny_ft",
+                                "train@pop", "train@neumf", "train@text", "evaluate"}
+    data = load_prepared(dag_repo / "data" / "prepared")
+    for name in ("tiny", "tiny_ft"):
+        profiles = load_profiles(dag_repo / "data" / "embeddings" / name, data_fingerprint=data.fingerprint,
+                                 n_users=data.n_users, n_items=data.n_items)
+        assert profiles.dim == 32
+    finetuned = json.loads((dag_repo / "metrics" / "finetune" / "tiny_ft.json").read_text())
+    assert finetuned["finetuned"] is True and "nsp_accuracy" in finetuned["after"]
+    metrics = json.loads((dag_repo / "metrics.json").read_text())
+    assert set(metrics) == {"pop", "neumf", "text"}
+    assert all(0 <= metrics[r]["full"]["ndcg@10"] <= 1 for r in metrics)
+    assert (dag_repo / "metrics" / "curves" / "neumf.csv").is_file()
+    assert "data/embeddings/tiny" in (dag_repo / "reports" / "comparison.md").read_text()
+    assert "Data and pipelines are up to date" in dvc(dag_repo, "status")
+
+
+def test_a_second_repro_does_nothing(dag_repo, first_repro):
+    assert ran(dvc(dag_repo, "repro")) == set()
+
+
+def test_a_ranker_parameter_reruns_only_stage_two(dag_repo, first_repro):
+    set_param(dag_repo, "train.epochs", 3)
+    assert ran(dvc(dag_repo, "repro")) == {"train@pop", "train@neumf", "train@text", "evaluate"}
+
+
+def test_swapping_the_cache_changes_the_table_and_the_metrics(dag_repo, first_repro):
+    before = json.loads((dag_repo / "metrics.json").read_text())["text"]
+    set_param(dag_repo, "runs.text.embeddings", "tiny_ft")
+    assert ran(dvc(dag_repo, "repro")) == {"train@text", "evaluate"}
+    after = json.loads((dag_repo / "metrics.json").read_text())["text"]
+    assert before["cache"].endswith("data/embeddings/tiny") and after["cache"].endswith("data/embeddings/tiny_ft")
+    assert before["cache_fingerprint"] != after["cache_fingerprint"]
+    assert before["full"] != after["full"] or before["sampled"] != after["sampled"]
+    assert "data/embeddings/tiny_ft" in (dag_repo / "reports" / "comparison.md").read_text()
