@@ -24,6 +24,7 @@ def user_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU variant it tries
         try:
             return func(*args, **kwargs)
         except (ConfigError, DataError, FileNotFoundError) as error:

@@ -82,6 +82,8 @@ def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int =
     if missing:
         log.warning("%s: weights initialised at random (absent from the checkpoint): %s", path, missing)
     model.eval()
+    if torch.cuda.is_available():  # same code path; the batches follow the model's device
+        model.to("cuda")
     return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size, backend=backend)
 
 

@@ -1,0 +1,47 @@
+"""The assembled `bertrs` command: every stage is a sub-command, and bad input ends in one clear line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from stages.cli import app
+
+runner = CliRunner()
+
+
+def test_every_stage_is_a_sub_command():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("prepare", "generate", "finetune", "embed", "cache", "train", "evaluate", "recommend"):
+        assert command in out
+
+
+def test_generate_then_prepare_from_the_command_line(tmp_path):
+    raw = tmp_path / "raw.json.gz"
+    assert runner.invoke(app, ["generate", str(raw), "--users", "30", "--items", "20"]).exit_code == 0
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  min_user_reviews: 3\n  min_item_reviews: 2\n  eval_negatives: 5\n")
+    result = runner.invoke(app, ["prepare", "--input", str(raw), "--out", str(tmp_path / "p"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert "prepared" in result.output
+    assert json.loads((tmp_path / "p" / "stats.json").read_text())["table1"]["users"] > 0
+
+
+def test_a_bad_parameter_is_one_line_naming_the_key(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  min_user_reviewz: 3\n")
+    result = runner.invoke(app, ["prepare", "--input", str(tmp_path), "--out", str(tmp_path / "p"),
+                                 "--params", str(params)])
+    assert result.exit_code == 2
+    assert "prepare.min_user_reviewz: unknown key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_input_is_one_line_naming_the_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {}\n")
+    result = runner.invoke(app, ["prepare", "--input", str(tmp_path / "absent.json"), "--out", str(tmp_path / "p"),
+                                 "--params", str(params)])
+    assert result.exit_code == 2
+    assert "absent.json: input file not found" in result.output
