@@ -4,6 +4,8 @@ Each form is checked against its formula computed by hand, and on the planted wo
 and the shuffled-profile ablation must lose the gain.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -84,35 +86,36 @@ def test_ease_text_with_zero_weight_ranks_like_ease():
     torch.testing.assert_close(parts["ease"] + parts["semantic"], model.score(everyone, torch.zeros(N_USERS, dtype=torch.long)))
 
 
-def test_ease_text_picks_its_weight_on_validation_and_the_text_signal_is_real(ranking_env):
+def text_gain_and_ablation(ranking_env, config, baseline: RunSpec, text: RunSpec, protocol: str) -> dict:
+    """Test NDCG@10 of a non-text baseline, a text model and the same text model on shuffled profiles."""
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = replace_config(ranking_env.config, text_weights=[0.0, 0.25, 0.5, 1.0, 2.0])
-    ndcg = {}
-    for name, spec in {"ease": RunSpec(model="ease"),
-                       "ease_text": RunSpec(model="ease_text", embeddings="x"),
-                       "ease_text_shuffled": RunSpec(model="ease_text", embeddings="x", shuffle=True)}.items():
+    runs = {"baseline": baseline, "text": text, "shuffled": dataclasses.replace(text, shuffle=True)}
+    out = {}
+    for name, spec in runs.items():
         result = train(spec, config, data, profiles, progress=False)
-        ndcg[name] = evaluate(result.model, data, "test", ks=[10], protocols=["full"])["full"]["ndcg@10"]
-        if name == "ease_text":
-            assert float(result.model.weight) in config.text_weights
-            assert float(result.model.weight) > 0  # the planted text signal is worth using
-    gain = ndcg["ease_text"] - ndcg["ease"]
+        out[name] = evaluate(result.model, data, "test", ks=[10], protocols=[protocol])[protocol]["ndcg@10"]
+        out[f"{name}_model"] = result.model
+    return out
+
+
+def test_ease_text_picks_its_weight_on_validation_and_the_text_signal_is_real(ranking_env):
+    config = replace_config(ranking_env.config, text_weights=[0.0, 0.25, 0.5, 1.0, 2.0])
+    ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="ease"),
+                                  RunSpec(model="ease_text", embeddings="x"), "full")
+    weight = float(ndcg["text_model"].weight)
+    assert weight in config.text_weights and weight > 0  # the planted text signal is worth using
+    gain = ndcg["text"] - ndcg["baseline"]
     assert gain > 0.01, ndcg
-    assert ndcg["ease_text_shuffled"] - ndcg["ease"] < 0.5 * gain, ndcg
+    assert ndcg["shuffled"] - ndcg["baseline"] < 0.5 * gain, ndcg
 
 
 def test_projected_bert_rs_uses_the_text_signal(ranking_env):
-    data, profiles = ranking_env.data, ranking_env.profiles()
     config = replace_config(ranking_env.config, semantic_form="projected", text_similarity=True)
-    ndcg = {}
-    for name, spec in {"neumf": RunSpec(model="neumf"),
-                       "bert_rs": RunSpec(model="bert_rs", embeddings="x"),
-                       "bert_rs_shuffled": RunSpec(model="bert_rs", embeddings="x", shuffle=True)}.items():
-        result = train(spec, config, data, profiles, progress=False)
-        ndcg[name] = evaluate(result.model, data, "test", ks=[10], protocols=["sampled"])["sampled"]["ndcg@10"]
-    gain = ndcg["bert_rs"] - ndcg["neumf"]
+    ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="neumf"),
+                                  RunSpec(model="bert_rs", embeddings="x"), "sampled")
+    gain = ndcg["text"] - ndcg["baseline"]
     assert gain > 0.05, ndcg
-    assert ndcg["bert_rs_shuffled"] - ndcg["neumf"] < 0.5 * gain, ndcg
+    assert ndcg["shuffled"] - ndcg["baseline"] < 0.5 * gain, ndcg
 
 
 def test_checkpoint_of_a_hybrid_keeps_its_chosen_weight(ranking_env, tmp_path):
