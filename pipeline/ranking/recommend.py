@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.data.prepared import PreparedData
+from pipeline.embeddings import index as item_index
 from pipeline.embeddings.cache import INDEX_FILE, Profiles
 from pipeline.io import DataError
 from pipeline.ranking.evaluate import model_device
@@ -55,13 +56,8 @@ def popular_items(data: PreparedData, n: int) -> np.ndarray:
 
 
 def read_index(cache_path: str | Path):
-    """The cache's FAISS index over item profiles (read directly: the ranker never imports pipeline.text)."""
-    import faiss
-
-    path = Path(cache_path) / INDEX_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: FAISS index not found (has `bertrs embed` finished?)")
-    return faiss.read_index(str(path))
+    """The cache's FAISS index over item profiles (the cache's contract; the ranker never imports pipeline.text)."""
+    return item_index.read_index(Path(cache_path) / INDEX_FILE)
 
 
 def faiss_candidates(index, queries: np.ndarray, n: int) -> np.ndarray:
@@ -70,9 +66,7 @@ def faiss_candidates(index, queries: np.ndarray, n: int) -> np.ndarray:
     Queries are L2-normalised: for an inner-product index this leaves each user's ranking unchanged, and for a
     cosine index (normalised item vectors, inner product) it is what cosine needs.
     """
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    _, found = index.search(q, min(n, index.ntotal))
+    _, found = item_index.search(index, queries, n, metric="cosine")
     return found.astype(np.int64)
 
 
