@@ -8,8 +8,10 @@ MLM+NSP on the training reviews (`bertrs finetune`), build the embedding caches 
 evaluate every model with the same code as `bertrs train` / `bertrs evaluate`:
 
 - non-text: pop, mf, ease, gmf, mlp, neumf;
-- text: bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler), bert_rs (the fusion form of `params.yaml`) and
-  ease_text (EASE + text cosine) on each cache, plus every text model with shuffled profiles (the ablation).
+- text: bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler); bert_rs (projected fusion) and ease_text
+  (EASE + text cosine) on each cache; two more fusion forms on the mean-pooled cache (bert_rs_sim: projected plus
+  the text-similarity feature; bert_rs_gates: eq. 8 gates plus the feature); and every text model again with
+  shuffled profiles (the ablation, trained with its partner's chosen configuration).
 
 Fairness rules. Every trainable model gets the same `--budget` hyper-parameter configurations (the first N of
 SEARCH below), every EASE-based model the same N values of lambda; the configuration is chosen on the validation
@@ -79,17 +81,29 @@ SEARCH = (
 EASE_SEARCH = (500.0, 100.0, 2000.0, 50.0)
 
 
-def variants(params: Params) -> dict[str, RunSpec]:
-    """Every row of the benchmark table: non-text models, then text models on each cache, then their ablations."""
-    out = {name: RunSpec(model=name) for name in NON_TEXT}
+# Fusion forms compared for bert_rs (issue 7); each is a row of its own, chosen between on validation like the rest.
+FORMS = {
+    "bert_rs": {"semantic_form": "projected", "text_similarity": False},
+    "bert_rs_sim": {"semantic_form": "projected", "text_similarity": True},
+    "bert_rs_gates": {"semantic_form": "paper", "text_similarity": True},
+}
+
+
+def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
+    """Every row of the benchmark table: (run spec, train-config overrides). Non-text models, then text models on
+    each cache, then the shuffled ablation of every text model."""
+    out = {name: (RunSpec(model=name), {}) for name in NON_TEXT}
+    mean_cache = "minilm_mean" if "minilm_mean" in params.encoders else next(iter(params.encoders))
     for encoder in params.encoders:
-        out[f"bert_rs@{encoder}"] = RunSpec(model="bert_rs", embeddings=encoder)
-        out[f"ease_text@{encoder}"] = RunSpec(model="ease_text", embeddings=encoder)
+        out[f"bert_rs@{encoder}"] = (RunSpec(model="bert_rs", embeddings=encoder), FORMS["bert_rs"])
+        out[f"ease_text@{encoder}"] = (RunSpec(model="ease_text", embeddings=encoder), {})
+    for form in ("bert_rs_sim", "bert_rs_gates"):
+        out[f"{form}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), FORMS[form])
     finetuned = [e for e, spec in params.encoders.items() if spec.finetune] or list(params.encoders)
-    out[f"bert_rs_paper@{finetuned[0]}"] = RunSpec(model="bert_rs_paper", embeddings=finetuned[0])
-    for name, spec in list(out.items()):
+    out[f"bert_rs_paper@{finetuned[0]}"] = (RunSpec(model="bert_rs_paper", embeddings=finetuned[0]), {})
+    for name, (spec, overrides) in list(out.items()):
         if spec.embeddings is not None:
-            out[f"{name}+shuffled"] = dataclasses.replace(spec, shuffle=True)
+            out[f"{name}+shuffled"] = (dataclasses.replace(spec, shuffle=True), overrides)
     return out
 
 
@@ -215,16 +229,20 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
                                     n_items=data.n_items) for name, path in caches.items()}
     ledger = Ledger(work / dataset / protocol / "runs.jsonl")
     rows = {}
-    for name, spec in variants(params).items():
+    for name, (spec, overrides) in variants(params).items():
         prof = profiles.get(spec.embeddings) if spec.embeddings else None
+        base = dataclasses.replace(params.train, **overrides)
         search = []
-        for index in range(n_configs(spec, budget)):
-            config = config_for(params.train, spec, index, seed=0)
-            row = ledger.get_or_run(f"{name}|c{index}|s0", lambda: fit_and_score(spec, config, data, prof))
-            search.append(row["valid_full_ndcg@10"])
-        chosen = int(np.argmax(search))
+        if spec.shuffle:  # the ablation keeps its partner's configuration: only the profiles change
+            chosen = rows[name.removesuffix("+shuffled")]["config"]
+        else:
+            for index in range(n_configs(spec, budget)):
+                config = config_for(base, spec, index, seed=0)
+                row = ledger.get_or_run(f"{name}|c{index}|s0", lambda: fit_and_score(spec, config, data, prof))
+                search.append(row["valid_full_ndcg@10"])
+            chosen = int(np.argmax(search))
         runs = [ledger.get_or_run(f"{name}|c{chosen}|s{seed}",
-                                  lambda: fit_and_score(spec, config_for(params.train, spec, chosen, seed), data, prof))
+                                  lambda: fit_and_score(spec, config_for(base, spec, chosen, seed), data, prof))
                 for seed in range(seeds)]
         rows[name] = summarise(spec, chosen, search, runs)
         log(f"{dataset}/{protocol} {name}: config {chosen}, valid {rows[name]['valid']:.4f}, "
@@ -303,9 +321,9 @@ def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -
     for name, row in rows.items():
         if row["shuffle"] or row["model"] not in ("bert_rs", "ease_text") or row["cache"] != audited_cache:
             continue
-        spec = RunSpec(model=row["model"], embeddings=row["cache"])
+        spec, overrides = variants(params)[name]
         leaky = leaky_profiles(caches[row["cache"]], data)
-        config = config_for(params.train, spec, row["config"], seed=0)
+        config = config_for(dataclasses.replace(params.train, **overrides), spec, row["config"], seed=0)
         audit = ledger.get_or_run(f"{name}|c{row['config']}|s0|LEAKY", lambda: fit_and_score(spec, config, data, leaky))
         honest = row["full"]["ndcg@10"][0]
         leaked = audit["test"]["full"]["ndcg@10"]
@@ -348,7 +366,8 @@ def markdown(results: dict, meta: dict) -> str:
                   f"{v['text_full_ndcg@10'][1]:.4f}; best non-text: **{v['best_non_text']}** "
                   f"{v['non_text_full_ndcg@10'][0]:.4f} ± {v['non_text_full_ndcg@10'][1]:.4f}",
                   f"- gain {v['gain_over_best_non_text']:+.4f} ({_pct(v['relative_gain_over_best_non_text'])}); "
-                  f"more than twice the seed std: {'yes' if v['beats_by_more_than_two_std'] else 'no'}; "
+                  f"more than twice the seed std ({v['seed_std']:.4f}; 0 for closed-form models, so read the "
+                  f"bootstrap): {'yes' if v['beats_by_more_than_two_std'] else 'no'}; "
                   f"paired bootstrap 95% CI of the gain [{v['bootstrap_95ci_gain'][0]:+.4f}, "
                   f"{v['bootstrap_95ci_gain'][1]:+.4f}]",
                   f"- over neumf: {_pct(v['relative_gain_over_neumf'])}; text also ahead on validation: "

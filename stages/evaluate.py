@@ -43,14 +43,23 @@ def main(
     plots_dir: Path = typer.Option(Path("reports/at_k"), "--plots-dir", help="folder of per-run CSVs: k, hr_*, ndcg_*"),
     params: Path = PARAMS_OPTION,
     split: str = typer.Option("test", help="valid | test"),
+    every_folder: bool = typer.Option(False, "--every-folder", help="evaluate every run folder under --models, "
+                                      "not only the runs listed in params.yaml (for runs trained outside the DAG)"),
 ) -> None:
     """Evaluate every run on the same candidates with the same code."""
     if split not in ("valid", "test"):
         raise DataError(f"--split: {split!r} is not valid | test")
-    config = read_params(params).evaluate
+    all_params = read_params(params)
+    config = all_params.evaluate
     data = load_prepared(prepared)
     results: dict[str, dict] = {}
-    for folder in find_runs(models):
+    folders = find_runs(models)
+    if not every_folder and all_params.runs:  # the table is the runs params.yaml lists, nothing stale beside them
+        missing = [name for name in all_params.runs if not (models / name / RUN_FILE).is_file()]
+        if missing:
+            raise DataError(f"{models}: no trained run for {missing} (listed under runs in {params})")
+        folders = [models / name for name in all_params.runs]
+    for folder in folders:
         ckpt = load_checkpoint(folder, data)
         name = ckpt.info.get("run") or str(folder.relative_to(models))
         if name in results:

@@ -92,11 +92,14 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     app = typer.Typer()
     app.command()(main)
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, [
+    args = [
         "--prepared", str(ranking_env.prepared), "--models", str(tmp_path / "models"),
         "--metrics", str(out / "metrics.json"), "--table", str(out / "comparison.md"),
         "--plots-dir", str(out / "at_k"), "--params", str(_write_params(tmp_path / "params.yaml")),
-    ])
+    ]
+    listed_only = CliRunner().invoke(app, args)
+    assert listed_only.exit_code == 2 and "no trained run for ['pop']" in listed_only.output  # params lists pop
+    res = CliRunner().invoke(app, [*args, "--every-folder"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"bert_rs", "neumf"}
