@@ -342,7 +342,9 @@ def finetune_summary(base: Path) -> dict:
 
 def markdown(results: dict, meta: dict) -> str:
     lines = ["# Quality benchmark", "",
-             f"Run {meta['date']} on {meta['machine']} with `{meta['command']}` ({meta['minutes']:.0f} min). "
+             f"Run {meta['date']} on {meta['machine']} with `{meta['command']}`; model fitting took "
+             f"{meta['fit_minutes']:.0f} min in all (resumed runs reuse build/quality/, so this invocation took "
+             f"{meta['minutes']:.0f} min). "
              f"Seeds: {meta['seeds']}; tuning budget: {meta['budget']} configurations per model, chosen on "
              "validation full-ranking NDCG@10. Test metrics: mean ± std over seeds. `@cache` names the embedding "
              "cache; `+shuffled` permutes its profiles across users and items.", ""]
@@ -442,6 +444,8 @@ def main() -> None:
         "seeds": args.seeds,
         "budget": args.budget,
         "minutes": (time.perf_counter() - started) / 60,
+        "fit_minutes": sum(row.get("seconds", 0.0) for path in work.glob("*/*/runs.jsonl")
+                           for row in Ledger(path).rows.values()) / 60,
         "torch": torch.__version__,
     }
     out = Path(args.out)
