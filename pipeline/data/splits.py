@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.prepared import SPLITS as SPLIT_NAMES  # label codes below index this tuple
+
 TRAIN, VALID, TEST = 0, 1, 2
-SPLIT_NAMES = ("train", "valid", "test")
 
 
 def random_split(n: int, test_share: float, valid_share: float, seed: int) -> np.ndarray:

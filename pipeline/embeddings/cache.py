@@ -15,14 +15,23 @@ on `pipeline.text`, which is what makes caches swappable.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import importlib.metadata
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
-from pipeline.io import DataError, read_json, read_table, write_table
+from pipeline.embeddings.index import build_index, write_index
+from pipeline.embeddings.profiles import ProfileAccumulator
+from pipeline.io import DataError, atomic_dir, atomic_path, read_json, read_table, write_json, write_table
 
 META_FILE = "meta.json"
 REVIEWS_FILE = "reviews.parquet"
@@ -203,20 +212,16 @@ VECTOR_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim",
 
 
 def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {}
     for name in ("torch", "transformers", "pyarrow", "numpy", "faiss-cpu"):
         try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return out
 
 
 def work_key(meta: dict, shard_size: int) -> str:
-    import hashlib
-
     payload = json.dumps({k: meta.get(k) for k in VECTOR_KEYS} | {"shard_size": shard_size}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -227,8 +232,6 @@ def default_partial_dir(out: Path) -> Path:
 
 def iter_source_shards(reviews_path: str | Path, shard_size: int):
     """Exactly `shard_size` reviews per shard (the last may be shorter), read by row group, never all at once."""
-    import pyarrow.parquet as pq
-
     reviews_path = Path(reviews_path)
     if not reviews_path.is_file():
         raise DataError(f"{reviews_path}: file not found (has `bertrs prepare` run?)")
@@ -251,8 +254,6 @@ def iter_source_shards(reviews_path: str | Path, shard_size: int):
 
 
 def _shard_is_valid(path: Path, source: pa.Table) -> bool:
-    import pyarrow.parquet as pq
-
     try:
         ids = pq.read_table(path, columns=["review_id"]).column("review_id")
     except Exception:  # unreadable (should not happen: shards are written atomically)
@@ -280,21 +281,11 @@ def write_embedding_cache(
     `meta` carries the provenance (META_FIELDS; versions and created are filled in when absent). `on_shard(k)` is
     called after shard k is safely on disk (tests use it to simulate a kill). Returns the final meta.
     """
-    import shutil
-
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
-
-    from pipeline.embeddings.index import build_index, write_index
-    from pipeline.embeddings.profiles import ProfileAccumulator
-    from pipeline.io import atomic_dir, atomic_path, write_json
-
     out = Path(out)
     dim = int(meta["dim"])
     meta = dict(meta)
     meta.setdefault("versions", library_versions())
-    meta.setdefault("created", __import__("datetime").datetime.now().astimezone().isoformat(timespec="seconds"))
+    meta.setdefault("created", datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     meta.update(profile=meta.get("profile", "mean"), normalize_profiles=normalize_profiles,
                 index_metric=index_metric, n_users=n_users, n_items=n_items)
     missing = [k for k in META_FIELDS if k not in meta]
@@ -366,8 +357,6 @@ def load_review_embeddings(
 
 def cache_info(root: str | Path) -> dict:
     """Provenance and sizes of a cache, for `bertrs cache info`."""
-    import pyarrow.parquet as pq
-
     root = Path(root)
     meta = read_meta(root)
     files = {}

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.baselines import EASE
+from pipeline.ranking.baselines import EASE, score_via_all
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.metrics import metrics_from_ranks
 
@@ -71,9 +71,9 @@ class EaseText(nn.Module):
         return ease + self.weight * text
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.score_all(users).gather(1, items[:, None]).squeeze(1)
+        return score_via_all(self, users, items)
 
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        ease, text = self._parts_all(users)
-        pick = items[:, None]
-        return {"ease": ease.gather(1, pick).squeeze(1), "semantic": (self.weight * text).gather(1, pick).squeeze(1)}
+        distinct, row = torch.unique(users, return_inverse=True)
+        ease, text = self._parts_all(distinct)
+        return {"ease": ease[row, items], "semantic": self.weight * text[row, items]}
