@@ -7,10 +7,12 @@ For each dataset and split protocol: prepare the data (same code as `bertrs prep
 MLM+NSP on the training reviews (`bertrs finetune`), build the embedding caches (`bertrs embed`), then train and
 evaluate every model with the same code as `bertrs train` / `bertrs evaluate`:
 
-- non-text: pop, mf, ease, gmf, mlp, neumf;
-- text: bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler); bert_rs (projected fusion) and ease_text
-  (EASE + text cosine) on each cache; two more fusion forms on the mean-pooled cache (bert_rs_sim: projected plus
-  the text-similarity feature; bert_rs_gates: eq. 8 gates plus the feature); and every text model again with
+- non-text: pop, mf, ease, gmf, mlp, neumf, and ease_wide (EASE with lambda searched over 90 values, as many
+  validation looks as bert_rs gets for its text settings);
+- text: bert_rs (the default: EASE with the review vectors as side information plus a text match, on each cache) and
+  each of its two levers alone (bert_rs_side_only, bert_rs_late_only); the neural fusion heads (bert_rs_neural:
+  projected fusion, on each cache; bert_rs_neural_sim: plus the text-similarity feature; bert_rs_neural_gates: eq. 8
+  gates plus the feature); bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler); and every text model again with
   shuffled profiles (the ablation, trained with its partner's chosen configuration).
 
 Fairness rules. Every trainable model gets the same `--budget` hyper-parameter configurations (the first N of
@@ -22,7 +24,7 @@ initialisation and negative sampling. One fine-tuned encoder serves both protoco
 the reviews that are training reviews under both, so neither protocol's held-out reviews reach it. Beside the seed spread, a paired bootstrap over test users gives a 95%
 interval for the gain of the best text model over the best non-text model.
 
-Leakage audit: bert_rs and ease_text are also trained once with profiles pooled over *all* reviews, test reviews
+Leakage audit: the mean-pooled bert_rs and bert_rs_neural rows are also trained once with profiles pooled over *all* reviews, test reviews
 included (what the paper's eq. 8 does when read literally); the inflation this causes is reported, never used.
 
 Writes benchmarks/results/quality.{json,md}. Work is kept under build/quality/ (prepared data, encoders, caches,
@@ -81,11 +83,21 @@ SEARCH = (
 EASE_SEARCH = (500.0, 100.0, 2000.0, 50.0)
 
 
-# Fusion forms compared for bert_rs (issue 7); each is a row of its own, chosen between on validation like the rest.
+# The default bert_rs searches 6 side weights x (1 + 2 matches x 7 text weights) = 90 text settings per lambda on
+# validation. `ease_wide` gives EASE the same number of validation looks on lambda alone, so a text gain cannot be
+# the product of a bigger search.
+EASE_WIDE = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
+
+# Neural fusion forms (issue 7); each is a row of its own, chosen between on validation like the rest.
 FORMS = {
-    "bert_rs": {"semantic_form": "projected", "text_similarity": False},
-    "bert_rs_sim": {"semantic_form": "projected", "text_similarity": True},
-    "bert_rs_gates": {"semantic_form": "paper", "text_similarity": True},
+    "bert_rs_neural": {"semantic_form": "projected", "text_similarity": False},
+    "bert_rs_neural_sim": {"semantic_form": "projected", "text_similarity": True},
+    "bert_rs_neural_gates": {"semantic_form": "paper", "text_similarity": True},
+}
+# The two text levers of the default bert_rs, each alone (issue 7: which one carries the gain?).
+LEVERS = {
+    "bert_rs_side_only": {"text_weights": [0.0]},
+    "bert_rs_late_only": {"text_side_weights": [0.0]},
 }
 
 
@@ -93,12 +105,17 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
     """Every row of the benchmark table: (run spec, train-config overrides). Non-text models, then text models on
     each cache, then the shuffled ablation of every text model."""
     out = {name: (RunSpec(model=name), {}) for name in NON_TEXT}
+    out["ease_wide"] = (RunSpec(model="ease"), {})
     mean_cache = "minilm_mean" if "minilm_mean" in params.encoders else next(iter(params.encoders))
     for encoder in params.encoders:
-        out[f"bert_rs@{encoder}"] = (RunSpec(model="bert_rs", embeddings=encoder), FORMS["bert_rs"])
-        out[f"ease_text@{encoder}"] = (RunSpec(model="ease_text", embeddings=encoder), {})
-    for form in ("bert_rs_sim", "bert_rs_gates"):
-        out[f"{form}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), FORMS[form])
+        out[f"bert_rs@{encoder}"] = (RunSpec(model="bert_rs", embeddings=encoder), {})
+    for lever, overrides in LEVERS.items():
+        out[f"{lever}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), overrides)
+    for encoder in params.encoders:
+        out[f"bert_rs_neural@{encoder}"] = (RunSpec(model="bert_rs_neural", embeddings=encoder),
+                                            FORMS["bert_rs_neural"])
+    for form in ("bert_rs_neural_sim", "bert_rs_neural_gates"):
+        out[f"{form}@{mean_cache}"] = (RunSpec(model="bert_rs_neural", embeddings=mean_cache), FORMS[form])
     finetuned = [e for e, spec in params.encoders.items() if spec.finetune] or list(params.encoders)
     out[f"bert_rs_paper@{finetuned[0]}"] = (RunSpec(model="bert_rs_paper", embeddings=finetuned[0]), {})
     for name, (spec, overrides) in list(out.items()):
@@ -172,14 +189,20 @@ def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:
 # ----------------------------------------------------------------------------------------------- train + eval
 
 
-def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int) -> TrainConfig:
-    if spec.model in ("ease", "ease_text"):
-        return dataclasses.replace(base, ease_lambda=EASE_SEARCH[index], seed=seed)
+def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int, wide: bool = False) -> TrainConfig:
+    if spec.model in ("ease", "bert_rs"):
+        return dataclasses.replace(base, ease_lambda=(EASE_WIDE if wide else EASE_SEARCH)[index], seed=seed)
     return dataclasses.replace(base, **SEARCH[index], seed=seed)
 
 
-def n_configs(spec: RunSpec, budget: int) -> int:
-    return 1 if spec.model == "pop" else budget
+def n_configs(spec: RunSpec, budget: int, wide: bool = False) -> int:
+    return len(EASE_WIDE) if wide else 1 if spec.model == "pop" else budget
+
+
+def validation_ndcg(spec: RunSpec, config: TrainConfig, data: PreparedData) -> dict:
+    """A search step that only needs the validation score (ease_wide's 90 lambdas)."""
+    result = train(spec, config, data, None, progress=False)
+    return {"valid_full_ndcg@10": evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"]}
 
 
 def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None) -> dict:
@@ -196,7 +219,7 @@ def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profil
         "bucket_sizes": {b: m["n"] for b, m in test["buckets"]["full"].items()},
         "per_positive_full_ndcg@10": per_user,
         "best_epoch": result.best_epoch,
-        "text_weight": float(result.model.weight) if spec.model == "ease_text" else None,
+        "text_choices": result.model.choices() if spec.model == "bert_rs" else None,
         "seconds": time.perf_counter() - started,
     }
 
@@ -233,17 +256,19 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
         prof = profiles.get(spec.embeddings) if spec.embeddings else None
         base = dataclasses.replace(params.train, **overrides)
         search = []
+        wide = name == "ease_wide"
         if spec.shuffle:  # the ablation keeps its partner's configuration: only the profiles change
             chosen = rows[name.removesuffix("+shuffled")]["config"]
         else:
-            for index in range(n_configs(spec, budget)):
-                config = config_for(base, spec, index, seed=0)
-                row = ledger.get_or_run(f"{name}|c{index}|s0", lambda: fit_and_score(spec, config, data, prof))
+            for index in range(n_configs(spec, budget, wide)):
+                config = config_for(base, spec, index, seed=0, wide=wide)
+                step = (lambda: validation_ndcg(spec, config, data)) if wide else (
+                    lambda: fit_and_score(spec, config, data, prof))
+                row = ledger.get_or_run(f"{name}|c{index}|s0", step)
                 search.append(row["valid_full_ndcg@10"])
             chosen = int(np.argmax(search))
-        runs = [ledger.get_or_run(f"{name}|c{chosen}|s{seed}",
-                                  lambda: fit_and_score(spec, config_for(base, spec, chosen, seed), data, prof))
-                for seed in range(seeds)]
+        runs = [ledger.get_or_run(f"{name}|c{chosen}|s{seed}" + ("|full" if wide else ""), lambda: fit_and_score(
+                    spec, config_for(base, spec, chosen, seed, wide), data, prof)) for seed in range(seeds)]
         rows[name] = summarise(spec, chosen, search, runs)
         log(f"{dataset}/{protocol} {name}: config {chosen}, valid {rows[name]['valid']:.4f}, "
             f"test full NDCG@10 {rows[name]['full']['ndcg@10'][0]:.4f} ± {rows[name]['full']['ndcg@10'][1]:.4f}")
@@ -265,7 +290,7 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict])
     out["buckets"] = {b: float(np.mean([r["buckets"].get(b, np.nan) for r in runs])) for b in buckets}
     out["bucket_sizes"] = runs[0]["bucket_sizes"]
     out["per_positive"] = np.mean([r["per_positive_full_ndcg@10"] for r in runs], axis=0).tolist()
-    out["text_weight"] = [r["text_weight"] for r in runs] if spec.model == "ease_text" else None
+    out["text_choices"] = runs[0]["text_choices"] if spec.model == "bert_rs" else None
     out["seconds_per_fit"] = float(np.mean([r["seconds"] for r in runs]))
     return out
 
@@ -319,7 +344,7 @@ def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -
     out = {}
     audited_cache = "minilm_mean" if "minilm_mean" in caches else next(iter(caches))
     for name, row in rows.items():
-        if row["shuffle"] or row["model"] not in ("bert_rs", "ease_text") or row["cache"] != audited_cache:
+        if row["shuffle"] or row["model"] not in ("bert_rs_neural", "bert_rs") or row["cache"] != audited_cache:
             continue
         spec, overrides = variants(params)[name]
         leaky = leaky_profiles(caches[row["cache"]], data)
@@ -377,6 +402,8 @@ def markdown(results: dict, meta: dict) -> str:
                   f"- shuffled ablation of the best text model: {v['shuffled_full_ndcg@10'][0]:.4f} "
                   f"(loses the gain: {v['shuffle_loses_gain']})",
                   f"- users with 1-3 training interactions: {_pct(v['sparsest_bucket_relative_gain'])} relative",
+                  *([f"- its text settings, chosen on validation: {choices}"]
+                    if (choices := res["rows"][v["best_text"]].get("text_choices")) else []),
                   ""]
         buckets = sorted({b for row in res["rows"].values() for b in row["buckets"]})
         lines += ["### Full-ranking NDCG@10 by user activity (training interactions)", "",

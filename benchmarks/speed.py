@@ -72,7 +72,7 @@ def ranker_benchmark(prepared: Path, cache: Path, naive_users: int) -> dict:
     profiles = load_profiles(cache, data_fingerprint=data.fingerprint)
     out = {}
     for name, spec in {"neumf": RunSpec(model="neumf"),
-                       "bert_rs": RunSpec(model="bert_rs", embeddings=cache.name)}.items():
+                       "bert_rs_neural": RunSpec(model="bert_rs_neural", embeddings=cache.name)}.items():
         config = params.train
         started = time.perf_counter()
         result = train(spec, config, data, profiles, progress=False)

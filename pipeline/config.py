@@ -128,8 +128,8 @@ class EmbedConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # train, evaluate, recommend
 
-MODELS = ("pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "bert_rs_paper", "semantic_only", "ease_text")
-TEXT_MODELS = ("bert_rs", "bert_rs_paper", "semantic_only", "ease_text")
+MODELS = ("pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "bert_rs_neural", "bert_rs_paper", "semantic_only")
+TEXT_MODELS = ("bert_rs", "bert_rs_neural", "bert_rs_paper", "semantic_only")
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class RunSpec:
     """One row of the comparison table: a model and, for text models, the embedding cache it reads."""
 
     model: Literal[
-        "pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "bert_rs_paper", "semantic_only", "ease_text"
+        "pop", "mf", "ease", "gmf", "mlp", "neumf", "bert_rs", "bert_rs_neural", "bert_rs_paper", "semantic_only"
     ] = "neumf"
     embeddings: Optional[str] = None  # encoder name (a key of `encoders`); required for text models
     shuffle: bool = False  # ablation: permute the profiles across users and items, keeping the text signal's shape
@@ -156,11 +156,15 @@ class TrainConfig:
     patience: int = 8  # epochs without validation NDCG@10 improvement before stopping
     mf_loss: Literal["bpr", "bce"] = "bpr"
     ease_lambda: float = 500.0  # EASE L2 regularisation
-    # bert_rs fusion (bert_rs_paper always uses the paper's form without the similarity feature):
+    # bert_rs (pipeline/ranking/hybrid.py): EASE on X^T X + a m F F^T, plus w times a text match, both standardised
+    # per user; a, the match and w are picked together on validation from these grids:
+    text_side_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 5.0])
+    text_matches: list[Literal["item_neighbours", "user_profile"]] = field(
+        default_factory=lambda: ["item_neighbours", "user_profile"])
+    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5])
+    # bert_rs_neural fusion (bert_rs_paper always uses the paper's form without the similarity feature):
     semantic_form: Literal["paper", "projected"] = "paper"  # eq. 8 gates on raw profiles, or shared projections
     text_similarity: bool = False  # add cos(b_u, b_i) of the centred profiles as one more fused input
-    # ease_text: EASE scores plus w * text cosine (both standardised per user); w picked on validation from:
-    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
 
@@ -172,6 +176,10 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "train.dropout", "must lie in [0, 1)")
+        for key in ("text_side_weights", "text_matches", "text_weights"):
+            _check(len(getattr(self, key)) >= 1, f"train.{key}", "needs at least one value")
+        _check(min(self.text_side_weights) >= 0 and min(self.text_weights) >= 0, "train.text_side_weights",
+               "text weights must be >= 0 (0 switches the text off)")
 
 
 @dataclass(frozen=True)

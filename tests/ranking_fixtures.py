@@ -224,9 +224,9 @@ def trained_runs(ranking_env):
     torch.set_num_threads(1)
     data, profiles = ranking_env.data, ranking_env.profiles()
     specs = {
-        "bert_rs": RunSpec(model="bert_rs", embeddings="synthetic"),
+        "bert_rs_neural": RunSpec(model="bert_rs_neural", embeddings="synthetic"),
         "neumf": RunSpec(model="neumf"),
-        "bert_rs_shuffled": RunSpec(model="bert_rs", embeddings="synthetic", shuffle=True),
+        "bert_rs_shuffled": RunSpec(model="bert_rs_neural", embeddings="synthetic", shuffle=True),
     }
     try:
         return {

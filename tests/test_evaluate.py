@@ -47,7 +47,7 @@ def test_sampled_ranks_by_hand_and_padding_ignored():
 
 def test_full_ranking_equals_a_naive_per_user_loop(ranking_env, trained_runs):
     data = ranking_env.data
-    model = trained_runs["bert_rs"][1].model.eval()
+    model = trained_runs["bert_rs_neural"][1].model.eval()
     for split in ("valid", "test"):
         mask = full_ranking_mask(data, split)
         batched = rank_full(model, getattr(data, split), mask, batch_users=37).ranks
@@ -85,10 +85,10 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     from stages.evaluate import main
 
     data, profiles = ranking_env.data, ranking_env.profiles()
-    for name in ("bert_rs", "neumf"):
+    for run, name in (("bert_rs", "bert_rs_neural"), ("neumf", "neumf")):  # folder = the run's name in params
         spec, result = trained_runs[name]
-        save_checkpoint(tmp_path / "models" / name, result, spec, ranking_env.config, data, profiles,
-                        ranking_env.cache, name)
+        save_checkpoint(tmp_path / "models" / run, result, spec, ranking_env.config, data, profiles,
+                        ranking_env.cache, run)
     app = typer.Typer()
     app.command()(main)
     out = tmp_path / "out"

@@ -1,4 +1,5 @@
-"""Fusion forms beyond the literal eq. 8 (issue 7): projected semantic branch, text-similarity feature, EASE+text.
+"""Fusion forms beyond the literal eq. 8 (issue 7): projected semantic branch, text-similarity feature, and the
+default bert_rs (EASE with review vectors as side information plus a text match).
 
 Each form is checked against its formula computed by hand, and on the planted world the text signal must help
 and the shuffled-profile ablation must lose the gain.
@@ -12,7 +13,8 @@ import torch
 
 from pipeline.config import RunSpec
 from pipeline.ranking.evaluate import evaluate
-from pipeline.ranking.hybrid import EaseText, standardise
+from pipeline.ranking.baselines import EASE
+from pipeline.ranking.hybrid import ReviewAwareEASE, standardise
 from pipeline.ranking.models import FusionRanker
 from pipeline.ranking.train import build_model, train
 from tests.ranking_fixtures import replace_config
@@ -21,7 +23,7 @@ from tests.test_models import N_ITEMS, N_USERS, tiny_profiles
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def fused(form: str, similarity: bool, variant: str = "bert_rs") -> FusionRanker:
+def fused(form: str, similarity: bool, variant: str = "bert_rs_neural") -> FusionRanker:
     torch.manual_seed(0)
     return FusionRanker(variant, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
                         semantic_form=form, text_similarity=similarity)
@@ -74,16 +76,71 @@ def test_bert_rs_paper_stays_literal_whatever_the_configuration():
     assert model.widths["semantic"] == tiny_profiles().dim
 
 
-def test_ease_text_with_zero_weight_ranks_like_ease():
-    prof = tiny_profiles()
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def small_fit(side=(0.0,), matches=("user_profile",), weights=(0.0,)):
     rng = np.random.default_rng(0)
-    users, items = rng.integers(0, N_USERS, 30), rng.integers(0, N_ITEMS, 30)
-    model = EaseText(N_USERS, N_ITEMS, prof, ease_lambda=1.0, weights=[0.0]).fit(users, items)
+    users, items = rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40)
+    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ease_lambda=1.0, side_weights=side, matches=matches,
+                            weights=weights).fit(users, items)
+    x = np.zeros((N_USERS, N_ITEMS))
+    x[users, items] = 1.0
+    return model, x
+
+
+def test_bert_rs_without_text_is_ease():
+    model, _ = small_fit()
     everyone = torch.arange(N_USERS)
     torch.testing.assert_close(model.score_all(everyone), standardise(model.ease.score_all(everyone)))
-    model.weight = torch.tensor(0.7)
-    parts = model.score_parts(everyone, torch.zeros(N_USERS, dtype=torch.long))
-    torch.testing.assert_close(parts["ease"] + parts["semantic"], model.score(everyone, torch.zeros(N_USERS, dtype=torch.long)))
+
+
+def test_side_information_acts_as_review_vectors_stacked_under_the_interactions():
+    model, x = small_fit()
+    model.solve(2.0)
+    f = unit_rows(tiny_profiles().items)
+    m = np.diag(x.T @ x).mean()  # mean training interactions per item
+    stacked = np.vstack([x, np.sqrt(2.0 * m) * f.T])  # the review vectors as extra pseudo-users
+    p = np.linalg.inv(stacked.T @ stacked + 1.0 * np.eye(N_ITEMS))
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(model.ease.B.numpy(), expected, rtol=1e-4, atol=1e-5)
+    model.solve(0.0)
+    torch.testing.assert_close(model.ease.B, EASE(N_USERS, N_ITEMS, 1.0).fit(*np.nonzero(x)).B)
+
+
+def test_item_neighbour_match_sums_the_text_similarity_of_the_users_other_items():
+    model, x = small_fit(matches=("item_neighbours",))
+    f = unit_rows(tiny_profiles().items)
+    u = int(np.argmax(x.sum(1)))
+    expected = [sum(f[j] @ f[i] for j in np.flatnonzero(x[u]) if j != i) for i in range(N_ITEMS)]
+    np.testing.assert_allclose(model.text_scores(torch.tensor([u]))[0].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_user_profile_match_is_the_cosine_of_centred_profiles():
+    model, _ = small_fit(matches=("user_profile",))
+    expected = unit_rows(tiny_profiles().users) @ unit_rows(tiny_profiles().items).T
+    np.testing.assert_allclose(model.text_scores(torch.arange(N_USERS)).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("match", ["item_neighbours", "user_profile"])
+def test_bert_rs_score_is_the_standardised_item_model_plus_weighted_text_and_its_parts_add_up(match):
+    model, _ = small_fit(matches=(match,))
+    model.solve(1.0)
+    model.text_weight = torch.tensor(0.7)
+    everyone, first = torch.arange(N_USERS), torch.zeros(N_USERS, dtype=torch.long)
+    expected = standardise(model.ease.score_all(everyone)) + 0.7 * standardise(model.text_scores(everyone))
+    torch.testing.assert_close(model.score_all(everyone), expected)
+    parts = model.score_parts(everyone, first)
+    assert set(parts) == {"item_model", "text_match"}
+    torch.testing.assert_close(parts["item_model"] + parts["text_match"], model.score(everyone, first))
+
+
+def test_unknown_text_match_is_refused():
+    with pytest.raises(ValueError, match="text matches"):
+        ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), 1.0, matches=("review_title",))
 
 
 def text_gain_and_ablation(ranking_env, config, baseline: RunSpec, text: RunSpec, protocol: str) -> dict:
@@ -98,21 +155,33 @@ def text_gain_and_ablation(ranking_env, config, baseline: RunSpec, text: RunSpec
     return out
 
 
-def test_ease_text_picks_its_weight_on_validation_and_the_text_signal_is_real(ranking_env):
-    config = replace_config(ranking_env.config, text_weights=[0.0, 0.25, 0.5, 1.0, 2.0])
+def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(ranking_env):
+    config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
+                            text_matches=["item_neighbours", "user_profile"])
     ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="ease"),
-                                  RunSpec(model="ease_text", embeddings="x"), "full")
-    weight = float(ndcg["text_model"].weight)
-    assert weight in config.text_weights and weight > 0  # the planted text signal is worth using
+                                  RunSpec(model="bert_rs", embeddings="x"), "full")
+    chosen = ndcg["text_model"].choices()
+    assert chosen["side_weight"] in config.text_side_weights and chosen["text_weight"] in config.text_weights
+    assert chosen["side_weight"] > 0 or chosen["text_weight"] > 0  # the planted text signal is worth using
     gain = ndcg["text"] - ndcg["baseline"]
     assert gain > 0.01, ndcg
     assert ndcg["shuffled"] - ndcg["baseline"] < 0.5 * gain, ndcg
 
 
-def test_projected_bert_rs_uses_the_text_signal(ranking_env):
+def test_bert_rs_choices_never_read_the_test_split(ranking_env):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 1.0])
+    spec = RunSpec(model="bert_rs", embeddings="x")
+    seen = train(spec, config, data, profiles, progress=False).model.choices()
+    empty = dataclasses.replace(data.test, users=data.test.users[:0], items=data.test.items[:0])
+    blind = dataclasses.replace(data, test=empty, candidates={"valid": data.candidates["valid"]})
+    assert train(spec, config, blind, profiles, progress=False).model.choices() == seen
+
+
+def test_projected_bert_rs_neural_uses_the_text_signal(ranking_env):
     config = replace_config(ranking_env.config, semantic_form="projected", text_similarity=True)
     ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="neumf"),
-                                  RunSpec(model="bert_rs", embeddings="x"), "sampled")
+                                  RunSpec(model="bert_rs_neural", embeddings="x"), "sampled")
     gain = ndcg["text"] - ndcg["baseline"]
     assert gain > 0.05, ndcg
     assert ndcg["shuffled"] - ndcg["baseline"] < 0.5 * gain, ndcg
@@ -122,11 +191,11 @@ def test_checkpoint_of_a_hybrid_keeps_its_chosen_weight(ranking_env, tmp_path):
     from pipeline.ranking.train import load_checkpoint, save_checkpoint
 
     data, profiles = ranking_env.data, ranking_env.profiles()
-    spec = RunSpec(model="ease_text", embeddings="x")
+    spec = RunSpec(model="bert_rs", embeddings="x")
     result = train(spec, ranking_env.config, data, profiles, progress=False)
     save_checkpoint(tmp_path / "m", result, spec, ranking_env.config, data, profiles, ranking_env.cache)
     loaded = load_checkpoint(tmp_path / "m", data)
-    assert float(loaded.model.weight) == float(result.model.weight)
+    assert loaded.model.choices() == result.model.choices()
     users = torch.arange(data.n_users)
     torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
     assert build_model(spec, ranking_env.config, data.n_users, data.n_items, profiles) is not None

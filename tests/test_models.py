@@ -86,7 +86,7 @@ def test_semantic_branch_equals_eq8_by_hand():
 
 
 def test_profiles_are_fixed_buffers_not_parameters_nor_checkpointed():
-    model = tiny("bert_rs")
+    model = tiny("bert_rs_neural")
     names = {n for n, _ in model.named_parameters()}
     assert "b_u" not in names and "b_i" not in names
     assert "b_u" not in model.state_dict() and "b_i" not in model.state_dict()
@@ -99,7 +99,7 @@ def test_profiles_are_fixed_buffers_not_parameters_nor_checkpointed():
 
 def test_text_variant_without_profiles_is_refused():
     with pytest.raises(ValueError, match="profiles"):
-        FusionRanker("bert_rs", N_USERS, N_ITEMS)
+        FusionRanker("bert_rs_neural", N_USERS, N_ITEMS)
 
 
 def test_shuffle_permutes_rows_seeded():

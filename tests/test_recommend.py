@@ -17,11 +17,11 @@ from tests.test_train import _write_params
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-@pytest.mark.parametrize("name", ["bert_rs", "neumf"])
+@pytest.mark.parametrize("name", ["bert_rs_neural", "neumf"])
 def test_never_recommends_a_known_item_and_parts_explain_the_score(ranking_env, trained_runs, name):
     data, profiles = ranking_env.data, ranking_env.profiles()
     model = trained_runs[name][1].model
-    index = read_index(ranking_env.cache) if name == "bert_rs" else None
+    index = read_index(ranking_env.cache) if name == "bert_rs_neural" else None
     users = np.arange(data.n_users)
     recs = recommend(model, data, users, k=10, candidates=50, popular_fallback=20, profiles=profiles, index=index)
     assert recs.num_rows == 10 * data.n_users
@@ -31,7 +31,7 @@ def test_never_recommends_a_known_item_and_parts_explain_the_score(ranking_env, 
     np.testing.assert_allclose(parts, recs.column("score").to_numpy(), rtol=1e-4, atol=1e-4)
     scores = recs.column("score").to_numpy().reshape(data.n_users, 10)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
-    if name == "bert_rs":
+    if name == "bert_rs_neural":
         assert {"part_semantic", "part_gmf", "part_mlp", "part_bias"} <= set(recs.column_names)
 
 
@@ -48,7 +48,7 @@ def test_user_without_training_reviews_still_gets_recommendations(ranking_env, t
     fallback = profiles.users.mean(axis=0)
     cold_profiles = dataclasses.replace(profiles, users=profiles.users.copy())
     cold_profiles.users[0] = fallback
-    model = trained_runs["bert_rs"][1].model
+    model = trained_runs["bert_rs_neural"][1].model
     recs = recommend(model, cold, np.array([0]), k=5, profiles=cold_profiles, index=read_index(ranking_env.cache))
     assert recs.num_rows == 5
     assert not known_pairs(data).contains(np.zeros(5, int), recs.column("item_idx").to_numpy()).any()
@@ -58,11 +58,11 @@ def test_recommend_cli_single_and_batch(ranking_env, trained_runs, tmp_path):
     from stages.recommend import main
 
     data, profiles = ranking_env.data, ranking_env.profiles()
-    spec, result = trained_runs["bert_rs"]
-    save_checkpoint(tmp_path / "bert_rs", result, spec, ranking_env.config, data, profiles, ranking_env.cache, "bert_rs")
+    spec, result = trained_runs["bert_rs_neural"]
+    save_checkpoint(tmp_path / "bert_rs_neural", result, spec, ranking_env.config, data, profiles, ranking_env.cache, "bert_rs_neural")
     app = typer.Typer()
     app.command()(main)
-    base = ["--prepared", str(ranking_env.prepared), "--model-dir", str(tmp_path / "bert_rs"),
+    base = ["--prepared", str(ranking_env.prepared), "--model-dir", str(tmp_path / "bert_rs_neural"),
             "--params", str(_write_params(tmp_path / "params.yaml"))]
     runner = CliRunner()
     res = runner.invoke(app, base + ["--user", "U3", "--k", "5"])

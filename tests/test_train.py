@@ -27,7 +27,7 @@ def test_bert_rs_beats_neumf_and_shuffle_removes_the_gain(ranking_env, trained_r
         name: evaluate(result.model, data, "test", ks=[10], protocols=["sampled"])["sampled"]["ndcg@10"]
         for name, (_, result) in trained_runs.items()
     }
-    gain = ndcg["bert_rs"] - ndcg["neumf"]
+    gain = ndcg["bert_rs_neural"] - ndcg["neumf"]
     assert gain > 0.05, ndcg
     assert ndcg["bert_rs_shuffled"] - ndcg["neumf"] < 0.5 * gain, ndcg
 
@@ -62,7 +62,7 @@ def test_selection_sees_the_validation_split_only(ranking_env, monkeypatch):
 def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path):
     data, profiles = ranking_env.data, ranking_env.profiles()
     users, items = torch.tensor([0, 5, 9]), torch.tensor([1, 2, 3])
-    for name in ("bert_rs", "bert_rs_shuffled", "neumf"):
+    for name in ("bert_rs_neural", "bert_rs_shuffled", "neumf"):
         spec, result = trained_runs[name]
         out = save_checkpoint(tmp_path / name, result, spec, ranking_env.config, data, profiles, ranking_env.cache, name)
         ckpt = load_checkpoint(out, data)
@@ -70,7 +70,7 @@ def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path)
         assert ckpt.info["best_epoch"] == result.best_epoch and ckpt.info["n_items"] == data.n_items
 
     with pytest.raises(DataError, match="weights_fingerprint"):
-        load_checkpoint(tmp_path / "bert_rs", data, cache_path=ranking_env.other_cache)
+        load_checkpoint(tmp_path / "bert_rs_neural", data, cache_path=ranking_env.other_cache)
 
     other_data = dataclasses.replace(data, fingerprint="someone-else")
     with pytest.raises(DataError, match="other prepared data|trained on prepared data"):
@@ -93,7 +93,7 @@ def _write_params(path, epochs=3):
     path.write_text(
         "runs:\n"
         "  pop: {model: pop}\n"
-        "  bert_rs: {model: bert_rs, embeddings: minilm}\n"
+        "  bert_rs: {model: bert_rs_neural, embeddings: minilm}\n"
         "train:\n"
         f"  factors: 8\n  mlp_layers: [16, 8]\n  epochs: {epochs}\n  batch_size: 256\n  learning_rate: 0.01\n"
         "  device: cpu\n"

@@ -98,6 +98,15 @@ class MatrixFactorization(nn.Module):
         return {"mf": self.score(users, items)}
 
 
+def ease_weights(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
+    """B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0 from G = X^T X (or any PSD item Gram):
+    P = (G + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. (n_items, n_items) -> (n_items, n_items)"""
+    p = torch.linalg.inv(gram + ease_lambda * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device))
+    b = -p / torch.diagonal(p)[None, :]
+    b.fill_diagonal_(0.0)
+    return b
+
+
 class EASE(nn.Module):
     """EASE^R (Steck 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0, in closed form:
     P = (X^T X + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. Memory is n_items^2: fine up to ~20k items."""
@@ -115,13 +124,13 @@ class EASE(nn.Module):
         pairs = PairSet(users, items, self.n_users, self.n_items)
         self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64)
         self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64)
-        x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users), self.n_items).double()
-        gram = x.T @ x + self.ease_lambda * torch.eye(self.n_items, dtype=torch.float64)
-        p = torch.linalg.inv(gram)
-        b = -p / torch.diagonal(p)[None, :]
-        b.fill_diagonal_(0.0)
-        self.B = b.float()
+        self.B = ease_weights(self.gram(), self.ease_lambda).float()
         return self
+
+    def gram(self) -> torch.Tensor:
+        """X^T X of the training matrix, float64. (n_items, n_items)"""
+        x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users), self.n_items).double()
+        return x.T @ x
 
     def _x(self, users: torch.Tensor) -> torch.Tensor:
         return csr_rows(self.indptr, self.indices, users, self.n_items)  # (b, n_items)

@@ -50,7 +50,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "gmf": ("gmf",),
     "mlp": ("mlp",),
     "neumf": ("gmf", "mlp"),
-    "bert_rs": ("semantic", "gmf", "mlp"),
+    "bert_rs_neural": ("semantic", "gmf", "mlp"),
     "bert_rs_paper": ("semantic", "gmf", "mlp"),
     "semantic_only": ("semantic",),
 }

@@ -39,7 +39,7 @@ from pipeline.embeddings.cache import Profiles, load_profiles
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.evaluate import rank_sampled
-from pipeline.ranking.hybrid import EaseText
+from pipeline.ranking.hybrid import ReviewAwareEASE
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
 from pipeline.ranking.sampling import NegativeSampler
@@ -87,8 +87,9 @@ def build_model(
         return Popularity(n_users, n_items)
     if spec.model == "ease":
         return EASE(n_users, n_items, config.ease_lambda)
-    if spec.model == "ease_text":
-        return EaseText(n_users, n_items, profiles, config.ease_lambda, config.text_weights)
+    if spec.model == "bert_rs":
+        return ReviewAwareEASE(n_users, n_items, profiles, config.ease_lambda, config.text_side_weights,
+                               config.text_matches, config.text_weights)
     if spec.model == "mf":
         return MatrixFactorization(n_users, n_items, config.factors, config.mf_loss)
     if spec.model in VARIANTS:
@@ -137,8 +138,8 @@ def train(
 
     if not getattr(model, "trainable", True):
         model.fit(data.train.users, data.train.items)
-        if hasattr(model, "select_weight") and has_valid:
-            model.select_weight(data)  # a closed-form model's one knob, on validation only
+        if hasattr(model, "select_on_validation") and has_valid:
+            model.select_on_validation(data)  # a closed-form model's text knobs, on validation only
         model.to(device)
         valid = valid_metrics(model, data) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
