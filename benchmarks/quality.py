@@ -372,7 +372,8 @@ def markdown(results: dict, meta: dict) -> str:
              f"{meta['minutes']:.0f} min). "
              f"Seeds: {meta['seeds']}; tuning budget: {meta['budget']} configurations per model, chosen on "
              "validation full-ranking NDCG@10. Test metrics: mean ± std over seeds. `@cache` names the embedding "
-             "cache; `+shuffled` permutes its profiles across users and items.", ""]
+             "cache; `+shuffled` permutes its profiles across users and items.", "",
+             "## Summary (full-ranking NDCG@10, test; mean ± seed std where it is not 0)", "", *summary(results), ""]
     for key, res in results.items():
         stats = res["stats"]
         lines += [f"## {key}", "",
@@ -429,6 +430,37 @@ def markdown(results: dict, meta: dict) -> str:
                              f" | {f['before']['nsp_accuracy']:.3f} → {f['after']['nsp_accuracy']:.3f} |")
             lines.append("")
     return "\n".join(lines)
+
+
+NAMES = {"digital_music": "Digital Music (bundled)", "all_beauty": "All Beauty (53 items)",
+         "amazon_fashion": "Fashion (12 items)", "gift_cards": "Gift Cards",
+         "leave_one_out": "leave-one-out", "random": "random 70/30"}
+
+
+def summary(results: dict) -> list[str]:
+    """One line per dataset and protocol: the README's results table."""
+    def cell(row: dict) -> str:
+        mean, std = row["full"]["ndcg@10"]
+        return f"{mean:.3f}" if std < 5e-4 else f"{mean:.3f} ± {std:.3f}"
+
+    lines = ["| dataset / protocol | pop | NeuMF | best non-text | bert_rs_paper (eq. 8) | best neural fusion | "
+             "bert_rs (default) | best text model | its gain over the best non-text, 95% CI | shuffled | "
+             "gain on users with 1-3 training items |", "|---|" + "---|" * 10]
+    for key, res in results.items():
+        rows, v = res["rows"], res["verdict"]
+        dataset, protocol = key.split(" / ")
+        neural = max((n for n, r in rows.items() if r["model"] == "bert_rs_neural" and not r["shuffle"]),
+                     key=lambda n: rows[n]["valid"])
+        paper = next(n for n, r in rows.items() if r["model"] == "bert_rs_paper" and not r["shuffle"])
+        default = next((n for n in rows if n.startswith("bert_rs@minilm_mean")), None)
+        low, high = v["bootstrap_95ci_gain"]
+        lines.append(
+            f"| {NAMES.get(dataset, dataset)} / {NAMES.get(protocol, protocol)} | {cell(rows['pop'])} | "
+            f"{cell(rows['neumf'])} | {v['best_non_text']} {cell(rows[v['best_non_text']])} | {cell(rows[paper])} | "
+            f"{cell(rows[neural])} | {cell(rows[default]) if default else 'n/a'} | {v['best_text']} "
+            f"{cell(rows[v['best_text']])} | {_pct(v['relative_gain_over_best_non_text'])} [{low:+.3f}, {high:+.3f}]"
+            f" | {v['shuffled_full_ndcg@10'][0]:.3f} | {_pct(v['sparsest_bucket_relative_gain'])} |")
+    return lines
 
 
 def _pct(x) -> str:

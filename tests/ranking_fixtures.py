@@ -216,7 +216,8 @@ def torch_single_thread():
 
 @pytest.fixture(scope="session")
 def trained_runs(ranking_env):
-    """bert_rs, neumf and bert_rs with shuffled profiles, trained once per session on the planted world."""
+    """The neural bert_rs, neumf, the neural bert_rs on shuffled profiles and the default (EASE-based) bert_rs,
+    trained once per session on the planted world."""
     from pipeline.config import RunSpec
     from pipeline.ranking.train import train
 
@@ -227,6 +228,7 @@ def trained_runs(ranking_env):
         "bert_rs_neural": RunSpec(model="bert_rs_neural", embeddings="synthetic"),
         "neumf": RunSpec(model="neumf"),
         "bert_rs_shuffled": RunSpec(model="bert_rs_neural", embeddings="synthetic", shuffle=True),
+        "bert_rs": RunSpec(model="bert_rs", embeddings="synthetic"),
     }
     try:
         return {

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -33,6 +34,20 @@ def test_never_recommends_a_known_item_and_parts_explain_the_score(ranking_env, 
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
     if name == "bert_rs_neural":
         assert {"part_semantic", "part_gmf", "part_mlp", "part_bias"} <= set(recs.column_names)
+
+
+def test_default_bert_rs_recommends_the_top_of_its_whole_catalogue_ranking(ranking_env, trained_runs):
+    """Its collaborative picks need not be near the user's profile, so FAISS candidates must not cut them off."""
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    model = trained_runs["bert_rs"][1].model
+    users = np.arange(data.n_users)
+    recs = recommend(model, data, users, k=5, candidates=2, popular_fallback=1, profiles=profiles,
+                     index=read_index(ranking_env.cache))
+    full = model.score_all(torch.as_tensor(users)).masked_fill(known_pairs(data).dense_mask(users), -torch.inf)
+    expected = full.topk(5, dim=1).values.numpy()
+    np.testing.assert_allclose(recs.column("score").to_numpy().reshape(data.n_users, 5), expected, rtol=1e-5)
+    parts = recs.column("part_item_model").to_numpy() + recs.column("part_text_match").to_numpy()
+    np.testing.assert_allclose(parts, recs.column("score").to_numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_user_is_a_clear_error(ranking_env):

@@ -52,6 +52,7 @@ def centred_units(vectors: np.ndarray) -> torch.Tensor:
 
 class ReviewAwareEASE(nn.Module):
     trainable = False
+    ranks_whole_catalogue = True  # scores come from full rows; profile-nearest candidates would drop EASE's picks
 
     def __init__(
         self,

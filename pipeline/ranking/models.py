@@ -6,7 +6,7 @@ One class, `FusionRanker`, implements every neural variant; a variant is just th
     mlp            l_m                      (NCF's MLP, eq. 10-11)
     neumf          [l_g ; l_m]              (NCF / NeuMF)
     bert_rs_paper  [l_s ; l_g ; l_m]        (the paper's model, eq. 8-12, semantic branch exactly as eq. 8)
-    bert_rs        [l_s ; l_t ; l_g ; l_m]  (the same with the semantic form and text-similarity feature chosen
+    bert_rs_neural [l_s ; l_t ; l_g ; l_m]  (the same with the semantic form and text-similarity feature chosen
                                              by `semantic_form` / `text_similarity`; see below)
     semantic_only  l_s (; l_t)              (text alone, an ablation)
 

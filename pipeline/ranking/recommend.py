@@ -5,11 +5,13 @@ Candidates for a user are
     the model reads a cache (the profile is the one the model sees, so the shuffle ablation retrieves with the
     shuffled profile), plus
   - the `popular_fallback` most popular training items, so users with no (or unhelpful) reviews still get a list.
-Models without a cache, and users whose pool runs short of K new items, are scored against every item instead.
+Models without a cache, models that score whole rows anyway (`ranks_whole_catalogue`, e.g. the EASE-based bert_rs,
+whose collaborative picks need not be near the user's profile), and users whose pool runs short of K new items are
+scored against every item instead.
 
 Every item with a known interaction of the user (train, valid or test) is removed before ranking: a
 recommendation is never something the user already has. Each pick carries its score parts (for the fusion ranker:
-w_s^T l_s, w_g^T l_g, w_m^T l_m and the bias, which sum to the logit).
+w_s^T l_s, w_g^T l_g, w_m^T l_m and the bias, which sum to the logit; for bert_rs: item model and text match).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def recommend(
 def _top_k(model, device, batch, k, known, popular, n_candidates, profiles, index) -> tuple[np.ndarray, np.ndarray]:
     """(b, k) item indices (-1 where fewer than k new items exist) and their scores."""
     b = len(batch)
-    if index is not None and profiles is not None:
+    if index is not None and profiles is not None and not getattr(model, "ranks_whole_catalogue", False):
         pool = np.concatenate(
             [faiss_candidates(index, profiles.users[batch], n_candidates), np.broadcast_to(popular, (b, len(popular)))],
             axis=1,
