@@ -12,8 +12,9 @@ evaluate every model with the same code as `bertrs train` / `bertrs evaluate`:
 - text: bert_rs (the default: EASE with the review vectors as side information plus a text match, on each cache) and
   each of its two levers alone (bert_rs_side_only, bert_rs_late_only); the neural fusion heads (bert_rs_neural:
   projected fusion, on each cache; bert_rs_neural_sim: plus the text-similarity feature; bert_rs_neural_gates: eq. 8
-  gates plus the feature); bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler); and every text model again with
-  shuffled profiles (the ablation, trained with its partner's chosen configuration).
+  gates plus the feature; bert_rs_neural_iddrop: _sim with user-ID dropout 0.3, so sparse users lean on text);
+  bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler); and every text model again with shuffled profiles (the
+  ablation, trained with its partner's chosen configuration).
 
 Fairness rules. Every trainable model gets the same `--budget` hyper-parameter configurations (the first N of
 SEARCH below), every EASE-based model the same N values of lambda; the configuration is chosen on the validation
@@ -50,7 +51,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import Params, RunSpec, TrainConfig, load_params  # noqa: E402
+from pipeline.config import PACKAGED_ENCODER, EncoderSpec, Params, RunSpec, TrainConfig, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
 from pipeline.embeddings.build import build_cache  # noqa: E402
@@ -59,6 +60,7 @@ from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
 from pipeline.ranking.train import train  # noqa: E402
+from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -81,6 +83,10 @@ SEARCH = (
     {"learning_rate": 1e-2, "factors": 16, "mlp_layers": [64, 32, 16], "weight_decay": 1e-6, "dropout": 0.0},
 )
 EASE_SEARCH = (500.0, 100.0, 2000.0, 50.0)
+# Encoders measured here beside params.yaml's: the contrastive adaptation (issue 7), an option not in the default DAG.
+EXTRA_ENCODERS = {
+    "minilm_ctr": EncoderSpec(model=PACKAGED_ENCODER, finetune=True, objective="contrastive", pooling="mean"),
+}
 
 
 # The default bert_rs searches 6 side weights x (1 + 2 matches x 7 text weights) = 90 text settings per lambda on
@@ -93,6 +99,7 @@ FORMS = {
     "bert_rs_neural": {"semantic_form": "projected", "text_similarity": False},
     "bert_rs_neural_sim": {"semantic_form": "projected", "text_similarity": True},
     "bert_rs_neural_gates": {"semantic_form": "paper", "text_similarity": True},
+    "bert_rs_neural_iddrop": {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3},
 }
 # The two text levers of the default bert_rs, each alone (issue 7: which one carries the gain?).
 LEVERS = {
@@ -114,7 +121,7 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
     for encoder in params.encoders:
         out[f"bert_rs_neural@{encoder}"] = (RunSpec(model="bert_rs_neural", embeddings=encoder),
                                             FORMS["bert_rs_neural"])
-    for form in ("bert_rs_neural_sim", "bert_rs_neural_gates"):
+    for form in ("bert_rs_neural_sim", "bert_rs_neural_gates", "bert_rs_neural_iddrop"):
         out[f"{form}@{mean_cache}"] = (RunSpec(model="bert_rs_neural", embeddings=mean_cache), FORMS[form])
     finetuned = [e for e, spec in params.encoders.items() if spec.finetune] or list(params.encoders)
     out[f"bert_rs_paper@{finetuned[0]}"] = (RunSpec(model="bert_rs_paper", embeddings=finetuned[0]), {})
@@ -137,8 +144,9 @@ def prepared_for(work: Path, dataset: str, protocol: str, params: Params) -> Pre
 
 def shared_training_reviews(work: Path, dataset: str, protocols: list[str], params: Params) -> pa.Table:
     """Reviews that are training reviews under *every* protocol run: one fine-tuned encoder per dataset then serves
-    both protocols without ever having seen a review that either of them holds out."""
-    tables = [load_reviews(prepared_for(work, dataset, p, params).root, columns=["review_id", "text", "split"])
+    both protocols without ever having seen a review (or, for contrastive pairs, an interaction) that either of them
+    holds out."""
+    tables = [load_reviews(prepared_for(work, dataset, p, params).root, columns=list(PAIR_COLUMNS))
               for p in protocols]
     train_everywhere = np.logical_and.reduce([t.column("split").to_numpy(zero_copy_only=False) == "train"
                                               for t in tables])
@@ -146,7 +154,7 @@ def shared_training_reviews(work: Path, dataset: str, protocols: list[str], para
             np.array_equal(t.column("review_id").to_numpy(), tables[0].column("review_id").to_numpy()) for t in tables):
         raise RuntimeError(f"{dataset}: protocols kept different reviews; cannot share one fine-tuned encoder")
     splits = np.where(train_everywhere, "train", "held_out")
-    return tables[0].set_column(2, "split", pa.array(splits))
+    return tables[0].set_column(tables[0].schema.get_field_index("split"), "split", pa.array(splits))
 
 
 def encoders_for(work: Path, dataset: str, protocols: list[str], params: Params) -> dict[str, str]:
@@ -159,7 +167,8 @@ def encoders_for(work: Path, dataset: str, protocols: list[str], params: Params)
         folder = work / dataset / "encoders" / name
         if not (folder / "config.json").is_file():
             reviews = shared_training_reviews(work, dataset, protocols, params)
-            metrics = finetune_encoder(reviews, spec.model, folder, params.finetune)
+            adapt = contrastive_finetune if spec.objective == "contrastive" else finetune_encoder
+            metrics = adapt(reviews, spec.model, folder, params.finetune)
             write_json(work / dataset / "encoders" / f"{name}.metrics.json", metrics)
         out[name] = str(folder)
     return out
@@ -423,11 +432,16 @@ def markdown(results: dict, meta: dict) -> str:
                              f"{_pct(a['inflation'])} |")
             lines.append("")
         if res["finetune"]:
-            lines += ["### MLM+NSP fine-tuning (held-out training reviews)", "",
-                      "| encoder | steps | MLM loss before → after | NSP accuracy before → after |", "|---|---|---|---|"]
+            lines += ["### Encoder adaptation (held-out training reviews / training users)", "",
+                      "| encoder | steps | what is measured | before → after |", "|---|---|---|---|"]
             for name, f in res["finetune"].items():
-                lines.append(f"| {name} | {f['steps']} | {f['before']['mlm_loss']:.3f} → {f['after']['mlm_loss']:.3f}"
-                             f" | {f['before']['nsp_accuracy']:.3f} → {f['after']['nsp_accuracy']:.3f} |")
+                b, a = f["before"], f["after"]
+                if "accuracy@1" in b:  # contrastive: anchor's own positive nearest among held-out positives
+                    lines.append(f"| {name} | {f['steps']} | contrastive retrieval accuracy@1 (chance "
+                                 f"{b.get('chance', float('nan')):.3f}) | {b['accuracy@1']:.3f} → {a['accuracy@1']:.3f} |")
+                else:
+                    lines.append(f"| {name} | {f['steps']} | MLM loss; NSP accuracy | {b['mlm_loss']:.3f} → "
+                                 f"{a['mlm_loss']:.3f}; {b['nsp_accuracy']:.3f} → {a['nsp_accuracy']:.3f} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -482,6 +496,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
+    params = dataclasses.replace(params, encoders={**params.encoders, **EXTRA_ENCODERS})
     params = dataclasses.replace(params, prepare=dataclasses.replace(
         params.prepare, min_user_reviews=3, min_item_reviews=3, k_core=True, max_users=None, seed=42))
     work = Path(args.work)

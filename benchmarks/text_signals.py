@@ -20,8 +20,8 @@ The signals:
 - side_information        EASE re-solved on X^T X + a m F F^T (a picked on validation), alone: the default bert_rs's
                           first lever; "with EASE" adds it to plain EASE like the others
 
-EASE's lambda is picked on validation from the quality benchmark's grid (its first 3 values, the default budget). The winners here are the two levers the
-default bert_rs model combines (pipeline/ranking/hybrid.py); the quality benchmark then tests that model properly,
+EASE's lambda is picked on validation from the quality benchmark's grid (its first 3 values, the default budget).
+The winners here are the two levers the default bert_rs model combines (pipeline/ranking/hybrid.py); the quality benchmark then tests that model properly,
 with seeds, shuffles and the other baselines.
 """
 
@@ -165,8 +165,9 @@ def markdown(results: dict) -> str:
              "interval; *1-3*: gain on users with 1-3 training interactions. Deterministic (no seeds).", ""]
     for key, rows in results.items():
         ease = rows["ease"]
-        lines += [f"## {key}", "", f"EASE (lambda {ease['lambda']:g}): valid {ease['valid']:.4f}, test {ease['test']:.4f}",
-                  "", "| signal | alone valid | alone test | w | with EASE (test) | gain | 95% CI | 1-3 |",
+        lines += [f"## {key}", "",
+                  f"EASE (lambda {ease['lambda']:g}): valid {ease['valid']:.4f}, test {ease['test']:.4f}", "",
+                  "| signal | alone valid | alone test | w | with EASE (test) | gain | 95% CI | 1-3 |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             if name == "ease":

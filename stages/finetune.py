@@ -1,10 +1,11 @@
-"""`bertrs finetune`: adapt one named encoder to the training reviews with MLM+NSP (or pass it through).
+"""`bertrs finetune`: adapt one named encoder to the training reviews (MLM+NSP or contrastive), or pass it through.
 
     bertrs finetune --prepared data/prepared --encoder minilm --out data/encoders/minilm \
         --metrics metrics/finetune/minilm.json --params params.yaml
 
 Reads `encoders.<name>` (EncoderSpec) and `finetune` (FinetuneConfig). Fine-tuning runs only when both
-`finetune.enabled` and `encoders.<name>.finetune` are true; otherwise the base checkpoint is passed through.
+`finetune.enabled` and `encoders.<name>.finetune` are true, with `encoders.<name>.objective`; otherwise the base
+checkpoint is passed through.
 Checkpoints for resuming live in `<out>.work/` (outside the DVC output).
 """
 
@@ -17,6 +18,7 @@ import typer
 from pipeline.config import ConfigError
 from pipeline.data.prepared import load_reviews
 from pipeline.io import write_json
+from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune
 from pipeline.text.finetune import finetune_encoder, pass_through
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
@@ -26,10 +28,10 @@ def main(
     prepared: Path = typer.Option(..., "--prepared", help="prepared-data folder (from `bertrs prepare`)"),
     encoder: str = typer.Option(..., "--encoder", help="encoder name: a key of params `encoders`"),
     out: Path = typer.Option(..., "--out", help="output folder for the encoder (model + tokenizer)"),
-    metrics: Path = typer.Option(..., "--metrics", help="metrics JSON (MLM loss, perplexity, NSP accuracy)"),
+    metrics: Path = typer.Option(..., "--metrics", help="metrics JSON (before/after MLM+NSP or retrieval metrics)"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Fine-tune an encoder with MLM+NSP on training-split reviews, or pass the base checkpoint through."""
+    """Fine-tune an encoder on training-split reviews (MLM+NSP or contrastive), or pass the base checkpoint through."""
     config = read_params(params)
     if encoder not in config.encoders:
         raise ConfigError(f"encoders.{encoder}: not defined in {params} (known: {sorted(config.encoders)})")
@@ -37,6 +39,9 @@ def main(
     reason = config.finetune_reason(encoder)
     if reason is not None:
         result = pass_through(spec.model, out, reason)
+    elif spec.objective == "contrastive":
+        reviews = load_reviews(prepared, columns=list(PAIR_COLUMNS))
+        result = contrastive_finetune(reviews, spec.model, out, config.finetune)
     else:
         reviews = load_reviews(prepared, columns=["review_id", "text", "split"])
         result = finetune_encoder(reviews, spec.model, out, config.finetune)

@@ -70,6 +70,32 @@ def test_every_form_scores_all_items_like_pairwise_forward_and_explains_itself(f
     torch.testing.assert_close(sum(parts.values()), model(pairs_u, pairs_i), rtol=1e-5, atol=1e-5)
 
 
+def test_user_id_dropout_drops_whole_user_rows_in_training_only():
+    torch.manual_seed(0)
+    model = FusionRanker("bert_rs_neural", N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4],
+                         profiles=tiny_profiles(), semantic_form="projected", text_similarity=True,
+                         user_id_dropout=0.5)
+    users, items = torch.arange(N_USERS).repeat(20), torch.arange(N_ITEMS).repeat(20)[: N_USERS * 20]
+    model.train()
+    keep = model.user_id_keep(users)
+    assert set(keep.unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - p)
+    model.eval()
+    assert model.user_id_keep(users) == 1.0
+    eval_scores = model(users, items)
+    torch.testing.assert_close(model.score_all(torch.arange(N_USERS))[users, items], eval_scores)
+    model.train()
+    torch.manual_seed(1)
+    keep = model.user_id_keep(users)
+    torch.manual_seed(1)
+    vectors = model.branch_vectors(users, items)
+    dropped = (keep[:, 0] == 0)
+    without_user = model.gmf(users, items, 0.0)
+    torch.testing.assert_close(vectors["gmf"][dropped], without_user[dropped])
+    torch.testing.assert_close(vectors["semantic"], model.semantic(users, items))  # the text branch is untouched
+    with pytest.raises(ValueError, match="user_id_dropout"):
+        FusionRanker("neumf", N_USERS, N_ITEMS, user_id_dropout=1.0)
+
+
 def test_bert_rs_paper_stays_literal_whatever_the_configuration():
     model = fused("projected", True, variant="bert_rs_paper")
     assert model.semantic_form == "paper" and "similarity" not in model.branches

@@ -20,6 +20,10 @@ Semantic forms (the paper's eq. 8 read with profiles, and one alternative measur
 Text-similarity feature l_t = cos(b_u - mu_u, b_i - mu_i) (width 1): the fixed zero-shot text match, handed to the
 prediction layer as one more input, whose weight is learned.
 
+User-ID dropout (`user_id_dropout` p, training only): each training example drops the user's ID embeddings (u_g and
+u_m together) with probability p, scaling the kept ones by 1 / (1 - p), so the model must also learn to rank from
+the item and the text alone, which is all it has for a user with few interactions.
+
 Every scorer in `pipeline.ranking` (these and the baselines) exposes the same small interface, so one evaluator and
 one recommender serve them all:
 
@@ -75,6 +79,7 @@ class FusionRanker(nn.Module):
         mlp_item_chunk: int = 4096,
         semantic_form: str = "paper",
         text_similarity: bool = False,
+        user_id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -88,6 +93,9 @@ class FusionRanker(nn.Module):
         if text_similarity and "semantic" in self.branches:
             self.branches = ("semantic", "similarity", *self.branches[1:])
         self.semantic_form = semantic_form
+        if not 0.0 <= user_id_dropout < 1.0:
+            raise ValueError(f"user_id_dropout must lie in [0, 1), got {user_id_dropout}")
+        self.user_id_dropout = user_id_dropout
         self.n_users, self.n_items = n_users, n_items
         self.mlp_item_chunk = mlp_item_chunk
         widths: dict[str, int] = {}
@@ -177,17 +185,26 @@ class FusionRanker(nn.Module):
         unit_i = F.normalize(self.b_i[items], dim=-1, eps=1e-8)
         return (unit_u * unit_i).sum(-1, keepdim=True)
 
-    def gmf(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def gmf(self, users: torch.Tensor, items: torch.Tensor, keep: torch.Tensor | float = 1.0) -> torch.Tensor:
         """l_g = u_g (.) i_g, eq. 9. (b, factors)"""
-        return self.u_g(users) * self.i_g(items)
+        return (self.u_g(users) * keep) * self.i_g(items)
 
-    def mlp_branch(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def mlp_branch(self, users: torch.Tensor, items: torch.Tensor, keep: torch.Tensor | float = 1.0) -> torch.Tensor:
         """l_m = MLP([u_m ; i_m]), eq. 10-11. (b, mlp_layers[-1])"""
-        return self.mlp(torch.cat([self.u_m(users), self.i_m(items)], dim=-1))
+        return self.mlp(torch.cat([self.u_m(users) * keep, self.i_m(items)], dim=-1))
+
+    def user_id_keep(self, users: torch.Tensor) -> torch.Tensor | float:
+        """Per-example multiplier of the user's ID embeddings: 0 or 1 / (1 - p) while training, 1 otherwise. (b, 1)"""
+        if not (self.training and self.user_id_dropout > 0):
+            return 1.0
+        ones = torch.ones(users.shape[0], 1, device=users.device)
+        return F.dropout(ones, self.user_id_dropout, training=True)
 
     def branch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         """The switched-on branch vectors in fusion order [l_s ; l_g ; l_m]."""
-        fns = {"semantic": self.semantic, "similarity": self.similarity, "gmf": self.gmf, "mlp": self.mlp_branch}
+        keep = self.user_id_keep(users)  # one draw per example, shared by the GMF and MLP branches
+        fns = {"semantic": self.semantic, "similarity": self.similarity,
+               "gmf": lambda u, i: self.gmf(u, i, keep), "mlp": lambda u, i: self.mlp_branch(u, i, keep)}
         return {name: fns[name](users, items) for name in BRANCHES if name in self.branches}
 
     def _weight_slices(self) -> dict[str, torch.Tensor]:

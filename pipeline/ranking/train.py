@@ -103,6 +103,7 @@ def build_model(
             profiles=profiles if spec.model in TEXT_MODELS else None,
             semantic_form=config.semantic_form,
             text_similarity=config.text_similarity,
+            user_id_dropout=config.user_id_dropout,
         )
     raise ConfigError(f"unknown model {spec.model!r}")
 

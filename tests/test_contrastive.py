@@ -1,0 +1,90 @@
+"""Contrastive encoder adaptation: pairs from training reviews only, a BertModel-loadable output, resume, stage CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pipeline.config import FinetuneConfig
+from pipeline.data.prepared import load_reviews
+from pipeline.text import contrastive as ct
+from pipeline.text.finetune import SOURCE_FILE, default_work_dir
+from tests.text_fixtures import MARKER, TOY_REVIEWS
+
+CONFIG = FinetuneConfig(max_steps=4, contrastive_batch_size=2, max_length=32, eval_share=0.2, save_steps=2,
+                        warmup_ratio=0.0)
+WHO_WROTE = {text: (user, item, split) for user, item, split, text in TOY_REVIEWS}
+
+
+def test_pairs_join_a_users_review_to_another_users_review_of_an_item_the_user_chose(toy_prepared):
+    pairs = ct.user_item_pairs(load_reviews(toy_prepared), seed=0)
+    training = {(u, i) for u, i, split, _ in TOY_REVIEWS if split == "train"}
+    assert pairs.num_rows > 0
+    for anchor, positive in zip(pairs["anchor"], pairs["positive"]):
+        assert MARKER not in anchor + positive  # held-out reviews never reach a pair
+        (u, j, anchor_split), (v, i, positive_split) = WHO_WROTE[anchor], WHO_WROTE[positive]
+        assert anchor_split == positive_split == "train"
+        assert v != u and i != j and (u, i) in training  # another user's words about an item u also chose
+
+
+def test_pairs_are_deterministic_and_can_be_limited_to_some_users(toy_prepared):
+    reviews = load_reviews(toy_prepared)
+    assert ct.user_item_pairs(reviews, seed=3).to_dict() == ct.user_item_pairs(reviews, seed=3).to_dict()
+    only = ct.user_item_pairs(reviews, seed=3, users=[4])
+    assert only.num_rows > 0 and all(WHO_WROTE[a][0] == 4 for a in only["anchor"])
+
+
+def test_contrastive_finetune_saves_a_bertmodel_and_reports_retrieval(toy_prepared, tiny_encoder_dir, tmp_path):
+    from transformers import BertModel
+
+    out = tmp_path / "enc"
+    metrics = ct.contrastive_finetune(load_reviews(toy_prepared), str(tiny_encoder_dir), out, CONFIG)
+    assert metrics["objective"] == "contrastive" and metrics["steps"] == 4 and metrics["train_pairs"] >= 2
+    for when in ("before", "after"):
+        assert {"accuracy@1", "pairs"} <= set(metrics[when])
+    assert json.loads((out / SOURCE_FILE).read_text())["objective"] == "contrastive"
+    assert not default_work_dir(out).exists()
+    bert, info = BertModel.from_pretrained(str(out), output_loading_info=True)
+    assert not info["missing_keys"]
+    base = BertModel.from_pretrained(str(tiny_encoder_dir))
+    assert not torch.equal(bert.encoder.layer[0].attention.self.query.weight,
+                           base.encoder.layer[0].attention.self.query.weight)
+
+
+def test_interrupted_contrastive_run_resumes_from_checkpoint(toy_prepared, tiny_encoder_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "enc"
+    reviews = load_reviews(toy_prepared)
+    with pytest.raises(KeyboardInterrupt):
+        ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[Kill()])
+    assert not out.exists() and any(default_work_dir(out).rglob("checkpoint-2"))
+    metrics = ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG)
+    assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 4
+
+
+def test_finetune_stage_runs_the_contrastive_objective(toy_prepared, tiny_encoder_dir, tmp_path):
+    from stages import finetune
+
+    app = typer.Typer()
+    app.command("finetune")(finetune.main)
+    app.command("noop")(lambda: None)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"encoders:\n  tiny:\n    model: {tiny_encoder_dir}\n    finetune: true\n    objective: contrastive\n"
+        "finetune:\n  max_steps: 2\n  contrastive_batch_size: 2\n  max_length: 32\n  eval_share: 0.2\n"
+    )
+    metrics = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["finetune", "--prepared", str(toy_prepared), "--encoder", "tiny", "--out",
+                                   str(tmp_path / "enc"), "--metrics", str(metrics), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(metrics.read_text())["objective"] == "contrastive"
