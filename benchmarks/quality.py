@@ -96,9 +96,9 @@ EASE_WIDE = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
 
 # Neural fusion forms (issue 7); each is a row of its own, chosen between on validation like the rest.
 FORMS = {
-    "bert_rs_neural": {"semantic_form": "projected", "text_similarity": False},
-    "bert_rs_neural_sim": {"semantic_form": "projected", "text_similarity": True},
-    "bert_rs_neural_gates": {"semantic_form": "paper", "text_similarity": True},
+    "bert_rs_neural": {"semantic_form": "projected", "text_similarity": False, "user_id_dropout": 0.0},
+    "bert_rs_neural_sim": {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.0},
+    "bert_rs_neural_gates": {"semantic_form": "paper", "text_similarity": True, "user_id_dropout": 0.0},
     "bert_rs_neural_iddrop": {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3},
 }
 # The two text levers of the default bert_rs, each alone (issue 7: which one carries the gain?).

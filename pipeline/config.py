@@ -170,7 +170,7 @@ class TrainConfig:
     # bert_rs_neural fusion (bert_rs_paper always uses the paper's form without the similarity feature):
     semantic_form: Literal["paper", "projected"] = "paper"  # eq. 8 gates on raw profiles, or shared projections
     text_similarity: bool = False  # add cos(b_u, b_i) of the centred profiles as one more fused input
-    user_id_dropout: float = 0.0  # neural models: drop a training example's user ID embeddings with this probability
+    user_id_dropout: float = 0.0  # bert_rs_neural: drop a training example's user ID embeddings with this probability
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
 

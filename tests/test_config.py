@@ -39,6 +39,10 @@ def test_the_shipped_params_load_into_typed_sections():
         ({"runs": {"x": {"model": "bert_rs_neural", "embeddings": "nope"}}}, r"runs\.x\.embeddings: 'nope' is not one of"),
         ({"runs": {"x": {"model": "gmf", "shuffle": True}}}, r"runs\.x\.shuffle"),
         ({"encoders": {"e": {"finetune": "yes"}}}, r"encoders\.e\.finetune: expected true or false"),
+        ({"encoders": {"e": {"objective": "simcse"}}}, r"encoders\.e\.objective: 'simcse' is not one of"),
+        ({"train": {"text_matches": ["title"]}}, r"train\.text_matches\[0\]: 'title' is not one of"),
+        ({"train": {"text_side_weights": []}}, r"train\.text_side_weights: needs at least one value"),
+        ({"train": {"user_id_dropout": 1.0}}, r"train\.user_id_dropout: must lie in"),
         ({"whatever": 1}, r"whatever: unknown key"),
     ],
 )

@@ -96,6 +96,15 @@ def test_user_id_dropout_drops_whole_user_rows_in_training_only():
         FusionRanker("neumf", N_USERS, N_ITEMS, user_id_dropout=1.0)
 
 
+def test_user_id_dropout_reaches_the_neural_text_head_only(ranking_env):
+    config = replace_config(ranking_env.config, user_id_dropout=0.3)
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    for model, expected in (("bert_rs_neural", 0.3), ("bert_rs_paper", 0.0), ("neumf", 0.0), ("gmf", 0.0)):
+        built = build_model(RunSpec(model=model, embeddings="x" if "bert" in model else None), config, data.n_users,
+                            data.n_items, profiles)
+        assert built.user_id_dropout == expected, model
+
+
 def test_bert_rs_paper_stays_literal_whatever_the_configuration():
     model = fused("projected", True, variant="bert_rs_paper")
     assert model.semantic_form == "paper" and "similarity" not in model.branches

@@ -103,7 +103,8 @@ def build_model(
             profiles=profiles if spec.model in TEXT_MODELS else None,
             semantic_form=config.semantic_form,
             text_similarity=config.text_similarity,
-            user_id_dropout=config.user_id_dropout,
+            # only the configurable text head leans on text; NCF baselines and the literal paper model stay as published
+            user_id_dropout=config.user_id_dropout if spec.model == "bert_rs_neural" else 0.0,
         )
     raise ConfigError(f"unknown model {spec.model!r}")
 
