@@ -194,7 +194,7 @@ def contrastive_finetune(
     log.info("after: %s", after)
 
     word = model[0]
-    source = {"base": base, "base_resolved": resolved, "base_weights_fingerprint": base_fp, "finetuned": True,
+    source = {"base": base, "base_weights_fingerprint": base_fp, "finetuned": True,
               "objective": "contrastive", "finetune": to_dict(config)}
     save_encoder(word.auto_model.cpu(), word.tokenizer, out, source)
     shutil.rmtree(work, ignore_errors=True)

@@ -33,7 +33,9 @@ from pipeline.text.nsp import build_nsp_dataset, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
-SOURCE_FILE = "source.json"  # provenance of an encoder folder: base spec, its weights fingerprint, finetuned or not
+# provenance of an encoder folder: base spec, its weights fingerprint, finetuned or not. No absolute path: the folder
+# must hash the same in every clone, or dvc.lock would change on every machine.
+SOURCE_FILE = "source.json"
 NSP_COLUMNS = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "next_sentence_label"]
 
 
@@ -234,7 +236,7 @@ def finetune_encoder(
     after = evaluate_pretraining(model, eval_ds, make_collator(tokenizer, config, seed=config.seed), eval_batch)
     log.info("after: %s", after)
 
-    source = {"base": base, "base_resolved": resolved, "base_weights_fingerprint": base_fp, "finetuned": True,
+    source = {"base": base, "base_weights_fingerprint": base_fp, "finetuned": True,
               "finetune": to_dict(config)}
     save_encoder(model.cpu(), tokenizer, out, source)
     shutil.rmtree(work, ignore_errors=True)
@@ -263,8 +265,7 @@ def pass_through(base: str, out: str | Path, reason: str) -> dict[str, Any]:
     base_fp = weights_fingerprint(resolved)
     model = BertModel.from_pretrained(resolved)
     tokenizer = AutoTokenizer.from_pretrained(resolved)
-    save_encoder(model, tokenizer, out, {"base": base, "base_resolved": resolved,
-                                         "base_weights_fingerprint": base_fp, "finetuned": False})
+    save_encoder(model, tokenizer, out, {"base": base, "base_weights_fingerprint": base_fp, "finetuned": False})
     log.info("fine-tuning skipped (%s): base checkpoint passed through to %s", reason, out)
     return {"finetuned": False, "note": f"fine-tuning skipped: {reason}; base checkpoint passed through",
             "base": base, "base_weights_fingerprint": base_fp, "weights_fingerprint": weights_fingerprint(out)}
