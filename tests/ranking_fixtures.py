@@ -159,7 +159,6 @@ def write_cache(root: Path, world: World, data_fingerprint: str, weights_fingerp
         "data_fingerprint": data_fingerprint,
         "profile": "mean",
         "versions": {},
-        "created": "2024-01-01",
     }
     assert set(META_FIELDS) <= set(meta)
     root.mkdir(parents=True, exist_ok=True)

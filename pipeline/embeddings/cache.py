@@ -15,7 +15,6 @@ on `pipeline.text`, which is what makes caches swappable.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import importlib.metadata
 import json
@@ -50,8 +49,7 @@ META_FIELDS = (
     "data_fingerprint",  # fingerprint of the prepared data (stats.json "fingerprint")
     "profile",  # how reviews are pooled into profiles
     "versions",  # library versions
-    "created",  # ISO date
-)
+)  # no timestamp: the same inputs must give byte-identical files, or every DVC clone would see a new cache
 
 
 def reviews_schema(dim: int, meta: dict | None = None) -> pa.Schema:
@@ -278,14 +276,13 @@ def write_embedding_cache(
 ) -> dict:
     """Encode every review of `reviews_path` with `encode(texts) -> (n, dim) float32` and write a complete cache.
 
-    `meta` carries the provenance (META_FIELDS; versions and created are filled in when absent). `on_shard(k)` is
+    `meta` carries the provenance (META_FIELDS; versions are filled in when absent). `on_shard(k)` is
     called after shard k is safely on disk (tests use it to simulate a kill). Returns the final meta.
     """
     out = Path(out)
     dim = int(meta["dim"])
     meta = dict(meta)
     meta.setdefault("versions", library_versions())
-    meta.setdefault("created", datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     meta.update(profile=meta.get("profile", "mean"), normalize_profiles=normalize_profiles,
                 index_metric=index_metric, n_users=n_users, n_items=n_items)
     missing = [k for k in META_FIELDS if k not in meta]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import datetime
 import json
 import logging
 import math
@@ -229,7 +228,6 @@ def save_checkpoint(
         "best_epoch": result.best_epoch,
         "best_valid": result.best_valid,
         "weights": WEIGHTS_FILE,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
