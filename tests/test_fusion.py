@@ -230,7 +230,7 @@ def test_checkpoint_of_a_hybrid_keeps_its_chosen_weight(ranking_env, tmp_path):
     result = train(spec, ranking_env.config, data, profiles, progress=False)
     save_checkpoint(tmp_path / "m", result, spec, ranking_env.config, data, profiles, ranking_env.cache)
     loaded = load_checkpoint(tmp_path / "m", data)
-    assert loaded.model.choices() == result.model.choices()
+    assert loaded.model.choices() == result.model.choices() == loaded.info["chosen"]  # also readable in run.json
     users = torch.arange(data.n_users)
     torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
     assert build_model(spec, ranking_env.config, data.n_users, data.n_items, profiles) is not None

@@ -227,6 +227,8 @@ def save_checkpoint(
         "embeddings": embeddings,
         "best_epoch": result.best_epoch,
         "best_valid": result.best_valid,
+        # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
+        "chosen": result.model.choices() if hasattr(result.model, "choices") else None,
         "weights": WEIGHTS_FILE,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
