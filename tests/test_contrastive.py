@@ -13,7 +13,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.data.prepared import load_reviews
 from pipeline.text import contrastive as ct
 from pipeline.text.finetune import SOURCE_FILE, default_work_dir
-from tests.text_fixtures import MARKER, TOY_REVIEWS
+from tests.text_fixtures import MARKER, TOY_REVIEWS, interrupt_after_saving
 
 CONFIG = FinetuneConfig(max_steps=4, contrastive_batch_size=2, max_length=32, eval_share=0.2, save_steps=2,
                         warmup_ratio=0.0)
@@ -56,17 +56,10 @@ def test_contrastive_finetune_saves_a_bertmodel_and_reports_retrieval(toy_prepar
 
 
 def test_interrupted_contrastive_run_resumes_from_checkpoint(toy_prepared, tiny_encoder_dir, tmp_path):
-    from transformers import TrainerCallback
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step >= 2:
-                raise KeyboardInterrupt
-
     out = tmp_path / "enc"
     reviews = load_reviews(toy_prepared)
     with pytest.raises(KeyboardInterrupt):
-        ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[Kill()])
+        ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[interrupt_after_saving(2)])
     assert not out.exists() and any(default_work_dir(out).rglob("checkpoint-2"))
     metrics = ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG)
     assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 4

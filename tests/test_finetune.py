@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pipeline.config import FinetuneConfig
 from pipeline.data.prepared import load_reviews
 from pipeline.text import finetune as ft
-from tests.text_fixtures import MARKER, TOY_REVIEWS, write_prepared
+from tests.text_fixtures import MARKER, TOY_REVIEWS, interrupt_after_saving, write_prepared
 
 CONFIG = FinetuneConfig(max_steps=4, batch_size=4, max_length=32, eval_share=0.2, save_steps=2, warmup_ratio=0.0)
 
@@ -93,17 +93,10 @@ def test_finetune_saves_bertmodel_checkpoint_and_metrics(toy_prepared, tiny_enco
 
 
 def test_interrupted_finetune_resumes_from_checkpoint(toy_prepared, tiny_encoder_dir, tmp_path):
-    from transformers import TrainerCallback
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step >= 2:
-                raise KeyboardInterrupt
-
     out = tmp_path / "enc"
     reviews = load_reviews(toy_prepared)
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune_encoder(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[Kill()])
+        ft.finetune_encoder(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[interrupt_after_saving(2)])
     assert not out.exists() and any(ft.default_work_dir(out).rglob("checkpoint-2"))
     metrics = ft.finetune_encoder(reviews, str(tiny_encoder_dir), out, CONFIG)
     assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 4

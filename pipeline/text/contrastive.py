@@ -18,7 +18,6 @@ checkpoint plus tokenizer plus `source.json`, so `embed` reads it like any other
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,14 @@ from datasets import Dataset
 from pipeline.config import FinetuneConfig, to_dict
 from pipeline.io import DataError
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
-from pipeline.text.finetune import default_work_dir, run_key, save_encoder
+from pipeline.text.finetune import (
+    default_work_dir,
+    fresh_run_dir,
+    run_key,
+    save_encoder,
+    train_resuming,
+    trainer_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,31 +120,9 @@ def training_arguments(config: FinetuneConfig, output_dir: Path, n_pairs: int):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    batch = config.contrastive_batch_size
-    per_epoch = max(1, math.ceil(n_pairs / batch))
-    total = config.max_steps if config.max_steps > 0 else math.ceil(per_epoch * config.epochs)
     return SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=batch,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=int(config.warmup_ratio * total),
-        seed=config.seed,
-        data_seed=config.seed,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=max(1, min(50, total // 10)),
-        report_to="none",
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        **trainer_settings(config, output_dir, n_pairs, config.contrastive_batch_size),
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a repeated text in a batch would be a false negative
-        dataloader_num_workers=0,
-        use_cpu=not cuda,
     )
 
 
@@ -154,7 +138,6 @@ def contrastive_finetune(
     """Adapt `base` with user-item contrastive pairs from training reviews; returns before/after retrieval metrics."""
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(out)
     resolved = resolve_encoder(base)
@@ -170,11 +153,7 @@ def contrastive_finetune(
     pair_texts = Dataset.from_dict({"text": list(train_pairs["anchor"]) + list(train_pairs["positive"])})
     key = run_key(config, base_fp, pair_texts)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    run_dir = work / f"contrastive-{key}"
-    for stale in work.glob("*") if work.is_dir() else []:
-        if stale != run_dir:  # checkpoints of another config or corpus: never resume from them
-            shutil.rmtree(stale, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = fresh_run_dir(work, f"contrastive-{key}")
 
     eval_batch = max(config.contrastive_batch_size, 32)
     before = retrieval_accuracy(model, eval_pairs, eval_batch)
@@ -186,10 +165,7 @@ def contrastive_finetune(
         loss=MultipleNegativesRankingLoss(model),
         callbacks=callbacks,
     )
-    resume = get_last_checkpoint(str(run_dir))
-    if resume:
-        log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, resume = train_resuming(trainer, run_dir)
     after = retrieval_accuracy(model, eval_pairs, eval_batch)
     log.info("after: %s", after)
 

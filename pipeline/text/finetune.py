@@ -149,19 +149,20 @@ def default_work_dir(out: Path) -> Path:
     return out.with_name(f"{out.name}.work")
 
 
-def training_arguments(config: FinetuneConfig, output_dir: Path, n_train: int):
-    from transformers import TrainingArguments
-
+def trainer_settings(config: FinetuneConfig, output_dir: Path, n_train: int, batch_size: int,
+                     grad_accum_steps: int = 1) -> dict[str, Any]:
+    """The `TrainingArguments` both adaptation objectives share: schedule, seeding, checkpointing for resume,
+    mixed precision on CUDA only."""
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    per_epoch = max(1, math.ceil(n_train / (config.batch_size * config.grad_accum_steps)))
+    per_epoch = max(1, math.ceil(n_train / (batch_size * grad_accum_steps)))
     total = config.max_steps if config.max_steps > 0 else math.ceil(per_epoch * config.epochs)
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum_steps,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         warmup_steps=int(config.warmup_ratio * total),
@@ -174,11 +175,40 @@ def training_arguments(config: FinetuneConfig, output_dir: Path, n_train: int):
         report_to="none",
         bf16=bf16,
         fp16=cuda and not bf16,
-        disable_tqdm=False,
         dataloader_num_workers=0,
-        remove_unused_columns=False,  # keep special_tokens_mask: the collator must not mask [CLS]/[SEP]
         use_cpu=not cuda,
     )
+
+
+def training_arguments(config: FinetuneConfig, output_dir: Path, n_train: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        **trainer_settings(config, output_dir, n_train, config.batch_size, config.grad_accum_steps),
+        disable_tqdm=False,
+        remove_unused_columns=False,  # keep special_tokens_mask: the collator must not mask [CLS]/[SEP]
+    )
+
+
+def fresh_run_dir(work: Path, name: str) -> Path:
+    """`work/name`, created; any other run folder under `work` (another config or corpus) is removed, so a resume
+    never picks up foreign checkpoints."""
+    run_dir = work / name
+    for stale in work.glob("*") if work.is_dir() else []:
+        if stale != run_dir:
+            shutil.rmtree(stale, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train_resuming(trainer, run_dir: Path):
+    """`trainer.train()`, resumed from the newest checkpoint in `run_dir` if there is one. -> (result, checkpoint)"""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = get_last_checkpoint(str(run_dir))
+    if resume:
+        log.info("resuming from %s", resume)
+    return trainer.train(resume_from_checkpoint=resume), resume
 
 
 def save_encoder(model, tokenizer, out: Path, source: dict) -> None:
@@ -203,7 +233,6 @@ def finetune_encoder(
     `callbacks` are extra `TrainerCallback`s (tests use one to simulate an interruption).
     """
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(out)
     resolved = resolve_encoder(base)
@@ -212,11 +241,7 @@ def finetune_encoder(
     train_ds, eval_ds = nsp_datasets(reviews, tokenizer, config)
     key = run_key(config, base_fp, training_texts(reviews))
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    run_dir = work / key
-    for stale in work.glob("*") if work.is_dir() else []:
-        if stale != run_dir:  # checkpoints of another config or corpus: never resume from them
-            shutil.rmtree(stale, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = fresh_run_dir(work, key)
 
     eval_batch = max(config.batch_size, 32)
     before = evaluate_pretraining(model, eval_ds, make_collator(tokenizer, config, seed=config.seed), eval_batch)
@@ -229,10 +254,7 @@ def finetune_encoder(
         data_collator=make_collator(tokenizer, config),
         callbacks=callbacks,
     )
-    resume = get_last_checkpoint(str(run_dir))
-    if resume:
-        log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, resume = train_resuming(trainer, run_dir)
     after = evaluate_pretraining(model, eval_ds, make_collator(tokenizer, config, seed=config.seed), eval_batch)
     log.info("after: %s", after)
 
