@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from pipeline.config import TrainConfig
+from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.data.prepared import FILES, STATS_FILE, load_prepared
-from pipeline.embeddings.cache import INDEX_FILE, META_FIELDS, META_FILE, load_profiles, write_profiles
+from pipeline.embeddings.cache import INDEX_FILE, META_FIELDS, META_FILE, Profiles, load_profiles, write_profiles
 from pipeline.io import fingerprint_files, write_json, write_table
 
 
@@ -239,3 +240,64 @@ def trained_runs(ranking_env):
 
 def replace_config(config: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(config, **changes)
+
+
+# ------------------------------------------------------------------------------------ helpers shared by test modules
+
+N_USERS, N_ITEMS, DIM = 7, 11, 6  # the hand-checkable world of the formula tests
+
+
+def tiny_profiles(seed=0) -> Profiles:
+    rng = np.random.default_rng(seed)
+    return Profiles(
+        users=rng.normal(size=(N_USERS, DIM)).astype(np.float32),
+        items=rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
+        user_has_reviews=np.ones(N_USERS, bool),
+        item_has_reviews=np.ones(N_ITEMS, bool),
+        meta={"dim": DIM},
+    )
+
+
+def write_train_params(path: Path, epochs: int = 3) -> Path:
+    """A params.yaml with two runs (pop, and a neural bert_rs on the `minilm` cache) and a tiny train section."""
+    path.write_text(
+        "runs:\n"
+        "  pop: {model: pop}\n"
+        "  bert_rs: {model: bert_rs_neural, embeddings: minilm}\n"
+        "train:\n"
+        f"  factors: 8\n  mlp_layers: [16, 8]\n  epochs: {epochs}\n  batch_size: 256\n  learning_rate: 0.01\n"
+        "  device: cpu\n"
+    )
+    return path
+
+
+def with_test_positives_moved(data: PreparedData) -> PreparedData:
+    """The same data with every test positive moved to another item its user never interacted with (the most
+    popular such item, so that it competes near the top of any ranking); train and valid are untouched. Whatever
+    is chosen on validation must not notice."""
+    known: dict[int, set[int]] = {}
+    for part in (data.train, data.valid, data.test):
+        for u, i in zip(part.users.tolist(), part.items.tolist()):
+            known.setdefault(u, set()).add(i)
+    by_popularity = np.argsort(-np.bincount(data.train.items, minlength=data.n_items), kind="stable").tolist()
+    moved = []
+    for u in data.test.users.tolist():
+        item = next(i for i in by_popularity if i not in known[u])
+        known[u].add(item)
+        moved.append(item)
+    test = Interactions(data.test.users.copy(), np.asarray(moved, dtype=np.int64))
+    assert not np.any(test.items == data.test.items)
+    return dataclasses.replace(data, test=test, candidates={"valid": data.candidates["valid"]})
+
+
+class Untouchable:
+    """Stands in for a split that must not be read: any use raises."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute):
+        raise AssertionError(f"the {self._name} split was read ({attribute})")
+
+    def __len__(self):
+        raise AssertionError(f"the {self._name} split was read (len)")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from pipeline.data.prepared import Candidates
 from pipeline.ranking.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
 from pipeline.ranking.train import save_checkpoint
-from tests.test_train import _write_params
+from tests.ranking_fixtures import write_train_params
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -95,7 +95,7 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     args = [
         "--prepared", str(ranking_env.prepared), "--models", str(tmp_path / "models"),
         "--metrics", str(out / "metrics.json"), "--table", str(out / "comparison.md"),
-        "--plots-dir", str(out / "at_k"), "--params", str(_write_params(tmp_path / "params.yaml")),
+        "--plots-dir", str(out / "at_k"), "--params", str(write_train_params(tmp_path / "params.yaml")),
     ]
     listed_only = CliRunner().invoke(app, args)
     assert listed_only.exit_code == 2 and "no trained run for ['pop']" in listed_only.output  # params lists pop

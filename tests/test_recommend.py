@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipeline.io import DataError
 from pipeline.ranking.recommend import known_pairs, read_index, recommend, user_indices
 from pipeline.ranking.train import save_checkpoint
-from tests.test_train import _write_params
+from tests.ranking_fixtures import write_train_params
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -78,7 +78,7 @@ def test_recommend_cli_single_and_batch(ranking_env, trained_runs, tmp_path):
     app = typer.Typer()
     app.command()(main)
     base = ["--prepared", str(ranking_env.prepared), "--model-dir", str(tmp_path / "bert_rs_neural"),
-            "--params", str(_write_params(tmp_path / "params.yaml"))]
+            "--params", str(write_train_params(tmp_path / "params.yaml"))]
     runner = CliRunner()
     res = runner.invoke(app, base + ["--user", "U3", "--k", "5"])
     assert res.exit_code == 0, res.output

@@ -11,11 +11,9 @@ from typer.testing import CliRunner
 
 from pipeline.config import RunSpec
 from pipeline.io import DataError
-from pipeline.ranking import evaluate as evaluate_module
-from pipeline.ranking import train as train_module
-from pipeline.ranking.evaluate import evaluate
+from pipeline.ranking.evaluate import evaluate, full_ranking_mask
 from pipeline.ranking.train import load_checkpoint, save_checkpoint, train
-from tests.ranking_fixtures import replace_config
+from tests.ranking_fixtures import Untouchable, replace_config, with_test_positives_moved, write_train_params
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -32,31 +30,53 @@ def test_bert_rs_beats_neumf_and_shuffle_removes_the_gain(ranking_env, trained_r
     assert ndcg["bert_rs_shuffled"] - ndcg["neumf"] < 0.5 * gain, ndcg
 
 
-def test_selection_sees_the_validation_split_only(ranking_env, monkeypatch):
+def test_validation_ranking_never_reads_the_test_split(ranking_env, trained_runs):
     data = ranking_env.data
-    seen = []
-    real = train_module.rank_sampled
+    blind = dataclasses.replace(data, test=Untouchable("test"), candidates={"valid": data.candidates["valid"]})
+    mask = full_ranking_mask(blind, "valid")
+    assert mask.contains(data.train.users, data.train.items).all()
+    assert mask.contains(data.valid.users, data.valid.items).all()
+    assert not mask.contains(data.test.users, data.test.items).any()  # test items stay in the competition
+    model = trained_runs["neumf"][1].model
+    assert evaluate(model, blind, "valid", protocols=["full"])["full"] == evaluate(
+        model, data, "valid", protocols=["full"])["full"]
 
-    def spy(model, candidates, *args, **kwargs):
-        seen.append(candidates)
-        return real(model, candidates, *args, **kwargs)
 
-    def no_full(*args, **kwargs):
-        raise AssertionError("full ranking must not run during training")
+@pytest.mark.parametrize("model", ["ease", "bert_rs", "neumf"])
+def test_every_choice_and_validation_number_ignores_where_the_test_positives_are(ranking_env, model):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    moved = with_test_positives_moved(data)
+    config = replace_config(ranking_env.config, epochs=4, patience=2, text_side_weights=[0.0, 1.0],
+                            text_weights=[0.0, 0.5, 1.0])
+    spec = RunSpec(model=model, embeddings="x" if model == "bert_rs" else None)
+    seen, blind = (train(spec, config, d, profiles, progress=False) for d in (data, moved))
+    np.testing.assert_equal(blind.curves, seen.curves)  # NaN-aware: closed-form rows have no loss
+    assert blind.best_epoch == seen.best_epoch and blind.best_valid == seen.best_valid
+    if model == "bert_rs":
+        assert blind.model.choices() == seen.model.choices()
+    assert evaluate(blind.model, moved, "valid", protocols=["full"])["full"] == evaluate(
+        seen.model, data, "valid", protocols=["full"])["full"]
 
-    monkeypatch.setattr(train_module, "rank_sampled", spy)
-    monkeypatch.setattr(evaluate_module, "rank_full", no_full)
+
+def test_early_stopping_selects_the_epoch_on_full_ranking_validation_ndcg(ranking_env):
+    data = ranking_env.data
     config = replace_config(ranking_env.config, epochs=8, patience=2)
     result = train(RunSpec(model="neumf"), config, data, progress=False)
-    assert seen and all(c is data.candidates["valid"] for c in seen)
     scores = [row["valid_ndcg@10"] for row in result.curves]
     assert result.best_epoch == 1 + int(np.argmax(scores))  # first epoch reaching the best validation score
     assert len(result.curves) - result.best_epoch <= config.patience
-    # the test split cannot influence training: replacing it changes nothing
-    empty = dataclasses.replace(data.test, users=data.test.users[:0], items=data.test.items[:0])
-    blind = dataclasses.replace(data, test=empty, candidates={"valid": data.candidates["valid"]})
-    again = train(RunSpec(model="neumf"), config, blind, progress=False)
-    assert again.curves == result.curves
+    full = evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]
+    assert result.best_valid["ndcg@10"] == pytest.approx(full["ndcg@10"]) == pytest.approx(max(scores))
+    assert result.best_valid["n"] == len(data.valid)
+
+
+def test_fixed_epochs_trains_exactly_that_many_and_keeps_the_last(ranking_env):
+    data = ranking_env.data
+    config = replace_config(ranking_env.config, epochs=50, patience=1)
+    result = train(RunSpec(model="gmf"), config, data, progress=False, fixed_epochs=3)
+    assert [row["epoch"] for row in result.curves] == [1, 2, 3] and result.best_epoch == 3
+    full = evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]
+    assert result.best_valid["ndcg@10"] == pytest.approx(full["ndcg@10"]) == pytest.approx(result.curves[-1]["valid_ndcg@10"])
 
 
 def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path):
@@ -89,24 +109,12 @@ def test_baselines_train_through_the_same_entry_point(ranking_env, tmp_path, mod
     torch.testing.assert_close(ckpt.model.score_all(users), result.model.score_all(users))
 
 
-def _write_params(path, epochs=3):
-    path.write_text(
-        "runs:\n"
-        "  pop: {model: pop}\n"
-        "  bert_rs: {model: bert_rs_neural, embeddings: minilm}\n"
-        "train:\n"
-        f"  factors: 8\n  mlp_layers: [16, 8]\n  epochs: {epochs}\n  batch_size: 256\n  learning_rate: 0.01\n"
-        "  device: cpu\n"
-    )
-    return path
-
-
 def test_train_cli(ranking_env, tmp_path):
     from stages.train import main
 
     app = typer.Typer()
     app.command()(main)
-    params = _write_params(tmp_path / "params.yaml")
+    params = write_train_params(tmp_path / "params.yaml")
     runner = CliRunner()
     common = ["--prepared", str(ranking_env.prepared), "--params", str(params), "--no-progress"]
     res = runner.invoke(app, common + ["--run", "bert_rs", "--out", str(tmp_path / "m/bert_rs"),

@@ -7,8 +7,10 @@ Full-ranking protocol: each held-out positive against every item the user has no
 of the competitors (never counted above the positive):
   - the user's training items (they are not recommendable);
   - the user's other held-out positives of the same split (they are correct answers, not mistakes);
-  - with `mask_other_splits` (default), the user's positives of the other held-out split too, which matches the
-    sampled protocol, whose stored negatives are never a positive of the user in any split.
+  - when ranking TEST with `mask_other_splits` (default), the user's validation positives too: they are known
+    positives by the time the test split is read.
+Ranking VALIDATION never reads the test split: masking a user's test item there would take it out of the
+competition, and every choice made on validation would then have seen the test positives.
 Ranks use the pessimistic tie rule of `pipeline.ranking.metrics`.
 
 Which split is evaluated is the caller's choice: training calls this on "valid" only; reported numbers use "test".
@@ -94,10 +96,13 @@ def rank_full(
 
 
 def full_ranking_mask(data: PreparedData, split: str, mask_other_splits: bool = True) -> PairSet:
-    """Pairs excluded from the full-ranking competitors of `split` (see the module docstring)."""
+    """Pairs excluded from the full-ranking competitors of `split` (see the module docstring): training pairs and
+    the split's own positives; for "test" also the validation positives. "valid" never touches `data.test`."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     parts = [data.train, getattr(data, split)]
-    if mask_other_splits:
-        parts.append(data.test if split == "valid" else data.valid)
+    if mask_other_splits and split == "test":
+        parts.append(data.valid)
     users = np.concatenate([p.users for p in parts])
     items = np.concatenate([p.items for p in parts])
     return PairSet(users, items, data.n_users, data.n_items)

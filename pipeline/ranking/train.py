@@ -4,8 +4,9 @@
     save_checkpoint(out_dir, result, spec, config, data, profiles, cache_path, run_name)
     ckpt = load_checkpoint(out_dir, data)                 # refuses other prepared data or another cache
 
-Model selection and early stopping look at the VALIDATION split's sampled NDCG@10 and nothing else; the test split
-is never touched here. Negatives are redrawn every epoch. Closed-form baselines (pop, ease) "train" through the same
+Model selection and early stopping look at the VALIDATION split's full-ranking NDCG@10 and nothing else (the metric
+every model is chosen and compared on); the validation ranking masks training pairs and validation positives only,
+so the test split is never touched here. Negatives are redrawn every epoch. Closed-form baselines (pop, ease) "train" through the same
 entry point: one fit, one validation pass, one row of curves.
 
 A checkpoint is a folder:
@@ -37,24 +38,24 @@ from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles, load_profiles
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
-from pipeline.ranking.evaluate import rank_sampled
+from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.hybrid import ReviewAwareEASE
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
-from pipeline.ranking.sampling import NegativeSampler
+from pipeline.ranking.sampling import NegativeSampler, PairSet
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
-SELECTION_METRIC = "ndcg@10"  # on the validation split, sampled protocol
+SELECTION_METRIC = "ndcg@10"  # on the validation split, full-ranking protocol
 CACHE_IDENTITY_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "profile")
 
 
 @dataclass
 class TrainResult:
     model: nn.Module
-    curves: list[dict]  # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10
+    curves: list[dict]  # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10 (full ranking)
     best_epoch: int
     best_valid: dict  # validation metrics of the selected epoch
 
@@ -117,9 +118,11 @@ def model_profiles(spec: RunSpec, profiles: Profiles | None, seed: int) -> Profi
     return shuffle_profiles(profiles, seed) if spec.shuffle else profiles
 
 
-def valid_metrics(model: nn.Module, data: PreparedData) -> dict:
-    """Sampled HR@10 / NDCG@10 on the validation split: the only signal model selection sees."""
-    return metrics_from_ranks(rank_sampled(model, data.candidates["valid"]).ranks, [10])
+def valid_metrics(model: nn.Module, data: PreparedData, mask: PairSet | None = None) -> dict:
+    """Full-ranking HR@10 / NDCG@10 on the validation split: the only signal model selection sees. `mask` is
+    `full_ranking_mask(data, "valid")`, built once per run by the caller (it never includes test pairs)."""
+    mask = full_ranking_mask(data, "valid") if mask is None else mask
+    return metrics_from_ranks(rank_full(model, data.valid, mask).ranks, [10])
 
 
 def train(
@@ -128,21 +131,27 @@ def train(
     data: PreparedData,
     profiles: Profiles | None = None,
     progress: bool = True,
+    fixed_epochs: int | None = None,
 ) -> TrainResult:
-    """Fit one run's model on `data.train`, selecting the epoch by validation NDCG@10 with early stopping."""
+    """Fit one run's model on `data.train`, selecting the epoch by validation full-ranking NDCG@10 with early
+    stopping. `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded,
+    never used): an ablation that must hold its partner's epoch count instead of choosing its own."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     model = build_model(spec, config, data.n_users, data.n_items, model_profiles(spec, profiles, config.seed))
-    has_valid = len(data.candidates["valid"].users) > 0
+    has_valid = len(data.valid) > 0
+    mask = full_ranking_mask(data, "valid") if has_valid else None
     if not has_valid:
         log.warning("no validation positives: no early stopping, the last epoch is kept")
+    if fixed_epochs is not None and fixed_epochs < 1:
+        raise ConfigError(f"fixed_epochs must be >= 1, got {fixed_epochs}")
 
     if not getattr(model, "trainable", True):
         model.fit(data.train.users, data.train.items)
         if hasattr(model, "select_on_validation") and has_valid:
             model.select_on_validation(data)  # a closed-form model's text knobs, on validation only
         model.to(device)
-        valid = valid_metrics(model, data) if has_valid else {}
+        valid = valid_metrics(model, data, mask) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
         return TrainResult(model.cpu(), [row], 0, valid)
 
@@ -151,13 +160,15 @@ def train(
     sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.seed)
     curves: list[dict] = []
     best_score, best_epoch, best_state, best_valid, stale = -math.inf, 0, None, {}, 0
-    bar = tqdm(range(1, config.epochs + 1), desc=f"train {spec.model}", disable=not progress, unit="epoch")
+    epochs = config.epochs if fixed_epochs is None else fixed_epochs
+    bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not progress, unit="epoch")
     for epoch in bar:
         loss = _train_epoch(model, optimizer, sampler, config, device)
-        valid = valid_metrics(model, data) if has_valid else {}
+        valid = valid_metrics(model, data, mask) if has_valid else {}
         curves.append({"epoch": epoch, "loss": loss, **_curve_metrics(valid)})
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
-        score = valid.get(SELECTION_METRIC, epoch)  # without validation: the latest epoch wins
+        # without validation, or with the epoch count fixed from outside: the latest epoch wins
+        score = epoch if fixed_epochs is not None else valid.get(SELECTION_METRIC, epoch)
         if score > best_score:
             best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
             best_state = copy.deepcopy(model.state_dict())
