@@ -7,29 +7,36 @@ For each dataset and split protocol: prepare the data (same code as `bertrs prep
 MLM+NSP on the training reviews (`bertrs finetune`), build the embedding caches (`bertrs embed`), then train and
 evaluate every model with the same code as `bertrs train` / `bertrs evaluate`:
 
-- non-text: pop, mf, ease, gmf, mlp, neumf, and ease_wide (EASE with lambda searched over 90 values, as many
-  validation looks as bert_rs gets for its text settings);
+- non-text: pop, mf, ease, gmf, mlp, neumf, and ease_wide (EASE with lambda searched over as many values as the
+  default bert_rs makes validation looks, so that a text gain cannot be the product of a bigger search);
 - text: bert_rs (the default: EASE with the review vectors as side information plus a text match, on each cache) and
-  each of its two levers alone (bert_rs_side_only, bert_rs_late_only); the neural fusion heads (bert_rs_neural:
-  projected fusion, on each cache; bert_rs_neural_sim: plus the text-similarity feature; bert_rs_neural_gates: eq. 8
-  gates plus the feature; bert_rs_neural_iddrop: _sim with user-ID dropout 0.3, so sparse users lean on text);
-  bert_rs_paper (eq. 8 literally, MLM+NSP encoder, pooler); and every text model again with shuffled profiles (the
-  ablation, trained with its partner's chosen configuration).
+  each of its two levers alone (bert_rs_side_only, bert_rs_late_only); bert_rs_neural (params.yaml's neural form:
+  projected fusion + text similarity + user-ID dropout 0.3) on the mean-pooled cache; bert_rs_paper (eq. 8
+  literally, MLM+NSP encoder, pooler);
+- the shuffle ablation, `+shuffled`, of bert_rs (mean cache), bert_rs_neural and bert_rs_paper: the partner's chosen
+  configuration held fixed (lambda, side weight, match, text weight; for neural rows the configuration and, seed by
+  seed, the epoch count) and only the profiles permuted. `+shuffled_researched` (bert_rs, mean cache) reruns the text
+  search on shuffled profiles: it can fall back to plain EASE by construction, so it controls for search luck only.
 
-Fairness rules. Every trainable model gets the same `--budget` hyper-parameter configurations (the first N of
-SEARCH below), every EASE-based model the same N values of lambda; the configuration is chosen on the validation
-split (full-ranking NDCG@10) with seed 0, then retrained with `--seeds` seeds. "Best text" and "best non-text" are
-also chosen on validation; the test split is only read to report. The split itself is fixed (prepare seed 42) so
-that the fine-tuned encoder never sees a review that another seed's split would hold out; seeds vary model
-initialisation and negative sampling. One fine-tuned encoder serves both protocols of a dataset: it is trained on
-the reviews that are training reviews under both, so neither protocol's held-out reviews reach it. Beside the seed spread, a paired bootstrap over test users gives a 95%
-interval for the gain of the best text model over the best non-text model.
+Fairness rules. Every choice is made on the validation split by full-ranking NDCG@10, the metric every model is
+compared on (neural models early-stop on it too); the validation ranking masks training pairs and validation
+positives only, so no choice sees a test positive. Every trainable model gets the same `--budget` hyper-parameter
+configurations (the first N of SEARCH below), every EASE-based model the same N values of lambda; the configuration
+is chosen with seed 0, then retrained with `--seeds` seeds. The number of validation looks each row made while
+choosing is printed beside it. "Best text" and "best non-text" are chosen on validation; the test split is only read
+to report. The split itself is fixed (prepare seed 42) so that the fine-tuned encoder never sees a review that
+another seed's split would hold out; seeds vary model initialisation and negative sampling. One fine-tuned encoder
+serves both protocols of a dataset: it is trained on the reviews that are training reviews under both, so neither
+protocol's held-out reviews reach it. Closed-form models (pop, ease, bert_rs) have seed spread 0; for them the
+evidence is a paired bootstrap over test users (each user resampled with all of their test positives), which gives
+a 95% interval for the gain of the best text model over the best non-text model.
 
-Leakage audit: the mean-pooled bert_rs and bert_rs_neural rows are also trained once with profiles pooled over *all* reviews, test reviews
-included (what the paper's eq. 8 does when read literally); the inflation this causes is reported, never used.
+Leakage audit: the mean-pooled bert_rs and bert_rs_neural rows are also trained once with profiles pooled over *all*
+reviews, test reviews included (what the paper's eq. 8 does when read literally); the inflation this causes is
+reported, never used.
 
-Writes benchmarks/results/quality.{json,md}. Work is kept under build/quality/ (prepared data, encoders, caches,
-one JSON line per trained model), so a rerun resumes where an interrupted one stopped.
+Writes benchmarks/results/quality.{json,md} (`--out`). Work is kept under build/quality/ (`--work`: prepared data,
+encoders, caches, one JSON line per trained model), so a rerun resumes where an interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import PACKAGED_ENCODER, EncoderSpec, Params, RunSpec, TrainConfig, load_params  # noqa: E402
+from pipeline.config import Params, RunSpec, TrainConfig, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
 from pipeline.embeddings.build import build_cache  # noqa: E402
@@ -83,51 +90,61 @@ SEARCH = (
     {"learning_rate": 1e-2, "factors": 16, "mlp_layers": [64, 32, 16], "weight_decay": 1e-6, "dropout": 0.0},
 )
 EASE_SEARCH = (500.0, 100.0, 2000.0, 50.0)
-# Encoders measured here beside params.yaml's: the contrastive adaptation (issue 7), an option not in the default DAG.
-EXTRA_ENCODERS = {
-    "minilm_ctr": EncoderSpec(model=PACKAGED_ENCODER, finetune=True, objective="contrastive", pooling="mean"),
-}
-
-
-# The default bert_rs searches 6 side weights x (1 + 2 matches x 7 text weights) = 90 text settings per lambda on
-# validation. `ease_wide` gives EASE the same number of validation looks on lambda alone, so a text gain cannot be
-# the product of a bigger search.
-EASE_WIDE = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
-
-# Neural fusion forms (issue 7); each is a row of its own, chosen between on validation like the rest.
-FORMS = {
-    "bert_rs_neural": {"semantic_form": "projected", "text_similarity": False, "user_id_dropout": 0.0},
-    "bert_rs_neural_sim": {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.0},
-    "bert_rs_neural_gates": {"semantic_form": "paper", "text_similarity": True, "user_id_dropout": 0.0},
-    "bert_rs_neural_iddrop": {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3},
-}
+# The default neural text head as params.yaml configures it.
+NEURAL_FORM = {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3}
 # The two text levers of the default bert_rs, each alone (issue 7: which one carries the gain?).
 LEVERS = {
     "bert_rs_side_only": {"text_weights": [0.0]},
     "bert_rs_late_only": {"text_side_weights": [0.0]},
 }
+FIXED_SHUFFLE = "+shuffled"  # the headline ablation: partner's choices held, profiles permuted
+RESEARCHED_SHUFFLE = "+shuffled_researched"  # the text search rerun on permuted profiles
+# bert_rs's choices (Model.choices()) -> the TrainConfig grid that offered them; a one-point grid fixes the choice
+CHOICE_GRIDS = {"side_weight": "text_side_weights", "text_match": "text_matches", "text_weight": "text_weights"}
+NOT_A_SETTING = {"validation_looks"}
+
+
+def mean_cache_of(params: Params) -> str:
+    return "minilm_mean" if "minilm_mean" in params.encoders else next(iter(params.encoders))
 
 
 def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
-    """Every row of the benchmark table: (run spec, train-config overrides). Non-text models, then text models on
-    each cache, then the shuffled ablation of every text model."""
+    """Every row of the benchmark table: (run spec, train-config overrides), in the order they are run: non-text
+    models, text models, ease_wide (sized by bert_rs's looks), then the shuffled ablations (which need their
+    partner's choices)."""
     out = {name: (RunSpec(model=name), {}) for name in NON_TEXT}
-    out["ease_wide"] = (RunSpec(model="ease"), {})
-    mean_cache = "minilm_mean" if "minilm_mean" in params.encoders else next(iter(params.encoders))
+    mean_cache = mean_cache_of(params)
     for encoder in params.encoders:
         out[f"bert_rs@{encoder}"] = (RunSpec(model="bert_rs", embeddings=encoder), {})
     for lever, overrides in LEVERS.items():
         out[f"{lever}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), overrides)
-    for encoder in params.encoders:
-        out[f"bert_rs_neural@{encoder}"] = (RunSpec(model="bert_rs_neural", embeddings=encoder),
-                                            FORMS["bert_rs_neural"])
-    for form in ("bert_rs_neural_sim", "bert_rs_neural_gates", "bert_rs_neural_iddrop"):
-        out[f"{form}@{mean_cache}"] = (RunSpec(model="bert_rs_neural", embeddings=mean_cache), FORMS[form])
+    out[f"bert_rs_neural@{mean_cache}"] = (RunSpec(model="bert_rs_neural", embeddings=mean_cache), NEURAL_FORM)
     finetuned = [e for e, spec in params.encoders.items() if spec.finetune] or list(params.encoders)
     out[f"bert_rs_paper@{finetuned[0]}"] = (RunSpec(model="bert_rs_paper", embeddings=finetuned[0]), {})
-    for name, (spec, overrides) in list(out.items()):
-        if spec.embeddings is not None:
-            out[f"{name}+shuffled"] = (dataclasses.replace(spec, shuffle=True), overrides)
+    out["ease_wide"] = (RunSpec(model="ease"), {})
+    for partner in (f"bert_rs@{mean_cache}", f"bert_rs_neural@{mean_cache}", f"bert_rs_paper@{finetuned[0]}"):
+        spec, overrides = out[partner]
+        out[partner + FIXED_SHUFFLE] = (dataclasses.replace(spec, shuffle=True), overrides)
+    spec, overrides = out[f"bert_rs@{mean_cache}"]
+    out[f"bert_rs@{mean_cache}{RESEARCHED_SHUFFLE}"] = (dataclasses.replace(spec, shuffle=True), overrides)
+    return out
+
+
+def fixed_choices(choices: dict | None) -> dict:
+    """TrainConfig overrides that leave a closed-form text model exactly one option per setting: the one its
+    partner chose (so the ablation cannot re-search). Unknown choice names stop the run rather than be ignored."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in (choices or {}).items():
+        if key in NOT_A_SETTING:
+            continue
+        grid = CHOICE_GRIDS.get(key, f"{key}s")
+        if grid not in fields and key not in fields:
+            raise KeyError(f"choice {key!r} maps to no TrainConfig setting; add it to CHOICE_GRIDS")
+        if grid in fields:
+            out[grid] = [value]
+        if key in fields:
+            out[key] = value
     return out
 
 
@@ -198,25 +215,51 @@ def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:
 # ----------------------------------------------------------------------------------------------- train + eval
 
 
-def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int, wide: bool = False) -> TrainConfig:
+def ease_wide_lambdas(n: int) -> tuple[float, ...]:
+    """`n` lambdas spread evenly on a log scale over 1..1e5: ease_wide's search, as many looks as bert_rs's."""
+    return tuple(float(x) for x in np.geomspace(1.0, 1e5, n))
+
+
+def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int, lambdas: tuple[float, ...] = EASE_SEARCH
+               ) -> TrainConfig:
     if spec.model in ("ease", "bert_rs"):
-        return dataclasses.replace(base, ease_lambda=(EASE_WIDE if wide else EASE_SEARCH)[index], seed=seed)
+        return dataclasses.replace(base, ease_lambda=lambdas[index], seed=seed)
     return dataclasses.replace(base, **SEARCH[index], seed=seed)
 
 
-def n_configs(spec: RunSpec, budget: int, wide: bool = False) -> int:
-    return len(EASE_WIDE) if wide else 1 if spec.model == "pop" else budget
+def n_configs(spec: RunSpec, budget: int) -> int:
+    return 1 if spec.model == "pop" else budget
+
+
+def text_grid_looks(config: TrainConfig) -> int:
+    """Validation looks of one bert_rs fit when the model does not report them: every side weight x (w = 0 once,
+    plus every match x every non-zero text weight), as ReviewAwareEASE.select_on_validation scores them."""
+    nonzero = [w for w in config.text_weights if w != 0.0]
+    zero = 1 if len(nonzero) < len(config.text_weights) else 0
+    return len(config.text_side_weights) * (zero + len(config.text_matches) * len(nonzero))
+
+
+def validation_looks(spec: RunSpec, config: TrainConfig, result) -> int:
+    """How many validation scores one fit compared while choosing: its text settings (bert_rs), its epochs (neural
+    models), or one."""
+    choices = result.model.choices() if hasattr(result.model, "choices") else {}
+    if "validation_looks" in (choices or {}):
+        return int(choices["validation_looks"])
+    if spec.model == "bert_rs":
+        return text_grid_looks(config)
+    return len(result.curves) if getattr(result.model, "trainable", False) else 1
 
 
 def validation_ndcg(spec: RunSpec, config: TrainConfig, data: PreparedData) -> dict:
-    """A search step that only needs the validation score (ease_wide's 90 lambdas)."""
+    """A search step that only needs the validation score (ease_wide's lambdas)."""
     result = train(spec, config, data, None, progress=False)
-    return {"valid_full_ndcg@10": evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"]}
+    return {"valid_full_ndcg@10": result.best_valid["ndcg@10"], "validation_looks": 1}
 
 
-def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None) -> dict:
+def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None,
+                  fixed_epochs: int | None = None) -> dict:
     started = time.perf_counter()
-    result = train(spec, config, data, profiles, progress=False)
+    result = train(spec, config, data, profiles, progress=False, fixed_epochs=fixed_epochs)
     valid = evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]
     test = evaluate(result.model, data, "test", ks=KS, protocols=["sampled", "full"])
     ranked = rank_full(result.model, data.test, full_ranking_mask(data, "test"))
@@ -228,7 +271,8 @@ def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profil
         "bucket_sizes": {b: m["n"] for b, m in test["buckets"]["full"].items()},
         "per_positive_full_ndcg@10": per_user,
         "best_epoch": result.best_epoch,
-        "text_choices": result.model.choices() if spec.model == "bert_rs" else None,
+        "text_choices": result.model.choices() if hasattr(result.model, "choices") else None,
+        "validation_looks": 0 if fixed_epochs is not None else validation_looks(spec, config, result),
         "seconds": time.perf_counter() - started,
     }
 
@@ -261,34 +305,51 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
                                     n_items=data.n_items) for name, path in caches.items()}
     ledger = Ledger(work / dataset / protocol / "runs.jsonl")
     rows = {}
+    mean_cache = mean_cache_of(params)
     for name, (spec, overrides) in variants(params).items():
         prof = profiles.get(spec.embeddings) if spec.embeddings else None
         base = dataclasses.replace(params.train, **overrides)
-        search = []
-        wide = name == "ease_wide"
-        if spec.shuffle:  # the ablation keeps its partner's configuration: only the profiles change
-            chosen = rows[name.removesuffix("+shuffled")]["config"]
+        search, looks = [], 0
+        lambdas = EASE_SEARCH
+        if name == "ease_wide":  # as many lambdas as the default bert_rs made validation looks
+            lambdas = ease_wide_lambdas(rows[f"bert_rs@{mean_cache}"]["validation_looks"])
+        key = f"{name}[{len(lambdas)}]" if name == "ease_wide" else name
+        if name.endswith(FIXED_SHUFFLE):
+            partner = rows[name.removesuffix(FIXED_SHUFFLE)]
+            chosen = partner["config"]
+            runs = []
+            for seed in range(seeds):
+                held = partner["seed_runs"][seed]
+                config = dataclasses.replace(config_for(base, spec, chosen, seed), **fixed_choices(held["text_choices"]))
+                epochs = held["best_epoch"] if spec.model not in ("bert_rs", "ease", "pop") else None
+                runs.append(ledger.get_or_run(
+                    f"{name}|c{chosen}|s{seed}|fixed", lambda: fit_and_score(spec, config, data, prof, epochs)))
         else:
-            for index in range(n_configs(spec, budget, wide)):
-                config = config_for(base, spec, index, seed=0, wide=wide)
-                step = (lambda: validation_ndcg(spec, config, data)) if wide else (
+            for index in range(len(lambdas) if name == "ease_wide" else n_configs(spec, budget)):
+                config = config_for(base, spec, index, seed=0, lambdas=lambdas)
+                step = (lambda: validation_ndcg(spec, config, data)) if name == "ease_wide" else (
                     lambda: fit_and_score(spec, config, data, prof))
-                row = ledger.get_or_run(f"{name}|c{index}|s0", step)
+                row = ledger.get_or_run(f"{key}|c{index}|s0", step)
                 search.append(row["valid_full_ndcg@10"])
+                looks += row["validation_looks"]
             chosen = int(np.argmax(search))
-        runs = [ledger.get_or_run(f"{name}|c{chosen}|s{seed}" + ("|full" if wide else ""), lambda: fit_and_score(
-                    spec, config_for(base, spec, chosen, seed, wide), data, prof)) for seed in range(seeds)]
-        rows[name] = summarise(spec, chosen, search, runs)
-        log(f"{dataset}/{protocol} {name}: config {chosen}, valid {rows[name]['valid']:.4f}, "
+            runs = [ledger.get_or_run(f"{key}|c{chosen}|s{seed}" + ("|full" if name == "ease_wide" else ""),
+                                      lambda: fit_and_score(spec, config_for(base, spec, chosen, seed, lambdas),
+                                                            data, prof)) for seed in range(seeds)]
+        rows[name] = summarise(spec, chosen, search, runs, looks)
+        log(f"{dataset}/{protocol} {name}: config {chosen}, {looks} validation looks, valid {rows[name]['valid']:.4f}, "
             f"test full NDCG@10 {rows[name]['full']['ndcg@10'][0]:.4f} ± {rows[name]['full']['ndcg@10'][1]:.4f}")
     audit = leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger)
-    return {"stats": data.stats["table1"], "rows": rows, "verdict": verdict(rows), "leakage_audit": audit,
+    return {"stats": data.stats["table1"], "rows": rows, "verdict": verdict(rows, data.test.users),
+            "leakage_audit": audit,
             "finetune": finetune_summary(work / dataset)}
 
 
-def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict]) -> dict:
+def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict], looks: int) -> dict:
     out = {"model": spec.model, "cache": spec.embeddings, "shuffle": spec.shuffle, "config": chosen,
-           "search_valid": search, "valid": float(np.mean([r["valid_full_ndcg@10"] for r in runs]))}
+           "search_valid": search, "validation_looks": looks,
+           "valid": float(np.mean([r["valid_full_ndcg@10"] for r in runs])),
+           "seed_runs": [{"text_choices": r["text_choices"], "best_epoch": r["best_epoch"]} for r in runs]}
     for protocol in ("sampled", "full"):
         out[protocol] = {
             metric: (float(np.mean([r["test"][protocol][metric] for r in runs])),
@@ -299,22 +360,23 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict])
     out["buckets"] = {b: float(np.mean([r["buckets"].get(b, np.nan) for r in runs])) for b in buckets}
     out["bucket_sizes"] = runs[0]["bucket_sizes"]
     out["per_positive"] = np.mean([r["per_positive_full_ndcg@10"] for r in runs], axis=0).tolist()
-    out["text_choices"] = runs[0]["text_choices"] if spec.model == "bert_rs" else None
+    out["text_choices"] = runs[0]["text_choices"]
     out["seconds_per_fit"] = float(np.mean([r["seconds"] for r in runs]))
     return out
 
 
-def verdict(rows: dict) -> dict:
-    """Best text and best non-text model chosen on validation; their test gap with seed spread and bootstrap."""
+def verdict(rows: dict, test_users: np.ndarray) -> dict:
+    """Best text and best non-text model chosen on validation; their test gap with seed spread and a paired
+    bootstrap over test users (`test_users`: the user of each test positive, in the order of `per_positive`)."""
     text = {n: r for n, r in rows.items() if r["cache"] is not None and not r["shuffle"]}
     plain = {n: r for n, r in rows.items() if r["cache"] is None}
     best_text = max(text, key=lambda n: text[n]["valid"])
     best_plain = max(plain, key=lambda n: plain[n]["valid"])
     t, p = rows[best_text]["full"]["ndcg@10"], rows[best_plain]["full"]["ndcg@10"]
-    shuffled = rows.get(f"{best_text}+shuffled", {}).get("full", {}).get("ndcg@10", (np.nan, np.nan))
+    shuffled = rows.get(f"{best_text}{FIXED_SHUFFLE}", {}).get("full", {}).get("ndcg@10", (np.nan, np.nan))
     neumf = rows["neumf"]["full"]["ndcg@10"]
-    low, high = paired_bootstrap(rows[best_text]["per_positive"], rows[best_plain]["per_positive"])
-    spread = max(t[1], p[1])
+    low, high = user_bootstrap(rows[best_text]["per_positive"], rows[best_plain]["per_positive"], test_users)
+    spread = max(t[1], p[1])  # 0 when both are closed-form: then the user bootstrap is the only evidence
     sparsest = "1-3"
     bucket_gain = _relative(rows[best_text]["buckets"].get(sparsest), rows[best_plain]["buckets"].get(sparsest))
     return {
@@ -326,7 +388,7 @@ def verdict(rows: dict) -> dict:
         "relative_gain_over_best_non_text": _relative(t[0], p[0]),
         "relative_gain_over_neumf": _relative(t[0], neumf[0]),
         "seed_std": spread,
-        "beats_by_more_than_two_std": bool(t[0] - p[0] > 2 * spread),
+        "beats_by_more_than_two_std": bool(t[0] - p[0] > 2 * spread) if spread > 0 else None,
         "text_wins_on_validation": bool(rows[best_text]["valid"] > rows[best_plain]["valid"]),
         "bootstrap_95ci_gain": [low, high],
         "bootstrap_excludes_zero": bool(low > 0),
@@ -340,20 +402,26 @@ def _relative(a, b):
     return None if a is None or b is None or b == 0 else float(a / b - 1.0)
 
 
-def paired_bootstrap(a: list[float], b: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(a - b) over test positives resampled with replacement."""
-    diff = np.asarray(a) - np.asarray(b)
+def user_bootstrap(a: list[float], b: list[float], users: np.ndarray, rounds: int = 2000, seed: int = 0
+                   ) -> tuple[float, float]:
+    """95% interval of the mean per-positive gain a - b when USERS are resampled with replacement, each bringing
+    all of their positives: under the random split a user holds several, and they are not independent."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    _, user_of = np.unique(np.asarray(users), return_inverse=True)
+    gain_sum = np.bincount(user_of, weights=diff)  # (n_users,)
+    positives = np.bincount(user_of).astype(np.float64)  # (n_users,)
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(rounds, len(diff)))].mean(1)
+    drawn = rng.integers(0, len(gain_sum), size=(rounds, len(gain_sum)))
+    means = gain_sum[drawn].sum(1) / positives[drawn].sum(1)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -> dict:
     """Train the chosen configs of the mean-pooled text models once more on leaky profiles; report inflation."""
     out = {}
-    audited_cache = "minilm_mean" if "minilm_mean" in caches else next(iter(caches))
+    audited_cache = mean_cache_of(params)
     for name, row in rows.items():
-        if row["shuffle"] or row["model"] not in ("bert_rs_neural", "bert_rs") or row["cache"] != audited_cache:
+        if name not in (f"bert_rs@{audited_cache}", f"bert_rs_neural@{audited_cache}"):
             continue
         spec, overrides = variants(params)[name]
         leaky = leaky_profiles(caches[row["cache"]], data)
@@ -380,8 +448,16 @@ def markdown(results: dict, meta: dict) -> str:
              f"{meta['fit_minutes']:.0f} min in all (resumed runs reuse build/quality/, so this invocation took "
              f"{meta['minutes']:.0f} min). "
              f"Seeds: {meta['seeds']}; tuning budget: {meta['budget']} configurations per model, chosen on "
-             "validation full-ranking NDCG@10. Test metrics: mean ± std over seeds. `@cache` names the embedding "
-             "cache; `+shuffled` permutes its profiles across users and items.", "",
+             "validation full-ranking NDCG@10 (validation masks training pairs and validation positives only, never "
+             "test pairs; neural models early-stop on the same metric). Test metrics: mean ± std over seeds. "
+             "`@cache` names the embedding cache; `+shuffled` permutes its profiles across users and items while "
+             "holding every setting its partner chose (lambda, text settings; for neural rows the configuration "
+             "and the epoch count); `+shuffled_researched` reruns the text search on the permuted profiles. "
+             "Validation looks: the validation scores a row compared while choosing (configurations x text "
+             "settings for bert_rs, x epochs for neural models); ease_wide gets as many lambdas as the mean-cache "
+             "bert_rs made looks. Closed-form models (pop, ease, ease_wide, bert_rs and its levers) are "
+             "deterministic, so their seed spread is 0; for them the paired bootstrap over test users (each user "
+             "resampled with all of their test positives) is the evidence.", "",
              "## Summary (full-ranking NDCG@10, test; mean ± seed std where it is not 0)", "", *summary(results), ""]
     for key, res in results.items():
         stats = res["stats"]
@@ -390,12 +466,14 @@ def markdown(results: dict, meta: dict) -> str:
                   f"(sparsity {stats['sparsity']:.4f}).", ""]
         for protocol in ("full", "sampled"):
             lines += [f"### {protocol} ranking (test)", "",
-                      "| model | " + " | ".join(f"HR@{k} | NDCG@{k}" for k in (10, 5, 3, 1)) + " | valid NDCG@10 |",
-                      "|---|" + "---|" * 9]
+                      "| model | " + " | ".join(f"HR@{k} | NDCG@{k}" for k in (10, 5, 3, 1))
+                      + " | valid NDCG@10 | validation looks |",
+                      "|---|" + "---|" * 10]
             for name, row in res["rows"].items():
                 cells = [f"{row[protocol][f'{m}@{k}'][0]:.4f} ± {row[protocol][f'{m}@{k}'][1]:.4f}"
                          for k in (10, 5, 3, 1) for m in ("hr", "ndcg")]
-                lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['valid']:.4f} |")
+                looks = "0 (partner's choices held)" if name.endswith(FIXED_SHUFFLE) else str(row["validation_looks"])
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['valid']:.4f} | {looks} |")
             lines.append("")
         v = res["verdict"]
         lines += ["### Verdict (chosen on validation, reported on test, full-ranking NDCG@10)", "",
@@ -403,14 +481,16 @@ def markdown(results: dict, meta: dict) -> str:
                   f"{v['text_full_ndcg@10'][1]:.4f}; best non-text: **{v['best_non_text']}** "
                   f"{v['non_text_full_ndcg@10'][0]:.4f} ± {v['non_text_full_ndcg@10'][1]:.4f}",
                   f"- gain {v['gain_over_best_non_text']:+.4f} ({_pct(v['relative_gain_over_best_non_text'])}); "
-                  f"more than twice the seed std ({v['seed_std']:.4f}; 0 for closed-form models, so read the "
-                  f"bootstrap): {'yes' if v['beats_by_more_than_two_std'] else 'no'}; "
-                  f"paired bootstrap 95% CI of the gain [{v['bootstrap_95ci_gain'][0]:+.4f}, "
+                  + (f"more than twice the seed std ({v['seed_std']:.4f}): "
+                   f"{'yes' if v['beats_by_more_than_two_std'] else 'no'}; " if v["beats_by_more_than_two_std"]
+                   is not None else "seed spread 0 (both closed-form, deterministic): the user bootstrap is the "
+                   "evidence; ")
+                  + f"paired bootstrap over test users, 95% CI of the gain [{v['bootstrap_95ci_gain'][0]:+.4f}, "
                   f"{v['bootstrap_95ci_gain'][1]:+.4f}]",
                   f"- over neumf: {_pct(v['relative_gain_over_neumf'])}; text also ahead on validation: "
                   f"{'yes' if v['text_wins_on_validation'] else 'no'}",
-                  f"- shuffled ablation of the best text model: {v['shuffled_full_ndcg@10'][0]:.4f} "
-                  f"(loses the gain: {v['shuffle_loses_gain']})",
+                  f"- shuffled ablation of the best text model (its choices held, profiles permuted): "
+                  f"{v['shuffled_full_ndcg@10'][0]:.4f} (loses the gain: {v['shuffle_loses_gain']})",
                   f"- users with 1-3 training interactions: {_pct(v['sparsest_bucket_relative_gain'])} relative",
                   *([f"- its text settings, chosen on validation: {choices}"]
                     if (choices := res["rows"][v["best_text"]].get("text_choices")) else []),
@@ -496,7 +576,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    params = dataclasses.replace(params, encoders={**params.encoders, **EXTRA_ENCODERS})
     params = dataclasses.replace(params, prepare=dataclasses.replace(
         params.prepare, min_user_reviews=3, min_item_reviews=3, k_core=True, max_users=None, seed=42))
     work = Path(args.work)
