@@ -11,10 +11,19 @@ from stages.cli import app
 runner = CliRunner()
 
 
-def test_every_stage_is_a_sub_command():
-    out = runner.invoke(app, ["--help"]).output
-    for command in ("prepare", "generate", "finetune", "embed", "cache", "train", "evaluate", "recommend"):
-        assert command in out
+# each command with an option only it takes: its own --help must show it
+OWN_OPTION = {"prepare": "--input", "generate": "--users", "finetune": "--encoder", "embed": "--encoder-dir",
+              "train": "--run", "evaluate": "--models", "recommend": "--user"}
+
+
+def test_every_stage_is_a_sub_command_with_its_own_help():
+    for command, option in OWN_OPTION.items():
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+        assert f" {command} [OPTIONS]" in result.output and option in result.output, (command, result.output)
+    result = runner.invoke(app, ["cache", "info", "--help"])
+    assert result.exit_code == 0 and " cache info [OPTIONS]" in result.output
+    assert runner.invoke(app, ["nope", "--help"]).exit_code == 2
 
 
 def test_generate_then_prepare_from_the_command_line(tmp_path):

@@ -51,8 +51,8 @@ def test_full_ranking_equals_a_naive_per_user_loop(ranking_env, trained_runs):
     for split in ("valid", "test"):
         mask = full_ranking_mask(data, split)
         batched = rank_full(model, getattr(data, split), mask, batch_users=37).ranks
-        known = {}
-        for part in (data.train, data.valid, data.test):
+        known = {}  # validation competes against the test items; test ranking knows the validation positives
+        for part in (data.train, data.valid) + ((data.test,) if split == "test" else ()):
             for u, i in zip(part.users, part.items):
                 known.setdefault(int(u), set()).add(int(i))
         naive = []
@@ -66,6 +66,9 @@ def test_full_ranking_equals_a_naive_per_user_loop(ranking_env, trained_runs):
 
 def test_full_ranking_masks_train_and_same_split_positives_only_when_asked(ranking_env):
     data = ranking_env.data
+    valid = full_ranking_mask(data, "valid")
+    assert valid.contains(data.train.users, data.train.items).all() and valid.contains(data.valid.users, data.valid.items).all()
+    assert not valid.contains(data.test.users, data.test.items).any()
     m = full_ranking_mask(data, "test", mask_other_splits=False)
     assert m.contains(data.train.users, data.train.items).all() and m.contains(data.test.users, data.test.items).all()
     assert not m.contains(data.valid.users, data.valid.items).any()
@@ -104,7 +107,11 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"bert_rs", "neumf"}
     assert metrics["bert_rs"]["cache"] == str(ranking_env.cache) and metrics["neumf"]["cache"] is None
-    assert 0 <= metrics["bert_rs"]["full"]["ndcg@10"] <= 1 and "hr@1" in metrics["neumf"]["sampled"]
+    for run, name in (("bert_rs", "bert_rs_neural"), ("neumf", "neumf")):  # the trained models' own test metrics
+        expected = evaluate(trained_runs[name][1].model, data, "test", ks=[1, 10])
+        for protocol in ("sampled", "full"):
+            for metric in ("hr@1", "ndcg@10"):
+                assert metrics[run][protocol][metric] == pytest.approx(expected[protocol][metric]), (run, protocol)
     table = (out / "comparison.md").read_text()
     assert "| HR@10 | NDCG@10 | HR@5 | NDCG@5 | HR@3 | NDCG@3 | HR@1 | NDCG@1 | Cache |" in table
     assert "sampled protocol" in table and "full protocol" in table and "user activity" in table

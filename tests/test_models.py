@@ -4,26 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
 from pipeline.ranking.sampling import NegativeSampler, PairSet, sample_negatives
+from tests.ranking_fixtures import DIM, N_ITEMS, N_USERS, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-N_USERS, N_ITEMS, DIM = 7, 11, 6
-
-
-def tiny_profiles(seed=0) -> Profiles:
-    rng = np.random.default_rng(seed)
-    return Profiles(
-        users=rng.normal(size=(N_USERS, DIM)).astype(np.float32),
-        items=rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
-        user_has_reviews=np.ones(N_USERS, bool),
-        item_has_reviews=np.ones(N_ITEMS, bool),
-        meta={"dim": DIM},
-    )
 
 
 def tiny(variant: str) -> FusionRanker:
@@ -118,9 +106,36 @@ def test_popularity_and_mf_interface():
     assert pop.score(torch.tensor([0]), torch.tensor([3])).item() == 3
     for loss in ("bpr", "bce"):
         mf = MatrixFactorization(N_USERS, N_ITEMS, 4, loss)
-        value = mf.loss(torch.tensor([0, 1]), torch.tensor([3, 3]), torch.tensor([[1, 2], [4, 5]]))
-        assert value.ndim == 0
         torch.testing.assert_close(mf.score_all(torch.tensor([1]))[0, 5], mf.score(torch.tensor([1]), torch.tensor([5]))[0])
+
+
+def softplus(x):
+    return np.log1p(np.exp(x))
+
+
+def hand_set_mf(loss: str) -> MatrixFactorization:
+    mf = MatrixFactorization(3, 4, 2, loss)
+    with torch.no_grad():
+        mf.p.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]))
+        mf.q.weight.copy_(torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    return mf
+
+
+# user 0 (p = [1, 0]): positive item 1 scores 2, negatives 0 and 3 score 1 and -1;
+# user 1 (p = [0, 2]): positive item 2 scores 2, negatives 3 and 0 score 0 and 2
+USERS, POS, NEG = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([[0, 3], [3, 0]])
+
+
+def test_bpr_loss_is_the_mean_of_minus_log_sigmoid_of_each_positive_negative_gap():
+    gaps = np.array([2 - 1, 2 - (-1), 2 - 0, 2 - 2])
+    expected = softplus(-gaps).mean()  # -log sigmoid(d) = softplus(-d)
+    assert hand_set_mf("bpr").loss(USERS, POS, NEG).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bce_loss_is_eq12_averaged_over_positives_and_negatives():
+    positives, negatives = np.array([2.0, 2.0]), np.array([1.0, -1.0, 0.0, 2.0])
+    expected = (softplus(-positives).sum() + softplus(negatives).sum()) / 6  # -log sigmoid(s), -log(1 - sigmoid(s))
+    assert hand_set_mf("bce").loss(USERS, POS, NEG).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_ease_matches_the_closed_form_in_numpy():
