@@ -1,7 +1,8 @@
 """Fine-tuning in bf16 autocast against fp32: held-out MLM loss / NSP accuracy curves and wall time, same run.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_bf16.py            # the main job's settings
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_bf16.py --steps 40 --every 10   # a short run
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_bf16.py --steps 20 --every 5 --max-length 64 \
+        --batch-size 8 --time-steps 4      # a short run: curves on a lighter setting, main-job s/step timed apart
 
 Prepares the bundled sample exactly as `bertrs prepare` does (params.yaml `prepare`), then fine-tunes the main
 job's fine-tuned encoder (the first `encoders.*` with finetune: true, params.yaml `finetune`) twice, with
@@ -73,7 +74,7 @@ def run(precision: str, reviews, base: str, config, work: Path, every: int) -> d
     total = time.perf_counter() - start
     return {"precision": precision, "applied": metrics["precision"], "steps": metrics["steps"], "train_pairs": metrics["train_pairs"],
             "seconds_total": round(total, 1), "seconds_curve_evals": round(curve.eval_seconds, 1),
-            "seconds_without_curve": round(total - curve.eval_seconds, 1),
+            "seconds_without_curve": round(metrics["train_seconds"] - curve.eval_seconds, 1),
             "before": metrics["before"], "after": metrics["after"], "train_loss": metrics["train_loss"],
             "curve": curve.points}
 
@@ -102,7 +103,7 @@ def markdown(result: dict) -> str:
              f"Encoder {result['encoder']} ({result['base']}), {result['config']['max_steps']} steps, batch "
              f"{result['config']['batch_size']}, max_length {result['config']['max_length']}, "
              f"{result['train_pairs']} training pairs, {result['eval_pairs']} held-out pairs.", "",
-             "| precision | train s (no curve evals) | before MLM loss | after MLM loss | after NSP acc |",
+             "| precision | training s (curve evals excluded) | before MLM loss | after MLM loss | after NSP acc |",
              "|---|---|---|---|---|"]
     for r in result["runs"]:
         lines.append(f"| {r['precision']} | {r['seconds_without_curve']} | {r['before']['mlm_loss']:.4f} | "
@@ -117,6 +118,12 @@ def markdown(result: dict) -> str:
               f"max NSP-accuracy gap {c['max_nsp_accuracy_gap']:.3f} (binomial noise {c['nsp_accuracy_noise']:.3f}); "
               f"within noise: {c['within_noise']}. bf16/fp32 time: {c['bf16_time_ratio']:.2f}x.", "",
               result["note"], ""]
+    if result["main_job_timing"]:
+        lines += ["Main job's settings (params.yaml `finetune`), timed over a few steps:", "",
+                  "| precision | steps timed | s/step | estimate for max_steps |", "|---|---|---|---|"]
+        lines += [f"| {t['precision']} | {t['steps']} | {t['seconds_per_step']} | {t['main_job_seconds_estimate']} |"
+                  for t in result["main_job_timing"]]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -125,6 +132,11 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override finetune.max_steps (default: params)")
     parser.add_argument("--every", type=int, default=25, help="curve point every N steps")
+    parser.add_argument("--max-length", type=int, default=None, help="override finetune.max_length for the curves")
+    parser.add_argument("--batch-size", type=int, default=None, help="override finetune.batch_size for the curves")
+    parser.add_argument("--time-steps", type=int, default=0,
+                        help="also time this many steps at the unchanged params.yaml settings (0: the curve runs are "
+                             "the main job's settings already)")
     parser.add_argument("--work", default=str(ROOT / "build/finetune_bf16"))
     args = parser.parse_args()
 
@@ -137,24 +149,34 @@ def main() -> None:
     reviews = load_reviews(prepared, columns=["review_id", "text", "split"])
     name = next((n for n, spec in params.encoders.items() if spec.finetune), next(iter(params.encoders)))
     base = params.encoders[name].model
-    config = params.finetune if args.steps is None else dataclasses.replace(params.finetune, max_steps=args.steps)
+    overrides = {k: v for k, v in {"max_steps": args.steps, "max_length": args.max_length,
+                                   "batch_size": args.batch_size}.items() if v is not None}
+    config = dataclasses.replace(params.finetune, **overrides)
 
     runs = []
     for precision in ("fp32", "bf16"):
         print(f"{precision}:", flush=True)
         runs.append(run(precision, reviews, base, config, work, args.every))
+    main_job = []
+    for precision in ("fp32", "bf16") if args.time_steps else ():
+        timed = dataclasses.replace(params.finetune, max_steps=args.time_steps, max_eval_pairs=8)
+        print(f"main-job timing, {precision}:", flush=True)
+        r = run(precision, reviews, base, timed, work, every=10**9)
+        main_job.append({"precision": precision, "steps": r["steps"],
+                         "seconds_per_step": round(r["seconds_without_curve"] / r["steps"], 2),
+                         "main_job_seconds_estimate": round(r["seconds_without_curve"] / r["steps"]
+                                                            * params.finetune.max_steps, 1)})
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     native = ft.cpu_has_native_bf16() or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     result = {
-        "command": "python benchmarks/finetune_bf16.py" + (f" --steps {args.steps}" if args.steps else "")
-                   + (f" --every {args.every}" if args.every != 25 else ""),
+        "command": "python " + " ".join(["benchmarks/finetune_bf16.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
                    f"cuda {torch.cuda.is_available()}, avx512_bf16 {'avx512_bf16' in flags}, amx {'amx_bf16' in flags}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "encoder": name, "base": base, "config": dataclasses.asdict(config),
         "train_pairs": runs[0]["train_pairs"], "eval_pairs": runs[0]["after"]["pairs"],
-        "runs": runs, "comparison": compare(runs[0], runs[1]),
+        "runs": runs, "comparison": compare(runs[0], runs[1]), "main_job_timing": main_job,
         "native_bf16": native,
         "note": ("This CPU has no native bf16 (no AVX512-BF16 / AMX): bf16 autocast is emulated here, so the time "
                  "ratio says nothing about bf16 hardware; the curves do say whether bf16 rounding hurts training."

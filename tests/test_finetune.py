@@ -49,6 +49,22 @@ def test_collator_keeps_next_sentence_label(toy_prepared, tiny_encoder_dir):
     assert not special.any()
 
 
+def test_masks_are_a_function_of_the_batch_not_of_earlier_batches(toy_prepared, tiny_encoder_dir):
+    """A resumed run starts a fresh process: its first batch must get the masks an uninterrupted run gave it."""
+    tok = _tokenizer(tiny_encoder_dir)
+    rows = ft.nsp_datasets(load_reviews(toy_prepared), tok, CONFIG)[0].to_list()
+    torch.manual_seed(0)
+    running = ft.make_collator(tok, CONFIG)
+    first = running(rows[:4])
+    running(rows[4:8])
+    torch.manual_seed(1)  # another global RNG state, as in a fresh process
+    again, fresh = running(rows[:4]), ft.make_collator(tok, CONFIG)(rows[:4])
+    assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["labels"], fresh["labels"])
+    assert torch.equal(first["input_ids"], fresh["input_ids"])
+    other_seed = ft.make_collator(tok, CONFIG, seed=CONFIG.seed + 1)(rows[:4])
+    assert not torch.equal(first["labels"], other_seed["labels"])
+
+
 def test_training_steps_lower_loss_on_toy_corpus(tiny_encoder_dir):
     from transformers import AutoTokenizer
 
@@ -58,6 +74,7 @@ def test_training_steps_lower_loss_on_toy_corpus(tiny_encoder_dir):
     from datasets import Dataset
 
     pairs = ft.tokenize_pairs(ft.build_nsp_dataset(Dataset.from_dict({"text": texts}), seed=0), tok, 32)
+    pairs = pairs.add_column("pair_id", list(range(pairs.num_rows)))
     batch = ft.make_collator(tok, CONFIG, seed=0)(pairs.select_columns(ft.NSP_COLUMNS).to_list())
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()

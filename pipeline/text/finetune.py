@@ -350,6 +350,7 @@ def finetune_encoder(
         "steps": int(result.global_step),
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": float(result.training_loss),
+        "train_seconds": round(float(result.metrics.get("train_runtime", float("nan"))), 1),
         "before": before,
         "after": after,
     }
