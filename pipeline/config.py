@@ -90,7 +90,7 @@ class FinetuneConfig:
     enabled: bool = True  # false: pass the base checkpoint through untouched
     max_steps: int = 200  # > 0 overrides epochs
     epochs: float = 1.0
-    batch_size: int = 16
+    batch_size: int = 16  # global batch: split evenly over the processes of a torchrun / accelerate launch
     grad_accum_steps: int = 1
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -101,6 +101,9 @@ class FinetuneConfig:
     max_eval_pairs: int = 512
     save_steps: int = 100  # checkpoint interval, for resuming after an interruption
     contrastive_batch_size: int = 32  # objective contrastive: pairs per batch (the others are in-batch negatives)
+    # auto: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX),
+    # fp16 on older CUDA, fp32 elsewhere; fp32 / bf16 force one (see benchmarks/results/finetune_bf16.md)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -110,6 +113,7 @@ class FinetuneConfig:
         _check(16 <= self.max_length <= 512, "finetune.max_length", "must lie in [16, 512]")
         _check(0.0 < self.mlm_probability < 1.0, "finetune.mlm_probability", "must lie in (0, 1)")
         _check(0.0 < self.eval_share < 0.5, "finetune.eval_share", "must lie in (0, 0.5)")
+        _check(self.precision in ("auto", "fp32", "bf16"), "finetune.precision", "must be auto, fp32 or bf16")
 
 
 @dataclass(frozen=True)

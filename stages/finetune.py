@@ -6,7 +6,14 @@
 Reads `encoders.<name>` (EncoderSpec) and `finetune` (FinetuneConfig). Fine-tuning runs only when both
 `finetune.enabled` and `encoders.<name>.finetune` are true, with `encoders.<name>.objective`; otherwise the base
 checkpoint is passed through.
-Checkpoints for resuming live in `<out>.work/` (outside the DVC output).
+Checkpoints for resuming live in `<out>.work/` (outside the DVC output); rerunning the same command after an
+interruption (kill -9 included) resumes and ends with the same bytes as an uninterrupted run.
+
+The same command runs on several processes (GPUs, or CPU processes over gloo) through the HF Trainer's DDP;
+only the first process writes the folder and the metrics:
+
+    torchrun --nproc_per_node 2 $(which bertrs) finetune --prepared data/prepared --encoder minilm_ft ...
+    accelerate launch --num_processes 2 $(which bertrs) finetune --prepared data/prepared --encoder minilm_ft ...
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pipeline.config import ConfigError
 from pipeline.data.prepared import load_reviews
 from pipeline.io import write_json
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune
-from pipeline.text.finetune import finetune_encoder, pass_through
+from pipeline.text.finetune import finetune_encoder, is_main_process, pass_through
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -38,6 +45,8 @@ def main(
     spec = config.encoders[encoder]
     reason = config.finetune_reason(encoder)
     if reason is not None:
+        if not is_main_process():
+            return
         result = pass_through(spec.model, out, reason)
     elif spec.objective == "contrastive":
         reviews = load_reviews(prepared, columns=list(PAIR_COLUMNS))
@@ -45,6 +54,8 @@ def main(
     else:
         reviews = load_reviews(prepared, columns=["review_id", "text", "split"])
         result = finetune_encoder(reviews, spec.model, out, config.finetune)
+    if not is_main_process():
+        return
     result["encoder"] = encoder
     write_json(metrics, result)
     typer.echo(f"encoder {encoder} -> {out} (finetuned: {result['finetuned']}); metrics -> {metrics}")

@@ -1,10 +1,10 @@
-"""Contrastive encoder adaptation: pairs from training reviews only, a BertModel-loadable output, resume, stage CLI."""
+"""Contrastive encoder adaptation: pairs from training reviews only, a BertModel-loadable output, stage CLI.
+Resume after a kill is specified in tests/test_finetune_resume.py."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 import typer
 from typer.testing import CliRunner
@@ -13,7 +13,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.data.prepared import load_reviews
 from pipeline.text import contrastive as ct
 from pipeline.text.finetune import SOURCE_FILE, default_work_dir
-from tests.text_fixtures import MARKER, TOY_REVIEWS, interrupt_after_saving
+from tests.text_fixtures import MARKER, TOY_REVIEWS
 
 CONFIG = FinetuneConfig(max_steps=4, contrastive_batch_size=2, max_length=32, eval_share=0.2, save_steps=2,
                         warmup_ratio=0.0)
@@ -53,16 +53,6 @@ def test_contrastive_finetune_saves_a_bertmodel_and_reports_retrieval(toy_prepar
     base = BertModel.from_pretrained(str(tiny_encoder_dir))
     assert not torch.equal(bert.encoder.layer[0].attention.self.query.weight,
                            base.encoder.layer[0].attention.self.query.weight)
-
-
-def test_interrupted_contrastive_run_resumes_from_checkpoint(toy_prepared, tiny_encoder_dir, tmp_path):
-    out = tmp_path / "enc"
-    reviews = load_reviews(toy_prepared)
-    with pytest.raises(KeyboardInterrupt):
-        ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[interrupt_after_saving(2)])
-    assert not out.exists() and any(default_work_dir(out).rglob("checkpoint-2"))
-    metrics = ct.contrastive_finetune(reviews, str(tiny_encoder_dir), out, CONFIG)
-    assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 4
 
 
 def test_finetune_stage_runs_the_contrastive_objective(toy_prepared, tiny_encoder_dir, tmp_path):

@@ -1,13 +1,11 @@
-"""MLM+NSP fine-tuning: collation, loss decreasing, train-only text, resume, BertModel-loadable output, stage CLI."""
+"""MLM+NSP fine-tuning: collation, loss decreasing, train-only text, a head-free BertModel output, stage CLI.
+Resume after a kill and several processes are specified in tests/test_finetune_resume.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pytest
 import torch
 import typer
 from typer.testing import CliRunner
@@ -15,7 +13,7 @@ from typer.testing import CliRunner
 from pipeline.config import FinetuneConfig
 from pipeline.data.prepared import load_reviews
 from pipeline.text import finetune as ft
-from tests.text_fixtures import MARKER, TOY_REVIEWS, interrupt_after_saving, write_prepared
+from tests.text_fixtures import MARKER, TOY_REVIEWS
 
 CONFIG = FinetuneConfig(max_steps=4, batch_size=4, max_length=32, eval_share=0.2, save_steps=2, warmup_ratio=0.0)
 
@@ -51,6 +49,22 @@ def test_collator_keeps_next_sentence_label(toy_prepared, tiny_encoder_dir):
     assert not special.any()
 
 
+def test_masks_are_a_function_of_the_batch_not_of_earlier_batches(toy_prepared, tiny_encoder_dir):
+    """A resumed run starts a fresh process: its first batch must get the masks an uninterrupted run gave it."""
+    tok = _tokenizer(tiny_encoder_dir)
+    rows = ft.nsp_datasets(load_reviews(toy_prepared), tok, CONFIG)[0].to_list()
+    torch.manual_seed(0)
+    running = ft.make_collator(tok, CONFIG)
+    first = running(rows[:4])
+    running(rows[4:8])
+    torch.manual_seed(1)  # another global RNG state, as in a fresh process
+    again, fresh = running(rows[:4]), ft.make_collator(tok, CONFIG)(rows[:4])
+    assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["labels"], fresh["labels"])
+    assert torch.equal(first["input_ids"], fresh["input_ids"])
+    other_seed = ft.make_collator(tok, CONFIG, seed=CONFIG.seed + 1)(rows[:4])
+    assert not torch.equal(first["labels"], other_seed["labels"])
+
+
 def test_training_steps_lower_loss_on_toy_corpus(tiny_encoder_dir):
     from transformers import AutoTokenizer
 
@@ -60,6 +74,7 @@ def test_training_steps_lower_loss_on_toy_corpus(tiny_encoder_dir):
     from datasets import Dataset
 
     pairs = ft.tokenize_pairs(ft.build_nsp_dataset(Dataset.from_dict({"text": texts}), seed=0), tok, 32)
+    pairs = pairs.add_column("pair_id", list(range(pairs.num_rows)))
     batch = ft.make_collator(tok, CONFIG, seed=0)(pairs.select_columns(ft.NSP_COLUMNS).to_list())
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
@@ -92,14 +107,56 @@ def test_finetune_saves_bertmodel_checkpoint_and_metrics(toy_prepared, tiny_enco
                            base.encoder.layer[0].attention.self.query.weight)
 
 
-def test_interrupted_finetune_resumes_from_checkpoint(toy_prepared, tiny_encoder_dir, tmp_path):
+def test_finetuned_encoder_loads_without_an_unexpected_keys_report(toy_prepared, tiny_encoder_dir, tmp_path):
+    import logging
+
+    from transformers import BertForPreTraining, BertModel
+
+    from pipeline.text.encoder_dir import load_bert
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    transformers_log = logging.getLogger("transformers")
+    transformers_log.addHandler(handler)
+
+    def reports_on_loading(folder) -> list[str]:
+        records.clear()
+        BertModel.from_pretrained(str(folder))
+        return [r.getMessage() for r in records if "LOAD REPORT" in r.getMessage()]
+
+    try:
+        out = tmp_path / "enc"
+        ft.finetune_encoder(load_reviews(toy_prepared), str(tiny_encoder_dir), out,
+                            FinetuneConfig(max_steps=1, batch_size=4, max_length=32, eval_share=0.2))
+        assert reports_on_loading(out) == []
+        _, _, missing = load_bert(out)
+        assert missing == []
+        with_heads = tmp_path / "with_heads"  # what the folder held before: the report this test guards against
+        BertForPreTraining.from_pretrained(str(out)).save_pretrained(with_heads)
+        assert any("cls.predictions" in report for report in reports_on_loading(with_heads))
+    finally:
+        transformers_log.removeHandler(handler)
+
+
+def test_saved_tokenizer_config_holds_no_load_time_options(toy_prepared, tiny_encoder_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pipeline.text.encoder_dir import LOAD_TIME_TOKENIZER_KEYS, TOKENIZER_CONFIG_FILE
+
     out = tmp_path / "enc"
-    reviews = load_reviews(toy_prepared)
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune_encoder(reviews, str(tiny_encoder_dir), out, CONFIG, callbacks=[interrupt_after_saving(2)])
-    assert not out.exists() and any(ft.default_work_dir(out).rglob("checkpoint-2"))
-    metrics = ft.finetune_encoder(reviews, str(tiny_encoder_dir), out, CONFIG)
-    assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 4
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder_dir), local_files_only=True)
+    ft.save_encoder(_bert(tiny_encoder_dir), tokenizer, out,
+                    {"base": "tiny"})
+    saved = json.loads((out / TOKENIZER_CONFIG_FILE).read_text())
+    assert not set(saved) & set(LOAD_TIME_TOKENIZER_KEYS)
+    assert AutoTokenizer.from_pretrained(str(out))("the album").input_ids == tokenizer("the album").input_ids
+
+
+def _bert(folder):
+    from transformers import BertModel
+
+    return BertModel.from_pretrained(str(folder))
 
 
 def _app():

@@ -103,15 +103,3 @@ def write_prepared(root: Path, rows=TOY_REVIEWS, n_users: int = 6, n_items: int 
 @pytest.fixture
 def toy_prepared(tmp_path) -> Path:
     return write_prepared(tmp_path / "prepared")
-
-
-def interrupt_after_saving(step: int):
-    """A `TrainerCallback` that raises KeyboardInterrupt once checkpoint `step` is on disk: a simulated kill."""
-    from transformers import TrainerCallback
-
-    class Interrupt(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step >= step:
-                raise KeyboardInterrupt
-
-    return Interrupt()

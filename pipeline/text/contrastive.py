@@ -18,7 +18,6 @@ checkpoint plus tokenizer plus `source.json`, so `embed` reads it like any other
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,15 @@ from pipeline.io import DataError
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 from pipeline.text.finetune import (
     default_work_dir,
+    finish_run,
     fresh_run_dir,
+    mixed_precision,
+    per_process_batch,
     run_key,
     save_encoder,
     train_resuming,
     trainer_settings,
+    world_size,
 )
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,8 @@ def training_arguments(config: FinetuneConfig, output_dir: Path, n_pairs: int):
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     return SentenceTransformerTrainingArguments(
-        **trainer_settings(config, output_dir, n_pairs, config.contrastive_batch_size),
+        **trainer_settings(config, output_dir, n_pairs,
+                           per_process_batch(config.contrastive_batch_size, "finetune.contrastive_batch_size")),
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a repeated text in a batch would be a false negative
     )
 
@@ -172,14 +176,15 @@ def contrastive_finetune(
     word = model[0]
     source = {"base": base, "base_weights_fingerprint": base_fp, "finetuned": True,
               "objective": "contrastive", "finetune": to_dict(config)}
-    save_encoder(word.auto_model.cpu(), word.tokenizer, out, source)
-    shutil.rmtree(work, ignore_errors=True)
+    finish_run(trainer, lambda: save_encoder(word.auto_model.cpu(), word.tokenizer, out, source), work)
     return {
         "finetuned": True,
         "objective": "contrastive",
         "base": base,
         "base_weights_fingerprint": base_fp,
         "weights_fingerprint": weights_fingerprint(out),
+        "processes": world_size(),
+        "precision": mixed_precision(config.precision) or "fp32",
         "train_pairs": train_pairs.num_rows,
         "eval_pairs": eval_pairs.num_rows,
         "steps": int(result.global_step),

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from pipeline.config import PACKAGED_ENCODER
 from pipeline.io import DataError, fingerprint_files
+from pipeline.text.encoder_dir import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
 # files whose bytes decide the vectors an encoder produces
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "config.json")
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", CONFIG_FILE)
 
 
 def resolve_encoder(spec: str) -> str:
@@ -37,7 +38,7 @@ def resolve_encoder(spec: str) -> str:
         return str(packaged_model_path())
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / CONFIG_FILE).is_file():
             raise DataError(f"{path}: encoder folder has no config.json (not a transformers checkpoint)")
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -70,7 +71,7 @@ def local_model_dir(resolved: str) -> Path:
 
 def weight_files(folder: Path) -> list[Path]:
     files = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    if not any(p.name != "config.json" for p in files):
+    if not any(p.name != CONFIG_FILE for p in files):
         raise DataError(f"{folder}: no weight files (*.safetensors or pytorch_model*.bin)")
     return files
 

@@ -6,8 +6,15 @@ MLM loss, perplexity and NSP accuracy before and after training.
 
 Training runs through the HF `Trainer`. Its checkpoints live in a work folder beside the output folder (DVC deletes
 a stage's outputs before rerunning it), keyed by a fingerprint of the config, base weights and training text, so
-an interrupted run resumes where it stopped and a changed config starts fresh. The final folder is written
-atomically and is a plain `BertModel` checkpoint (safetensors) plus tokenizer plus `source.json`.
+an interrupted run resumes where it stopped and a changed config starts fresh. A resumed run ends with the same
+bytes as an uninterrupted one: the NSP pairs are a seeded pure function of the texts, masking and dropout draw from
+the torch RNG and data order from the sampler's seed, all of which the Trainer restores from a checkpoint.
+
+The same call runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch` (the Trainer's DDP):
+`batch_size` is the global batch, split over the processes; every process measures before/after on the whole
+held-out set (so metrics are global, not per rank); only the first process writes the output folder.
+The final folder follows `pipeline/text/encoder_dir.py` (a `BertModel` without pre-training heads) and is written
+atomically.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -26,17 +34,18 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 
-from pipeline.config import FinetuneConfig, to_dict
+from pipeline.config import ConfigError, FinetuneConfig, to_dict
 from pipeline.io import DataError, atomic_dir, write_json
+from pipeline.text.encoder_dir import SOURCE_FILE, encoder_module, normalize_tokenizer_config
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 from pipeline.text.nsp import build_nsp_dataset, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
-# provenance of an encoder folder: base spec, its weights fingerprint, finetuned or not. No absolute path: the folder
-# must hash the same in every clone, or dvc.lock would change on every machine.
-SOURCE_FILE = "source.json"
-NSP_COLUMNS = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "next_sentence_label"]
+__all__ = ["SOURCE_FILE", "finetune_encoder", "pass_through"]  # SOURCE_FILE: kept importable from here
+# pair_id: the pair's row number, from which its masks are drawn (see SeededMasking); the collator drops it
+NSP_COLUMNS = ["pair_id", "input_ids", "token_type_ids", "attention_mask", "special_tokens_mask",
+               "next_sentence_label"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,16 +75,31 @@ def nsp_datasets(reviews: pa.Table, tokenizer, config: FinetuneConfig) -> tuple[
     train_texts, eval_texts = split_heldout(training_texts(reviews), config)
     train = tokenize_pairs(build_nsp_dataset(train_texts, seed=config.seed), tokenizer, config.max_length)
     heldout = tokenize_pairs(build_nsp_dataset(eval_texts, seed=config.seed + 1), tokenizer, config.max_length)
+    train, heldout = (d.add_column("pair_id", list(range(d.num_rows))) for d in (train, heldout))
     return train.select_columns(NSP_COLUMNS), heldout.select_columns(NSP_COLUMNS)
 
 
 def make_collator(tokenizer, config: FinetuneConfig, seed: Optional[int] = None):
-    """BERT masking (15%, 80/10/10); extra keys such as `next_sentence_label` are padded through as tensors."""
+    """BERT masking (15%, 80/10/10); extra keys such as `next_sentence_label` are padded through as tensors.
+
+    The masks of a batch are a pure function of (seed, the batch's pair ids), not of a generator's running state:
+    a resumed run, which starts a fresh process, draws the same masks as an uninterrupted one (the Trainer
+    restores the torch RNG only after it has collated the first resumed batch). A new epoch orders pairs into
+    new batches, and so draws new masks."""
     from transformers import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(
-        tokenizer=tokenizer, mlm=True, mlm_probability=config.mlm_probability, seed=seed
-    )
+    class SeededMasking(DataCollatorForLanguageModeling):
+        def torch_call(self, examples):
+            examples = [dict(e) for e in examples]
+            pair_ids = [int(e.pop("pair_id")) for e in examples if "pair_id" in e]
+            if pair_ids:
+                batch_seed = np.random.SeedSequence([self.seed, *pair_ids]).generate_state(1)[0]
+                self.generator = torch.Generator().manual_seed(int(batch_seed))
+                self._generator_pid = os.getpid()
+            return super().torch_call(examples)
+
+    return SeededMasking(tokenizer=tokenizer, mlm=True, mlm_probability=config.mlm_probability,
+                         seed=config.seed if seed is None else seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,13 +173,52 @@ def default_work_dir(out: Path) -> Path:
     return out.with_name(f"{out.name}.work")
 
 
+def world_size() -> int:
+    """Processes of this run (torchrun and accelerate launch both set WORLD_SIZE; 1 when run plainly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in the one process that writes outputs (rank 0 of a torchrun / accelerate launch, or a plain run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo: bf16 matmuls then run in hardware instead of being emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mixed_precision(precision: str) -> str | None:
+    """'bf16', 'fp16' or None (fp32) for the Trainer, from finetune.precision and the hardware."""
+    cuda = torch.cuda.is_available()
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return "bf16"
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else None
+
+
+def per_process_batch(batch_size: int, key: str) -> int:
+    """The global batch split over the processes, so N processes take the same steps as one."""
+    n = world_size()
+    if batch_size % n:
+        raise ConfigError(f"{key}: {batch_size} is not divisible by the {n} processes of this run")
+    return batch_size // n
+
+
 def trainer_settings(config: FinetuneConfig, output_dir: Path, n_train: int, batch_size: int,
                      grad_accum_steps: int = 1) -> dict[str, Any]:
     """The `TrainingArguments` both adaptation objectives share: schedule, seeding, checkpointing for resume,
-    mixed precision on CUDA only."""
+    mixed precision per `finetune.precision`. `batch_size` is per process."""
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    per_epoch = max(1, math.ceil(n_train / (batch_size * grad_accum_steps)))
+    precision = mixed_precision(config.precision)
+    per_epoch = max(1, math.ceil(n_train / (batch_size * world_size() * grad_accum_steps)))
     total = config.max_steps if config.max_steps > 0 else math.ceil(per_epoch * config.epochs)
     return dict(
         output_dir=str(output_dir),
@@ -173,10 +236,11 @@ def trainer_settings(config: FinetuneConfig, output_dir: Path, n_train: int, bat
         save_total_limit=2,
         logging_steps=max(1, min(50, total // 10)),
         report_to="none",
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         dataloader_num_workers=0,
         use_cpu=not cuda,
+        ddp_backend="gloo" if world_size() > 1 and not cuda else None,  # CPU processes talk over gloo
     )
 
 
@@ -184,17 +248,18 @@ def training_arguments(config: FinetuneConfig, output_dir: Path, n_train: int):
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        **trainer_settings(config, output_dir, n_train, config.batch_size, config.grad_accum_steps),
+        **trainer_settings(config, output_dir, n_train, per_process_batch(config.batch_size, "finetune.batch_size"),
+                           config.grad_accum_steps),
         disable_tqdm=False,
         remove_unused_columns=False,  # keep special_tokens_mask: the collator must not mask [CLS]/[SEP]
     )
 
 
 def fresh_run_dir(work: Path, name: str) -> Path:
-    """`work/name`, created; any other run folder under `work` (another config or corpus) is removed, so a resume
-    never picks up foreign checkpoints."""
+    """`work/name`, created; any other run folder under `work` (another config or corpus) is removed by the first
+    process, so a resume never picks up foreign checkpoints."""
     run_dir = work / name
-    for stale in work.glob("*") if work.is_dir() else []:
+    for stale in work.glob("*") if work.is_dir() and is_main_process() else []:
         if stale != run_dir:
             shutil.rmtree(stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,11 +277,22 @@ def train_resuming(trainer, run_dir: Path):
 
 
 def save_encoder(model, tokenizer, out: Path, source: dict) -> None:
-    """Model (safetensors) + tokenizer + source.json, renamed into place as a whole."""
+    """The encoder folder (see encoder_dir.py): `BertModel` weights without pre-training heads, tokenizer without
+    load-time options, source.json; renamed into place as a whole."""
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        encoder_module(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        normalize_tokenizer_config(tmp)
         write_json(tmp / SOURCE_FILE, source)
+
+
+def finish_run(trainer, write, work: Path) -> None:
+    """The first process writes the output (`write()`) and removes the work folder; the others wait for it, so
+    that no process exits while the output is half-written."""
+    if trainer.is_world_process_zero():
+        write()
+        shutil.rmtree(work, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 def finetune_encoder(
@@ -251,7 +327,7 @@ def finetune_encoder(
         model=model,
         args=training_arguments(config, run_dir, train_ds.num_rows),
         train_dataset=train_ds,
-        data_collator=make_collator(tokenizer, config),
+        data_collator=make_collator(tokenizer, config),  # masks seeded by the pair ids of each batch
         callbacks=callbacks,
     )
     result, resume = train_resuming(trainer, run_dir)
@@ -260,19 +336,21 @@ def finetune_encoder(
 
     source = {"base": base, "base_weights_fingerprint": base_fp, "finetuned": True,
               "finetune": to_dict(config)}
-    save_encoder(model.cpu(), tokenizer, out, source)
-    shutil.rmtree(work, ignore_errors=True)
+    finish_run(trainer, lambda: save_encoder(model.cpu(), tokenizer, out, source), work)
     return {
         "finetuned": True,
         "base": base,
         "base_weights_fingerprint": base_fp,
         "weights_fingerprint": weights_fingerprint(out),
+        "processes": world_size(),
+        "precision": mixed_precision(config.precision) or "fp32",
         "fresh_parameters": fresh,
         "train_pairs": train_ds.num_rows,
         "eval_pairs": eval_ds.num_rows,
         "steps": int(result.global_step),
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": float(result.training_loss),
+        "train_seconds": round(float(result.metrics.get("train_runtime", float("nan"))), 1),
         "before": before,
         "after": after,
     }
