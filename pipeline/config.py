@@ -113,6 +113,23 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class RayEngineConfig:
+    """Where and how `embed.engine: ray` encodes: an actor pool on a Ray cluster, one encoder load per actor."""
+
+    address: Optional[str] = None  # null: a local ray.init() (or the cluster RAY_ADDRESS names); "auto" or host:port
+    num_actors: int = 2  # actors encoding shards at the same time
+    num_cpus_per_actor: float = 1.0  # CPUs each actor reserves (also its torch threads)
+    num_gpus_per_actor: float = 0.0  # GPUs each actor reserves (fractions share a GPU)
+    batch_size: Optional[int] = None  # texts per forward pass on an actor; null = embed.batch_size
+
+    def __post_init__(self) -> None:
+        _check(self.num_actors >= 1, "embed.ray.num_actors", "must be >= 1")
+        _check(self.num_cpus_per_actor > 0, "embed.ray.num_cpus_per_actor", "must be > 0")
+        _check(self.num_gpus_per_actor >= 0, "embed.ray.num_gpus_per_actor", "must be >= 0")
+        _check(self.batch_size is None or self.batch_size >= 1, "embed.ray.batch_size", "must be >= 1 or null")
+
+
+@dataclass(frozen=True)
 class EmbedConfig:
     pooling: Literal["pooler", "mean", "cls"] = "pooler"  # pooler = tanh(W h_cls + b), paper eq. 7
     max_length: int = 128
@@ -121,13 +138,18 @@ class EmbedConfig:
     profile: Literal["mean"] = "mean"  # how training reviews are pooled into user and item profiles
     normalize_profiles: bool = False  # L2-normalise profiles after pooling
     index_metric: Literal["ip", "cosine"] = "cosine"
-    backend: Literal["torch", "torch_bf16"] = "torch"
+    # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), fp32 elsewhere
+    backend: Literal["auto", "torch", "torch_bf16", "torch_fp16"] = "auto"
+    backend_check_sample: int = 256  # reviews encoded in fp32 too, to record the chosen backend's cosine in meta
     threads: Optional[int] = None  # torch intra-op threads; null = all cores
+    engine: Literal["local", "ray"] = "local"  # who runs the shards: this process, or a Ray actor pool
+    ray: RayEngineConfig = field(default_factory=RayEngineConfig)  # engine ray only
 
     def __post_init__(self) -> None:
         _check(8 <= self.max_length <= 512, "embed.max_length", "must lie in [8, 512]")
         _check(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
         _check(self.shard_size >= self.batch_size, "embed.shard_size", "must be >= embed.batch_size")
+        _check(self.backend_check_sample >= 0, "embed.backend_check_sample", "must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------------------------
