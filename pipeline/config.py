@@ -144,6 +144,10 @@ class EmbedConfig:
     threads: Optional[int] = None  # torch intra-op threads; null = all cores
     engine: Literal["local", "ray"] = "local"  # who runs the shards: this process, or a Ray actor pool
     ray: RayEngineConfig = field(default_factory=RayEngineConfig)  # engine ray only
+    # dvc.yaml runs one embed stage per forward pass over the reviews: each pair (first: second) names encoders
+    # that share weights and differ only in pooling, so one pass writes both caches; the others get a pass each
+    shared_passes: dict[str, str] = field(default_factory=dict)
+    single_passes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(8 <= self.max_length <= 512, "embed.max_length", "must lie in [8, 512]")
@@ -262,6 +266,17 @@ class Params:
         return None
 
     def __post_init__(self) -> None:
+        passes = list(self.embed.shared_passes) + list(self.embed.shared_passes.values()) + self.embed.single_passes
+        for name in passes:
+            _check(name in self.encoders, "embed.shared_passes" if name not in self.embed.single_passes
+                   else "embed.single_passes", f"{name!r} is not one of encoders: {sorted(self.encoders)}")
+        twice = sorted({n for n in passes if passes.count(n) > 1})
+        _check(not twice, "embed.single_passes", f"encoder(s) {twice} named in more than one pass")
+        for first, second in self.embed.shared_passes.items():
+            same = self.encoders[first].model == self.encoders[second].model
+            untuned = self.finetune_reason(first) is not None and self.finetune_reason(second) is not None
+            _check(same and untuned, f"embed.shared_passes.{first}",
+                   f"{first} and {second} share a pass only with the same model and no fine-tuning")
         for name, run in self.runs.items():
             key = f"runs.{name}"
             if run.model in TEXT_MODELS:
