@@ -272,6 +272,8 @@ class Params:
                    else "embed.single_passes", f"{name!r} is not one of encoders: {sorted(self.encoders)}")
         twice = sorted({n for n in passes if passes.count(n) > 1})
         _check(not twice, "embed.single_passes", f"encoder(s) {twice} named in more than one pass")
+        left_out = sorted(set(self.encoders) - set(passes)) if passes else []
+        _check(not left_out, "embed.single_passes", f"encoder(s) {left_out} are in no pass, so no stage embeds them")
         for first, second in self.embed.shared_passes.items():
             same = self.encoders[first].model == self.encoders[second].model
             untuned = self.finetune_reason(first) is not None and self.finetune_reason(second) is not None

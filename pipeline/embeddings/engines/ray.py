@@ -69,7 +69,7 @@ class RayEngine:
             ShardEncoder,
             fn_constructor_args=(self.load, plan, str(run_dir), list(poolings), dim, int(self.num_cpus)),
             batch_size=1,
-            concurrency=min(self.num_actors, len(todo)),
+            concurrency=(1, min(self.num_actors, len(todo))),  # start with the CPUs free now, grow to N actors
             num_cpus=self.num_cpus,
             num_gpus=self.num_gpus,
         )
