@@ -1,7 +1,7 @@
 """The Ray encoding engine (`embed.engine: ray`): missing shards encoded by an actor pool through Ray Data.
 
 The pattern of Ray's batch-inference guide: a callable class whose `__init__` loads the encoder once per actor and
-whose `__call__` maps a batch to a batch, run with `ds.map_batches(Cls, concurrency=N, num_gpus=...)`. Here a
+whose `__call__` maps a batch to a batch, run with `ds.map_batches(Cls, compute=ActorPoolStrategy(...), num_gpus=...)`. Here a
 row of the dataset is one shard (its number and source row range), not one review: the actor reads those rows of
 the prepared reviews, encodes them with the same function the local engine calls and writes the shard as Parquet
 (atomically). Fixed shard boundaries keep the review order and make a killed run resume from finished shards; the
@@ -69,11 +69,18 @@ class RayEngine:
             ShardEncoder,
             fn_constructor_args=(self.load, plan, str(run_dir), list(poolings), dim, int(self.num_cpus)),
             batch_size=1,
-            concurrency=(1, min(self.num_actors, len(todo))),  # start with the CPUs free now, grow to N actors
+            # start with the CPUs free now and grow to N actors
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(self.num_actors, len(todo))),
             num_cpus=self.num_cpus,
             num_gpus=self.num_gpus,
         )
-        for row in encoded.iter_rows():  # as shards finish: progress, and the tests' stop hook
-            bar.update(int(row["rows"]))
-            if self.on_shard is not None:
-                self.on_shard(int(row["shard"]))
+        rows = iter(encoded.iter_rows())
+        try:
+            for row in rows:  # as shards finish: progress, and the tests' stop hook
+                bar.update(int(row["rows"]))
+                if self.on_shard is not None:
+                    self.on_shard(int(row["shard"]))
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:  # an interrupted driver stops its actor pool now, freeing its CPUs for a rerun
+                close()
