@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pyarrow.parquet as pq
+import torch
 
 from pipeline.config import EmbedConfig
 from pipeline.data.prepared import FILES, STATS_FILE
@@ -97,16 +98,19 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
     resolved = resolve_encoder(encoder_dir)
     source_file = Path(resolved) / SOURCE_FILE
     source = read_json(source_file) if source_file.is_file() else {"base": encoder_dir}
+    # GPU actors, driver without a GPU: the driver cannot ask the GPU for bf16 or run the check, so it picks fp16
+    # (every CUDA GPU runs it) and records that the check was not run
     gpu_actors = first.engine == "ray" and first.ray.num_gpus_per_actor > 0
-    backend = choose_backend(first.backend, cuda=True if gpu_actors else None)
+    blind = gpu_actors and not torch.cuda.is_available()
+    backend = choose_backend(first.backend, cuda=True, cuda_bf16=False) if blind else choose_backend(first.backend)
     recipe = EncoderRecipe(resolved, tuple(poolings), first.max_length,
                            (first.ray.batch_size if first.engine == "ray" else None) or first.batch_size, backend)
-    encoder = recipe.load() if not gpu_actors else dataclasses.replace(recipe, backend="torch").load()
+    encoder = dataclasses.replace(recipe, backend="torch").load() if blind else recipe.load()
     reviews_path = prepared / FILES["reviews"][0]
-    check = backend_check(dataclasses.replace(encoder, backend=backend) if not gpu_actors else encoder,
-                          _check_sample(reviews_path, first.backend_check_sample), poolings)
-    if gpu_actors:
-        check = {"reference": "torch (fp32)", "sample": 0, "note": "measured on the actors' GPUs only in benchmarks"}
+    if blind:
+        check = {"reference": "torch (fp32)", "sample": 0, "note": "not measured: the driver has no GPU"}
+    else:
+        check = backend_check(encoder, _check_sample(reviews_path, first.backend_check_sample), poolings)
     common = {
         "encoder_path": str(encoder_dir),
         "source_model": source.get("base"),
