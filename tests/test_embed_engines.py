@@ -4,11 +4,9 @@ and records its cosine against fp32, one forward pass serves several poolings, a
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -20,6 +18,7 @@ from pipeline.io import DataError
 from pipeline.text import encode
 from pipeline.text.encode import choose_backend, cosine_agreement, encode_pooled, load_encoder
 from tests.embed_fixtures import ROOT, embed_then_kill
+from tests.text_fixtures import TOY_REVIEWS
 
 CONFIG = EmbedConfig(max_length=32, batch_size=4, shard_size=4, threads=1, backend="torch")
 CACHE_FILES = (cache.REVIEWS_FILE, cache.USER_PROFILES_FILE, cache.ITEM_PROFILES_FILE, cache.INDEX_FILE,
@@ -69,7 +68,7 @@ def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_p
     assert meta["backend"] == "torch_bf16" and meta["backend_requested"] == "auto"
     check = meta["backend_check"]
     # the first 5 training reviews, encoded both ways here, give the recorded numbers
-    texts = [r[3] for r in __import__("tests.text_fixtures", fromlist=["TOY_REVIEWS"]).TOY_REVIEWS if r[2] == "train"]
+    texts = [r[3] for r in TOY_REVIEWS if r[2] == "train"]
     encoder = load_encoder(tiny_encoder_dir, pooling="mean", max_length=32, batch_size=4, backend="torch_bf16")
     fast = encode_pooled(encoder, texts[:5], ["mean"])["mean"]
     exact = encode_pooled(dataclasses.replace(encoder, backend="torch"), texts[:5], ["mean"])["mean"]
