@@ -117,6 +117,23 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class RayEngineConfig:
+    """Where and how `embed.engine: ray` encodes: an actor pool on a Ray cluster, one encoder load per actor."""
+
+    address: Optional[str] = None  # null: a local ray.init() (or the cluster RAY_ADDRESS names); "auto" or host:port
+    num_actors: int = 2  # actors encoding shards at the same time
+    num_cpus_per_actor: float = 1.0  # CPUs each actor reserves (also its torch threads)
+    num_gpus_per_actor: float = 0.0  # GPUs each actor reserves (fractions share a GPU)
+    batch_size: Optional[int] = None  # texts per forward pass on an actor; null = embed.batch_size
+
+    def __post_init__(self) -> None:
+        _check(self.num_actors >= 1, "embed.ray.num_actors", "must be >= 1")
+        _check(self.num_cpus_per_actor > 0, "embed.ray.num_cpus_per_actor", "must be > 0")
+        _check(self.num_gpus_per_actor >= 0, "embed.ray.num_gpus_per_actor", "must be >= 0")
+        _check(self.batch_size is None or self.batch_size >= 1, "embed.ray.batch_size", "must be >= 1 or null")
+
+
+@dataclass(frozen=True)
 class EmbedConfig:
     pooling: Literal["pooler", "mean", "cls"] = "pooler"  # pooler = tanh(W h_cls + b), paper eq. 7
     max_length: int = 128
@@ -125,13 +142,22 @@ class EmbedConfig:
     profile: Literal["mean"] = "mean"  # how training reviews are pooled into user and item profiles
     normalize_profiles: bool = False  # L2-normalise profiles after pooling
     index_metric: Literal["ip", "cosine"] = "cosine"
-    backend: Literal["torch", "torch_bf16"] = "torch"
+    # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), fp32 elsewhere
+    backend: Literal["auto", "torch", "torch_bf16", "torch_fp16"] = "auto"
+    backend_check_sample: int = 256  # reviews encoded in fp32 too, to record the chosen backend's cosine in meta
     threads: Optional[int] = None  # torch intra-op threads; null = all cores
+    engine: Literal["local", "ray"] = "local"  # who runs the shards: this process, or a Ray actor pool
+    ray: RayEngineConfig = field(default_factory=RayEngineConfig)  # engine ray only
+    # dvc.yaml runs one embed stage per forward pass over the reviews: each pair (first: second) names encoders
+    # that share weights and differ only in pooling, so one pass writes both caches; the others get a pass each
+    shared_passes: dict[str, str] = field(default_factory=dict)
+    single_passes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(8 <= self.max_length <= 512, "embed.max_length", "must lie in [8, 512]")
         _check(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
         _check(self.shard_size >= self.batch_size, "embed.shard_size", "must be >= embed.batch_size")
+        _check(self.backend_check_sample >= 0, "embed.backend_check_sample", "must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,6 +270,19 @@ class Params:
         return None
 
     def __post_init__(self) -> None:
+        passes = list(self.embed.shared_passes) + list(self.embed.shared_passes.values()) + self.embed.single_passes
+        for name in passes:
+            _check(name in self.encoders, "embed.shared_passes" if name not in self.embed.single_passes
+                   else "embed.single_passes", f"{name!r} is not one of encoders: {sorted(self.encoders)}")
+        twice = sorted({n for n in passes if passes.count(n) > 1})
+        _check(not twice, "embed.single_passes", f"encoder(s) {twice} named in more than one pass")
+        left_out = sorted(set(self.encoders) - set(passes)) if passes else []
+        _check(not left_out, "embed.single_passes", f"encoder(s) {left_out} are in no pass, so no stage embeds them")
+        for first, second in self.embed.shared_passes.items():
+            same = self.encoders[first].model == self.encoders[second].model
+            untuned = self.finetune_reason(first) is not None and self.finetune_reason(second) is not None
+            _check(same and untuned, f"embed.shared_passes.{first}",
+                   f"{first} and {second} share a pass only with the same model and no fine-tuning")
         for name, run in self.runs.items():
             key = f"runs.{name}"
             if run.model in TEXT_MODELS:

@@ -64,7 +64,8 @@ def dag_repo(tmp_path_factory, tiny_encoder_master) -> Path:
                           "tiny_ft": {"model": tiny, "finetune": True}}
     params["finetune"].update(max_steps=3, batch_size=4, max_length=32, max_eval_pairs=8, save_steps=1,
                               learning_rate=5e-3)  # large enough that the tuned encoder really differs
-    params["embed"].update(max_length=32, batch_size=16, shard_size=32)
+    params["embed"].update(max_length=32, batch_size=16, shard_size=32, shared_passes={},
+                           single_passes=["tiny", "tiny_ft"])
     params["runs"] = {"pop": {"model": "pop"}, "neumf": {"model": "neumf"},
                       # text alone: with a random tiny BERT, only a text-only model is sure to rank differently
                       "text": {"model": "semantic_only", "embeddings": "tiny"}}

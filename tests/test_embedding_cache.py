@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.embeddings import cache
+from pipeline.embeddings import cache, writer
 from pipeline.embeddings.index import build_index, read_index, search, write_index
 from pipeline.embeddings.profiles import mean_profiles
 from pipeline.io import DataError
@@ -31,7 +31,7 @@ def _meta(data_fingerprint="toyfp01"):
 
 def _write(prepared, out, **kwargs):
     kwargs.setdefault("shard_size", 4)
-    return cache.write_embedding_cache(out, prepared / "reviews.parquet", kwargs.pop("encode", fake_encode),
+    return writer.write_embedding_cache(out, prepared / "reviews.parquet", kwargs.pop("encode", fake_encode),
                                        meta=_meta(), n_users=6, n_items=5, progress=False, **kwargs)
 
 
@@ -74,7 +74,7 @@ def test_cache_round_trip_keeps_ids_vectors_and_meta(toy_prepared, tmp_path):
         stored = json.loads(pq.read_schema(tmp_path / "cache" / name).metadata[cache.META_KEY])
         assert stored == meta
     assert pq.ParquetFile(tmp_path / "cache" / cache.REVIEWS_FILE).metadata.num_row_groups == 4  # 16 reviews / 4
-    assert not cache.default_partial_dir(tmp_path / "cache").exists()
+    assert not writer.default_partial_dir(tmp_path / "cache").exists()
     info = cache.cache_info(tmp_path / "cache")
     assert info["meta"]["encoder"] == "fake" and info["files"][cache.REVIEWS_FILE]["rows"] == len(TOY_REVIEWS)
 
@@ -106,7 +106,7 @@ def test_interrupted_embed_resumes_and_matches_uninterrupted(toy_prepared, tmp_p
     with pytest.raises(KeyboardInterrupt):
         _write(toy_prepared, out, encode=counting, on_shard=kill_after_shard_1)
     assert not out.exists()  # never a cache that looks complete
-    assert len(list(cache.default_partial_dir(out).rglob("shard-*.parquet"))) == 2
+    assert len(list(writer.default_partial_dir(out).rglob("shard-*.parquet"))) == 2
     calls.clear()
     resumed = _write(toy_prepared, out, encode=counting)
     assert calls == [4, 4]  # only the two missing shards were encoded
@@ -122,7 +122,7 @@ def test_changed_config_does_not_resume_stale_shards(toy_prepared, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _write(toy_prepared, out, on_shard=lambda k: (_ for _ in ()).throw(KeyboardInterrupt))
     calls = []
-    cache.write_embedding_cache(out, toy_prepared / "reviews.parquet", lambda t: calls.append(1) or fake_encode(t),
+    writer.write_embedding_cache(out, toy_prepared / "reviews.parquet", lambda t: calls.append(1) or fake_encode(t),
                                 meta=_meta() | {"pooling": "mean"}, n_users=6, n_items=5, shard_size=4, progress=False)
     assert len(calls) == 4  # every shard re-encoded
 

@@ -1,19 +1,31 @@
-"""Build one embedding cache from a prepared-data folder and an encoder folder: the `embed` stage's library half.
+"""Build embedding caches from a prepared-data folder and an encoder folder: the `embed` stage's library half.
 
 Kept here rather than in `stages/embed.py` so that benchmarks and notebooks build caches exactly as the DAG does.
+Several caches that share the encoder's weights and differ only in pooling are built from one forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import pyarrow.parquet as pq
+import torch
 
 from pipeline.config import EmbedConfig
 from pipeline.data.prepared import FILES, STATS_FILE
-from pipeline.embeddings import cache
+from pipeline.embeddings import writer
 from pipeline.io import DataError, read_json
-from pipeline.text.encode import load_encoder, set_threads
+from pipeline.text.encode import (
+    choose_backend,
+    cosine_agreement,
+    encode_pooled,
+    load_encoder,
+    set_threads,
+)
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 from pipeline.text.finetune import SOURCE_FILE
 
@@ -24,36 +36,122 @@ def _rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def build_cache(prepared: str | Path, encoder_dir: str, name: str, config: EmbedConfig, out: str | Path) -> dict:
-    """Encode every review of `prepared` with `encoder_dir` and write the cache to `out`; returns its meta."""
+@dataclass(frozen=True)
+class EncoderRecipe:
+    """Everything needed to load the encoder again in another process (a Ray actor); calling it loads it."""
+
+    path: str
+    poolings: tuple[str, ...]
+    max_length: int
+    batch_size: int
+    backend: str  # resolved, never "auto": every process runs what the cache records
+
+    def load(self):
+        return load_encoder(self.path, pooling=self.poolings[0], also_poolings=self.poolings,
+                            max_length=self.max_length, batch_size=self.batch_size, backend=self.backend)
+
+    def __call__(self):
+        return functools.partial(encode_pooled, self.load(), poolings=self.poolings)
+
+
+def backend_check(encoder, texts: Sequence[str], poolings: Sequence[str]) -> dict:
+    """Cosine of the chosen backend's vectors against fp32 on `texts` (identity when the backend is fp32)."""
+    if encoder.backend == "torch" or not texts:
+        return {"reference": "torch (fp32)", "sample": 0}
+    fast = encode_pooled(encoder, texts, poolings)
+    reference = encode_pooled(dataclasses.replace(encoder, backend="torch"), texts, poolings)
+    worst = min((cosine_agreement(fast[p], reference[p]) for p in poolings), key=lambda c: c["min"])
+    return {"reference": "torch (fp32)", "sample": len(texts), "cosine_mean": worst["mean"],
+            "cosine_min": worst["min"]}
+
+
+def _check_sample(reviews_path: Path, n: int) -> list[str]:
+    """The first n training reviews (only training text ever informs a choice, even a numerical check)."""
+    if n == 0:
+        return []
+    texts = []
+    for batch in pq.ParquetFile(reviews_path).iter_batches(batch_size=max(n, 1024), columns=["text", "split"]):
+        texts += [t for t, s in zip(batch.column("text").to_pylist(), batch.column("split").to_pylist())
+                  if s == "train"]
+        if len(texts) >= n:
+            break
+    return texts[:n]
+
+
+def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, EmbedConfig],
+                 outs: Mapping[str, str | Path], *, on_shard=None, progress: bool = True) -> dict[str, dict]:
+    """Encode every review of `prepared` once with `encoder_dir` and write one cache per name.
+
+    `configs[name]` may differ only in pooling (one forward pass serves them all); returns {name: meta}.
+    """
+    names = list(configs)
+    first = configs[names[0]]
+    for name in names[1:]:
+        if dataclasses.replace(configs[name], pooling=first.pooling) != first:
+            raise DataError(f"encoders {names[0]} and {name} share one pass, so their embed settings may differ "
+                            "only in pooling")
+    poolings = [configs[n].pooling for n in names]
+    if len(set(poolings)) != len(poolings):
+        raise DataError(f"encoders {names} share one pass but repeat a pooling ({poolings}): one cache per pooling")
     prepared = Path(prepared)
-    set_threads(config.threads)
+    set_threads(first.threads)
     resolved = resolve_encoder(encoder_dir)
     source_file = Path(resolved) / SOURCE_FILE
     source = read_json(source_file) if source_file.is_file() else {"base": encoder_dir}
-    encoder = load_encoder(resolved, pooling=config.pooling, max_length=config.max_length,
-                           batch_size=config.batch_size, backend=config.backend)
-    meta = {
-        "encoder": name,
+    # GPU actors, driver without a GPU: the driver cannot ask the GPU for bf16 or run the check, so it picks fp16
+    # (every CUDA GPU runs it) and records that the check was not run
+    gpu_actors = first.engine == "ray" and first.ray.num_gpus_per_actor > 0
+    blind = gpu_actors and not torch.cuda.is_available()
+    backend = choose_backend(first.backend, cuda=True, cuda_bf16=False) if blind else choose_backend(first.backend)
+    recipe = EncoderRecipe(resolved, tuple(poolings), first.max_length,
+                           (first.ray.batch_size if first.engine == "ray" else None) or first.batch_size, backend)
+    encoder = dataclasses.replace(recipe, backend="torch").load() if blind else recipe.load()
+    reviews_path = prepared / FILES["reviews"][0]
+    if blind:
+        check = {"reference": "torch (fp32)", "sample": 0, "note": "not measured: the driver has no GPU"}
+    else:
+        check = backend_check(encoder, _check_sample(reviews_path, first.backend_check_sample), poolings)
+    common = {
         "encoder_path": str(encoder_dir),
         "source_model": source.get("base"),
         "finetuned": source.get("finetuned"),
         "weights_fingerprint": weights_fingerprint(resolved),
-        "pooling": config.pooling,
         "max_length": encoder.max_length,
         "dim": encoder.dim,
-        "backend": config.backend,
+        "backend": backend,
+        "backend_requested": first.backend,
+        "backend_check": check,
         "data_fingerprint": read_json(prepared / STATS_FILE)["fingerprint"],
-        "profile": config.profile,
+        "profile": first.profile,
     }
-    return cache.write_embedding_cache(
-        out,
-        prepared / FILES["reviews"][0],
-        encoder,
-        meta=meta,
+    metas = {configs[n].pooling: {"encoder": n, "pooling": configs[n].pooling, **common} for n in names}
+    if first.engine == "ray":
+        from pipeline.embeddings.engines.ray import RayEngine
+
+        del encoder  # the actors load their own
+        engine = RayEngine(recipe, address=first.ray.address, num_actors=first.ray.num_actors,
+                           num_cpus_per_actor=first.ray.num_cpus_per_actor,
+                           num_gpus_per_actor=first.ray.num_gpus_per_actor, on_shard=on_shard)
+    else:
+        from pipeline.embeddings.engines.local import LocalEngine
+
+        engine = LocalEngine(functools.partial(encode_pooled, encoder, poolings=poolings), on_shard)
+    final = writer.write_embedding_caches(
+        {configs[n].pooling: outs[n] for n in names},
+        reviews_path,
+        engine,
+        metas=metas,
         n_users=_rows(prepared / FILES["users"][0]),
         n_items=_rows(prepared / FILES["items"][0]),
-        shard_size=config.shard_size,
-        normalize_profiles=config.normalize_profiles,
-        index_metric=config.index_metric,
+        shard_size=first.shard_size,
+        normalize_profiles=first.normalize_profiles,
+        index_metric=first.index_metric,
+        progress=progress,
     )
+    return {n: final[configs[n].pooling] for n in names}
+
+
+def build_cache(prepared: str | Path, encoder_dir: str, name: str, config: EmbedConfig, out: str | Path,
+                **kwargs) -> dict:
+    """One cache: `build_caches` with one name."""
+    return build_caches(prepared, encoder_dir, {name: config}, {name: out}, **kwargs)[name]

@@ -10,27 +10,21 @@ A cache is a folder:
 
 Profiles are built from training-split reviews only; `has_reviews` is False where a user or item has none and
 its vector is the fallback (the mean of all training review vectors). The ranker depends on this module, never
-on `pipeline.text`, which is what makes caches swappable.
+on `pipeline.text`, which is what makes caches swappable. Importing it costs pyarrow and numpy only: the code that
+encodes and assembles caches (torch, transformers, FAISS) lives in `pipeline.embeddings.writer` and `build`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
-from pipeline.embeddings.index import build_index, write_index
-from pipeline.embeddings.profiles import ProfileAccumulator
-from pipeline.io import DataError, atomic_dir, atomic_path, read_json, read_table, write_json, write_table
+from pipeline.io import DataError, read_json, read_table, write_table
 
 META_FILE = "meta.json"
 REVIEWS_FILE = "reviews.parquet"
@@ -193,151 +187,6 @@ def load_profiles(
         item_has_reviews=parts["item"][1],
         meta=meta,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# streaming writer: shards -> reviews.parquet, profiles, index, meta.json
-#
-# Review vectors are encoded shard by shard; each shard is a small Parquet file in `<out>.partial/<key>/`, where the
-# key fingerprints everything that changes the vectors, so a changed config never resumes from stale shards. A killed
-# run re-encodes only the shards that are missing. Assembly streams the shards into one `reviews.parquet` (one row
-# group per shard) while summing training vectors per user and item, then writes profiles, the index and meta.json
-# into a temporary folder that is renamed into place last: a cache with meta.json is always complete.
-
-SOURCE_COLUMNS = ["review_id", "user_idx", "item_idx", "split", "text"]
-# meta fields that change the vectors; with the shard size they key the resumable work folder
-VECTOR_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "backend")
-
-
-def library_versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "transformers", "pyarrow", "numpy", "faiss-cpu"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def work_key(meta: dict, shard_size: int) -> str:
-    payload = json.dumps({k: meta.get(k) for k in VECTOR_KEYS} | {"shard_size": shard_size}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def default_partial_dir(out: Path) -> Path:
-    return out.with_name(f"{out.name}.partial")
-
-
-def iter_source_shards(reviews_path: str | Path, shard_size: int):
-    """Exactly `shard_size` reviews per shard (the last may be shorter), read by row group, never all at once."""
-    reviews_path = Path(reviews_path)
-    if not reviews_path.is_file():
-        raise DataError(f"{reviews_path}: file not found (has `bertrs prepare` run?)")
-    source = pq.ParquetFile(reviews_path)
-    missing = [c for c in SOURCE_COLUMNS if c not in source.schema_arrow.names]
-    if missing:
-        raise DataError(f"{reviews_path}: missing column(s) {missing}")
-    pending: list[pa.RecordBatch] = []
-    n_pending = 0
-    for batch in source.iter_batches(batch_size=shard_size, columns=SOURCE_COLUMNS):
-        pending.append(batch)
-        n_pending += batch.num_rows
-        while n_pending >= shard_size:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, shard_size)
-            rest = table.slice(shard_size)
-            pending, n_pending = rest.to_batches(), rest.num_rows
-    if n_pending:
-        yield pa.Table.from_batches(pending)
-
-
-def _shard_is_valid(path: Path, source: pa.Table) -> bool:
-    try:
-        ids = pq.read_table(path, columns=["review_id"]).column("review_id")
-    except Exception:  # unreadable (should not happen: shards are written atomically)
-        return False
-    return ids.equals(source.column("review_id"))
-
-
-def write_embedding_cache(
-    out: str | Path,
-    reviews_path: str | Path,
-    encode,
-    *,
-    meta: dict,
-    n_users: int,
-    n_items: int,
-    shard_size: int = 2048,
-    normalize_profiles: bool = False,
-    index_metric: str = "cosine",
-    work_dir: str | Path | None = None,
-    on_shard=None,
-    progress: bool = True,
-) -> dict:
-    """Encode every review of `reviews_path` with `encode(texts) -> (n, dim) float32` and write a complete cache.
-
-    `meta` carries the provenance (META_FIELDS; versions are filled in when absent). `on_shard(k)` is
-    called after shard k is safely on disk (tests use it to simulate a kill). Returns the final meta.
-    """
-    out = Path(out)
-    dim = int(meta["dim"])
-    meta = dict(meta)
-    meta.setdefault("versions", library_versions())
-    meta.update(profile=meta.get("profile", "mean"), normalize_profiles=normalize_profiles,
-                index_metric=index_metric, n_users=n_users, n_items=n_items)
-    missing = [k for k in META_FIELDS if k not in meta]
-    if missing:
-        raise ValueError(f"cache meta is missing provenance field(s) {missing}")
-
-    partial = Path(work_dir) if work_dir is not None else default_partial_dir(out)
-    run_dir = partial / work_key(meta, shard_size)
-    if partial.is_dir():
-        for stale in partial.iterdir():
-            if stale != run_dir:
-                shutil.rmtree(stale, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    total = pq.ParquetFile(Path(reviews_path)).metadata.num_rows
-    shard_schema = reviews_schema(dim)
-    shard_paths: list[Path] = []
-    bar = tqdm(total=total, desc="embedding reviews", unit="review", disable=not progress)
-    for k, source in enumerate(iter_source_shards(reviews_path, shard_size)):
-        path = run_dir / f"shard-{k:05d}.parquet"
-        shard_paths.append(path)
-        if not (path.is_file() and _shard_is_valid(path, source)):
-            vectors = np.asarray(encode(source.column("text").to_pylist()), dtype=np.float32)
-            if vectors.shape != (source.num_rows, dim):
-                raise ValueError(f"encoder returned shape {vectors.shape}, expected ({source.num_rows}, {dim})")
-            table = pa.Table.from_arrays(
-                [source.column(c) for c in ("review_id", "user_idx", "item_idx", "split")] + [vectors_to_arrow(vectors)],
-                schema=shard_schema,
-            )
-            with atomic_path(path) as tmp:
-                pq.write_table(table, tmp, compression="zstd")
-            if on_shard is not None:
-                on_shard(k)
-        bar.update(source.num_rows)
-    bar.close()
-
-    meta["n_reviews"] = total
-    profiles = ProfileAccumulator(n_users, n_items, dim)
-    with atomic_dir(out) as tmp:
-        with pq.ParquetWriter(tmp / REVIEWS_FILE, reviews_schema(dim, meta), compression="zstd") as writer:
-            for path in tqdm(shard_paths, desc="assembling cache", unit="shard", disable=not progress):
-                table = pq.read_table(path).cast(shard_schema)
-                for name, size in (("user_idx", n_users), ("item_idx", n_items)):
-                    column = table.column(name)
-                    if len(column) and (pc.min(column).as_py() < 0 or pc.max(column).as_py() >= size):
-                        raise DataError(f"{reviews_path}: {name} outside 0..{size - 1} (users/items maps)")
-                writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=len(table) or 1)
-                profiles.add(table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(),
-                             np.asarray(table.column("split").to_pylist()), arrow_to_vectors(table.column("embedding"), dim))
-        tables = profiles.finalize(normalize=normalize_profiles)
-        write_profiles(tmp, tables.users, tables.items, tables.user_counts, tables.item_counts, meta)
-        write_index(build_index(tables.items, index_metric), tmp / INDEX_FILE)
-        write_json(tmp / META_FILE, meta)
-    shutil.rmtree(partial, ignore_errors=True)
-    return meta
 
 
 def load_review_embeddings(

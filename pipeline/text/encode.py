@@ -6,9 +6,13 @@ Pooling (recorded in the cache):
     cls     the raw last hidden state at [CLS]
 
 Speed: texts are tokenised once, sorted by length and batched so that a batch pads only to its own longest text,
-which removes most of the padding work on short reviews; `torch.inference_mode` drops autograd bookkeeping;
-backend "torch_bf16" runs the matmuls in bfloat16 (autocast) on CPUs with AVX-512 BF16 / AMX, and the vectors are
-returned as float32.
+which removes most of the padding work on short reviews; `torch.inference_mode` drops autograd bookkeeping.
+One forward pass can be pooled several ways (`encode_pooled`), so encoders that share weights and differ only in
+pooling never encode the same text twice.
+
+Backends: "torch" is fp32; "torch_bf16" runs the matmuls in bfloat16 (autocast), fast on CPUs with AVX-512 BF16 /
+AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "auto" (the default) picks the fastest of
+these the hardware runs natively (`choose_backend`). Vectors are always returned as float32.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +32,8 @@ from pipeline.io import DataError
 log = logging.getLogger(__name__)
 
 POOLINGS = ("pooler", "mean", "cls")
-BACKENDS = ("torch", "torch_bf16")
+BACKENDS = ("torch", "torch_bf16", "torch_fp16")  # what an Encoder runs; "auto" is resolved before
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
 
 
 @dataclass
@@ -58,6 +63,36 @@ class Encoder:
         return encode_texts(self, texts, progress=progress)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere: then "auto" keeps fp32 on CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_backend(requested: str, *, cuda: bool | None = None, cuda_bf16: bool | None = None,
+                   flags: set[str] | None = None) -> str:
+    """Resolve "auto": bf16 on CUDA where supported (else fp16), bf16 on CPUs with native bf16, fp32 elsewhere.
+
+    Reduced precision only where the hardware runs it natively: emulated bf16 on an AVX2 CPU is slower than fp32.
+    """
+    if requested != "auto":
+        if requested not in BACKENDS:
+            raise DataError(f"backend {requested!r} is not one of {('auto',) + BACKENDS}")
+        return requested
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        cuda_bf16 = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        return "torch_bf16" if cuda_bf16 else "torch_fp16"
+    flags = cpu_flags() if flags is None else flags
+    return "torch_bf16" if any(f in flags for f in CPU_BF16_FLAGS) else "torch"
+
+
 def set_threads(threads: int | None) -> None:
     """Torch intra-op threads; None keeps torch's default (all cores)."""
     if threads is not None:
@@ -67,8 +102,9 @@ def set_threads(threads: int | None) -> None:
 
 
 def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int = 128, batch_size: int = 64,
-                 backend: str = "torch") -> Encoder:
-    """Load a `BertModel` checkpoint; pooler pooling refuses a checkpoint whose pooler weights are missing."""
+                 backend: str = "torch", also_poolings: Sequence[str] = ()) -> Encoder:
+    """Load a `BertModel` checkpoint; pooler pooling (as `pooling` or one of `also_poolings`, for
+    `encode_pooled`) refuses a checkpoint whose pooler weights are missing. `backend` "auto" is resolved here."""
     from transformers import AutoTokenizer, BertModel
 
     try:
@@ -77,14 +113,15 @@ def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int =
     except OSError as error:
         raise DataError(f"{path}: cannot load a BERT encoder ({error})") from None
     missing = sorted(info.get("missing_keys", []))
-    if pooling == "pooler" and any(k.startswith("pooler.") for k in missing):
+    if "pooler" in (pooling, *also_poolings) and any(k.startswith("pooler.") for k in missing):
         raise DataError(f"{path}: checkpoint has no pooler weights; use pooling 'mean' or 'cls' (missing: {missing})")
     if missing:
         log.warning("%s: weights initialised at random (absent from the checkpoint): %s", path, missing)
     model.eval()
     if torch.cuda.is_available():  # same code path; the batches follow the model's device
         model.to("cuda")
-    return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size, backend=backend)
+    return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size,
+                   backend=choose_backend(backend))
 
 
 def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -105,29 +142,44 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start : start + batch_size]
 
 
-def _autocast(backend: str):
-    if backend == "torch_bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+def _autocast(backend: str, device: torch.device):
+    dtypes = {"torch_bf16": torch.bfloat16, "torch_fp16": torch.float16}
+    if backend in dtypes:
+        return torch.autocast(device.type, dtype=dtypes[backend])
     return contextlib.nullcontext()
 
 
-@torch.inference_mode()
 def encode_texts(encoder: Encoder, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-    """(n, dim) float32 vectors for `texts`, in input order."""
+    """(n, dim) float32 vectors for `texts`, in input order, pooled the encoder's way."""
+    return encode_pooled(encoder, texts, (encoder.pooling,), progress=progress)[encoder.pooling]
+
+
+@torch.inference_mode()
+def encode_pooled(encoder: Encoder, texts: Sequence[str], poolings: Sequence[str],
+                  progress: bool = False) -> Mapping[str, np.ndarray]:
+    """{pooling: (n, dim) float32} for `texts`, in input order, every pooling from the same forward pass.
+
+    The one encoding function both engines (local, Ray) call.
+    """
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown:
+        raise DataError(f"pooling {unknown} is not one of {POOLINGS}")
     texts = [t if isinstance(t, str) else "" for t in texts]
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    out = {p: np.empty((len(texts), encoder.dim), dtype=np.float32) for p in poolings}
     if not texts:
         return out
     tokens = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
     device = next(encoder.model.parameters()).device
+    if encoder.backend == "torch_fp16" and device.type != "cuda":
+        raise DataError("backend torch_fp16 needs a CUDA device (use auto, torch or torch_bf16 on CPU)")
     batches = list(length_sorted_batches([len(t) for t in tokens], encoder.batch_size))
     for positions in tqdm(batches, desc="encoding", unit="batch", disable=not progress, leave=False):
         batch = encoder.tokenizer.pad({"input_ids": [tokens[p] for p in positions]}, return_tensors="pt")
         mask = batch["attention_mask"].to(device)
-        with _autocast(encoder.backend):
+        with _autocast(encoder.backend, device):
             output = encoder.model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
-            vectors = pool(output, mask, encoder.pooling)
-        out[positions] = vectors.float().cpu().numpy()
+            for p in poolings:
+                out[p][positions] = pool(output, mask, p).float().cpu().numpy()
     return out
 
 

@@ -1,0 +1,24 @@
+"""The local encoding engine: every missing shard, in order, in this process (`embed.engine: local`).
+
+It is also the reference the Ray engine is held to: both call `writer.encode_and_write_shard`, which calls the one
+encoding function (`pipeline.text.encode.encode_pooled`: length-sorted batches, dynamic padding), so the two
+engines differ only in who calls it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.embeddings.writer import EncodeFn, ShardPlan, encode_and_write_shard
+
+
+class LocalEngine:
+    def __init__(self, encode: EncodeFn, on_shard: Callable[[int], None] | None = None):
+        self.encode, self.on_shard = encode, on_shard  # on_shard(k): after shard k is on disk (tests stop here)
+
+    def run(self, plan: ShardPlan, run_dir: Path, todo: list[int], poolings: Sequence[str], dim: int, bar) -> None:
+        for k in todo:
+            bar.update(encode_and_write_shard(plan, run_dir, k, self.encode, poolings, dim))
+            if self.on_shard is not None:
+                self.on_shard(k)

@@ -1,0 +1,216 @@
+"""Encoding engines and backends: the Ray engine equals the local one and resumes, backend auto picks by hardware
+and records its cosine against fp32, one forward pass serves several poolings, and the cache contract is light."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.config import ConfigError, EmbedConfig, RayEngineConfig
+from pipeline.embeddings import cache, writer
+from pipeline.embeddings.build import build_cache, build_caches
+from pipeline.io import DataError
+from pipeline.text import encode
+from pipeline.text.encode import choose_backend, cosine_agreement, encode_pooled, load_encoder
+from tests.embed_fixtures import ROOT, embed_then_kill
+from tests.text_fixtures import TOY_REVIEWS
+
+CONFIG = EmbedConfig(max_length=32, batch_size=4, shard_size=4, threads=1, backend="torch")
+CACHE_FILES = (cache.REVIEWS_FILE, cache.USER_PROFILES_FILE, cache.ITEM_PROFILES_FILE, cache.INDEX_FILE,
+               cache.META_FILE)
+
+
+def ray_config(address=None, **kwargs) -> EmbedConfig:
+    return dataclasses.replace(CONFIG, engine="ray", ray=RayEngineConfig(address=address, num_actors=2, **kwargs))
+
+
+def assert_same_cache(a, b):
+    for name in CACHE_FILES:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_importing_the_cache_contract_loads_no_faiss_torch_or_transformers():
+    code = ("import sys, pipeline.embeddings.cache; "
+            "print(sorted(m for m in ('faiss', 'torch', 'transformers', 'tqdm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backend auto
+
+
+@pytest.mark.parametrize("flags, cuda, cuda_bf16, expected", [
+    ({"avx2", "avx512f"}, False, None, "torch"),  # AVX-512 without BF16: emulated bf16 is slower, keep fp32
+    ({"avx2", "avx512_bf16"}, False, None, "torch_bf16"),
+    ({"avx2", "amx_bf16", "amx_tile"}, False, None, "torch_bf16"),
+    (set(), True, True, "torch_bf16"),
+    (set(), True, False, "torch_fp16"),  # e.g. a T4: fp16 tensor cores, no bf16
+])
+def test_auto_backend_follows_the_hardware(flags, cuda, cuda_bf16, expected):
+    assert choose_backend("auto", flags=flags, cuda=cuda, cuda_bf16=cuda_bf16) == expected
+    assert choose_backend("torch", flags={"amx_bf16"}, cuda=True) == "torch"  # an explicit choice is kept
+    with pytest.raises(DataError, match="backend 'fp8' is not one of"):
+        choose_backend("fp8")
+
+
+def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_prepared, tiny_encoder_dir, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "amx_bf16"})  # pretend: a CPU with native bf16
+    monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
+    config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
+    meta = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "c", progress=False)
+    assert meta["backend"] == "torch_bf16" and meta["backend_requested"] == "auto"
+    check = meta["backend_check"]
+    # the first 5 training reviews, encoded both ways here, give the recorded numbers
+    texts = [r[3] for r in TOY_REVIEWS if r[2] == "train"]
+    encoder = load_encoder(tiny_encoder_dir, pooling="mean", max_length=32, batch_size=4, backend="torch_bf16")
+    fast = encode_pooled(encoder, texts[:5], ["mean"])["mean"]
+    exact = encode_pooled(dataclasses.replace(encoder, backend="torch"), texts[:5], ["mean"])["mean"]
+    expected = cosine_agreement(fast, exact)
+    assert check["sample"] == 5
+    assert check["cosine_min"] == pytest.approx(expected["min"], abs=1e-6) and check["cosine_min"] < 1.0
+    assert cache.read_meta(tmp_path / "c")["backend_check"] == check
+    monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2"})
+    plain = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "d", progress=False)
+    assert plain["backend"] == "torch" and plain["backend_check"]["sample"] == 0  # fp32 is its own reference
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one forward pass, several poolings
+
+
+def test_one_pass_writes_every_pooling_equal_to_separate_builds(toy_prepared, tiny_encoder_dir, tmp_path,
+                                                                monkeypatch):
+    forwards = []
+    original = encode_pooled
+
+    def counting(encoder, texts, poolings, progress=False):
+        forwards.append(len(texts))
+        return original(encoder, texts, poolings, progress)
+
+    monkeypatch.setattr("pipeline.embeddings.build.encode_pooled", counting)
+    configs = {"pooled": CONFIG, "averaged": dataclasses.replace(CONFIG, pooling="mean")}
+    metas = build_caches(toy_prepared, str(tiny_encoder_dir), configs,
+                         {"pooled": tmp_path / "pooled", "averaged": tmp_path / "averaged"}, progress=False)
+    assert sum(forwards) == 16  # every review encoded once, not once per pooling
+    assert metas["averaged"]["pooling"] == "mean" and metas["averaged"]["encoder"] == "averaged"
+    for name, config in configs.items():
+        build_cache(toy_prepared, str(tiny_encoder_dir), name, config, tmp_path / f"alone_{name}", progress=False)
+        assert_same_cache(tmp_path / name, tmp_path / f"alone_{name}")
+    with pytest.raises(DataError, match="may differ only in pooling"):
+        build_caches(toy_prepared, str(tiny_encoder_dir), {"a": CONFIG, "b": dataclasses.replace(CONFIG, max_length=16,
+                     pooling="mean")}, {"a": tmp_path / "a", "b": tmp_path / "b"}, progress=False)
+
+
+def test_embed_cli_writes_two_caches_from_one_pass_and_refuses_encoders_with_other_weights(
+        toy_prepared, tiny_encoder_dir, tmp_path):
+    from stages import embed
+
+    app = typer.Typer()
+    app.command("embed")(embed.main)
+    app.command("info")(embed.cache_info)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"encoders:\n  a: {{model: {tiny_encoder_dir}}}\n  b: {{model: {tiny_encoder_dir}, pooling: mean}}\n"
+                      f"  c: {{model: {tiny_encoder_dir}, finetune: true, pooling: cls}}\n"
+                      "embed:\n  max_length: 32\n  batch_size: 4\n  shard_size: 8\n  threads: 1\n")
+    base = ["embed", "--prepared", str(toy_prepared), "--encoder-dir", str(tiny_encoder_dir), "--params", str(params)]
+    result = CliRunner().invoke(app, base + ["--name", "a", "--out", str(tmp_path / "a"),
+                                             "--name", "b", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert cache.read_meta(tmp_path / "a")["pooling"] == "pooler" and cache.read_meta(tmp_path / "b")["pooling"] == "mean"
+    tuned = CliRunner().invoke(app, base + ["--name", "a", "--out", str(tmp_path / "x"),
+                                            "--name", "c", "--out", str(tmp_path / "y")])
+    assert tuned.exit_code == 2 and "cannot share one pass" in tuned.output and not (tmp_path / "x").exists()
+    uneven = CliRunner().invoke(app, base + ["--name", "a", "--name", "b", "--out", str(tmp_path / "x")])
+    assert uneven.exit_code == 2 and "one output per name" in uneven.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# engines
+
+
+def test_a_local_embed_killed_with_sigkill_resumes_to_the_same_bytes(toy_prepared, tiny_encoder_dir, tmp_path):
+    out = tmp_path / "killed"
+    embed_then_kill(toy_prepared, tiny_encoder_dir, out, park=1)
+    assert not out.exists()
+    assert len(list(writer.default_partial_dir(out).rglob("shard-*.parquet"))) == 2
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", CONFIG, out, progress=False)
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", CONFIG, tmp_path / "straight", progress=False)
+    assert_same_cache(out, tmp_path / "straight")
+
+
+def test_ray_engine_without_ray_installed_names_the_extra(toy_prepared, tiny_encoder_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when the extra is not installed
+    with pytest.raises(DataError, match=r"pip install '\.\[ray\]'"):
+        build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", ray_config(), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow  # the default run checks the same through the resumed run below
+def test_ray_engine_writes_the_same_cache_as_the_local_engine(local_ray, toy_prepared, tiny_encoder_dir,
+                                                                    tmp_path):
+    local = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", CONFIG, tmp_path / "local", progress=False)
+    distributed = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", ray_config(), tmp_path / "ray",
+                              progress=False)
+    assert distributed == local
+    assert_same_cache(tmp_path / "ray", tmp_path / "local")  # same order, same vectors (fp32 is deterministic)
+    _, a = cache.load_review_embeddings(tmp_path / "ray")
+    _, b = cache.load_review_embeddings(tmp_path / "local")
+    assert cosine_agreement(a, b)["min"] >= 0.9999
+
+
+@pytest.mark.slow  # a second Ray driver in a child process: minutes to start on a loaded 2-core machine
+def test_ray_driver_killed_with_sigkill_resumes_to_the_local_bytes(local_ray, toy_prepared, tiny_encoder_dir,
+                                                                   tmp_path):
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", CONFIG, tmp_path / "local", progress=False)
+    out = tmp_path / "killed"
+    embed_then_kill(toy_prepared, tiny_encoder_dir, out, park=0, engine="ray", address=local_ray, timeout=600)
+    assert not out.exists()
+    finished = list(writer.default_partial_dir(out).rglob("shard-*.parquet"))
+    assert finished, "the killed run left no finished shard"
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", ray_config(), out, progress=False)
+    assert_same_cache(out, tmp_path / "local")
+
+
+def test_ray_engine_stopped_after_a_shard_resumes_to_the_local_cache(local_ray, toy_prepared, tiny_encoder_dir,
+                                                                     tmp_path):
+    def stop(k):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", ray_config(), out, on_shard=stop, progress=False)
+    assert not out.exists()
+    assert list(writer.default_partial_dir(out).rglob("shard-*.parquet")), "the stopped run left no finished shard"
+    resumed = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", ray_config(), out, progress=False)
+    local = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", CONFIG, tmp_path / "local", progress=False)
+    assert resumed == local
+    assert_same_cache(out, tmp_path / "local")  # same review order, same vectors (fp32 is deterministic)
+    _, a = cache.load_review_embeddings(out)
+    _, b = cache.load_review_embeddings(tmp_path / "local")
+    assert cosine_agreement(a, b)["min"] >= 0.9999
+
+
+def test_pass_lists_name_every_encoder_once_and_pair_only_shared_weights(tmp_path):
+    from pipeline.config import load_params
+
+    def params(passes: str) -> None:
+        path = tmp_path / "params.yaml"
+        path.write_text("encoders:\n  a: {model: m}\n  b: {model: m, pooling: mean}\n  t: {model: m, finetune: true}\n"
+                        f"embed:\n{passes}")
+        return load_params(path)
+
+    ok = params("  shared_passes: {a: b}\n  single_passes: [t]\n")
+    assert ok.embed.shared_passes == {"a": "b"}
+    with pytest.raises(ConfigError, match=r"embed.single_passes: encoder\(s\) \['t'\] are in no pass"):
+        params("  shared_passes: {a: b}\n")
+    with pytest.raises(ConfigError, match="embed.shared_passes.a: a and t share a pass only with the same model"):
+        params("  shared_passes: {a: t}\n  single_passes: [b]\n")
+    with pytest.raises(ConfigError, match=r"named in more than one pass"):
+        params("  shared_passes: {a: b}\n  single_passes: [a, t]\n")
