@@ -84,8 +84,8 @@ def test_recommend_explains_with_the_best_matching_pair_of_training_reviews(clie
     a, b = np.unravel_index(np.argmax(sims), sims.shape)
     assert reason["similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
     assert reason["user_review"]["user"] == user and reason["item_review"]["item"] == item["item"]
-    assert reason["user_review"]["snippet"] == " ".join(reviews.texts[mine[a]].split())[:240].rstrip() or \
-        reason["user_review"]["snippet"].endswith("…")
+    for side, row in (("user_review", mine[a]), ("item_review", theirs[b])):
+        assert " ".join(reviews.texts[row].split()).startswith(reason[side]["snippet"].removesuffix("…"))
     assert reason["user_review"]["item"] == served.data.item_ids[int(reviews.items[mine[a]])]
     assert "reads like a review of" in reason["text"] and f"{sims.max():.2f}" in reason["text"]
 

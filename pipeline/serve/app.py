@@ -11,6 +11,9 @@ Endpoints (OpenAPI docs at /docs, the schema at /openapi.json):
     GET /health                   model, sizes and which endpoints are on
     GET /                         the page (static HTML + JS, no build step)
 
+Handlers that only look up and score (a few milliseconds) are `async`, so they run on the event loop without a
+thread hop; /search runs the encoder and is a plain function, which FastAPI runs in its thread pool.
+
 Every bad request is a 4xx whose body is `{"detail": "<what is wrong>"}`: unknown ids 404, a bad k or an empty
 query 422, an endpoint this model cannot serve 409. The pydantic models below are the response contract.
 """
@@ -224,18 +227,19 @@ def create_app(served: ServedModel) -> FastAPI:
 
     def require_text(endpoint: str) -> None:
         if served.profiles is None:
-            raise HTTPException(409, f"{endpoint} needs a text model; {served.search_note}")
+            raise HTTPException(409, f"{endpoint}: model {served.checkpoint.spec.model} reads no review text; "
+                                     "/similar and /search need a text model (one trained on an embedding cache)")
 
     k_query = Query(10, ge=1, le=MAX_K, description=f"list length, 1..{MAX_K}")
 
     @app.get("/health", response_model=Health)
-    def health() -> Health:
+    async def health() -> Health:
         return Health(status="ok", run=served.run, model=served.checkpoint.spec.model, n_users=data.n_users,
                       n_items=data.n_items, text_model=served.is_text_model, search=served.encode is not None,
                       search_note=served.search_note)
 
     @app.get("/recommend", response_model=RecommendResponse)
-    def recommend_items(user: str = Query(..., min_length=1, description="raw user id"), k: int = k_query):
+    async def recommend_items(user: str = Query(..., min_length=1, description="raw user id"), k: int = k_query):
         u = user_index(user)
         table = recommend(model, data, np.asarray([u]), k, served.candidates, served.popular_fallback,
                           served.checkpoint.profiles, served.index, known=served.known, popular=served.popular)
@@ -251,7 +255,7 @@ def create_app(served: ServedModel) -> FastAPI:
                                  items=items)
 
     @app.get("/similar", response_model=SimilarResponse)
-    def similar(item: str = Query(..., min_length=1, description="raw item id"), k: int = k_query):
+    async def similar(item: str = Query(..., min_length=1, description="raw item id"), k: int = k_query):
         require_text("/similar")
         i = item_idx(item)
         if not served.profiles.item_has_reviews[i]:
@@ -271,7 +275,7 @@ def create_app(served: ServedModel) -> FastAPI:
         return SearchResponse(query=q.strip(), k=k, items=nearest(vector, k))
 
     @app.get("/history", response_model=HistoryResponse)
-    def history(user: str = Query(..., min_length=1, description="raw user id"),
+    async def history(user: str = Query(..., min_length=1, description="raw user id"),
                 limit: int = Query(50, ge=1, le=500, description="most reviews to return")):
         u = user_index(user)
         rows = reviews.by_user.get(u, np.zeros(0, np.int64))
@@ -288,13 +292,13 @@ def create_app(served: ServedModel) -> FastAPI:
     by_activity = np.argsort(-train_counts, kind="stable")
 
     @app.get("/users", response_model=UsersResponse)
-    def users(prefix: str = Query("", max_length=200), limit: int = Query(50, ge=1, le=1000)):
+    async def users(prefix: str = Query("", max_length=200), limit: int = Query(50, ge=1, le=1000)):
         matching = [int(u) for u in by_activity if data.user_ids[u].startswith(prefix.strip())]
         return UsersResponse(total=len(matching), users=[
             UserSummary(user=data.user_ids[u], train_reviews=int(train_counts[u])) for u in matching[:limit]])
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
