@@ -181,7 +181,8 @@ Target for /recommend: p99 <= {TARGET_P99_MS:.0f} ms with 0 errors: **{verdict}*
 The machine's 1-minute load average was {load_before:.1f} before and {load_after:.1f} after the run (on
 {os.cpu_count()} cores). Latency under load is queueing: with 8 requests in flight, each waits for the ones ahead of
 it, so p50 is roughly 8 x the time one request holds a core. "server CPU ms / request" is the server's own CPU time
-divided by the requests, a cost that does not depend on what else the machine runs.
+divided by the requests: a cost that depends far less on what else the machine runs. Even on an idle machine,
+8 requests in flight on one single-threaded server queue behind each other, so p50 is about 8 x this number.
 """)
     print(args.out.with_suffix(".md").read_text())
 
