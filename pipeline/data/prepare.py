@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from pipeline.config import PrepareConfig
 from pipeline.data import filters, splits
-from pipeline.data.formats import BadRecords, expand_inputs, read_reviews
+from pipeline.data.formats import BadRecords, expand_inputs, read_item_metadata, read_reviews
 from pipeline.data.prepared import (
     CANDIDATES_SCHEMA,
     FILES,
     INTERACTIONS_SCHEMA,
+    ITEM_META_FILE,
+    ITEM_META_SCHEMA,
     ITEMS_SCHEMA,
     REVIEWS_SCHEMA,
     STATS_FILE,
@@ -70,7 +72,10 @@ def scan(files: list[Path], config: PrepareConfig) -> Scan:
         digest = hashlib.blake2b(review.text.encode(), digest_size=8).digest()
         hashes.append(int.from_bytes(digest, "little", signed=True))
     if not users:
-        raise DataError(f"no valid review in {[str(f) for f in files]} (bad records: {dict(bad.counts)})")
+        fix = bad.common_fix()
+        hint = f"; every record failed the same way: change {fix}" if fix else ""
+        first = f"; first: {bad.examples[0]}" if bad.examples else ""
+        raise DataError(f"no valid review in {[str(f) for f in files]} (bad records: {dict(bad.counts)}){hint}{first}")
     return Scan(
         users=np.frombuffer(users, dtype=np.int64),
         items=np.frombuffer(items, dtype=np.int64),
@@ -148,8 +153,21 @@ def prepare_dataset(config: PrepareConfig, inputs: list[str | Path], out_dir: st
                     ITEMS_SCHEMA)
         stats = _stats(config, files, data, steps, users, items, labels, candidates, len(user_ids), len(item_ids))
         stats["fingerprint"] = fingerprint_files(sorted(tmp.glob("*.parquet")))
+        if config.metadata:  # written after the fingerprint: names are for display and never change a model
+            stats["item_metadata"] = _write_item_meta(tmp / ITEM_META_FILE, config.metadata, item_ids)
         write_json(tmp / STATS_FILE, stats)
     return stats
+
+
+def _write_item_meta(path: Path, inputs: list[str], item_ids: list[str]) -> dict:
+    files = expand_inputs(inputs)
+    found = read_item_metadata(files, set(item_ids))
+    titles = [found.get(i, (None, None))[0] for i in item_ids]
+    categories = [found.get(i, (None, None))[1] for i in item_ids]
+    table = pa.table({"item_idx": np.arange(len(item_ids), dtype=np.int32), "title": titles, "category": categories})
+    write_table(path, table, ITEM_META_SCHEMA)
+    return {"files": [str(f) for f in files], "items_with_title": sum(t is not None for t in titles),
+            "items": len(item_ids)}
 
 
 def _write_reviews(path, files, config, rows, users, items, ratings, times, labels) -> None:

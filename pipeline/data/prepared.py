@@ -9,6 +9,8 @@ Every later stage reads prepared data only through `load_prepared`, so the layou
     candidates.parquet   per held-out positive: the sampled negatives every model is ranked against
     users.parquet        user_idx -> raw user id
     items.parquet        item_idx -> raw item id
+    item_meta.parquet    optional: item_idx -> title, category (from `prepare.metadata`); display only, so it is
+                         left out of the data fingerprint and adding names never invalidates caches or models
     stats.json           Table 1 numbers, per-step drop counts, the data fingerprint
 """
 
@@ -53,6 +55,11 @@ CANDIDATES_SCHEMA = pa.schema(
 )
 USERS_SCHEMA = pa.schema([pa.field("user_idx", pa.int32(), nullable=False), pa.field("user_id", pa.string())])
 ITEMS_SCHEMA = pa.schema([pa.field("item_idx", pa.int32(), nullable=False), pa.field("item_id", pa.string())])
+
+ITEM_META_SCHEMA = pa.schema(
+    [pa.field("item_idx", pa.int32(), nullable=False), pa.field("title", pa.string()), pa.field("category", pa.string())]
+)
+ITEM_META_FILE = "item_meta.parquet"
 
 FILES = {
     "reviews": ("reviews.parquet", REVIEWS_SCHEMA),
@@ -101,6 +108,13 @@ class PreparedData:
     user_ids: list[str]
     item_ids: list[str]
     stats: dict
+    item_titles: list[str | None] | None = None  # from item_meta.parquet when prepare was given metadata
+    item_categories: list[str | None] | None = None
+
+    def item_label(self, item_idx: int) -> str:
+        """The item's title where metadata gave one, else its raw id: what a person is shown."""
+        title = self.item_titles[item_idx] if self.item_titles is not None else None
+        return title or self.item_ids[item_idx]
 
 
 def load_interactions(root: str | Path, split: str) -> Interactions:
@@ -153,12 +167,24 @@ def load_prepared(root: str | Path) -> PreparedData:
         user_ids=users.column("user_id").to_pylist(),
         item_ids=items.column("item_id").to_pylist(),
         stats=stats,
+        **_item_meta(root, items.num_rows),
     )
     for split in SPLITS:
         part = getattr(data, split)
         if len(part) and (part.users.max() >= data.n_users or part.items.max() >= data.n_items):
             raise DataError(f"{root / FILES[split][0]}: user or item index outside users/items maps")
     return data
+
+
+def _item_meta(root: Path, n_items: int) -> dict:
+    path = root / ITEM_META_FILE
+    if not path.is_file():
+        return {}
+    table = read_table(path, ITEM_META_SCHEMA)
+    index = table.column("item_idx").to_numpy()
+    if not np.array_equal(index, np.arange(n_items)):
+        raise DataError(f"{path}: item_idx must be 0..{n_items - 1} in order, like items.parquet")
+    return {"item_titles": table.column("title").to_pylist(), "item_categories": table.column("category").to_pylist()}
 
 
 def load_reviews(root: str | Path, columns: list[str] | None = None) -> pa.Table:

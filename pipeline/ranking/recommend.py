@@ -32,6 +32,36 @@ from pipeline.ranking.evaluate import model_device
 from pipeline.ranking.sampling import PairSet
 
 
+MAX_K = 1000  # a list longer than this is a mistake, not a recommendation
+
+
+def check_k(k: object, n_items: int | None = None, name: str = "--k") -> int:
+    """A list length must be a whole number in 1..MAX_K; 0 and negatives are errors, never a silent default."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise DataError(f"{name}: must be a whole number of items, got {k!r}")
+    if not 1 <= k <= MAX_K:
+        raise DataError(f"{name}: must lie in 1..{MAX_K}, got {k}")
+    return int(k)
+
+
+def resolve_prepared_path(model_dir: str | Path, default: str | Path, override: str | Path | None = None) -> Path:
+    """The prepared-data folder for a model: `override` when given, else `default` relative to the working folder
+    or to any folder above the model folder (the project root of data/models/<run>)."""
+    if override is not None:
+        return Path(override)
+    default = Path(default)
+    tried = [default]
+    if not default.is_absolute():
+        tried += [parent / default for parent in Path(model_dir).resolve().parents]
+    for path in tried:
+        if path.is_dir():
+            return path
+    raise DataError(
+        f"prepared-data folder {str(default)!r} not found; looked in " + ", ".join(str(p) for p in tried[:4])
+        + ". Pass it explicitly (--prepared)."
+    )
+
+
 def user_indices(data: PreparedData, user_ids: Sequence[str]) -> np.ndarray:
     """Raw user ids -> indices; an unknown id is a `DataError` naming it."""
     lookup = {uid: i for i, uid in enumerate(data.user_ids)}
@@ -91,12 +121,17 @@ def recommend(
     profiles: Profiles | None = None,
     index=None,
     batch_users: int = 512,
+    known: PairSet | None = None,
+    popular: np.ndarray | None = None,
 ) -> pa.Table:
-    """Top-k new items for each user index, with score parts; one row per (user, rank)."""
+    """Top-k new items for each user index, with score parts; one row per (user, rank).
+
+    `known` and `popular` may be passed in precomputed (a server answers many one-user requests with them).
+    """
     model.eval()
     device = model_device(model)
-    known = known_pairs(data)
-    popular = popular_items(data, popular_fallback)
+    known = known if known is not None else known_pairs(data)
+    popular = popular if popular is not None else popular_items(data, popular_fallback)
     tables = []
     for start in range(0, len(users), batch_users):
         batch = np.asarray(users[start : start + batch_users], dtype=np.int64)
@@ -158,6 +193,7 @@ def _to_table(model, device, data: PreparedData, batch, items, scores) -> pa.Tab
         "rank": pa.array(ranks + 1, pa.int32()),
         "item_idx": pa.array(i, pa.int32()),
         "item_id": pa.array([data.item_ids[x] for x in i], pa.string()),
+        "item_title": pa.array([data.item_titles[x] if data.item_titles else None for x in i], pa.string()),
         "score": pa.array(scores[rows, ranks], pa.float32()),
     }
     for name, value in parts.items():

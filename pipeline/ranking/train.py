@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import TEXT_MODELS, ConfigError, RunSpec, TrainConfig, from_dict, to_dict
 from pipeline.data.prepared import PreparedData
-from pipeline.embeddings.cache import Profiles, load_profiles
+from pipeline.embeddings.cache import META_FILE, Profiles, load_profiles
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
@@ -270,7 +270,7 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     profiles = None
     if spec.model in TEXT_MODELS:
         recorded = info.get("embeddings") or {}
-        path = Path(cache_path) if cache_path is not None else Path(recorded.get("path", ""))
+        path = resolve_cache_path(model_dir, recorded.get("path"), cache_path)
         profiles = load_profiles(
             path, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items
         )
@@ -282,6 +282,36 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     model.load_state_dict(state)
     model.eval()
     return Checkpoint(model, spec, config, info, seen_profiles)
+
+
+def resolve_cache_path(model_dir: str | Path, recorded: str | None, override: str | Path | None = None) -> Path:
+    """The embedding cache a checkpoint reads, found wherever the command runs.
+
+    run.json records the cache as given to `bertrs train`, usually relative to the project root. An explicit
+    `override` wins; otherwise the recorded path is tried as is (absolute, or relative to the working folder),
+    then relative to each folder above the model folder (the project root of data/models/<run>). When none holds a
+    cache, the error lists every path looked up.
+    """
+    where = Path(model_dir) / RUN_FILE
+    if override is not None:
+        path = Path(override)
+        if not (path / META_FILE).is_file():
+            raise DataError(f"{path}: embedding cache given as an override not found ({META_FILE} missing)")
+        return path
+    if not recorded:
+        raise DataError(f"{where}: records no embedding cache path; pass the cache folder explicitly (--embeddings)")
+    recorded_path = Path(recorded)
+    tried = [recorded_path]
+    if not recorded_path.is_absolute():
+        tried += [parent / recorded_path for parent in Path(model_dir).resolve().parents]
+    for path in tried:
+        if (path / META_FILE).is_file():
+            return path
+    raise DataError(
+        f"{where}: embedding cache {recorded!r} (recorded at training time) not found; looked for {META_FILE} in "
+        + ", ".join(str(p) for p in tried[:4]) + (f" and {len(tried) - 4} more folders above" if len(tried) > 4 else "")
+        + ". Pass the cache folder explicitly (--embeddings), or rerun `bertrs embed`."
+    )
 
 
 def check_same_cache(recorded: dict, profiles: Profiles, where: str, path: Path) -> None:

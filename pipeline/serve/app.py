@@ -1,0 +1,305 @@
+"""The HTTP service: an app factory that receives a loaded model (no globals read at import) and the JSON contract.
+
+    app = create_app(load_served("data/models/bert_rs"))      # `bertrs serve` runs this under uvicorn
+
+Endpoints (OpenAPI docs at /docs, the schema at /openapi.json):
+    GET /recommend?user=ID&k=10   top-K new items with score parts and, for text models, a reason in words
+    GET /similar?item=ID&k=10     nearest items by review text (the cache's FAISS index over item profiles)
+    GET /search?q=TEXT&k=10       cold start: the query text embedded by the cache's encoder, items ranked by profile
+    GET /history?user=ID          the user's training reviews (what the page shows next to the list)
+    GET /users?prefix=&limit=     user ids to choose from
+    GET /health                   model, sizes and which endpoints are on
+    GET /                         the page (static HTML + JS, no build step)
+
+Handlers that only look up and score (a few milliseconds) are `async`, so they run on the event loop without a
+thread hop; /search runs the encoder and is a plain function, which FastAPI runs in its thread pool.
+
+Every bad request is a 4xx whose body is `{"detail": "<what is wrong>"}`: unknown ids 404, a bad k or an empty
+query 422, an endpoint this model cannot serve 409. The pydantic models below are the response contract.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from pipeline.embeddings import index as item_index
+from pipeline.ranking.recommend import recommend
+from pipeline.serve.model import SNIPPET_CHARS, ServedModel
+
+STATIC = Path(__file__).parent / "static"
+MAX_K = 100  # longest list one request may ask for
+MAX_QUERY_CHARS = 2000
+
+
+# ------------------------------------------------------------------------------------------------ the JSON contract
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what is wrong with the request, in words")
+
+
+class ItemRef(BaseModel):
+    item: str = Field(description="raw item id, as in the reviews")
+    title: Optional[str] = Field(None, description="from item metadata, when prepare was given it")
+    category: Optional[str] = None
+
+
+class ReviewSnippet(BaseModel):
+    user: str
+    item: str
+    item_title: Optional[str] = None
+    rating: Optional[float] = None
+    snippet: str = Field(description=f"the review text, cut to {SNIPPET_CHARS} characters")
+
+
+class Reason(BaseModel):
+    text: str = Field(description="why this item, in words")
+    similarity: Optional[float] = Field(None, description="cosine between the two reviews' vectors")
+    user_review: Optional[ReviewSnippet] = Field(None, description="the user's training review that matches best")
+    item_review: Optional[ReviewSnippet] = Field(None, description="the item's training review that matches best")
+
+
+class RecommendedItem(ItemRef):
+    rank: int
+    score: float
+    parts: dict[str, float] = Field(description="score parts; they sum to the score")
+    reason: Optional[Reason] = None
+
+
+class RecommendResponse(BaseModel):
+    user: str
+    model: str
+    run: str
+    k: int
+    items: list[RecommendedItem]
+
+
+class SimilarItem(ItemRef):
+    rank: int
+    similarity: float = Field(description="cosine between review profiles")
+
+
+class SimilarResponse(BaseModel):
+    item: ItemRef
+    k: int
+    items: list[SimilarItem]
+
+
+class SearchResponse(BaseModel):
+    query: str
+    k: int
+    items: list[SimilarItem]
+
+
+class HistoryEntry(ItemRef):
+    rating: Optional[float] = None
+    date: Optional[str] = Field(None, description="ISO date of the review")
+    snippet: str
+
+
+class HistoryResponse(BaseModel):
+    user: str
+    reviews: list[HistoryEntry] = Field(description="training reviews only, newest first")
+
+
+class UserSummary(BaseModel):
+    user: str
+    train_reviews: int
+
+
+class UsersResponse(BaseModel):
+    total: int = Field(description="users matching the prefix")
+    users: list[UserSummary]
+
+
+class Health(BaseModel):
+    status: str
+    run: str
+    model: str
+    n_users: int
+    n_items: int
+    text_model: bool = Field(description="reads review text: /similar works and /recommend gives reasons")
+    search: bool = Field(description="/search is on (the cache's encoder is loaded)")
+    search_note: str
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
+
+
+def _rating(value: float) -> Optional[float]:
+    return None if np.isnan(value) else float(value)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
+        got = e.get("input")
+        parts.append(f"{where}: {e.get('msg', 'invalid')}" + (f" (got {got!r})" if got is not None else ""))
+    return "; ".join(parts)
+
+
+def create_app(served: ServedModel) -> FastAPI:
+    """The ASGI app for one loaded model; handlers read only `served`."""
+    data, reviews = served.data, served.reviews
+    model = served.checkpoint.model
+    app = FastAPI(
+        title="BERT-RS",
+        description="Review-aware recommendations: top-K with score parts and reasons, similar items, text search.",
+        version="1",
+        responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_message(error)})
+
+    def item_ref(i: int) -> dict:
+        return {
+            "item": data.item_ids[i],
+            "title": data.item_titles[i] if data.item_titles else None,
+            "category": data.item_categories[i] if data.item_categories else None,
+        }
+
+    def user_index(user: str) -> int:
+        u = served.user_lookup.get(user.strip())
+        if u is None:
+            raise HTTPException(404, f"unknown user {user!r}: not among the {data.n_users} users of the prepared data")
+        return u
+
+    def item_idx(item: str) -> int:
+        i = served.item_lookup.get(item.strip())
+        if i is None:
+            raise HTTPException(404, f"unknown item {item!r}: not among the {data.n_items} items of the prepared data")
+        return i
+
+    def review(row: int) -> ReviewSnippet:
+        i = int(reviews.items[row])
+        return ReviewSnippet(user=data.user_ids[int(reviews.users[row])], item=data.item_ids[i],
+                             item_title=data.item_titles[i] if data.item_titles else None,
+                             rating=_rating(reviews.ratings[row]), snippet=_snippet(reviews.texts[row]))
+
+    def reason(u: int, i: int) -> Optional[Reason]:
+        if reviews.vectors is None:
+            return None
+        mine, theirs = reviews.by_user.get(u), reviews.by_item.get(i)
+        if mine is None:
+            return Reason(text="You have no training review yet, so this pick comes from what similar users chose.")
+        if theirs is None:
+            return Reason(text="Nobody has reviewed this item in the training data; it comes from what users like "
+                               "you chose, not from its text.")
+        sims = reviews.vectors[mine] @ reviews.vectors[theirs].T  # (user reviews, item reviews)
+        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        yours, its = review(int(mine[a])), review(int(theirs[b]))
+        named = its.item_title or data.item_label(i)
+        text = (f'Your review of {yours.item_title or yours.item} ("{_snippet(yours.snippet)[:80]}") reads like a '
+                f'review of {named} ("{_snippet(its.snippet)[:80]}"): cosine {float(sims[a, b]):.2f}.')
+        return Reason(text=text, similarity=float(sims[a, b]), user_review=yours, item_review=its)
+
+    def nearest(query: np.ndarray, k: int, exclude: int | None = None) -> list[SimilarItem]:
+        """Items by cosine to `query` among items with a training review (the others have only a fallback)."""
+        profiles = served.profiles
+        excluded = int((~profiles.item_has_reviews).sum()) + (exclude is not None)
+        scores, found = item_index.search(served.index, query[None, :], k + excluded, metric="cosine")
+        out = []
+        for score, i in zip(scores[0], found[0]):
+            if i < 0 or i == exclude or not profiles.item_has_reviews[i]:
+                continue
+            out.append(SimilarItem(rank=len(out) + 1, similarity=float(score), **item_ref(int(i))))
+            if len(out) == k:
+                break
+        return out
+
+    def require_text(endpoint: str) -> None:
+        if served.profiles is None:
+            raise HTTPException(409, f"{endpoint}: model {served.checkpoint.spec.model} reads no review text; "
+                                     "/similar and /search need a text model (one trained on an embedding cache)")
+
+    k_query = Query(10, ge=1, le=MAX_K, description=f"list length, 1..{MAX_K}")
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return Health(status="ok", run=served.run, model=served.checkpoint.spec.model, n_users=data.n_users,
+                      n_items=data.n_items, text_model=served.is_text_model, search=served.encode is not None,
+                      search_note=served.search_note)
+
+    @app.get("/recommend", response_model=RecommendResponse)
+    async def recommend_items(user: str = Query(..., min_length=1, description="raw user id"), k: int = k_query):
+        u = user_index(user)
+        table = recommend(model, data, np.asarray([u]), k, served.candidates, served.popular_fallback,
+                          served.checkpoint.profiles, served.index, known=served.known, popular=served.popular)
+        part_names = [c for c in table.column_names if c.startswith("part_")]
+        items = []
+        for row in table.to_pylist():
+            i = int(row["item_idx"])
+            items.append(RecommendedItem(
+                rank=row["rank"], score=float(row["score"]), reason=reason(u, i), **item_ref(i),
+                parts={name.removeprefix("part_"): float(row[name]) for name in part_names},
+            ))
+        return RecommendResponse(user=data.user_ids[u], model=served.checkpoint.spec.model, run=served.run, k=k,
+                                 items=items)
+
+    @app.get("/similar", response_model=SimilarResponse)
+    async def similar(item: str = Query(..., min_length=1, description="raw item id"), k: int = k_query):
+        require_text("/similar")
+        i = item_idx(item)
+        if not served.profiles.item_has_reviews[i]:
+            raise HTTPException(409, f"item {item!r} has no training review, so it has no review profile to compare")
+        return SimilarResponse(item=ItemRef(**item_ref(i)), k=k, items=nearest(served.profiles.items[i], k, i))
+
+    @app.get("/search", response_model=SearchResponse)
+    def search(q: str = Query(..., max_length=MAX_QUERY_CHARS, description="what you want, in words"),
+               k: int = k_query):
+        if not q.strip():
+            raise HTTPException(422, "q: the query text is empty; describe what you are looking for")
+        require_text("/search")
+        if served.encode is None:
+            raise HTTPException(409, f"/search is off: {served.search_note}")
+        with torch.inference_mode():
+            vector = np.asarray(served.encode([q.strip()]), dtype=np.float32)[0]
+        return SearchResponse(query=q.strip(), k=k, items=nearest(vector, k))
+
+    @app.get("/history", response_model=HistoryResponse)
+    async def history(user: str = Query(..., min_length=1, description="raw user id"),
+                limit: int = Query(50, ge=1, le=500, description="most reviews to return")):
+        u = user_index(user)
+        rows = reviews.by_user.get(u, np.zeros(0, np.int64))
+        rows = rows[np.argsort(-reviews.times[rows], kind="stable")][:limit]
+        entries = [
+            HistoryEntry(**item_ref(int(reviews.items[r])), rating=_rating(reviews.ratings[r]),
+                         date=dt.datetime.fromtimestamp(int(reviews.times[r]), dt.timezone.utc).date().isoformat(),
+                         snippet=_snippet(reviews.texts[r]))
+            for r in rows
+        ]
+        return HistoryResponse(user=data.user_ids[u], reviews=entries)
+
+    train_counts = np.bincount(reviews.users, minlength=data.n_users)
+    by_activity = np.argsort(-train_counts, kind="stable")
+
+    @app.get("/users", response_model=UsersResponse)
+    async def users(prefix: str = Query("", max_length=200), limit: int = Query(50, ge=1, le=1000)):
+        matching = [int(u) for u in by_activity if data.user_ids[u].startswith(prefix.strip())]
+        return UsersResponse(total=len(matching), users=[
+            UserSummary(user=data.user_ids[u], train_reviews=int(train_counts[u])) for u in matching[:limit]])
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
