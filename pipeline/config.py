@@ -118,8 +118,8 @@ class FinetuneConfig:
     max_eval_pairs: int = 512
     save_steps: int = 100  # checkpoint interval, for resuming after an interruption
     contrastive_batch_size: int = 32  # objective contrastive: pairs per batch (the others are in-batch negatives)
-    # auto: bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX),
-    # fp16 on older CUDA, fp32 elsewhere; fp32 / bf16 force one (see benchmarks/results/finetune_bf16.md)
+    # auto: bf16 autocast on CUDA with bf16, fp16 on older CUDA, fp32 on CPU; fp32 / bf16 force one
+    # (CPU bf16: see benchmarks/results/finetune_bf16.md)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 42
 

@@ -7,8 +7,9 @@ MLM loss, perplexity and NSP accuracy before and after training.
 Training runs through the HF `Trainer`. Its checkpoints live in a work folder beside the output folder (DVC deletes
 a stage's outputs before rerunning it), keyed by a fingerprint of the config, base weights and training text, so
 an interrupted run resumes where it stopped and a changed config starts fresh. A resumed run ends with the same
-bytes as an uninterrupted one: the NSP pairs are a seeded pure function of the texts, masking and dropout draw from
-the torch RNG and data order from the sampler's seed, all of which the Trainer restores from a checkpoint.
+bytes as an uninterrupted one: the NSP pairs are a seeded pure function of the texts, a batch's masks are seeded by
+its pair ids, data order by the sampler's seed and epoch, and dropout by the torch RNG state the Trainer restores
+from the checkpoint.
 
 The same call runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch` (the Trainer's DDP):
 `batch_size` is the global batch, split over the processes; every process measures before/after on the whole
@@ -42,7 +43,7 @@ from pipeline.text.nsp import build_nsp_dataset, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SOURCE_FILE", "finetune_encoder", "pass_through"]  # SOURCE_FILE: kept importable from here
+SOURCE_FILE = SOURCE_FILE  # the contract's name, still importable from here for older readers
 # pair_id: the pair's row number, from which its masks are drawn (see SeededMasking); the collator drops it
 NSP_COLUMNS = ["pair_id", "input_ids", "token_type_ids", "attention_mask", "special_tokens_mask",
                "next_sentence_label"]
@@ -201,7 +202,9 @@ def mixed_precision(precision: str) -> str | None:
         return "bf16"
     if cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else None
+    # CPUs stay fp32 under auto until bf16 curves are shown to match fp32 on a native-bf16 CPU
+    # (benchmarks/results/finetune_bf16.md: unfinished on an AVX2 CPU, where bf16 is emulated and ~11x slower)
+    return None
 
 
 def per_process_batch(batch_size: int, key: str) -> int:
