@@ -247,7 +247,7 @@ def validation_looks(spec: RunSpec, config: TrainConfig, result) -> int:
         return int(choices["validation_looks"])
     if spec.model == "bert_rs":
         return text_grid_looks(config)
-    return len(result.curves) if getattr(result.model, "trainable", False) else 1
+    return len(result.curves) if getattr(result.model, "trainable", True) else 1  # as train() reads it
 
 
 def validation_ndcg(spec: RunSpec, config: TrainConfig, data: PreparedData) -> dict:
