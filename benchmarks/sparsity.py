@@ -17,7 +17,8 @@ interactions):
 - text: the text-only match cos(b_u - mu_u, b_i - mu_i) of the kept-review profiles;
 - bert_rs: the default (params.yaml's train grids).
 
-Writes benchmarks/results/sparsity.{md,json,png}; work lives under build/sparsity/ (prepared data, caches, one JSON
+The shared sets are read from ../shared/data (or $BERTRS_SHARED_DATA). Writes
+benchmarks/results/sparsity.{md,json,png}; work lives under build/sparsity/ (prepared data, caches, one JSON
 line per (dataset, level, model)), so a rerun resumes where an interrupted one stopped.
 """
 
@@ -35,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,23 +49,23 @@ from pipeline.embeddings.cache import Profiles, load_review_embeddings, read_met
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
-from pipeline.ranking.evaluate import evaluate, full_ranking_mask, rank_full  # noqa: E402
-from pipeline.ranking.hybrid import ReviewAwareEASE, centred_units  # noqa: E402
-from pipeline.ranking.metrics import metrics_from_ranks  # noqa: E402
+from pipeline.ranking.evaluate import evaluate  # noqa: E402
+from pipeline.ranking.hybrid import ReviewAwareEASE, ValidationLooks, centred_units  # noqa: E402
 from pipeline.ranking.train import train  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+# the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
+SHARED = Path(os.environ.get("BERTRS_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATASETS = {
     "digital_music": REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz",
     "all_beauty": SHARED / "amazon2018" / "All_Beauty_5.json.gz",
     "gift_cards": SHARED / "amazon2018" / "Gift_Cards_5.json.gz",
     "amazon_fashion": SHARED / "amazon2018" / "AMAZON_FASHION_5.json.gz",
 }
-DEFAULT_DATASETS = ("digital_music", "all_beauty", "gift_cards")
+DEFAULT_DATASETS = ("digital_music", "gift_cards", "all_beauty")
 LEVELS = {"100%": 1.0, "50%": 0.5, "25%": 0.25, "cap3": 3, "cap2": 2, "cap1": 1}  # share kept, or a per-user cap
 MODELS = ("pop", "ease", "neumf", "text", "bert_rs")
 EASE_LAMBDAS = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
-NEUMF_EPOCHS = 20
+NEUMF_EPOCHS = 15
 ENCODER = "minilm_mean"
 
 
@@ -144,20 +144,18 @@ class TextMatch(nn.Module):
 
 
 def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
-    """EASE with lambda chosen on validation from EASE_LAMBDAS (one eigendecomposition for all of them)."""
+    """EASE with lambda chosen on validation from EASE_LAMBDAS (one eigendecomposition serves all of them)."""
     model = EASE(data.n_users, data.n_items).fit(data.train.users, data.train.items)
-    mask = full_ranking_mask(data, "valid")
+    looks = ValidationLooks(data, "valid")
     eig = EigenGram(model.gram())
-    best = (-1.0, None)
-    for lam in EASE_LAMBDAS:
-        model.B = (torch.eye(data.n_items, dtype=torch.float64)
-                   - eig.inverse(lam) / eig.inverse_diagonal(lam)[None, :]).fill_diagonal_(0.0).float()
-        ndcg = metrics_from_ranks(rank_full(model, data.valid, mask).ranks, [10])["ndcg@10"]
-        best = max(best, (ndcg, lam), key=lambda t: t[0])
-    model.ease_lambda = best[1]
+    x = model._x(torch.as_tensor(looks.users)).double()
+    x_v = x @ eig.v
+    scores = [(looks.ndcg(eig.ease_scores(x, x_v, lam)), lam) for lam in EASE_LAMBDAS]
+    best = max(scores, key=lambda t: t[0])[1]  # first of equals: max keeps the earliest
+    model.ease_lambda = best
     model.B = (torch.eye(data.n_items, dtype=torch.float64)
-               - eig.inverse(best[1]) / eig.inverse_diagonal(best[1])[None, :]).fill_diagonal_(0.0).float()
-    return model, {"ease_lambda": best[1], "validation_looks": len(EASE_LAMBDAS)}
+               - eig.inverse(best) / eig.inverse_diagonal(best)[None, :]).fill_diagonal_(0.0).float()
+    return model, {"ease_lambda": best, "validation_looks": looks.count}
 
 
 def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tuple[nn.Module, dict]:
@@ -228,13 +226,17 @@ def write_report(results: dict, out: Path) -> None:
                   "|" + "---|" * (len(MODELS) + 5)]
         for level, row in levels.items():
             models = row["models"]
-            best = max(("pop", "ease", "neumf"), key=lambda m: models[m]["valid_ndcg@10"])  # chosen on validation
+            cells = " | ".join(f"{models[m]['test_ndcg@10']:.4f}" if m in models else "not run" for m in MODELS)
+            non_text = [m for m in ("pop", "ease", "neumf") if m in models]
+            if "bert_rs" not in models or not non_text:
+                lines.append(f"| {level} | {row['train_per_user']:.2f} | {cells} | | | |")
+                continue
+            best = max(non_text, key=lambda m: models[m]["valid_ndcg@10"])  # chosen on validation
             gain = models["bert_rs"]["test_ndcg@10"] / max(models[best]["test_ndcg@10"], 1e-12) - 1
-            sparse = {m: models[m]["test_buckets"].get("1-3") for m in MODELS}
+            sparse = {m: models[m]["test_buckets"].get("1-3") for m in models}
             sparse_gain = (f"{sparse['bert_rs'] / sparse[best] - 1:+.1%}" if sparse[best] else "n/a")
-            lines.append(f"| {level} | {row['train_per_user']:.2f} | "
-                         + " | ".join(f"{models[m]['test_ndcg@10']:.4f}" for m in MODELS)
-                         + f" | {gain:+.1%} (vs {best}) | {sparse_gain} | `{models['bert_rs']['choices']}` |")
+            lines.append(f"| {level} | {row['train_per_user']:.2f} | {cells} | {gain:+.1%} (vs {best}) | "
+                         f"{sparse_gain} | `{models['bert_rs']['choices']}` |")
         lines += ["", f"EASE searched {len(EASE_LAMBDAS)} lambdas (validation looks); bert_rs's looks are in its "
                   "choices.", ""]
     lines += ["![NDCG@10 vs training density](sparsity.png)", ""]
@@ -252,10 +254,11 @@ def plot(results: dict, path: Path) -> None:
         raise SystemExit("the sparsity figure needs matplotlib: pip install -e '.[bench]'") from err
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, (dataset, levels) in zip(axes[0], results.items()):
-        density = [row["train_per_user"] for row in levels.values()]
         for model in MODELS:
-            ax.plot(density, [row["models"][model]["test_ndcg@10"] for row in levels.values()], marker="o",
-                    label=model, linewidth=2.5 if model == "bert_rs" else 1.2)
+            points = [(row["train_per_user"], row["models"][model]["test_ndcg@10"]) for row in levels.values()
+                      if model in row["models"]]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=model, linewidth=2.5 if model == "bert_rs" else 1.2)
         ax.set_xscale("log")
         ax.set_xlabel("training interactions per user")
         ax.set_ylabel("test NDCG@10 (full ranking)")
@@ -272,6 +275,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS), choices=list(DATASETS))
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="a subset runs only those (the report needs all; a later full run resumes)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--work", default=str(REPO / "build" / "sparsity"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -284,25 +290,35 @@ def main() -> None:
         if not DATASETS[dataset].is_file():
             log(f"{dataset}: {DATASETS[dataset]} not found, skipped")
             continue
+        if args.report_only and not any(key.startswith(f"{dataset}|") for key in ledger.rows):
+            continue
         data = prepared_for(work, dataset, params)
-        cache = cache_for(work, dataset, params, data)
-        table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
-        meta = read_meta(cache)
+        needs_text = bool(set(args.models) & {"text", "bert_rs"}) and not args.report_only
+        if needs_text:
+            cache = cache_for(work, dataset, params, data)
+            table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
+            meta = read_meta(cache)
         results[dataset] = {}
         for level in args.levels:
             thinned = thin(data, LEVELS[level])
-            profiles = thinned_profiles(table, vectors, thinned, meta)
+            profiles = thinned_profiles(table, vectors, thinned, meta) if needs_text else None
             row = {"train_per_user": len(thinned.train.users) / len(np.unique(thinned.train.users)),
                    "train_pairs": len(thinned.train.users), "models": {}}
-            for name in MODELS:
+            for name in args.models:
+                if args.report_only:
+                    if f"{dataset}|{level}|{name}" in ledger.rows:
+                        row["models"][name] = ledger.rows[f"{dataset}|{level}|{name}"]
+                    continue
                 row["models"][name] = ledger.get_or_run(f"{dataset}|{level}|{name}",
                                                         lambda: measure(name, thinned, profiles, params))
                 m = row["models"][name]
                 log(f"{dataset} {level} {name}: valid {m['valid_ndcg@10']:.4f} test {m['test_ndcg@10']:.4f} "
                     f"({m['seconds']}s) {m['choices'] or ''}")
             results[dataset][level] = row
+        if set(args.models) == set(MODELS):
+            write_report(results, out)
+    if args.report_only:
         write_report(results, out)
-    write_report(results, out)
 
 
 if __name__ == "__main__":
