@@ -258,7 +258,7 @@ def plot(results: dict, path: Path) -> None:
             points = [(row["train_per_user"], row["models"][model]["test_ndcg@10"]) for row in levels.values()
                       if model in row["models"]]
             if points:
-                ax.plot(*zip(*points), marker="o", label=model, linewidth=2.5 if model == "bert_rs" else 1.2)
+                ax.plot(*zip(*sorted(points)), marker="o", label=model, linewidth=2.5 if model == "bert_rs" else 1.2)
         ax.set_xscale("log")
         ax.set_xlabel("training interactions per user")
         ax.set_ylabel("test NDCG@10 (full ranking)")
