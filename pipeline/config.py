@@ -210,10 +210,16 @@ class TrainConfig:
     ease_lambda: float = 500.0  # EASE L2 regularisation
     # bert_rs (pipeline/ranking/hybrid.py): EASE on X^T X + a m F F^T, plus w times a text match, both standardised
     # per user; a, the match and w are picked together on validation from these grids:
-    text_side_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 5.0])
+    text_side_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0])
     text_matches: list[Literal["item_neighbours", "user_profile"]] = field(
         default_factory=lambda: ["item_neighbours", "user_profile"])
-    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5])
+    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])
+    # ... and jointly with them: EASE's lambda, the regulariser (ease: ||B||^2; l3ae: ||B - S||^2, S from the text),
+    # whitening of the review vectors, and the weight p of a popularity term (a grid of 2+ values also adds "popularity alone")
+    bert_rs_lambdas: list[float] = field(default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0])
+    bert_rs_regularisers: list[Literal["ease", "l3ae"]] = field(default_factory=lambda: ["ease", "l3ae"])
+    bert_rs_whitening: list[bool] = field(default_factory=lambda: [False, True])
+    bert_rs_pop_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 1.0])
     # bert_rs_neural fusion (bert_rs_paper always uses the paper's form without the similarity feature):
     semantic_form: Literal["paper", "projected"] = "paper"  # eq. 8 gates on raw profiles, or shared projections
     text_similarity: bool = False  # add cos(b_u, b_i) of the centred profiles as one more fused input
@@ -230,10 +236,13 @@ class TrainConfig:
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "train.dropout", "must lie in [0, 1)")
         _check(0.0 <= self.user_id_dropout < 1.0, "train.user_id_dropout", "must lie in [0, 1)")
-        for key in ("text_side_weights", "text_matches", "text_weights"):
+        for key in ("text_side_weights", "text_matches", "text_weights", "bert_rs_lambdas", "bert_rs_regularisers",
+                    "bert_rs_whitening", "bert_rs_pop_weights"):
             _check(len(getattr(self, key)) >= 1, f"train.{key}", "needs at least one value")
         _check(min(self.text_side_weights) >= 0 and min(self.text_weights) >= 0, "train.text_side_weights",
                "text weights must be >= 0 (0 switches the text off)")
+        _check(min(self.bert_rs_lambdas) > 0, "train.bert_rs_lambdas", "must be > 0")
+        _check(min(self.bert_rs_pop_weights) >= 0, "train.bert_rs_pop_weights", "must be >= 0 (0: no popularity term)")
 
 
 @dataclass(frozen=True)

@@ -117,11 +117,10 @@ def unit_rows(a: np.ndarray) -> np.ndarray:
 
 def small_fit(side=(0.0,), matches=("user_profile",), weights=(0.0,)):
     rng = np.random.default_rng(0)
-    users, items = rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40)
-    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ease_lambda=1.0, side_weights=side, matches=matches,
-                            weights=weights).fit(users, items)
     x = np.zeros((N_USERS, N_ITEMS))
-    x[users, items] = 1.0
+    x[rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40)] = 1.0
+    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ease_lambda=1.0, side_weights=side, matches=matches,
+                            weights=weights).fit(*np.nonzero(x))
     return model, x
 
 
@@ -160,16 +159,18 @@ def test_user_profile_match_is_the_cosine_of_centred_profiles():
 
 
 @pytest.mark.parametrize("match", ["item_neighbours", "user_profile"])
-def test_bert_rs_score_is_the_standardised_item_model_plus_weighted_text_and_its_parts_add_up(match):
-    model, _ = small_fit(matches=(match,))
+def test_bert_rs_score_is_the_standardised_item_model_plus_weighted_text_and_popularity_and_parts_add_up(match):
+    model, x = small_fit(matches=(match,))
     model.solve(1.0)
-    model.text_weight = torch.tensor(0.7)
+    model.text_weight, model.pop_weight = torch.tensor(0.7), torch.tensor(0.3)
     everyone, first = torch.arange(N_USERS), torch.zeros(N_USERS, dtype=torch.long)
-    expected = standardise(model.ease.score_all(everyone)) + 0.7 * standardise(model.text_scores(everyone))
+    popularity = standardise(torch.log1p(torch.tensor(x.sum(0), dtype=torch.float32))[None, :])
+    expected = (standardise(model.ease.score_all(everyone)) + 0.7 * standardise(model.text_scores(everyone))
+                + 0.3 * popularity)
     torch.testing.assert_close(model.score_all(everyone), expected)
     parts = model.score_parts(everyone, first)
-    assert set(parts) == {"item_model", "text_match"}
-    torch.testing.assert_close(parts["item_model"] + parts["text_match"], model.score(everyone, first))
+    assert set(parts) == {"item_model", "text_match", "popularity"}
+    torch.testing.assert_close(sum(parts.values()), model.score(everyone, first))
 
 
 def test_unknown_text_match_is_refused():

@@ -107,6 +107,30 @@ def ease_weights(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
     return b
 
 
+class EigenGram:
+    """One eigendecomposition G = V diag(s) V^T of a PSD item Gram, after which (G + lambda I)^-1 for any lambda is a
+    diagonal rescale, V diag(1 / (s + lambda)) V^T: a lambda grid costs one n^3 decomposition, not one per value."""
+
+    def __init__(self, gram: torch.Tensor) -> None:
+        self.s, self.v = torch.linalg.eigh(gram.double())  # (n,), (n, n)
+
+    def inverse_diagonal(self, ease_lambda: float) -> torch.Tensor:
+        """diag((G + lambda I)^-1) without forming it. (n,)"""
+        return (self.v * self.v) @ (1.0 / (self.s + ease_lambda))
+
+    def times_inverse(self, rows_v: torch.Tensor, ease_lambda: float) -> torch.Tensor:
+        """x (G + lambda I)^-1 from x V (precomputed once per Gram). (b, n) -> (b, n)"""
+        return (rows_v / (self.s + ease_lambda)) @ self.v.T
+
+    def inverse(self, ease_lambda: float) -> torch.Tensor:
+        return self.times_inverse(self.v, ease_lambda)
+
+    def ease_scores(self, x: torch.Tensor, rows_v: torch.Tensor, ease_lambda: float) -> torch.Tensor:
+        """x B for EASE's B = I - P diag(1 / diag P) (the closed form of `ease_weights`), without forming B.
+        (b, n) -> (b, n)"""
+        return x - self.times_inverse(rows_v, ease_lambda) / self.inverse_diagonal(ease_lambda)
+
+
 class EASE(nn.Module):
     """EASE^R (Steck 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0, in closed form:
     P = (X^T X + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. Memory is n_items^2: fine up to ~20k items."""

@@ -1,24 +1,32 @@
-"""BERT-RS, the default model: a closed-form item-item recommender that reads the review vectors twice.
+"""BERT-RS, the default model: a closed-form item-item recommender that reads the review vectors three ways.
 
-    B_a     = EASE solved on  X^T X + a m F F^T                 text as side information (Jeunen et al. 2020)
-    t_u     = x_u S,  S = F F^T with a zero diagonal            "item_neighbours": items whose reviews read alike
+    B       = argmin ||X - XB||^2 + a m ||F^T - F^T B||^2 + lambda R(B)   s.t. diag(B) = 0
+              R(B) = ||B||^2            "ease": text as side information (Jeunen et al. 2020) on EASE (Steck 2019)
+                   | ||B - S||^2        "l3ae": weights pulled toward a text item-item matrix S (L3AE, CIKM 2025)
+    S       = argmin ||F^T - F^T S||^2 + nu ||S||^2  s.t. diag(S) = 0        (EASE on the text gram, nu = 1)
+    t_u     = x_u K,  K = F F^T with a zero diagonal          "item_neighbours": items whose reviews read alike
             | cos(b_u - mu_u, b_i - mu_i)                       "user_profile": the user's reviews against the item's
-    score   = z_u(x_u B_a) + w z_u(t_u)
+    score   = z_u(x_u B) + w z_u(t_u) + p z(log(1 + c))         c: training interactions per item (popularity)
+            | z(log(1 + c))                                      "popularity alone", searched when p has a grid
 
-F holds the unit-length centred item profiles (the mean of each item's *training* review vectors), x_u is the user's
-training row, z_u standardises a user's scores over all items, and m is the mean number of training interactions
-per item, so that `a` reads as "the text gram counts as `a` average items' worth of co-occurrence" on any dataset.
+F holds the unit-length centred item profiles (the mean of each item's *training* review vectors), optionally
+whitened first (ZCA fitted on the training item profiles: sentence embeddings are anisotropic, so raw cosines are
+dominated by a few shared directions; Su et al. 2021). x_u is the user's training row, z_u standardises a user's
+scores over all items, and m is the mean number of training interactions per item, so that `a` reads as "the text
+gram counts as `a` average items' worth of co-occurrence" on any dataset.
 
-Why this form won (issue 7, benchmarks/results/text_signals.md): the neural fusion heads never caught up with EASE
-on these small, sparse sets, and a user profile matched against an item profile adds only a few percent. Adding
-F F^T to the Gram matrix is what stacking the review vectors under X as extra pseudo-users does: EASE then has to
-reconstruct text similarity as well as co-occurrence, so an item with few interactions borrows weight from items
-whose reviews describe it alike. The late text term adds the zero-shot match on top.
+Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
+    "ease":  B = I - P diag(1 / diag P)
+    "l3ae":  B~ = P (G_a + lambda S) = I - lambda P (I - S),   B = B~ - P diag(diag(B~) / diag(P))
+(the Lagrange multipliers of diag(B) = 0 enter as B~ - P diag(mu); mu is fixed by the constraint; with S = 0 the
+second is the first). One eigendecomposition G_a = V diag(s) V^T per side weight a turns every lambda into a diagonal
+rescale, P = V diag(1 / (s + lambda)) V^T, and validation scores x_u B are computed from x_u V without forming B.
 
-`a`, the text match and `w` are picked from fixed grids by full-ranking NDCG@10 on the validation split only;
-a = w = 0 is EASE itself, so on validation the model can only match or beat EASE. Leakage: F and b_u are pooled
-from training reviews only (the cache's profiles), so no held-out review reaches the scores; the shuffled-profile
-ablation scrambles both and must lose the gain.
+The search, on full-ranking NDCG@10 of the validation split only (test is never read): lambda, a, R, whitening,
+the text match, w and p jointly, plus the popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that
+lambda, and popularity is a point of its own, so on validation the model matches or beats both. Leakage: F and b_u
+are pooled from training reviews only (the cache's profiles); the shuffled-profile ablation scrambles both and must
+lose the gain.
 """
 
 from __future__ import annotations
@@ -32,11 +40,14 @@ from torch import nn
 
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.baselines import EASE, ease_weights, score_via_all
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
-from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.baselines import EASE, EigenGram, ease_weights, score_via_all
+from pipeline.ranking.evaluate import full_ranking_mask
+from pipeline.ranking.metrics import metrics_from_ranks, rank_against
 
 TEXT_MATCHES = ("item_neighbours", "user_profile")
+REGULARISERS = ("ease", "l3ae")
+TEXT_PRIOR_LAMBDA = 1.0  # nu of S: one item's worth of self-similarity (the text gram's diagonal is 1)
+WHITEN_SHRINKAGE = 0.1  # eigenvalue floor of the whitening, as a fraction of the mean: keeps noise directions tame
 
 
 def standardise(scores: torch.Tensor) -> torch.Tensor:
@@ -48,6 +59,50 @@ def centred_units(vectors: np.ndarray) -> torch.Tensor:
     """Unit-length rows after removing the mean row: the direction every review shares carries no preference."""
     t = torch.tensor(vectors, dtype=torch.float32)
     return F.normalize(t - t.mean(0), dim=-1, eps=1e-8)
+
+
+def whitening_transform(items: np.ndarray, shrinkage: float = WHITEN_SHRINKAGE) -> tuple[np.ndarray, np.ndarray]:
+    """ZCA whitening (mean, W) fitted on item profiles, so that (items - mean) W has identity covariance when
+    `shrinkage` is 0; eigenvalues get a floor of `shrinkage` times their mean. (n, d) -> ((d,), (d, d))"""
+    x = torch.as_tensor(np.asarray(items), dtype=torch.float64)
+    mean = x.mean(0)
+    cov = (x - mean).T @ (x - mean) / max(len(x) - 1, 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp(min=0.0)
+    floor = shrinkage * evals.mean() + 1e-12
+    return mean.numpy(), ((evecs / torch.sqrt(evals + floor)) @ evecs.T).numpy()
+
+
+def whitened_units(profiles: Profiles) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit rows of the whitened user and item profiles; the whitening is fitted on the items with training
+    reviews and applied to both sides (users centred on their own mean). (n_users, d), (n_items, d)"""
+    fitted = profiles.items[profiles.item_has_reviews] if profiles.item_has_reviews.sum() > 1 else profiles.items
+    mean, w = whitening_transform(fitted)
+    items = (profiles.items - mean) @ w
+    users = (profiles.users - profiles.users.mean(0)) @ w
+    return (F.normalize(torch.tensor(users, dtype=torch.float32), dim=-1, eps=1e-8),
+            F.normalize(torch.tensor(items, dtype=torch.float32), dim=-1, eps=1e-8))
+
+
+class ValidationLooks:
+    """Full-ranking NDCG@10 of many score matrices for the same held-out pairs: the competitor mask and the
+    positives' rows are built once (the same mask and pessimistic rank rule as `rank_full`), so a look costs one
+    comparison over (users x items)."""
+
+    def __init__(self, data: PreparedData, split: str = "valid") -> None:
+        heldout = getattr(data, split)
+        self.users = np.unique(heldout.users)  # (b,)
+        self.rows = torch.as_tensor(np.searchsorted(self.users, heldout.users))  # (p,)
+        self.items = torch.as_tensor(heldout.items)  # (p,)
+        self.competitors = ~full_ranking_mask(data, split).dense_mask(self.users)[self.rows]  # (p, n_items)
+        self.count = 0
+
+    def ndcg(self, scores: torch.Tensor) -> float:
+        """scores: (b, n_items) rows for `self.users`."""
+        self.count += 1
+        scores = scores.float()[self.rows]
+        ranks = rank_against(scores[torch.arange(len(self.rows)), self.items], scores, self.competitors)
+        return metrics_from_ranks(ranks.numpy(), [10])["ndcg@10"]
 
 
 class ReviewAwareEASE(nn.Module):
@@ -63,95 +118,207 @@ class ReviewAwareEASE(nn.Module):
         side_weights: Sequence[float] = (0.0,),
         matches: Sequence[str] = ("user_profile",),
         weights: Sequence[float] = (0.0,),
+        *,
+        ease_lambdas: Sequence[float] | None = None,
+        regularisers: Sequence[str] = ("ease",),
+        whitening: Sequence[bool] = (False,),
+        pop_weights: Sequence[float] = (0.0,),
     ) -> None:
         super().__init__()
         unknown = [m for m in matches if m not in TEXT_MATCHES]
         if unknown or not matches:
             raise ValueError(f"text matches must be a non-empty subset of {TEXT_MATCHES}, got {list(matches)}")
+        if not regularisers or any(r not in REGULARISERS for r in regularisers):
+            raise ValueError(f"regularisers must be a non-empty subset of {REGULARISERS}, got {list(regularisers)}")
         self.n_users, self.n_items = n_users, n_items
-        self.ease = EASE(n_users, n_items, ease_lambda)
+        self.grid_lambda = [float(x) for x in (ease_lambdas if ease_lambdas is not None else [ease_lambda])]
+        self.ease = EASE(n_users, n_items, self.grid_lambda[0])
         self.grid_side = [float(a) for a in side_weights]
         self.grid_match = list(matches)
         self.grid_weight = [float(w) for w in weights]
-        # the choices, saved in the checkpoint beside ease.B (which already includes the side information)
+        self.grid_regulariser = list(regularisers)
+        self.grid_whiten = [bool(x) for x in whitening]
+        self.grid_pop = [float(p) for p in pop_weights]
+        # the choices, saved in the checkpoint beside ease.B (which already includes lambda, side info and prior)
+        self.register_buffer("ease_lambda", torch.tensor(self.grid_lambda[0], dtype=torch.float64))
         self.register_buffer("side_weight", torch.tensor(0.0))
+        self.register_buffer("regulariser_index", torch.tensor(REGULARISERS.index(self.grid_regulariser[0])))
+        self.register_buffer("whiten", torch.tensor(self.grid_whiten[0]))
         self.register_buffer("text_weight", torch.tensor(0.0))
         self.register_buffer("match_index", torch.tensor(TEXT_MATCHES.index(self.grid_match[0])))
-        self.register_buffer("unit_u", centred_units(profiles.users), persistent=False)  # (n_users, dim)
-        self.register_buffer("unit_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
+        self.register_buffer("pop_weight", torch.tensor(0.0))
+        self.register_buffer("item_weight", torch.tensor(1.0))  # 0 at the popularity-alone point
+        self.register_buffer("validation_looks", torch.tensor(0))
+        self.register_buffer("log_counts", torch.zeros(n_items))  # (n_items,) log(1 + training interactions)
+        self.register_buffer("raw_u", centred_units(profiles.users), persistent=False)  # (n_users, dim)
+        self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
+        self._profiles = profiles
+        self._white: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, n_users: int, n_items: int, profiles: Profiles, config) -> "ReviewAwareEASE":
+        """The model with every grid of the train section (`pipeline.config.TrainConfig`)."""
+        return cls(n_users, n_items, profiles, config.ease_lambda, config.text_side_weights, config.text_matches,
+                   config.text_weights, ease_lambdas=config.bert_rs_lambdas, regularisers=config.bert_rs_regularisers,
+                   whitening=config.bert_rs_whitening, pop_weights=config.bert_rs_pop_weights)
 
     @property
     def match(self) -> str:
         return TEXT_MATCHES[int(self.match_index)]
 
+    @property
+    def regulariser(self) -> str:
+        return REGULARISERS[int(self.regulariser_index)]
+
+    def units(self, whiten: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user, item) unit profiles, raw or whitened. (n_users, d), (n_items, d)"""
+        whiten = bool(self.whiten) if whiten is None else whiten
+        if not whiten:
+            return self.raw_u, self.raw_i
+        if self._white is None:
+            self._white = tuple(t.to(self.raw_u.device) for t in whitened_units(self._profiles))
+        return self._white
+
+    @property
+    def unit_u(self) -> torch.Tensor:
+        return self.units()[0]
+
+    @property
+    def unit_i(self) -> torch.Tensor:
+        return self.units()[1]
+
     # ------------------------------------------------------------------------------------------------ fitting
 
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ReviewAwareEASE":
-        """EASE on the training matrix; `select_on_validation` then adds the side information it picks."""
+        """EASE on the training matrix at the first lambda; `select_on_validation` then re-solves at its picks."""
         self.ease.fit(users, items)
+        self.log_counts = torch.log1p(torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32))
         self._gram = self.ease.gram()
         return self
 
-    def side_gram(self) -> torch.Tensor:
+    def side_gram(self, whiten: bool | None = None) -> torch.Tensor:
         """m F F^T: the text gram scaled by the mean training interactions per item. (n_items, n_items) float64"""
-        unit = self.unit_i.double()
+        unit = self.units(whiten)[1].double()
         return torch.diagonal(self._gram).mean() * (unit @ unit.T)
 
-    def solve(self, side_weight: float) -> None:
-        """Re-solve B with the text gram weighted by `side_weight` (0: plain EASE)."""
-        gram = self._gram + side_weight * self.side_gram() if side_weight else self._gram
-        self.ease.B = ease_weights(gram, self.ease.ease_lambda).float()
+    def text_prior(self, whiten: bool | None = None) -> torch.Tensor:
+        """S of L3AE: EASE on the text gram F F^T, the item-item model the reviews alone imply. float64"""
+        unit = self.units(whiten)[1].double()
+        return ease_weights(unit @ unit.T, TEXT_PRIOR_LAMBDA)
+
+    def solve(self, side_weight: float, ease_lambda: float | None = None, regulariser: str = "ease",
+              whiten: bool | None = None) -> None:
+        """Set B to the closed form at these settings (side_weight 0, "ease": plain EASE)."""
+        ease_lambda = float(self.ease_lambda if ease_lambda is None else ease_lambda)
+        whiten = bool(self.whiten) if whiten is None else whiten
+        gram = self._gram + side_weight * self.side_gram(whiten) if side_weight else self._gram
+        if regulariser == "ease":
+            b = ease_weights(gram, ease_lambda)
+        else:
+            eye = torch.eye(self.n_items, dtype=torch.float64)
+            p = torch.linalg.inv(gram + ease_lambda * eye)
+            b_tilde = eye - ease_lambda * p @ (eye - self.text_prior(whiten))
+            b = b_tilde - p * (torch.diagonal(b_tilde) / torch.diagonal(p))[None, :]
+            b.fill_diagonal_(0.0)
+        self.ease.B = b.float()
+        self.ease.ease_lambda = ease_lambda
+        self.ease_lambda = torch.tensor(ease_lambda, dtype=torch.float64)
         self.side_weight = torch.tensor(float(side_weight))
+        self.regulariser_index = torch.tensor(REGULARISERS.index(regulariser))
+        self.whiten = torch.tensor(whiten)
+
+    def item_model_grid(self, users: torch.Tensor):
+        """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users, from one
+        eigendecomposition per (whitening, side weight); B is never formed. (b, n_items) float64 each"""
+        x = self.ease._x(users).double()  # (b, n)
+        plain: EigenGram | None = None
+        for whiten in self.grid_whiten:
+            prior = self.text_prior(whiten) if "l3ae" in self.grid_regulariser else None
+            for side in self.grid_side:
+                if side:
+                    eig = EigenGram(self._gram + side * self.side_gram(whiten))
+                else:
+                    plain = plain or EigenGram(self._gram)
+                    eig = plain
+                x_v = x @ eig.v
+                prior_v = eig.v.T @ prior if prior is not None else None  # (n, n): V^T S
+                for lam in self.grid_lambda:
+                    d = 1.0 / (eig.s + lam)
+                    x_p = eig.times_inverse(x_v, lam)  # x P
+                    p_diag = eig.inverse_diagonal(lam)
+                    for reg in self.grid_regulariser:
+                        if reg == "ease":
+                            yield (whiten, side, lam, reg), x - x_p / p_diag
+                        else:
+                            ps_diag = (eig.v * prior_v.T) @ d  # diag(P S)
+                            mu = (1.0 - lam * (p_diag - ps_diag)) / p_diag  # diag(B~) / diag(P)
+                            yield (whiten, side, lam, reg), x - lam * (x_p - x_p @ prior) - x_p * mu
 
     def select_on_validation(self, data: PreparedData) -> dict:
-        """Pick (a, text match, w) by full-ranking NDCG@10 on the validation split, the metric the comparison is
-        judged on. Test data is never read here."""
-        mask = full_ranking_mask(data, "valid")
-        best, best_metrics = None, None
-        for side in self.grid_side:
-            self.solve(side)
+        """Pick (lambda, a, R, whitening, text match, w, p) by full-ranking NDCG@10 on the validation split, the
+        metric the comparison is judged on. Item-model and text parts are computed once per setting and only
+        their weighted sums are ranked per (w, p). Test data is never read here."""
+        looks = ValidationLooks(data, "valid")
+        users = torch.as_tensor(looks.users, device=self.log_counts.device)
+        pop = standardise(self.log_counts[None, :].double()).expand(len(users), -1)
+        text = {(wh, m): standardise(self.text_scores(users, m, wh).double())
+                for wh in self.grid_whiten for m in self.grid_match}
+        best, best_ndcg = None, -1.0
+        if len(self.grid_pop) > 1:  # popularity alone, first so that it wins ties: the simplest baseline is a point
+            best, best_ndcg = (self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0,
+                               0.0), looks.ndcg(pop)
+        for (whiten, side, lam, reg), item in self.item_model_grid(users):
+            item = standardise(item)
             for match in self.grid_match:
                 for w in self.grid_weight:
                     if w == 0.0 and match != self.grid_match[0]:
                         continue  # w = 0 ignores the match: scored once already
-                    self.text_weight = torch.tensor(w)
-                    self.match_index = torch.tensor(TEXT_MATCHES.index(match))
-                    m = metrics_from_ranks(rank_full(self, data.valid, mask).ranks, [10])
-                    if best_metrics is None or m["ndcg@10"] > best_metrics["ndcg@10"]:
-                        best, best_metrics = (side, match, w), m
-        side, match, w = best
-        self.solve(side)
+                    with_text = item + w * text[(whiten, match)] if w else item
+                    for p in self.grid_pop:
+                        ndcg = looks.ndcg(with_text + p * pop if p else with_text)
+                        if ndcg > best_ndcg:
+                            best, best_ndcg = (whiten, side, lam, reg, match, w, p, 1.0), ndcg
+        whiten, side, lam, reg, match, w, p, item_weight = best
+        self.solve(side, lam, reg, whiten)
         self._gram = None  # n_items^2 float64, only needed while choosing
         self.text_weight = torch.tensor(w)
         self.match_index = torch.tensor(TEXT_MATCHES.index(match))
-        return {**best_metrics, **self.choices()}
+        self.pop_weight = torch.tensor(p)
+        self.item_weight = torch.tensor(item_weight)
+        self.validation_looks = torch.tensor(looks.count)
+        return {"ndcg@10": best_ndcg, **self.choices()}
 
     def choices(self) -> dict:
-        return {"side_weight": round(float(self.side_weight), 6), "text_match": self.match,
-                "text_weight": round(float(self.text_weight), 6)}
+        return {"ease_lambda": round(float(self.ease_lambda), 6), "side_weight": round(float(self.side_weight), 6),
+                "regulariser": self.regulariser, "whitening": bool(self.whiten), "text_match": self.match,
+                "text_weight": round(float(self.text_weight), 6), "pop_weight": round(float(self.pop_weight), 6),
+                "pop_only": float(self.item_weight) == 0.0, "validation_looks": int(self.validation_looks)}
 
     # ------------------------------------------------------------------------------------------------ scoring
 
-    def text_scores(self, users: torch.Tensor) -> torch.Tensor:
+    def text_scores(self, users: torch.Tensor, match: str | None = None, whiten: bool | None = None) -> torch.Tensor:
         """t_u for every item. (b,) -> (b, n_items)"""
-        if self.match == "user_profile":
-            return self.unit_u[users] @ self.unit_i.T
+        unit_u, unit_i = self.units(whiten)
+        if (match or self.match) == "user_profile":
+            return unit_u[users] @ unit_i.T
         x = self.ease._x(users)  # (b, n_items)
-        self_similarity = (self.unit_i * self.unit_i).sum(-1)  # S's diagonal, removed: an item is not its neighbour
-        return (x @ self.unit_i) @ self.unit_i.T - x * self_similarity
+        self_similarity = (unit_i * unit_i).sum(-1)  # K's diagonal, removed: an item is not its own neighbour
+        return (x @ unit_i) @ unit_i.T - x * self_similarity
 
-    def _parts_all(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised item-model and text scores for every item. (b, n_items) each"""
-        return standardise(self.ease.score_all(users)), standardise(self.text_scores(users))
+    def _parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted standardised parts of the score for every item. (b, n_items) each"""
+        parts = {"item_model": self.item_weight * standardise(self.ease.score_all(users)),
+                 "text_match": self.text_weight * standardise(self.text_scores(users))}
+        parts["popularity"] = self.pop_weight * standardise(self.log_counts[None, :]).expand(len(users), -1)
+        return parts
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        item_model, text = self._parts_all(users)
-        return item_model + self.text_weight * text
+        parts = self._parts_all(users)
+        return parts["item_model"] + parts["text_match"] + parts["popularity"]
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return score_via_all(self, users, items)
 
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         distinct, row = torch.unique(users, return_inverse=True)
-        item_model, text = self._parts_all(distinct)
-        return {"item_model": item_model[row, items], "text_match": self.text_weight * text[row, items]}
+        return {name: part[row, items] for name, part in self._parts_all(distinct).items()}

@@ -1,0 +1,325 @@
+"""Sparsity sweep: does review text help more as training data thins out?
+
+    python benchmarks/sparsity.py                                   # every dataset found
+    python benchmarks/sparsity.py --datasets digital_music --levels 100% cap1   # a look
+
+For each dataset (leave-one-out, params.yaml's prepare settings), every user's training interactions are thinned
+(keep 100%, 50%, 25% of them, or at most 3, 2, 1; at least one is always kept, seeded), validation and test stay
+as they are. Profiles are re-pooled from the cached review vectors of the *kept* training reviews only (mean pooling,
+packaged MiniLM, encoded once per dataset). At each level, each model chooses its settings on validation
+(full-ranking NDCG@10) and is reported on test (full-ranking NDCG@10, overall and for users with 1-3 training
+interactions):
+
+- pop: most popular;
+- ease: EASE with lambda searched over a log grid on validation (the count of validation looks is printed beside
+  bert_rs's, so a gain cannot come from a bigger search alone);
+- neumf: NeuMF (He et al. 2017) with params.yaml's train settings and a small epoch budget;
+- text: the text-only match cos(b_u - mu_u, b_i - mu_i) of the kept-review profiles;
+- bert_rs: the default (params.yaml's train grids).
+
+The shared sets are read from ../shared/data (or $BERTRS_SHARED_DATA). Writes
+benchmarks/results/sparsity.{md,json,png}; work lives under build/sparsity/ (prepared data, caches, one JSON
+line per (dataset, level, model)), so a rerun resumes where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
+from pipeline.data.prepare import prepare_dataset  # noqa: E402
+from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402
+from pipeline.embeddings.build import build_cache  # noqa: E402
+from pipeline.embeddings.cache import Profiles, load_review_embeddings, read_meta  # noqa: E402
+from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
+from pipeline.io import atomic_path, write_json  # noqa: E402
+from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
+from pipeline.ranking.evaluate import evaluate  # noqa: E402
+from pipeline.ranking.hybrid import ReviewAwareEASE, ValidationLooks, centred_units  # noqa: E402
+from pipeline.ranking.train import train  # noqa: E402
+
+# the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
+SHARED = Path(os.environ.get("BERTRS_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATASETS = {
+    "digital_music": REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz",
+    "all_beauty": SHARED / "amazon2018" / "All_Beauty_5.json.gz",
+    "gift_cards": SHARED / "amazon2018" / "Gift_Cards_5.json.gz",
+    "amazon_fashion": SHARED / "amazon2018" / "AMAZON_FASHION_5.json.gz",
+}
+DEFAULT_DATASETS = ("digital_music", "gift_cards", "all_beauty")
+LEVELS = {"100%": 1.0, "50%": 0.5, "25%": 0.25, "cap3": 3, "cap2": 2, "cap1": 1}  # share kept, or a per-user cap
+MODELS = ("pop", "ease", "neumf", "text", "bert_rs")
+EASE_LAMBDAS = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
+NEUMF_EPOCHS = 15
+ENCODER = "minilm_mean"
+
+
+def log(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def prepared_for(work: Path, dataset: str, params: Params) -> PreparedData:
+    out = work / dataset / "prepared"
+    if not (out / "stats.json").is_file():
+        config = dataclasses.replace(params.prepare, protocol="leave_one_out", input=[str(DATASETS[dataset])])
+        prepare_dataset(config, config.input, out)
+    return load_prepared(out)
+
+
+def cache_for(work: Path, dataset: str, params: Params, data: PreparedData) -> Path:
+    """One mean-pooled packaged-MiniLM cache per dataset; thinned levels re-pool its vectors."""
+    cache = work / dataset / "embeddings" / ENCODER
+    if not (cache / "meta.json").is_file():
+        config = dataclasses.replace(params.embed_for(ENCODER), pooling="mean")  # fp32: bf16 is slower without native CPU support
+        build_cache(data.root, PACKAGED_ENCODER, ENCODER, config, cache)
+    return cache
+
+
+def thin(data: PreparedData, level: float | int, seed: int = 0) -> PreparedData:
+    """Keep a share (float) or at most a count (int) of each user's training pairs, at least one, chosen at random
+    (seeded); validation, test and their candidates are untouched."""
+    if isinstance(level, float) and level >= 1.0:
+        return data
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data.train.users))
+    users, items = data.train.users[order], data.train.items[order]
+    by_user = np.argsort(users, kind="stable")
+    users, items = users[by_user], items[by_user]
+    first = np.searchsorted(users, users, side="left")
+    position = np.arange(len(users)) - first  # 0-based position of each pair among its user's (shuffled) pairs
+    counts = np.bincount(users, minlength=data.n_users)[users]
+    quota = np.maximum(1, np.ceil(counts * level)) if isinstance(level, float) else np.minimum(counts, level)
+    keep = position < quota
+    train = Interactions(users[keep], items[keep])
+    return dataclasses.replace(data, train=train, fingerprint=f"{data.fingerprint}-thin{level}")
+
+
+def thinned_profiles(table, vectors: np.ndarray, data: PreparedData, meta: dict) -> Profiles:
+    """Mean profiles of the training reviews whose (user, item) pair survived thinning."""
+    users, items = table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy()
+    kept = set(zip(data.train.users.tolist(), data.train.items.tolist()))
+    is_train = table.column("split").to_numpy(zero_copy_only=False) == "train"
+    keep = np.array([t and (u, i) in kept for t, u, i in zip(is_train, users.tolist(), items.tolist())])
+    tables = mean_profiles(users, items, np.where(keep, "train", "dropped"), vectors, data.n_users, data.n_items)
+    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0,
+                    {**meta, "profile": f"mean-thinned-{len(data.train.users)}"})
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+class TextMatch(nn.Module):
+    """Text alone: cos of the centred user and item profiles."""
+
+    trainable = False
+
+    def __init__(self, profiles: Profiles) -> None:
+        super().__init__()
+        self.register_buffer("u", centred_units(profiles.users))
+        self.register_buffer("i", centred_units(profiles.items))
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.u[users] @ self.i.T
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.u[users] * self.i[items]).sum(-1)
+
+
+def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
+    """EASE with lambda chosen on validation from EASE_LAMBDAS (one eigendecomposition serves all of them)."""
+    model = EASE(data.n_users, data.n_items).fit(data.train.users, data.train.items)
+    looks = ValidationLooks(data, "valid")
+    eig = EigenGram(model.gram())
+    x = model._x(torch.as_tensor(looks.users)).double()
+    x_v = x @ eig.v
+    scores = [(looks.ndcg(eig.ease_scores(x, x_v, lam)), lam) for lam in EASE_LAMBDAS]
+    best = max(scores, key=lambda t: t[0])[1]  # first of equals: max keeps the earliest
+    model.ease_lambda = best
+    model.B = (torch.eye(data.n_items, dtype=torch.float64)
+               - eig.inverse(best) / eig.inverse_diagonal(best)[None, :]).fill_diagonal_(0.0).float()
+    return model, {"ease_lambda": best, "validation_looks": looks.count}
+
+
+def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tuple[nn.Module, dict]:
+    if name == "pop":
+        return train(RunSpec(model="pop"), params.train, data, None, progress=False).model, {}
+    if name == "ease":
+        return tuned_ease(data)
+    if name == "neumf":
+        config = dataclasses.replace(params.train, epochs=NEUMF_EPOCHS, patience=4)
+        return train(RunSpec(model="neumf"), config, data, None, progress=False).model, {}
+    if name == "text":
+        return TextMatch(profiles), {}
+    model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.train)
+    model.fit(data.train.users, data.train.items)
+    model.select_on_validation(data)
+    return model, model.choices()
+
+
+def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -> dict:
+    start = time.time()
+    model, choices = fit(name, data, profiles, params)
+    valid = evaluate(model, data, "valid", ks=[10], protocols=["full"])
+    test = evaluate(model, data, "test", ks=[10], protocols=["full"])
+    return {"valid_ndcg@10": valid["full"]["ndcg@10"], "test_ndcg@10": test["full"]["ndcg@10"],
+            "test_buckets": {b: m["ndcg@10"] for b, m in test["buckets"]["full"].items()},
+            "test_bucket_n": {b: m["n"] for b, m in test["buckets"]["full"].items()},
+            "choices": choices, "seconds": round(time.time() - start, 1)}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+class Ledger:
+    """One JSON line per finished (dataset, level, model): the resume point."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["key"]] = row["value"]
+
+    def get_or_run(self, key: str, work) -> dict:
+        if key not in self.rows:
+            value = work()
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps({"key": key, "value": value}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.rows[key] = value
+        return self.rows[key]
+
+
+def write_report(results: dict, out: Path) -> None:
+    meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "command": "python benchmarks/sparsity.py " + " ".join(sys.argv[1:])}
+    write_json(out / "sparsity.json", {"meta": meta, "results": results})
+    lines = ["# Sparsity sweep: full-ranking NDCG@10 on test as training data thins", "",
+             f"{meta['date']}, {meta['machine']}, `{meta['command']}`. Leave-one-out; each user's training "
+             "interactions thinned (share kept or per-user cap, at least one), validation and test unchanged; "
+             "profiles from kept training reviews only; every choice on validation.", ""]
+    for dataset, levels in results.items():
+        lines += [f"## {dataset}", "", "| level | train/user | " + " | ".join(MODELS)
+                  + " | bert_rs vs best non-text | bert_rs 1-3 vs best non-text 1-3 | bert_rs choices |",
+                  "|" + "---|" * (len(MODELS) + 5)]
+        for level, row in levels.items():
+            models = row["models"]
+            cells = " | ".join(f"{models[m]['test_ndcg@10']:.4f}" if m in models else "not run" for m in MODELS)
+            non_text = [m for m in ("pop", "ease", "neumf") if m in models]
+            if "bert_rs" not in models or not non_text:
+                lines.append(f"| {level} | {row['train_per_user']:.2f} | {cells} | | | |")
+                continue
+            best = max(non_text, key=lambda m: models[m]["valid_ndcg@10"])  # chosen on validation
+            gain = models["bert_rs"]["test_ndcg@10"] / max(models[best]["test_ndcg@10"], 1e-12) - 1
+            sparse = {m: models[m]["test_buckets"].get("1-3") for m in models}
+            sparse_gain = (f"{sparse['bert_rs'] / sparse[best] - 1:+.1%}" if sparse[best] else "n/a")
+            lines.append(f"| {level} | {row['train_per_user']:.2f} | {cells} | {gain:+.1%} (vs {best}) | "
+                         f"{sparse_gain} | `{models['bert_rs']['choices']}` |")
+        lines += ["", f"EASE searched {len(EASE_LAMBDAS)} lambdas (validation looks); bert_rs's looks are in its "
+                  "choices.", ""]
+    lines += ["![NDCG@10 vs training density](sparsity.png)", ""]
+    with atomic_path(out / "sparsity.md") as tmp:
+        Path(tmp).write_text("\n".join(lines))
+    plot(results, out / "sparsity.png")
+
+
+def plot(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise SystemExit("the sparsity figure needs matplotlib: pip install -e '.[bench]'") from err
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, (dataset, levels) in zip(axes[0], results.items()):
+        for model in MODELS:
+            points = [(row["train_per_user"], row["models"][model]["test_ndcg@10"]) for row in levels.values()
+                      if model in row["models"]]
+            if points:
+                ax.plot(*zip(*sorted(points)), marker="o", label=model, linewidth=2.5 if model == "bert_rs" else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("training interactions per user")
+        ax.set_ylabel("test NDCG@10 (full ranking)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS), choices=list(DATASETS))
+    parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="a subset runs only those (the report needs all; a later full run resumes)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--work", default=str(REPO / "build" / "sparsity"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    params, work, out = load_params(args.params), Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(work / "runs.jsonl")
+    results: dict = {}
+    for dataset in args.datasets:
+        if not DATASETS[dataset].is_file():
+            log(f"{dataset}: {DATASETS[dataset]} not found, skipped")
+            continue
+        if args.report_only and not any(key.startswith(f"{dataset}|") for key in ledger.rows):
+            continue
+        data = prepared_for(work, dataset, params)
+        needs_text = bool(set(args.models) & {"text", "bert_rs"}) and not args.report_only
+        if needs_text:
+            cache = cache_for(work, dataset, params, data)
+            table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
+            meta = read_meta(cache)
+        results[dataset] = {}
+        for level in args.levels:
+            thinned = thin(data, LEVELS[level])
+            profiles = thinned_profiles(table, vectors, thinned, meta) if needs_text else None
+            row = {"train_per_user": len(thinned.train.users) / len(np.unique(thinned.train.users)),
+                   "train_pairs": len(thinned.train.users), "models": {}}
+            for name in args.models:
+                if args.report_only:
+                    if f"{dataset}|{level}|{name}" in ledger.rows:
+                        row["models"][name] = ledger.rows[f"{dataset}|{level}|{name}"]
+                    continue
+                row["models"][name] = ledger.get_or_run(f"{dataset}|{level}|{name}",
+                                                        lambda: measure(name, thinned, profiles, params))
+                m = row["models"][name]
+                log(f"{dataset} {level} {name}: valid {m['valid_ndcg@10']:.4f} test {m['test_ndcg@10']:.4f} "
+                    f"({m['seconds']}s) {m['choices'] or ''}")
+            results[dataset][level] = row
+        if set(args.models) == set(MODELS):
+            write_report(results, out)
+    if args.report_only:
+        write_report(results, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The default bert_rs's closed forms and its joint validation search (pipeline/ranking/hybrid.py):
+
+- the eigendecomposition path equals the dense solve, for EASE and L3AE, with side information and whitening;
+- L3AE's closed form equals a direct per-column constrained least-squares solve;
+- whitening gives identity covariance;
+- the search covers plain EASE and popularity, so on validation it is never below either; it picks popularity when
+  popularity is what predicts, and text when text is what predicts; it never reads the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.prepared import Interactions, PreparedData
+from pipeline.embeddings.cache import Profiles
+from pipeline.ranking.baselines import EASE, Popularity
+from pipeline.ranking.evaluate import evaluate, full_ranking_mask, rank_full
+from pipeline.ranking.hybrid import ReviewAwareEASE, whitening_transform
+from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.sampling import PairSet
+
+
+def in_memory_data(n_users: int, n_items: int, train, valid, test) -> PreparedData:
+    pairs = {name: Interactions(np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64))
+             for name, (u, i) in (("train", train), ("valid", valid), ("test", test))}
+    return PreparedData(Path("."), n_users, n_items, "in-memory", pairs["train"], pairs["valid"], pairs["test"], {},
+                        [str(u) for u in range(n_users)], [str(i) for i in range(n_items)], {})
+
+
+def random_profiles(rng, n_users: int, n_items: int, dim: int) -> Profiles:
+    return Profiles(rng.normal(size=(n_users, dim)).astype(np.float32), rng.normal(size=(n_items, dim)).astype(np.float32),
+                    np.ones(n_users, bool), np.ones(n_items, bool), {})
+
+
+def valid_ndcg(model, data: PreparedData) -> float:
+    return metrics_from_ranks(rank_full(model, data.valid, full_ranking_mask(data, "valid")).ranks, [10])["ndcg@10"]
+
+
+def random_world(seed: int = 0, n_users: int = 60, n_items: int = 25):
+    """Random training rows and one held-out item per user for validation and test."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n_users, n_items)) < 0.25).astype(float)
+    held = [rng.choice(np.flatnonzero(x[u] == 0), 2, replace=False) for u in range(n_users)]
+    users = np.arange(n_users)
+    data = in_memory_data(n_users, n_items, np.nonzero(x), (users, [h[0] for h in held]),
+                          (users, [h[1] for h in held]))
+    return data, x, random_profiles(rng, n_users, n_items, 6)
+
+
+# ------------------------------------------------------------------------------------------- closed forms
+
+
+def test_every_grid_point_scored_from_the_eigendecomposition_equals_the_dense_solve():
+    data, x, profiles = random_world()
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [0.0, 2.0], ease_lambdas=[0.5, 3.0, 40.0],
+                            regularisers=["ease", "l3ae"], whitening=[False, True])
+    model.fit(data.train.users, data.train.items)
+    seen = 0
+    for (whiten, side, lam, reg), scores in model.item_model_grid(torch.arange(data.n_users)):
+        model.solve(side, lam, reg, whiten)
+        np.testing.assert_allclose(scores.numpy(), x @ model.ease.B.double().numpy(), atol=1e-5)
+        seen += 1
+    assert seen == 2 * 2 * 3 * 2
+    model.solve(0.0, 3.0, "ease", False)  # plain EASE at that lambda
+    torch.testing.assert_close(model.ease.B, EASE(data.n_users, data.n_items, 3.0).fit(*np.nonzero(x)).B)
+
+
+def test_l3ae_closed_form_equals_a_per_column_constrained_least_squares_solve():
+    """min ||x_j - X b||^2 + lambda ||b - s_j||^2 with b_j = 0, solved column by column as a stacked lstsq."""
+    data, x, profiles = random_world(n_users=30, n_items=10)
+    lam = 2.5
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, lam).fit(data.train.users, data.train.items)
+    model.solve(0.0, lam, "l3ae", False)
+    s = model.text_prior(False).numpy()
+    for j in range(data.n_items):
+        others = [k for k in range(data.n_items) if k != j]
+        design = np.vstack([x[:, others], np.sqrt(lam) * np.eye(len(others))])
+        target = np.concatenate([x[:, j], np.sqrt(lam) * s[others, j]])
+        b, *_ = np.linalg.lstsq(design, target, rcond=None)
+        np.testing.assert_allclose(model.ease.B.numpy()[others, j], b, atol=1e-5)
+        assert model.ease.B[j, j] == 0
+
+
+def test_text_prior_is_ease_on_the_text_gram_with_a_zero_diagonal():
+    data, _, profiles = random_world()
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0).fit(data.train.users, data.train.items)
+    f = model.unit_i.double().numpy()
+    p = np.linalg.inv(f @ f.T + 1.0 * np.eye(data.n_items))
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(model.text_prior(False).numpy(), expected, atol=1e-8)
+
+
+def test_whitening_gives_identity_covariance():
+    rng = np.random.default_rng(0)
+    anisotropic = rng.normal(size=(4000, 5)) @ rng.normal(size=(5, 5)) * [10.0, 3.0, 1.0, 0.3, 0.1] + 7.0
+    mean, w = whitening_transform(anisotropic, shrinkage=0.0)
+    np.testing.assert_allclose(np.cov((anisotropic - mean) @ w, rowvar=False), np.eye(5), atol=1e-6)
+    _, shrunk = whitening_transform(anisotropic, shrinkage=0.1)  # the floor damps the weakest directions' boost
+    assert np.linalg.norm(shrunk, 2) < np.linalg.norm(w, 2)
+
+
+# ------------------------------------------------------------------------------------------- the search
+
+
+def test_a_single_value_grid_reproduces_that_fixed_configuration():
+    data, x, profiles = random_world()
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [2.0], ["item_neighbours"], [0.5],
+                            ease_lambdas=[7.0], regularisers=["l3ae"], whitening=[True], pop_weights=[0.3])
+    model.fit(data.train.users, data.train.items).select_on_validation(data)
+    assert model.choices() == {"ease_lambda": 7.0, "side_weight": 2.0, "regulariser": "l3ae", "whitening": True,
+                               "text_match": "item_neighbours", "text_weight": 0.5, "pop_weight": 0.3,
+                               "pop_only": False, "validation_looks": 1}
+    fixed = ReviewAwareEASE(data.n_users, data.n_items, profiles, 7.0, [2.0], ["item_neighbours"], [0.5],
+                            regularisers=["l3ae"], whitening=[True]).fit(data.train.users, data.train.items)
+    fixed.solve(2.0, 7.0, "l3ae", True)
+    torch.testing.assert_close(model.ease.B, fixed.ease.B)
+
+
+def test_the_search_covers_the_joint_grid_and_is_never_below_ease_or_popularity_on_validation():
+    data, x, profiles = random_world(seed=3)
+    lambdas, sides, weights = [1.0, 10.0, 100.0], [0.0, 1.0], [0.0, 0.5]
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, sides, ["item_neighbours", "user_profile"],
+                            weights, ease_lambdas=lambdas, regularisers=["ease", "l3ae"], whitening=[False, True],
+                            pop_weights=[0.0, 1.0])
+    chosen = model.fit(data.train.users, data.train.items).select_on_validation(data)
+    assert chosen["validation_looks"] == 2 * 2 * 3 * 2 * (1 + 2 * 1) * 2 + 1
+    assert valid_ndcg(model, data) == pytest.approx(chosen["ndcg@10"], abs=1e-6)
+    baselines = [Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)]
+    baselines += [EASE(data.n_users, data.n_items, lam).fit(data.train.users, data.train.items) for lam in lambdas]
+    assert chosen["ndcg@10"] >= max(valid_ndcg(b, data) for b in baselines) - 1e-6
+
+
+def popularity_world(seed: int = 0):
+    """Held-out items are the most popular ones, whose popularity comes from users who share no other item with
+    anyone: co-occurrence cannot find them and the (random) text cannot either; only popularity can."""
+    rng = np.random.default_rng(seed)
+    n_regular, n_fans, n_items = 50, 40, 30
+    users, items = [], []
+    for u in range(n_regular):
+        for i in rng.choice(np.arange(5, n_items), 3, replace=False):
+            users.append(u), items.append(i)
+    for f in range(n_fans):
+        for i in range(5):
+            if rng.random() < 1.0 - 0.15 * i:  # item 0 the most popular, then 1, ...
+                users.append(n_regular + f), items.append(i)
+    n_users = n_regular + n_fans
+    regular = np.arange(n_regular)
+    data = in_memory_data(n_users, n_items, (users, items), (regular, np.zeros(n_regular)), (regular, np.ones(n_regular)))
+    return data, random_profiles(rng, n_users, n_items, 6)
+
+
+def test_when_popularity_predicts_the_search_picks_popularity_alone_and_ranks_exactly_like_it():
+    data, profiles = popularity_world()
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [0.0, 1.0], ["user_profile"], [0.0, 0.5],
+                            ease_lambdas=[1.0, 100.0], pop_weights=[0.0, 0.25, 1.0])
+    model.fit(data.train.users, data.train.items).select_on_validation(data)
+    assert model.choices()["pop_only"]
+    popularity = Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)
+    mask = full_ranking_mask(data, "test")
+    np.testing.assert_array_equal(rank_full(model, data.test, mask).ranks, rank_full(popularity, data.test, mask).ranks)
+
+
+def topic_world(seed: int = 0, n_users: int = 120, n_items: int = 60, n_topics: int = 6):
+    """Each user likes one topic and has a single training item; item review vectors carry the topic. With one
+    item per user, co-occurrence is empty and only text can say which items go together."""
+    rng = np.random.default_rng(seed)
+    item_topic = np.arange(n_items) % n_topics
+    topic_vectors = rng.normal(size=(n_topics, 16))
+    item_vectors = topic_vectors[item_topic] + 0.3 * rng.normal(size=(n_items, 16))
+    user_topic = rng.integers(n_topics, size=n_users)
+    picks = np.array([rng.choice(np.flatnonzero(item_topic == t), 3, replace=False) for t in user_topic])
+    users = np.arange(n_users)
+    profiles = Profiles(item_vectors[picks[:, 0]].astype(np.float32), item_vectors.astype(np.float32),
+                        np.ones(n_users, bool), np.ones(n_items, bool), {})
+    return in_memory_data(n_users, n_items, (users, picks[:, 0]), (users, picks[:, 1]), (users, picks[:, 2])), profiles
+
+
+def test_when_text_predicts_the_search_uses_it_and_beats_ease_and_popularity_on_test():
+    data, profiles = topic_world()
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [0.0, 1.0], ["item_neighbours", "user_profile"],
+                            [0.0, 0.5, 1.0], ease_lambdas=[1.0, 100.0], regularisers=["ease", "l3ae"],
+                            pop_weights=[0.0, 1.0])
+    chosen = model.fit(data.train.users, data.train.items).select_on_validation(data)
+    assert chosen["text_weight"] > 0 or chosen["side_weight"] > 0 or chosen["regulariser"] == "l3ae"
+    assert not chosen["pop_only"]
+
+    def test_ndcg(m):
+        return evaluate(m, data, "test", ks=[10], protocols=["full"])["full"]["ndcg@10"]
+
+    ease = EASE(data.n_users, data.n_items, 100.0).fit(data.train.users, data.train.items)
+    popularity = Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)
+    assert test_ndcg(model) > max(test_ndcg(ease), test_ndcg(popularity)) + 0.2
+
+
+def test_choices_never_read_the_test_split(monkeypatch):
+    """Test positives moved to other items: the choices stay the same. Which held-out pairs the validation mask
+    holds is evaluate.py's contract, so it is pinned here to training + validation pairs for both runs."""
+    import pipeline.ranking.hybrid as hybrid
+
+    def train_and_valid_pairs(data, split):
+        return PairSet(np.concatenate([data.train.users, data.valid.users]),
+                       np.concatenate([data.train.items, data.valid.items]), data.n_users, data.n_items)
+
+    monkeypatch.setattr(hybrid, "full_ranking_mask", train_and_valid_pairs)
+    data, x, profiles = random_world(seed=5)
+
+    def choices(d):
+        model = ReviewAwareEASE(d.n_users, d.n_items, profiles, 1.0, [0.0, 1.0], ["item_neighbours", "user_profile"],
+                                [0.0, 0.5], ease_lambdas=[1.0, 30.0], regularisers=["ease", "l3ae"],
+                                whitening=[False, True], pop_weights=[0.0, 1.0])
+        return model.fit(d.train.users, d.train.items).select_on_validation(d)
+
+    moved = dataclasses.replace(data, test=Interactions(data.test.users, (data.test.items + 7) % data.n_items))
+    assert choices(moved) == choices(data)
