@@ -100,8 +100,12 @@ LEVERS = {
 FIXED_SHUFFLE = "+shuffled"  # the headline ablation: partner's choices held, profiles permuted
 RESEARCHED_SHUFFLE = "+shuffled_researched"  # the text search rerun on permuted profiles
 # bert_rs's choices (Model.choices()) -> the TrainConfig grid that offered them; a one-point grid fixes the choice
-CHOICE_GRIDS = {"side_weight": "text_side_weights", "text_match": "text_matches", "text_weight": "text_weights"}
-NOT_A_SETTING = {"validation_looks"}
+CHOICE_GRIDS = {"side_weight": "text_side_weights", "text_match": "text_matches", "text_weight": "text_weights",
+                "ease_lambda": "bert_rs_lambdas", "regulariser": "bert_rs_regularisers",
+                "whitening": "bert_rs_whitening", "pop_weight": "bert_rs_pop_weights"}
+# pop_only: a one-point popularity grid never offers "popularity alone"; a partner that chose it scores popularity,
+# which has no text to shuffle, so its ablation is the item model at the same settings (reported as such)
+NOT_A_SETTING = {"validation_looks", "pop_only"}
 
 
 def mean_cache_of(params: Params) -> str:
@@ -222,21 +226,15 @@ def ease_wide_lambdas(n: int) -> tuple[float, ...]:
 
 def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int, lambdas: tuple[float, ...] = EASE_SEARCH
                ) -> TrainConfig:
-    if spec.model in ("ease", "bert_rs"):
+    if spec.model == "ease":
         return dataclasses.replace(base, ease_lambda=lambdas[index], seed=seed)
+    if spec.model == "bert_rs":  # it searches lambda itself, jointly with its text settings (bert_rs_lambdas)
+        return dataclasses.replace(base, seed=seed)
     return dataclasses.replace(base, **SEARCH[index], seed=seed)
 
 
 def n_configs(spec: RunSpec, budget: int) -> int:
-    return 1 if spec.model == "pop" else budget
-
-
-def text_grid_looks(config: TrainConfig) -> int:
-    """Validation looks of one bert_rs fit when the model does not report them: every side weight x (w = 0 once,
-    plus every match x every non-zero text weight), as ReviewAwareEASE.select_on_validation scores them."""
-    nonzero = [w for w in config.text_weights if w != 0.0]
-    zero = 1 if len(nonzero) < len(config.text_weights) else 0
-    return len(config.text_side_weights) * (zero + len(config.text_matches) * len(nonzero))
+    return 1 if spec.model in ("pop", "bert_rs") else budget
 
 
 def validation_looks(spec: RunSpec, config: TrainConfig, result) -> int:
@@ -245,8 +243,6 @@ def validation_looks(spec: RunSpec, config: TrainConfig, result) -> int:
     choices = result.model.choices() if hasattr(result.model, "choices") else {}
     if "validation_looks" in (choices or {}):
         return int(choices["validation_looks"])
-    if spec.model == "bert_rs":
-        return text_grid_looks(config)
     return len(result.curves) if getattr(result.model, "trainable", True) else 1  # as train() reads it
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import fixed_choices, text_grid_looks, user_bootstrap
+from benchmarks.quality import fixed_choices, user_bootstrap
 from pipeline.config import RunSpec
 from pipeline.ranking.train import train
 from tests.ranking_fixtures import replace_config
@@ -22,12 +22,14 @@ def test_a_one_point_grid_from_the_partners_choices_reproduces_its_model_and_shu
     spec = RunSpec(model="bert_rs", embeddings="x")
     partner = train(spec, config, data, profiles, progress=False).model
     held = dataclasses.replace(config, **fixed_choices(partner.choices()))
-    assert text_grid_looks(held) == 1 and text_grid_looks(config) == 2 * (1 + 2 * 2)
     again = train(spec, held, data, profiles, progress=False).model
+    assert partner.choices()["validation_looks"] > 1 and again.choices()["validation_looks"] == 1
     users = torch.arange(data.n_users)
     torch.testing.assert_close(again.score_all(users), partner.score_all(users))
     shuffled = train(dataclasses.replace(spec, shuffle=True), held, data, profiles, progress=False).model
-    assert shuffled.choices() == partner.choices()  # no search left to fall back to plain EASE
+    settings = lambda model: {k: v for k, v in model.choices().items() if k != "validation_looks"}  # noqa: E731
+    assert settings(shuffled) == settings(partner)  # no search left to fall back to plain EASE
+    assert not torch.allclose(shuffled.score_all(users), partner.score_all(users))  # only the profiles moved
 
 
 def test_the_bootstrap_resamples_users_with_all_their_positives():

@@ -88,8 +88,7 @@ def build_model(
     if spec.model == "ease":
         return EASE(n_users, n_items, config.ease_lambda)
     if spec.model == "bert_rs":
-        return ReviewAwareEASE(n_users, n_items, profiles, config.ease_lambda, config.text_side_weights,
-                               config.text_matches, config.text_weights)
+        return ReviewAwareEASE.from_config(n_users, n_items, profiles, config)
     if spec.model == "mf":
         return MatrixFactorization(n_users, n_items, config.factors, config.mf_loss)
     if spec.model in VARIANTS:
