@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.config import EmbedConfig
 from pipeline.data.prepared import FILES, STATS_FILE
 from pipeline.embeddings import cache
+from pipeline.embeddings.index import IndexChoice
 from pipeline.io import DataError, read_json
 from pipeline.text.encode import load_encoder, set_threads
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
@@ -56,4 +57,6 @@ def build_cache(prepared: str | Path, encoder_dir: str, name: str, config: Embed
         shard_size=config.shard_size,
         normalize_profiles=config.normalize_profiles,
         index_metric=config.index_metric,
+        index_choice=IndexChoice(config.index_type, config.index_exact_below, config.index_nlist, config.index_nprobe,
+                                 config.index_hnsw_m, config.index_ef_search),
     )

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipeline.embeddings.index import build_index, write_index
+from pipeline.embeddings.index import IndexChoice, build_index, write_index
 from pipeline.embeddings.profiles import ProfileAccumulator
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json, read_table, write_json, write_table
 
@@ -270,6 +270,7 @@ def write_embedding_cache(
     shard_size: int = 2048,
     normalize_profiles: bool = False,
     index_metric: str = "cosine",
+    index_choice: IndexChoice | None = None,
     work_dir: str | Path | None = None,
     on_shard=None,
     progress: bool = True,
@@ -334,7 +335,7 @@ def write_embedding_cache(
                              np.asarray(table.column("split").to_pylist()), arrow_to_vectors(table.column("embedding"), dim))
         tables = profiles.finalize(normalize=normalize_profiles)
         write_profiles(tmp, tables.users, tables.items, tables.user_counts, tables.item_counts, meta)
-        write_index(build_index(tables.items, index_metric), tmp / INDEX_FILE)
+        write_index(build_index(tables.items, index_metric, index_choice), tmp / INDEX_FILE)
         write_json(tmp / META_FILE, meta)
     shutil.rmtree(partial, ignore_errors=True)
     return meta
