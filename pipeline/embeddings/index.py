@@ -78,7 +78,10 @@ def build_index(items: np.ndarray, metric: str = "cosine", choice: IndexChoice |
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, choice.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        # HNSW's graph assumes a metric; inner product is not one (recall ~0.88 where L2 gets ~1.0 in
+        # tests/test_index.py), so unit vectors are linked by L2, whose order is the cosine order
+        graph_metric = faiss.METRIC_L2 if metric == "cosine" else faiss.METRIC_INNER_PRODUCT
+        index = faiss.IndexHNSWFlat(dim, choice.hnsw_m, graph_metric)
         index.hnsw.efSearch = choice.ef_search
     else:
         nlist = choice.resolved_nlist(n)
@@ -86,6 +89,7 @@ def build_index(items: np.ndarray, metric: str = "cosine", choice: IndexChoice |
         sample = min(n, nlist * choice.train_per_cell)
         rows = np.random.default_rng(choice.seed).choice(n, size=sample, replace=False) if sample < n else slice(None)
         index.cp.seed = choice.seed
+        index.cp.spherical = True  # unit centroids: inner-product assignment would favour long centroids
         index.train(vectors[rows])
         index.nprobe = min(choice.nprobe, nlist)
     index.add(vectors)
@@ -120,4 +124,6 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, metric: str = "cosin
     if queries.shape[1] != index.d:
         raise DataError(f"query dimension {queries.shape[1]} differs from the index dimension {index.d}")
     scores, ids = index.search(queries, min(k, index.ntotal))
+    if index.metric_type == faiss.METRIC_L2:  # unit vectors: |q - x|^2 = 2 - 2 cos, back to cosine
+        scores = 1.0 - scores / 2.0
     return scores, ids
