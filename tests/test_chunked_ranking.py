@@ -31,8 +31,8 @@ class SliceOnlyScorer(nn.Module):
 @pytest.mark.parametrize("batch_items", [1, 7, 64, 599, 600, 10_000])
 def test_chunked_ranks_equal_unchunked_ranks(ranking_env, batch_items):
     data = ranking_env.data
-    ease = EASE(data.n_users, data.n_items, 50.0).fit(data.train.users, data.train.items)
-    pop = Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)  # many exact ties
+    ease = EASE(data.n_users, data.n_items, 50.0).fit(data.train.users, data.train.items)  # slices of score_all
+    pop = Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)  # ties; has score_items
     for model in (ease, pop):
         for split in ("valid", "test"):
             mask = full_ranking_mask(data, split)
