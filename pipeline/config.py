@@ -159,6 +159,13 @@ class EmbedConfig:
     profile: Literal["mean"] = "mean"  # how training reviews are pooled into user and item profiles
     normalize_profiles: bool = False  # L2-normalise profiles after pooling
     index_metric: Literal["ip", "cosine"] = "cosine"
+    # FAISS index (pipeline/embeddings/index.py): exact below index_exact_below items, IVF (or HNSW) from there on
+    index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    index_exact_below: int = 100_000
+    index_nlist: Optional[int] = None  # IVF cells; null = 2 sqrt(n_items)
+    index_nprobe: int = 32  # IVF cells scanned per query
+    index_hnsw_m: int = 32  # HNSW links per node
+    index_ef_search: int = 128  # HNSW candidates kept while searching
     # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), fp32 elsewhere
     backend: Literal["auto", "torch", "torch_bf16", "torch_fp16"] = "auto"
     backend_check_sample: int = 256  # reviews encoded in fp32 too, to record the chosen backend's cosine in meta
@@ -226,9 +233,23 @@ class TrainConfig:
     user_id_dropout: float = 0.0  # bert_rs_neural: drop a training example's user ID embeddings with this probability
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
+    # memory (pipeline/ranking/memory.py): a fit whose estimated peak exceeds this stops before allocating
+    memory_budget_gb: Optional[float] = None  # null = the memory available when the run starts
+    # bert_rs past the budget (pipeline/ranking/scalable.py): dense = EASE solves (n_items^2 memory), scalable = a
+    # low-rank item model (n_items x rank), auto = dense while it fits memory_budget_gb; recorded in run.json
+    bert_rs_solver: Literal["auto", "dense", "scalable"] = "auto"
+    scalable_rank: int = 128  # columns of A in B = A A^T - I
+    scalable_epochs: int = 10  # passes over the users (more overfits the planted test world)
+    scalable_batch_users: int = 256  # users per Adam step (memory: batch x n_items floats)
+    scalable_learning_rate: float = 0.01
+    scalable_text_init: bool = True  # start A from the item profiles' principal directions (else random)
 
     def __post_init__(self) -> None:
         _check(self.factors >= 1, "train.factors", "must be >= 1")
+        _check(self.memory_budget_gb is None or self.memory_budget_gb > 0, "train.memory_budget_gb",
+               "must be > 0 (or null: the available memory)")
+        _check(self.scalable_rank >= 1 and self.scalable_epochs >= 1 and self.scalable_batch_users >= 1,
+               "train.scalable_rank", "scalable_rank, scalable_epochs and scalable_batch_users must be >= 1")
         _check(len(self.mlp_layers) >= 1, "train.mlp_layers", "needs at least one layer")
         _check(self.mlp_layers[-1] == self.factors, "train.mlp_layers", "last layer must equal train.factors")
         _check(self.num_negatives >= 1, "train.num_negatives", "must be >= 1")

@@ -18,6 +18,7 @@ import torch
 from pipeline.config import EmbedConfig
 from pipeline.data.prepared import FILES, STATS_FILE
 from pipeline.embeddings import writer
+from pipeline.embeddings.index import IndexChoice
 from pipeline.io import DataError, read_json
 from pipeline.text.encode import (
     choose_backend,
@@ -147,6 +148,8 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
         normalize_profiles=first.normalize_profiles,
         index_metric=first.index_metric,
         progress=progress,
+        index_choice=IndexChoice(first.index_type, first.index_exact_below, first.index_nlist, first.index_nprobe,
+                                 first.index_hnsw_m, first.index_ef_search),
     )
     return {n: final[configs[n].pooling] for n in names}
 

@@ -38,7 +38,7 @@ from pipeline.embeddings.cache import (
     arrow_to_vectors,
     write_profiles,
 )
-from pipeline.embeddings.index import build_index, write_index
+from pipeline.embeddings.index import IndexChoice, build_index, write_index
 from pipeline.embeddings.profiles import ProfileAccumulator
 from pipeline.io import DataError, atomic_dir, atomic_path, write_json
 
@@ -176,7 +176,7 @@ def full_meta(meta: dict, *, n_users: int, n_items: int, normalize_profiles: boo
 
 
 def assemble_cache(out: Path, plan: ShardPlan, run_dir: Path, pooling: str, meta: dict, *, n_users: int,
-                   n_items: int, progress: bool) -> dict:
+                   n_items: int, index_choice: IndexChoice | None = None, progress: bool) -> dict:
     """Stream the finished shards' `pooling` column into the cache folder `out` (atomically); returns its meta."""
     dim = int(meta["dim"])
     meta = dict(meta, n_reviews=plan.total)
@@ -197,7 +197,7 @@ def assemble_cache(out: Path, plan: ShardPlan, run_dir: Path, pooling: str, meta
                              arrow_to_vectors(table.column("embedding"), dim))
         tables = profiles.finalize(normalize=meta["normalize_profiles"])
         write_profiles(tmp, tables.users, tables.items, tables.user_counts, tables.item_counts, meta)
-        write_index(build_index(tables.items, meta["index_metric"]), tmp / INDEX_FILE)
+        write_index(build_index(tables.items, meta["index_metric"], index_choice), tmp / INDEX_FILE)
         write_json(tmp / META_FILE, meta)
     return meta
 
@@ -213,6 +213,7 @@ def write_embedding_caches(
     shard_size: int = 2048,
     normalize_profiles: bool = False,
     index_metric: str = "cosine",
+    index_choice: IndexChoice | None = None,
     work_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, dict]:
@@ -248,7 +249,7 @@ def write_embedding_caches(
     if missing:
         raise RuntimeError(f"the encoding engine left shard(s) {missing[:5]} unwritten in {run_dir}")
     final = {p: assemble_cache(Path(outs[p]), plan, run_dir, p, metas[p], n_users=n_users, n_items=n_items,
-                               progress=progress) for p in poolings}
+                               index_choice=index_choice, progress=progress) for p in poolings}
     shutil.rmtree(partial, ignore_errors=True)
     return final
 

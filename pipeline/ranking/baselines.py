@@ -59,6 +59,9 @@ class Popularity(nn.Module):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.counts.expand(users.shape[0], self.n_items)
 
+    def score_items(self, users: torch.Tensor, item_slice: slice) -> torch.Tensor:
+        return self.counts[item_slice].expand(users.shape[0], -1)  # (b, slice length), for chunked full ranking
+
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"popularity": self.score(users, items)}
 
@@ -93,6 +96,9 @@ class MatrixFactorization(nn.Module):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.p(users) @ self.q.weight.T  # (b, n_items)
+
+    def score_items(self, users: torch.Tensor, item_slice: slice) -> torch.Tensor:
+        return self.p(users) @ self.q.weight[item_slice].T  # (b, slice length), for chunked full ranking
 
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mf": self.score(users, items)}

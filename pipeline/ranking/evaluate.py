@@ -71,9 +71,12 @@ def rank_full(
     heldout: Interactions,
     masked: PairSet,
     batch_users: int = 256,
+    batch_items: int | None = None,
 ) -> Ranked:
     """Rank each held-out positive among all items, excluding the pairs in `masked` (which must contain every
-    held-out positive of this split, and the training pairs). Scoring is one `score_all` call per user batch."""
+    held-out positive of this split, and the training pairs). Scores are computed per (user batch, item chunk), so
+    no dense matrix is larger than batch_users x batch_items (None: chunks of about CHUNK_CELLS cells); with one
+    chunk this is one `score_all` call per user batch, with several the rank is counted chunk by chunk."""
     model.eval()
     device = model_device(model)
     order = np.argsort(heldout.users, kind="stable")
@@ -84,15 +87,71 @@ def rank_full(
         batch = batch_of_users[start : start + batch_users]  # (b,)
         lo = np.searchsorted(users_sorted, batch[0], side="left")
         hi = np.searchsorted(users_sorted, batch[-1], side="right")
-        scores = model.score_all(torch.as_tensor(batch, device=device)).float()  # (b, n_items)
-        competitors = ~masked.dense_mask(batch).to(device)  # (b, n_items)
-        rows = torch.as_tensor(np.searchsorted(batch, users_sorted[lo:hi]), device=device)  # (p,)
-        items = torch.as_tensor(items_sorted[lo:hi], device=device)  # (p,)
-        pos_scores = scores[rows, items]  # (p,)
-        ranks[lo:hi] = rank_against(pos_scores, scores[rows], competitors[rows]).cpu().numpy()
+        rows = np.searchsorted(batch, users_sorted[lo:hi])  # (p,)
+        chunk = batch_items or max(1, CHUNK_CELLS // len(batch))
+        ranks[lo:hi] = rank_chunked(model, batch, rows, items_sorted[lo:hi], masked, chunk, device)
     out = np.empty_like(ranks)
     out[order] = ranks
     return Ranked(heldout.users, heldout.items, out)
+
+
+CHUNK_CELLS = 2**24  # scores held at once in full ranking (64 MB of float32) when batch_items is not given
+
+
+def score_item_slice(model: nn.Module, users: torch.Tensor, item_slice: slice) -> torch.Tensor:
+    """Scores of a user batch against items[item_slice]: the model's own `score_items` where it has one (bounded
+    memory), else a slice of `score_all` (which still builds the whole row). (b,) -> (b, slice length)"""
+    if hasattr(model, "score_items"):
+        return model.score_items(users, item_slice)
+    scores = model.score_all(users)
+    return scores if (item_slice.start, item_slice.stop) == (0, scores.shape[1]) else scores[:, item_slice]
+
+
+def rank_chunked(
+    model: nn.Module,
+    batch: np.ndarray,
+    rows: np.ndarray,
+    items: np.ndarray,
+    masked: PairSet,
+    chunk: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Pessimistic ranks of positives (rows[j] indexes `batch`, items[j] the item) over item chunks of `chunk`:
+    one pass reads each positive's score from its chunk, a second counts unmasked competitors scoring >= it.
+    With a single chunk both passes share one score matrix. (p,) -> (p,) int64"""
+    n_items = masked.n_items
+    users_t = torch.as_tensor(batch, device=device)
+    rows_t = torch.as_tensor(rows, device=device)
+    items_t = torch.as_tensor(items, device=device)
+    # the batch's masked pairs as (row, item) lists, cut per chunk below instead of a (b, n_items) mask
+    starts, ends = masked.indptr[batch], masked.indptr[batch + 1]
+    lengths = ends - starts
+    mask_rows = np.repeat(np.arange(len(batch)), lengths)
+    mask_cols = masked.indices[np.repeat(starts, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)]
+    bounds = [(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
+    cached: dict[int, torch.Tensor] = {}
+
+    def scores_of(lo: int, hi: int) -> torch.Tensor:
+        if lo in cached:
+            return cached[lo]
+        scores = score_item_slice(model, users_t, slice(lo, hi)).float()  # (b, hi - lo)
+        if len(bounds) == 1:
+            cached[lo] = scores
+        return scores
+
+    positive = torch.empty(len(rows), device=device)
+    for lo, hi in bounds:
+        inside = (items_t >= lo) & (items_t < hi)
+        if inside.any():
+            positive[inside] = scores_of(lo, hi)[rows_t[inside], items_t[inside] - lo]
+    ranks = torch.zeros(len(rows), dtype=torch.int64, device=device)
+    for lo, hi in bounds:
+        competitors = torch.ones((len(batch), hi - lo), dtype=torch.bool)
+        keep = (mask_cols >= lo) & (mask_cols < hi)
+        competitors[torch.as_tensor(mask_rows[keep]), torch.as_tensor(mask_cols[keep] - lo)] = False
+        competitors = competitors.to(device)
+        ranks += rank_against(positive, scores_of(lo, hi)[rows_t], competitors[rows_t])
+    return ranks.cpu().numpy()
 
 
 def full_ranking_mask(data: PreparedData, split: str, mask_other_splits: bool = True) -> PairSet:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -40,9 +41,11 @@ from pipeline.io import DataError, atomic_dir, atomic_path, read_json
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.hybrid import ReviewAwareEASE
+from pipeline.ranking.memory import Shape, check_fit
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
 from pipeline.ranking.sampling import NegativeSampler, PairSet
+from pipeline.ranking.scalable import ScalableItemModel, resolve_solver
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ def build_model(
         return Popularity(n_users, n_items)
     if spec.model == "ease":
         return EASE(n_users, n_items, config.ease_lambda)
+    if spec.model == "bert_rs" and resolve_solver(config.bert_rs_solver, n_items, config.memory_budget_gb) == "scalable":
+        return ScalableItemModel(n_users, n_items, profiles, config.scalable_rank, config.scalable_epochs,
+                                 config.scalable_batch_users, config.scalable_learning_rate, config.scalable_text_init,
+                                 config.text_weights, config.seed)
     if spec.model == "bert_rs":
         return ReviewAwareEASE.from_config(n_users, n_items, profiles, config)
     if spec.model == "mf":
@@ -117,6 +124,17 @@ def model_profiles(spec: RunSpec, profiles: Profiles | None, seed: int) -> Profi
     return shuffle_profiles(profiles, seed) if spec.shuffle else profiles
 
 
+def check_run_memory(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None) -> float:
+    """Stop before fitting when the run's estimated peak memory exceeds train.memory_budget_gb (see memory.py)."""
+    name = spec.model
+    if name == "bert_rs" and resolve_solver(config.bert_rs_solver, data.n_items, config.memory_budget_gb) == "scalable":
+        name = "scalable"
+    shape = Shape(data.n_users, data.n_items, len(data.train.users), profiles.dim if profiles is not None else 0)
+    return check_fit(name, shape, config.memory_budget_gb, factors=config.factors,
+                     num_negatives=config.num_negatives, rank=config.scalable_rank,
+                     batch_users=config.scalable_batch_users)
+
+
 def valid_metrics(model: nn.Module, data: PreparedData, mask: PairSet | None = None) -> dict:
     """Full-ranking HR@10 / NDCG@10 on the validation split: the only signal model selection sees. `mask` is
     `full_ranking_mask(data, "valid")`, built once per run by the caller (it never includes test pairs)."""
@@ -137,6 +155,7 @@ def train(
     never used): an ablation that must hold its partner's epoch count instead of choosing its own."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    check_run_memory(spec, config, data, profiles)
     model = build_model(spec, config, data.n_users, data.n_items, model_profiles(spec, profiles, config.seed))
     has_valid = len(data.valid) > 0
     mask = full_ranking_mask(data, "valid") if has_valid else None
@@ -239,6 +258,8 @@ def save_checkpoint(
         "best_valid": result.best_valid,
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices() if hasattr(result.model, "choices") else None,
+        # bert_rs: which solver ran (train.bert_rs_solver: auto resolves by the memory budget); load rebuilds it
+        "bert_rs_solver": getattr(result.model, "solver", "dense") if spec.model == "bert_rs" else None,
         "weights": WEIGHTS_FILE,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
@@ -266,6 +287,8 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
         raise DataError(f"{where}: n_users/n_items {info.get('n_users')}/{info.get('n_items')} differ from the data")
     spec = from_dict(RunSpec, info["spec"], f"{where}: spec")
     config = from_dict(TrainConfig, info["train"], f"{where}: train")
+    if info.get("bert_rs_solver"):  # the solver that ran, not the one `auto` would pick on this machine today
+        config = dataclasses.replace(config, bert_rs_solver=info["bert_rs_solver"])
     profiles = None
     if spec.model in TEXT_MODELS:
         recorded = info.get("embeddings") or {}

@@ -1,0 +1,128 @@
+"""Peak-memory estimates for stage two, checked against a budget BEFORE anything large is allocated.
+
+Dense EASE and the default bert_rs hold several n_items x n_items float64 matrices at once (the Gram, the identity
+added to it, its inverse and LAPACK's copy, B), so their memory grows with the square of the catalogue: measured
+10.3 GB peak RSS for `train --run ease` and 12.8 GB for `train --run bert_rs` at 16,631 items (issue 14). Past the
+budget such a run would be killed by the OS half-way; this module lets it stop first, with a message naming the
+setting to change and the scalable alternative (pipeline/ranking/scalable.py, memory O(n_items x rank)).
+
+The estimates are upper-bound style (bytes of the largest arrays alive together plus a fixed interpreter
+overhead), not exact accounting; tests/test_memory.py checks their scaling, and benchmarks/scale.py measures
+peak RSS next to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from pipeline.config import ConfigError
+
+GB = 1024**3
+BASE_BYTES = 0.4 * GB  # python + torch + numpy + the prepared data tables, measured ~0.35 GB on the sample
+DENSE_MATRICES = {"ease": 4.5, "bert_rs": 5.5}  # n_items^2 float64 matrices alive at the peak (fit + selection)
+NEURAL_MODELS = ("mf", "gmf", "mlp", "neumf", "bert_rs_neural", "bert_rs_paper", "semantic_only")
+BUDGET_SETTING = "train.memory_budget_gb"
+
+
+class MemoryBudgetError(ConfigError):
+    """A stage would need more memory than its budget; raised before the allocation."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What memory depends on: the catalogue, the users, the training interactions and the profile width."""
+
+    n_users: int
+    n_items: int
+    nnz: int  # training interactions
+    dim: int = 0  # profile width (text models)
+
+
+def budget_bytes(budget_gb: float | None) -> float:
+    """The budget in bytes: the configured one, or the memory available now (psutil) when it is None."""
+    if budget_gb is None:
+        return float(psutil.virtual_memory().available)
+    return budget_gb * GB
+
+
+def dense_bytes(shape: Shape, model: str = "ease") -> float:
+    """Dense EASE / bert_rs fit: the n_items^2 float64 matrices plus the dense float32 + float64 training matrix
+    the Gram is built from, plus the text profiles."""
+    matrices = DENSE_MATRICES.get(model, DENSE_MATRICES["ease"]) * 8.0 * shape.n_items**2
+    training_rows = 12.0 * shape.n_users * shape.n_items
+    return BASE_BYTES + matrices + training_rows + 4.0 * (shape.n_users + shape.n_items) * shape.dim
+
+
+def scalable_bytes(shape: Shape, rank: int, batch_users: int = 256) -> float:
+    """Low-rank item model: A (n_items, rank) with its gradient and two Adam moments, CSR training matrix, text
+    profiles and their PCA, and one (batch_users, n_items) reconstruction with its gradient."""
+    factors = 4.0 * 4 * shape.n_items * rank
+    csr = 8.0 * (2 * shape.nnz + shape.n_users)
+    profiles = 4.0 * (shape.n_users + shape.n_items) * shape.dim * 2
+    batch = 4.0 * 3 * batch_users * shape.n_items
+    return BASE_BYTES + factors + csr + profiles + batch
+
+
+def neural_bytes(shape: Shape, factors: int = 32, num_negatives: int = 1) -> float:
+    """Embedding models (MF, NCF, fusion heads): GMF + MLP embeddings with gradients and Adam moments, one epoch
+    of (user, positive, negatives) int64 arrays plus their shuffled copies, and the profiles."""
+    embeddings = 4.0 * 4 * (shape.n_users + shape.n_items) * 3 * factors
+    epoch = 8.0 * 2 * shape.nnz * (2 + num_negatives) + 8.0 * 3 * shape.nnz
+    return BASE_BYTES + embeddings + epoch + 4.0 * (shape.n_users + shape.n_items) * shape.dim * 2
+
+
+def fit_bytes(model: str, shape: Shape, factors: int = 32, num_negatives: int = 1, rank: int = 128,
+              batch_users: int = 256) -> float:
+    """Estimated peak bytes of fitting `model` (a name of pipeline.config.MODELS, or "scalable")."""
+    if model in DENSE_MATRICES:
+        return dense_bytes(shape, model)
+    if model == "scalable":
+        return scalable_bytes(shape, rank, batch_users)
+    if model in NEURAL_MODELS:
+        return neural_bytes(shape, factors, num_negatives)
+    return BASE_BYTES + 8.0 * 3 * shape.nnz + 4.0 * shape.n_items  # pop: counts and the CSR
+
+
+def evaluate_bytes(model: str, shape: Shape, batch_users: int, chunk_cells: int, rank: int = 128) -> float:
+    """Full-ranking evaluation: the loaded model (dense B twice while safetensors hands it over) plus one chunk of
+    scores, its competitor mask and the positives' gathered rows."""
+    if model in DENSE_MATRICES:
+        resident = 2 * 4.0 * shape.n_items**2
+    elif model == "scalable":
+        resident = 4.0 * shape.n_items * rank * 2
+    else:
+        resident = neural_bytes(shape) - BASE_BYTES
+    cells = min(chunk_cells, batch_users * shape.n_items)
+    return BASE_BYTES + resident + 4.0 * (shape.n_users + shape.n_items) * shape.dim + 10.0 * cells
+
+
+def dense_fits(n_items: int, budget_gb: float | None, n_users: int = 0, nnz: int = 0, dim: int = 0,
+               model: str = "bert_rs") -> bool:
+    """Whether the dense closed-form model fits the budget (None: the memory available now)."""
+    return dense_bytes(Shape(n_users, n_items, nnz, dim), model) <= budget_bytes(budget_gb)
+
+
+def check_fit(model: str, shape: Shape, budget_gb: float | None, run: str | None = None, **sizes) -> float:
+    """Stop with a `MemoryBudgetError` naming the setting to change when fitting would exceed the budget; returns
+    the estimate in bytes otherwise."""
+    need = fit_bytes(model, shape, **sizes)
+    have = budget_bytes(budget_gb)
+    if need <= have:
+        return need
+    what = f"run {run!r} (model {model})" if run else f"model {model}"
+    source = f"{BUDGET_SETTING} = {budget_gb:g} GB" if budget_gb is not None else \
+        f"the {have / GB:.1f} GB available now ({BUDGET_SETTING} is null)"
+    advice = {
+        "ease": "; past this size use bert_rs with train.bert_rs_solver: scalable (a low-rank item model, "
+                "memory O(n_items x rank))",
+        "bert_rs": "; or set train.bert_rs_solver: scalable (or auto), the low-rank item model whose memory is "
+                   "O(n_items x rank)",
+        "scalable": "; or lower train.scalable_rank / train.scalable_batch_users",
+    }.get(model, "; or lower train.factors / train.num_negatives")
+    raise MemoryBudgetError(
+        f"{what} on {shape.n_items:,} items, {shape.n_users:,} users and {shape.nnz:,} training interactions needs "
+        f"about {need / GB:.1f} GB, more than {source}. Nothing was written. Raise {BUDGET_SETTING} if the "
+        f"machine has the memory{advice}."
+    )

@@ -1,0 +1,70 @@
+"""Memory guard: estimates grow as each model's arrays do, and a run over its budget stops before allocating,
+naming the setting to change and the scalable alternative, with nothing written."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.ranking.memory import GB, MemoryBudgetError, Shape, check_fit, dense_fits, fit_bytes, evaluate_bytes
+from pipeline.ranking.scalable import resolve_solver
+
+
+def test_dense_estimate_grows_with_the_square_of_the_catalogue_and_matches_the_measured_peak():
+    small, double = Shape(0, 10_000, 0, 0), Shape(0, 20_000, 0, 0)
+    growth = (fit_bytes("ease", double) - fit_bytes("ease", small)) / (fit_bytes("ease", small) - 0.4 * GB)
+    assert growth == pytest.approx(3.0)  # twice the items: four times the item-item matrices
+    # issue 14 measured 10.3 GB (ease) and 12.8 GB (bert_rs) peak RSS at 16,631 items, 3,764 users
+    paper = Shape(3764, 16_631, 70_000, 384)
+    assert 9.0 * GB < fit_bytes("ease", paper) < 12.0 * GB
+    assert 11.5 * GB < fit_bytes("bert_rs", paper) < 14.5 * GB
+
+
+def test_scalable_estimate_is_linear_in_items():
+    base = fit_bytes("scalable", Shape(0, 100_000, 0, 64), rank=128) - 0.4 * GB
+    tenfold = fit_bytes("scalable", Shape(0, 1_000_000, 0, 64), rank=128) - 0.4 * GB
+    assert tenfold == pytest.approx(10 * base, rel=1e-9)
+    assert fit_bytes("scalable", Shape(100_000, 1_000_000, 10_000_000, 384), rank=128) < 12 * GB  # issue 14: <= 12 GB
+    assert fit_bytes("ease", Shape(10_000, 1_000_000, 1_000_000, 64)) > 30_000 * GB
+
+
+def test_evaluation_memory_is_bounded_by_the_chunk_not_the_catalogue():
+    one = evaluate_bytes("scalable", Shape(100_000, 1_000_000, 0), batch_users=256, chunk_cells=2**24, rank=128)
+    two = evaluate_bytes("scalable", Shape(100_000, 2_000_000, 0), batch_users=256, chunk_cells=2**24, rank=128)
+    assert two - one == pytest.approx(4.0 * 1_000_000 * 128 * 2)  # only the model's factors grow
+    assert one < 3 * GB  # 100k users x 1M items: never a dense users x items matrix
+
+
+def test_auto_solver_switches_to_scalable_where_dense_would_not_fit():
+    assert dense_fits(2_000, 24.0) and not dense_fits(50_000, 24.0)
+    assert resolve_solver("auto", 2_000, 24.0) == "dense"
+    assert resolve_solver("auto", 50_000, 24.0) == "scalable"
+    assert resolve_solver("dense", 50_000, 24.0) == "dense"  # an explicit choice is kept (the guard judges it)
+    with pytest.raises(ValueError, match="bert_rs_solver"):
+        resolve_solver("sparse", 10, 1.0)
+
+
+def test_check_fit_names_the_setting_and_the_alternative():
+    with pytest.raises(MemoryBudgetError, match=r"train\.memory_budget_gb = 24 GB") as error:
+        check_fit("ease", Shape(3764, 50_000, 80_000), 24.0, run="ease")
+    assert "bert_rs_solver: scalable" in str(error.value) and "run 'ease'" in str(error.value)
+    assert check_fit("ease", Shape(3764, 2_000, 80_000), 24.0) < 24 * GB
+
+
+def test_train_over_budget_stops_before_fitting_and_writes_nothing(ranking_env, tmp_path, monkeypatch):
+    from pipeline.ranking import baselines
+    from stages.train import main
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the guard must stop the run before fitting")
+
+    monkeypatch.setattr(baselines.EASE, "fit", no_fit)
+    app = typer.Typer()
+    app.command()(main)
+    params = tmp_path / "params.yaml"
+    params.write_text("runs:\n  ease: {model: ease}\ntrain:\n  memory_budget_gb: 0.001\n  device: cpu\n")
+    res = CliRunner().invoke(app, ["--prepared", str(ranking_env.prepared), "--params", str(params), "--run", "ease",
+                                   "--out", str(tmp_path / "models/ease"), "--curves", str(tmp_path / "c.csv"),
+                                   "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "train.memory_budget_gb = 0.001 GB" in res.output and "scalable" in res.output
+    assert not (tmp_path / "models").exists() and not (tmp_path / "c.csv").exists()

@@ -1,0 +1,74 @@
+"""The low-rank item model (ELSA-style, text-initialised): EASE-like quality on the planted world, the text start
+helps, its closed-form standardisation equals standardising whole rows, and bert_rs switches to it visibly."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import RunSpec
+from pipeline.ranking.baselines import EASE
+from pipeline.ranking.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.hybrid import standardise
+from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.scalable import ScalableItemModel
+from pipeline.ranking.train import load_checkpoint, save_checkpoint, train
+
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_ndcg(model, data, split="test"):
+    return metrics_from_ranks(rank_full(model, getattr(data, split), full_ranking_mask(data, split)).ranks, [10])["ndcg@10"]
+
+
+test_ndcg.__test__ = False  # a helper, not a test
+
+
+def fitted(env, **kwargs):
+    data = env.data
+    settings = dict(rank=32, epochs=3, batch_users=64, learning_rate=0.01, seed=0) | kwargs
+    return ScalableItemModel(data.n_users, data.n_items, env.profiles(), **settings).fit(data.train.users, data.train.items)
+
+
+def test_reaches_ease_quality_and_the_text_start_helps(ranking_env):
+    data = ranking_env.data
+    ease = test_ndcg(EASE(data.n_users, data.n_items, 500.0).fit(data.train.users, data.train.items), data)
+    with_text = test_ndcg(fitted(ranking_env, text_init=True), data)
+    without = test_ndcg(fitted(ranking_env, text_init=False), data)
+    assert with_text > 0.9 * ease, (with_text, ease)
+    assert with_text > 2 * without, (with_text, without)  # same steps from a random start: far behind
+
+
+def test_closed_form_standardisation_equals_standardising_whole_rows(ranking_env):
+    model = fitted(ranking_env, epochs=1)
+    model.text_weight = torch.tensor(0.5)
+    users = torch.arange(0, 40)
+    x = model._x(users)
+    expected = standardise(x @ model.A @ model.A.T - x) + 0.5 * standardise(model.unit_u[users] @ model.unit_i.T)
+    torch.testing.assert_close(model.score_all(users), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.score_items(users, slice(100, 250)), expected[:, 100:250], rtol=1e-4, atol=1e-4)
+    items = torch.randint(0, model.n_items, (40,), generator=torch.Generator().manual_seed(0))
+    items[:5] = model.indices[model.indptr[users[:5]]]  # training pairs: the removed diagonal must apply
+    torch.testing.assert_close(model.score(users, items), expected[torch.arange(40), items], rtol=1e-4, atol=1e-4)
+
+
+def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_env, tmp_path):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    config = dataclasses.replace(ranking_env.config, bert_rs_solver="scalable", scalable_rank=16, scalable_epochs=2,
+                                 text_weights=[0.0, 0.5])
+    spec = RunSpec(model="bert_rs", embeddings="synthetic")
+    result = train(spec, config, data, profiles, progress=False)
+    assert isinstance(result.model, ScalableItemModel)
+    save_checkpoint(tmp_path / "run", result, spec, config, data, profiles, ranking_env.cache)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["bert_rs_solver"] == "scalable" and info["chosen"]["solver"] == "scalable"
+    # auto on this machine would pick dense for 600 items; the checkpoint still rebuilds the solver that ran
+    auto = dataclasses.replace(config, bert_rs_solver="auto")
+    save_checkpoint(tmp_path / "auto", result, spec, auto, data, profiles, ranking_env.cache)
+    loaded = load_checkpoint(tmp_path / "auto", data)
+    assert isinstance(loaded.model, ScalableItemModel)
+    users = torch.arange(20)
+    torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
