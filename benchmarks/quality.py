@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import Params, RunSpec, TrainConfig, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
-from pipeline.embeddings.build import build_cache  # noqa: E402
+from pipeline.embeddings.build import build_caches  # noqa: E402
 from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings  # noqa: E402
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
@@ -197,12 +197,12 @@ def encoders_for(work: Path, dataset: str, protocols: list[str], params: Params)
 
 def caches_for(work: Path, dataset: str, protocol: str, params: Params, data: PreparedData,
                encoders: dict[str, str]) -> dict[str, Path]:
-    caches = {}
-    for name, encoder_dir in encoders.items():
-        cache = work / dataset / protocol / "embeddings" / name
-        if not (cache / "meta.json").is_file():
-            build_cache(data.root, encoder_dir, name, params.embed_for(name), cache)
-        caches[name] = cache
+    """One cache per encoder name; names that share weights (the same encoder folder) share one forward pass."""
+    caches = {name: work / dataset / protocol / "embeddings" / name for name in encoders}
+    todo = [name for name in encoders if not (caches[name] / "meta.json").is_file()]
+    for encoder_dir in dict.fromkeys(encoders[name] for name in todo):
+        names = [name for name in todo if encoders[name] == encoder_dir]
+        build_caches(data.root, encoder_dir, {n: params.embed_for(n) for n in names}, {n: caches[n] for n in names})
     return caches
 
 
