@@ -37,3 +37,33 @@ def test_the_bootstrap_resamples_users_with_all_their_positives():
     # give means 0 (user 1 twice), 3/4 or 1, so the interval's ends are 0 and 1; resampling positives would not
     low, high = user_bootstrap([1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], np.array([0, 0, 0, 1]))
     assert (low, high) == (0.0, 1.0)
+
+
+def test_a_cache_lent_by_another_protocol_equals_one_encoded_for_this_split(tmp_path, synthetic_dump,
+                                                                             tiny_encoder_dir):
+    """The benchmark encodes each dataset's reviews once: the other protocol's cache lends the review vectors and
+    only the profiles, which follow the split, are computed again. The result must be the cache encoding gives."""
+    import dataclasses as dc
+
+    from benchmarks.quality import reuse_review_vectors
+    from pipeline.config import EmbedConfig
+    from pipeline.data.prepare import prepare_dataset
+    from pipeline.data.prepared import load_prepared
+    from pipeline.embeddings.build import build_cache
+    from pipeline.embeddings.cache import load_profiles
+    from tests.data_fixtures import small_prepare_config
+
+    embed = EmbedConfig(pooling="mean", max_length=32, batch_size=8, shard_size=16, backend="torch")
+    data = {}
+    for protocol in ("leave_one_out", "random"):
+        prepare_dataset(dc.replace(small_prepare_config(), protocol=protocol), [str(synthetic_dump)],
+                        tmp_path / protocol)
+        data[protocol] = load_prepared(tmp_path / protocol)
+    build_cache(data["leave_one_out"].root, str(tiny_encoder_dir), "m", embed, tmp_path / "loo_cache", progress=False)
+    build_cache(data["random"].root, str(tiny_encoder_dir), "m", embed, tmp_path / "encoded", progress=False)
+    reuse_review_vectors(tmp_path / "loo_cache", data["random"], embed, tmp_path / "lent")
+    encoded, lent = (load_profiles(tmp_path / name, data_fingerprint=data["random"].fingerprint)
+                     for name in ("encoded", "lent"))
+    np.testing.assert_allclose(lent.users, encoded.users, atol=1e-5)
+    np.testing.assert_allclose(lent.items, encoded.items, atol=1e-5)
+    assert not np.allclose(lent.users, load_profiles(tmp_path / "loo_cache").users, atol=1e-5)  # the split moved
