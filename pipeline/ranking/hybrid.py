@@ -144,9 +144,14 @@ class ReviewAwareEASE(nn.Module):
         """Standardised item-model and text scores for every item. (b, n_items) each"""
         return standardise(self.ease.score_all(users)), standardise(self.text_scores(users))
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both score parts for every item; they sum to `score_all`. (b,) -> {name: (b, n_items)}"""
         item_model, text = self._parts_all(users)
-        return item_model + self.text_weight * text
+        return {"item_model": item_model, "text_match": self.text_weight * text}
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        parts = self.score_parts_all(users)
+        return parts["item_model"] + parts["text_match"]
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return score_via_all(self, users, items)
