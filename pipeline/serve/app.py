@@ -213,7 +213,7 @@ def create_app(served: ServedModel) -> FastAPI:
                                     "like you chose, not from its text."})
                 continue
             sims = my_vectors @ reviews.vectors[theirs].T  # (user reviews, item reviews)
-            a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+            a, b = divmod(int(sims.argmax()), sims.shape[1])  # the first best pair, row-major
             yours, its = review(int(mine[a])), review(int(theirs[b]))
             named = its["item_title"] or data.item_label(int(i))
             text = (f'Your review of {yours["item_title"] or yours["item"]} ("{yours["snippet"][:80]}") reads like '
