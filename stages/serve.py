@@ -7,9 +7,10 @@
 The model, its cache and the prepared ids are loaded and cross-checked once, before the port opens: a model whose
 cache or prepared data does not match stops here with the reason (exit 2), not at the first request.
 
-With `--workers N > 1`, uvicorn starts N processes on one port (the kernel spreads connections over them). Each
-worker imports `stages.serve:worker_app`, which loads its own copy of the model from the settings this command
-puts in the SERVE_SETTINGS environment variable; memory is N copies of the model, its cache and the encoder.
+With `--workers N > 1`, uvicorn starts N processes that share one listening socket (whichever is free accepts the
+next connection). Each worker imports `stages.serve:worker_app`, which loads its own copy of the model from the
+settings this command checked and put in the BERTRS_SERVE_SETTINGS environment variable; memory is N copies of the
+model, its cache and the encoder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.io import DataError
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 SERVE_SETTINGS = "BERTRS_SERVE_SETTINGS"  # JSON: load_served's arguments and torch threads, for each worker
+WORKER_HEALTHCHECK_S = 300  # how long a worker may take to load the model or to answer a ping before it is replaced
 EXTRA_HINT = 'bertrs serve needs the serve extra: pip install -e ".[serve]" (fastapi, uvicorn)'
 
 
@@ -76,7 +78,10 @@ def main(
         return
     del served  # each worker loads its own copy
     os.environ[SERVE_SETTINGS] = json.dumps(settings)
-    uvicorn.run("stages.serve:worker_app", factory=True, workers=workers, host=host, port=port, log_level="warning")
+    # a worker answers the supervisor's pings only between loading steps: on a busy machine loading takes far longer
+    # than uvicorn's 5 s default, and a worker killed for it is restarted, killed again, and never serves
+    uvicorn.run("stages.serve:worker_app", factory=True, workers=workers, host=host, port=port, log_level="warning",
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
 
 
 def _load(settings: dict):
