@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.io import DataError
-from pipeline.ranking.recommend import known_pairs, read_index, recommend, user_indices
+from pipeline.ranking.recommend import known_pairs, popular_items, read_index, recommend, top_k, user_indices
 from pipeline.ranking.train import save_checkpoint
 from tests.ranking_fixtures import write_train_params
 
@@ -48,6 +48,25 @@ def test_default_bert_rs_recommends_the_top_of_its_whole_catalogue_ranking(ranki
     np.testing.assert_allclose(recs.column("score").to_numpy().reshape(data.n_users, 5), expected, rtol=1e-5)
     parts = recs.column("part_item_model").to_numpy() + recs.column("part_text_match").to_numpy()
     np.testing.assert_allclose(parts, recs.column("score").to_numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_bert_rs_scores_a_users_catalogue_once_and_ranks_by_exactly_the_parts_it_shows(
+        ranking_env, trained_runs, monkeypatch):
+    """One request is one pass over the catalogue: the parts shown are the numbers the pick was ranked by, not a
+    second computation that merely agrees with them."""
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    model = trained_runs["bert_rs"][1].model
+    passes = []
+    whole_catalogue = model.ease.score_all
+    monkeypatch.setattr(model.ease, "score_all", lambda users: passes.append(len(users)) or whole_catalogue(users))
+    known = known_pairs(data)
+    picks = top_k(model, np.array([3]), 5, known, popular_items(data, 10), profiles=profiles,
+                  index=read_index(ranking_env.cache))
+    assert passes == [1]
+    total = picks.parts["item_model"] + picks.parts["text_match"]  # float32, added as the model adds them
+    np.testing.assert_array_equal(total, picks.scores.astype(np.float32))
+    full = model.score_all(torch.as_tensor([3])).masked_fill(known.dense_mask(np.array([3])), -torch.inf)
+    np.testing.assert_array_equal(picks.items, full.topk(5, dim=1).indices.numpy())
 
 
 def test_unknown_user_is_a_clear_error(ranking_env):

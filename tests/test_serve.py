@@ -68,7 +68,7 @@ def test_recommend_returns_k_new_items_whose_parts_sum_to_the_score(client, serv
     scores = [it["score"] for it in body["items"]]
     assert scores == sorted(scores, reverse=True) and [it["rank"] for it in body["items"]] == list(range(1, 8))
     for it in body["items"]:
-        assert set(it["parts"]) == {"item_model", "text_match"}
+        assert set(it["parts"]) == {"item_model", "text_match", "popularity"}
         assert sum(it["parts"].values()) == pytest.approx(it["score"], abs=1e-4)
 
 
@@ -291,6 +291,45 @@ def test_serve_cli_without_the_extra_names_it(serve_project, monkeypatch):
     assert res.exit_code == 2 and 'pip install -e ".[serve]"' in res.output and "uvicorn" in res.output
 
 
+def test_serve_cli_refuses_fewer_than_one_worker(serve_project):
+    res = CliRunner().invoke(cli, ["serve", "--model-dir", str(serve_project.model("bert_rs")), "--workers", "0"])
+    assert res.exit_code == 2 and "--workers: must be >= 1, got 0" in res.output
+
+
+def test_serve_with_two_workers_answers_from_two_processes_as_one_process_would(serve_project, served, client):
+    """Each uvicorn worker loads its own copy of the model from the settings the command exported."""
+    import subprocess
+    import sys
+
+    import httpx
+    import psutil
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "stages.cli", "serve", "--model-dir", str(serve_project.model("bert_rs")),
+         "--prepared", str(serve_project.prepared), "--no-search", "--workers", "2", "--port", str(port)],
+        cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline, health = time.time() + 240, None
+        while health is None and time.time() < deadline and server.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert health is not None, server.stderr.read() if server.poll() is not None else "no /health in 240 s"
+        workers = [c for c in psutil.Process(server.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        for user in served.data.user_ids[:6]:
+            got = httpx.get(f"http://127.0.0.1:{port}/recommend", params={"user": user, "k": 5}, timeout=30)
+            assert got.status_code == 200 and got.json() == client.get(
+                "/recommend", params={"user": user, "k": 5}).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 # -------------------------------------------------------------------------------------- the page in a browser
 
 
@@ -359,7 +398,8 @@ def test_the_page_shows_history_recommendations_with_bars_and_reasons_and_simila
         browser.find_element(By.ID, "recommend-button").click()
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#recs li.rec")) == 5)
         recs = browser.find_elements(By.CSS_SELECTOR, "#recs li.rec")
-        assert all(len(r.find_elements(By.CSS_SELECTOR, ".bar-row")) == 2 for r in recs)  # item_model, text_match
+        # one bar per score part: item_model, text_match, popularity
+        assert all(len(r.find_elements(By.CSS_SELECTOR, ".bar-row")) == 3 for r in recs)
         assert all("reads like a review of" in r.find_element(By.CLASS_NAME, "reason").text for r in recs)
         u = served.user_lookup[user]
         history = browser.find_elements(By.CSS_SELECTOR, "#history li")

@@ -65,6 +65,9 @@ class Popularity(nn.Module):
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"popularity": self.score(users, items)}
 
+    def score_parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"popularity": self.score_all(users)}
+
 
 class MatrixFactorization(nn.Module):
     """Dot-product MF; `loss` is BPR (pairwise, each positive against each of its negatives) or BCE (eq. 12)."""
@@ -102,6 +105,9 @@ class MatrixFactorization(nn.Module):
 
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mf": self.score(users, items)}
+
+    def score_parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mf": self.score_all(users)}
 
 
 def ease_weights(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
@@ -173,3 +179,6 @@ class EASE(nn.Module):
 
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"ease": self.score(users, items)}
+
+    def score_parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ease": self.score_all(users)}

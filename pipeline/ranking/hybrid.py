@@ -312,6 +312,10 @@ class ReviewAwareEASE(nn.Module):
         parts["popularity"] = self.pop_weight * standardise(self.log_counts[None, :]).expand(len(users), -1)
         return parts
 
+    def score_parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every score part for every item; they sum to `score_all`. (b,) -> {name: (b, n_items)}"""
+        return self._parts_all(users)
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         parts = self._parts_all(users)
         return parts["item_model"] + parts["text_match"] + parts["popularity"]

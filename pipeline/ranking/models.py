@@ -32,6 +32,8 @@ one recommender serve them all:
     score(users, items)   -> (b,)              ranking scores (monotone in the predicted probability)
     score_all(users)      -> (b, n_items)      every item for a batch of users, batched, no per-user loop
     score_parts(users, items) -> {name: (b,)}  additive contributions that sum to the logit, for explanations
+    score_parts_all(users) -> {name: (b, n_items)}  optional: the parts for every item, summing to score_all, so a
+                                               recommender ranks and explains from one pass over the catalogue
 
 The semantic branch reads fixed review-derived profiles b_u, b_i from an embedding cache. They are registered as
 non-persistent buffers: never trained, not stored in checkpoints (the checkpoint records the cache's fingerprint and

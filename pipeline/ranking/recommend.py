@@ -12,10 +12,15 @@ scored against every item instead.
 Every item with a known interaction of the user (train, valid or test) is removed before ranking: a
 recommendation is never something the user already has. Each pick carries its score parts (for the fusion ranker:
 w_s^T l_s, w_g^T l_g, w_m^T l_m and the bias, which sum to the logit; for bert_rs: item model and text match).
+A model that can give its parts for every item (`score_parts_all`) is scored once per user: the parts are summed to
+rank, so a request never computes the catalogue twice (once to rank, once to explain).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from pathlib import Path
 from typing import Sequence
 
@@ -110,7 +115,16 @@ def _dedupe(pool: np.ndarray) -> np.ndarray:
     return np.where(repeat, -1, pool)
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Picks:
+    """Top-k lists as arrays, one row per user: what a table or an HTTP response is built from."""
+
+    users: np.ndarray  # (b,) int64 user indices
+    items: np.ndarray  # (b, k) int64, best first, -1 past the end of a short list
+    scores: np.ndarray  # (b, k) float64 holding float32 scores, -inf past the end
+    parts: dict[str, np.ndarray]  # name -> (b, k) float32 score parts that sum to the score, NaN past the end
+
+
 def recommend(
     model: nn.Module,
     data: PreparedData,
@@ -124,10 +138,7 @@ def recommend(
     known: PairSet | None = None,
     popular: np.ndarray | None = None,
 ) -> pa.Table:
-    """Top-k new items for each user index, with score parts; one row per (user, rank).
-
-    `known` and `popular` may be passed in precomputed (a server answers many one-user requests with them).
-    """
+    """Top-k new items for each user index, with score parts; one row per (user, rank)."""
     model.eval()
     device = model_device(model)
     known = known if known is not None else known_pairs(data)
@@ -135,15 +146,31 @@ def recommend(
     tables = []
     for start in range(0, len(users), batch_users):
         batch = np.asarray(users[start : start + batch_users], dtype=np.int64)
-        items, scores = _top_k(model, device, batch, k, known, popular, candidates, profiles, index)
-        tables.append(_to_table(model, device, data, batch, items, scores))
+        tables.append(_to_table(data, top_k(model, batch, k, known, popular, candidates, profiles, index, device)))
     if not tables:
-        return _to_table(model, device, data, np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
+        return _to_table(data, Picks(np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)), {}))
     return pa.concat_tables(tables)
 
 
-def _top_k(model, device, batch, k, known, popular, n_candidates, profiles, index) -> tuple[np.ndarray, np.ndarray]:
-    """(b, k) item indices (-1 where fewer than k new items exist) and their scores."""
+@torch.inference_mode()
+def top_k(
+    model: nn.Module,
+    batch: np.ndarray,
+    k: int,
+    known: PairSet,
+    popular: np.ndarray,
+    n_candidates: int = 100,
+    profiles: Profiles | None = None,
+    index=None,
+    device: torch.device | None = None,
+) -> Picks:
+    """The top-k new items of each user in `batch` with their scores and score parts (the model in eval mode).
+
+    A model with `score_parts_all` scores a user's whole catalogue once: the ranked score is the sum of the parts,
+    so the parts shown next to a pick are the very numbers it was ranked by. Other models rank with `score` /
+    `score_all` and then explain the k picks with `score_parts`.
+    """
+    device = device if device is not None else model_device(model)
     b = len(batch)
     if index is not None and profiles is not None and not getattr(model, "ranks_whole_catalogue", False):
         pool = np.concatenate(
@@ -158,6 +185,8 @@ def _top_k(model, device, batch, k, known, popular, n_candidates, profiles, inde
     short = (pool >= 0).sum(axis=1) < k  # these users are scored against every item
     items = np.full((b, k), -1, np.int64)
     scores = np.full((b, k), -np.inf)
+    parts: dict[str, np.ndarray] = {}
+    explained = np.zeros(b, bool)  # rows whose parts came with their scores
     if (~short).any():
         rows = np.flatnonzero(~short)
         p = torch.as_tensor(pool[rows], device=device)  # (r, c)
@@ -169,24 +198,34 @@ def _top_k(model, device, batch, k, known, popular, n_candidates, profiles, inde
         scores[rows] = top.values.cpu().numpy()
     if short.any():
         rows = np.flatnonzero(short)
-        s = model.score_all(torch.as_tensor(batch[rows], device=device)).float()  # (r, n_items)
+        u = torch.as_tensor(batch[rows], device=device)
+        parts_all = model.score_parts_all(u) if hasattr(model, "score_parts_all") else None  # {name: (r, n_items)}
+        s = (reduce(add, parts_all.values()) if parts_all else model.score_all(u)).float()  # (r, n_items)
         s = s.masked_fill(known.dense_mask(batch[rows]).to(device), -torch.inf)
         top = s.topk(min(k, s.shape[1]), dim=1)
-        items[rows, : top.indices.shape[1]] = top.indices.cpu().numpy()
-        scores[rows, : top.values.shape[1]] = top.values.cpu().numpy()
+        width = top.indices.shape[1]
+        items[rows, :width] = top.indices.cpu().numpy()
+        scores[rows, :width] = top.values.cpu().numpy()
+        if parts_all:
+            for name, value in parts_all.items():
+                parts.setdefault(name, np.full((b, k), np.nan, np.float32))[rows, :width] = (
+                    value.float().gather(1, top.indices).cpu().numpy())
+            explained[rows] = True
     items = np.where(np.isfinite(scores), items, -1)  # a user who has every item gets a shorter list
-    return items, scores
+    rows, ranks = np.nonzero((items >= 0) & ~explained[:, None])
+    if len(rows):
+        pairs = model.score_parts(torch.as_tensor(batch[rows], device=device),
+                                  torch.as_tensor(items[rows, ranks], device=device))
+        for name, value in pairs.items():
+            parts.setdefault(name, np.full((b, k), np.nan, np.float32))[rows, ranks] = value.float().cpu().numpy()
+    for value in parts.values():
+        value[items < 0] = np.nan
+    return Picks(users=batch, items=items, scores=scores, parts=parts)
 
 
-def _to_table(model, device, data: PreparedData, batch, items, scores) -> pa.Table:
-    rows, ranks = np.nonzero(items >= 0)
-    u, i = batch[rows], items[rows, ranks]
-    parts = {}
-    if len(u):
-        parts = {
-            name: value.float().cpu().numpy()
-            for name, value in model.score_parts(torch.as_tensor(u, device=device), torch.as_tensor(i, device=device)).items()
-        }
+def _to_table(data: PreparedData, picks: Picks) -> pa.Table:
+    rows, ranks = np.nonzero(picks.items >= 0)
+    u, i = picks.users[rows], picks.items[rows, ranks]
     columns = {
         "user_idx": pa.array(u, pa.int32()),
         "user_id": pa.array([data.user_ids[x] for x in u], pa.string()),
@@ -194,8 +233,8 @@ def _to_table(model, device, data: PreparedData, batch, items, scores) -> pa.Tab
         "item_idx": pa.array(i, pa.int32()),
         "item_id": pa.array([data.item_ids[x] for x in i], pa.string()),
         "item_title": pa.array([data.item_titles[x] if data.item_titles else None for x in i], pa.string()),
-        "score": pa.array(scores[rows, ranks], pa.float32()),
+        "score": pa.array(picks.scores[rows, ranks], pa.float32()),
     }
-    for name, value in parts.items():
-        columns[f"part_{name}"] = pa.array(value, pa.float32())
+    for name, value in picks.parts.items() if len(u) else ():
+        columns[f"part_{name}"] = pa.array(value[rows, ranks], pa.float32())
     return pa.table(columns)

@@ -33,7 +33,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from pipeline.embeddings import index as item_index
-from pipeline.ranking.recommend import recommend
+from pipeline.ranking.evaluate import model_device
+from pipeline.ranking.recommend import top_k
 from pipeline.serve.model import SNIPPET_CHARS, ServedModel
 
 STATIC = Path(__file__).parent / "static"
@@ -136,11 +137,6 @@ class Health(BaseModel):
 # ------------------------------------------------------------------------------------------------------- helpers
 
 
-def _snippet(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
-
-
 def _rating(value: float) -> Optional[float]:
     return None if np.isnan(value) else float(value)
 
@@ -169,12 +165,18 @@ def create_app(served: ServedModel) -> FastAPI:
     async def _bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _validation_message(error)})
 
+    # built once: a request only indexes these
+    item_refs = [
+        {"item": data.item_ids[i], "title": data.item_titles[i] if data.item_titles else None,
+         "category": data.item_categories[i] if data.item_categories else None}
+        for i in range(data.n_items)
+    ]
+    ratings = [_rating(r) for r in reviews.ratings]
+    model.eval()
+    device = model_device(model)
+
     def item_ref(i: int) -> dict:
-        return {
-            "item": data.item_ids[i],
-            "title": data.item_titles[i] if data.item_titles else None,
-            "category": data.item_categories[i] if data.item_categories else None,
-        }
+        return item_refs[i]
 
     def user_index(user: str) -> int:
         u = served.user_lookup.get(user.strip())
@@ -188,28 +190,36 @@ def create_app(served: ServedModel) -> FastAPI:
             raise HTTPException(404, f"unknown item {item!r}: not among the {data.n_items} items of the prepared data")
         return i
 
-    def review(row: int) -> ReviewSnippet:
+    def review(row: int) -> dict:
+        """A training review as a `ReviewSnippet` (plain dicts: the response model validates them once)."""
         i = int(reviews.items[row])
-        return ReviewSnippet(user=data.user_ids[int(reviews.users[row])], item=data.item_ids[i],
-                             item_title=data.item_titles[i] if data.item_titles else None,
-                             rating=_rating(reviews.ratings[row]), snippet=_snippet(reviews.texts[row]))
+        return {"user": data.user_ids[int(reviews.users[row])], "item": data.item_ids[i],
+                "item_title": item_refs[i]["title"], "rating": ratings[row], "snippet": reviews.snippets[row]}
 
-    def reason(u: int, i: int) -> Optional[Reason]:
+    def reasons(u: int, picked: np.ndarray) -> list[Optional[dict]]:
+        """A `Reason` per picked item: the user's and the item's training reviews whose vectors agree best."""
         if reviews.vectors is None:
-            return None
-        mine, theirs = reviews.by_user.get(u), reviews.by_item.get(i)
+            return [None] * len(picked)
+        mine = reviews.by_user.get(u)
         if mine is None:
-            return Reason(text="You have no training review yet, so this pick comes from what similar users chose.")
-        if theirs is None:
-            return Reason(text="Nobody has reviewed this item in the training data; it comes from what users like "
-                               "you chose, not from its text.")
-        sims = reviews.vectors[mine] @ reviews.vectors[theirs].T  # (user reviews, item reviews)
-        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
-        yours, its = review(int(mine[a])), review(int(theirs[b]))
-        named = its.item_title or data.item_label(i)
-        text = (f'Your review of {yours.item_title or yours.item} ("{_snippet(yours.snippet)[:80]}") reads like a '
-                f'review of {named} ("{_snippet(its.snippet)[:80]}"): cosine {float(sims[a, b]):.2f}.')
-        return Reason(text=text, similarity=float(sims[a, b]), user_review=yours, item_review=its)
+            return [{"text": "You have no training review yet, so this pick comes from what similar users chose."}
+                    ] * len(picked)
+        my_vectors = reviews.vectors[mine]  # (user reviews, dim), gathered once per request
+        out = []
+        for i in picked:
+            theirs = reviews.by_item.get(int(i))
+            if theirs is None:
+                out.append({"text": "Nobody has reviewed this item in the training data; it comes from what users "
+                                    "like you chose, not from its text."})
+                continue
+            sims = my_vectors @ reviews.vectors[theirs].T  # (user reviews, item reviews)
+            a, b = divmod(int(sims.argmax()), sims.shape[1])  # the first best pair, row-major
+            yours, its = review(int(mine[a])), review(int(theirs[b]))
+            named = its["item_title"] or data.item_label(int(i))
+            text = (f'Your review of {yours["item_title"] or yours["item"]} ("{yours["snippet"][:80]}") reads like '
+                    f'a review of {named} ("{its["snippet"][:80]}"): cosine {float(sims[a, b]):.2f}.')
+            out.append({"text": text, "similarity": float(sims[a, b]), "user_review": yours, "item_review": its})
+        return out
 
     def nearest(query: np.ndarray, k: int, exclude: int | None = None) -> list[SimilarItem]:
         """Items by cosine to `query` among items with a training review (the others have only a fallback)."""
@@ -241,18 +251,19 @@ def create_app(served: ServedModel) -> FastAPI:
     @app.get("/recommend", response_model=RecommendResponse)
     async def recommend_items(user: str = Query(..., min_length=1, description="raw user id"), k: int = k_query):
         u = user_index(user)
-        table = recommend(model, data, np.asarray([u]), k, served.candidates, served.popular_fallback,
-                          served.checkpoint.profiles, served.index, known=served.known, popular=served.popular)
-        part_names = [c for c in table.column_names if c.startswith("part_")]
-        items = []
-        for row in table.to_pylist():
-            i = int(row["item_idx"])
-            items.append(RecommendedItem(
-                rank=row["rank"], score=float(row["score"]), reason=reason(u, i), **item_ref(i),
-                parts={name.removeprefix("part_"): float(row[name]) for name in part_names},
-            ))
-        return RecommendResponse(user=data.user_ids[u], model=served.checkpoint.spec.model, run=served.run, k=k,
-                                 items=items)
+        picks = top_k(model, np.asarray([u]), k, served.known, served.popular, served.candidates,
+                      served.checkpoint.profiles, served.index, device)
+        ranks = np.flatnonzero(picks.items[0] >= 0)
+        picked = picks.items[0, ranks]
+        parts = {name: value[0, ranks].tolist() for name, value in picks.parts.items()}
+        scores = picks.scores[0, ranks].tolist()
+        items = [
+            {**item_refs[i], "rank": int(r) + 1, "score": scores[n], "reason": why,
+             "parts": {name: value[n] for name, value in parts.items()}}
+            for n, (r, i, why) in enumerate(zip(ranks, picked.tolist(), reasons(u, picked)))
+        ]
+        return {"user": data.user_ids[u], "model": served.checkpoint.spec.model, "run": served.run, "k": k,
+                "items": items}
 
     @app.get("/similar", response_model=SimilarResponse)
     async def similar(item: str = Query(..., min_length=1, description="raw item id"), k: int = k_query):
@@ -283,7 +294,7 @@ def create_app(served: ServedModel) -> FastAPI:
         entries = [
             HistoryEntry(**item_ref(int(reviews.items[r])), rating=_rating(reviews.ratings[r]),
                          date=dt.datetime.fromtimestamp(int(reviews.times[r]), dt.timezone.utc).date().isoformat(),
-                         snippet=_snippet(reviews.texts[r]))
+                         snippet=reviews.snippets[r])
             for r in rows
         ]
         return HistoryResponse(user=data.user_ids[u], reviews=entries)

@@ -37,6 +37,7 @@ class ReviewText:
     ratings: np.ndarray  # (n,) float32, NaN where missing
     times: np.ndarray  # (n,) int64 unix seconds
     texts: list[str]
+    snippets: list[str]  # each text with runs of white space made one space, cut to SNIPPET_CHARS
     vectors: np.ndarray | None  # (n, dim) float32, L2-normalised; None for models without a cache
     by_user: dict[int, np.ndarray] = field(default_factory=dict)  # user -> row numbers
     by_item: dict[int, np.ndarray] = field(default_factory=dict)
@@ -66,6 +67,12 @@ class ServedModel:
         return self.profiles is not None
 
 
+def snippet(text: str) -> str:
+    """A review as the page shows it: one line, at most SNIPPET_CHARS characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
+
+
 def _group(keys: np.ndarray) -> dict[int, np.ndarray]:
     order = np.argsort(keys, kind="stable")
     bounds = np.flatnonzero(np.diff(keys[order])) + 1
@@ -89,12 +96,14 @@ def load_review_text(data: PreparedData, cache_path: Path | None) -> ReviewText:
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     users = table.column("user_idx").to_numpy().astype(np.int64)
     items = table.column("item_idx").to_numpy().astype(np.int64)
+    texts = table.column("text").to_pylist()
     return ReviewText(
         users=users,
         items=items,
         ratings=table.column("rating").to_numpy(zero_copy_only=False).astype(np.float32),
         times=table.column("time").to_numpy().astype(np.int64),
-        texts=table.column("text").to_pylist(),
+        texts=texts,
+        snippets=[snippet(t) for t in texts],  # once here, not per request: splitting long reviews is slow
         vectors=vectors,
         by_user=_group(users),
         by_item=_group(items),
