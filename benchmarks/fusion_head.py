@@ -73,9 +73,12 @@ TUNED = (
     {"num_negatives": 4, "learning_rate": 1e-3, "factors": 64, "mlp_layers": [256, 128, 64], "weight_decay": 1e-5},
     {"num_negatives": 4, "learning_rate": 1e-3, "factors": 64, "mlp_layers": [256, 128, 64], "weight_decay": 1e-4},
 )
-TRAINING = {"epochs": 60, "patience": 8, "batch_size": 256, "device": "cpu"}
+TRAINING = {"epochs": 50, "patience": 6, "batch_size": 256, "device": "cpu"}  # the same early stopping for every row
 NEURAL_FORM = {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3}
 FEATURES = ("item_model", "text_match", "popularity")
+# In the order they run (the headline comparisons first); `*_as_configured` rows use params.yaml's training, one seed.
+ROWS = ("neumf", "bert_rs_neural", "stack_features", "stack_neural", "bert_rs_paper",
+        "neumf_as_configured", "bert_rs_neural_as_configured", "bert_rs_paper_as_configured")
 
 
 # ------------------------------------------------------------------------------------------ out-of-fold features
@@ -232,7 +235,8 @@ def prepared_and_cache(work: Path, protocol: str, params) -> tuple[PreparedData,
     return data, cache
 
 
-def run_protocol(work: Path, protocol: str, params, seeds: list[int], n_folds: int, log) -> dict:
+def run_protocol(work: Path, protocol: str, params, seeds: list[int], n_folds: int, log,
+                 rows_to_run: tuple[str, ...] = ROWS) -> dict:
     data, cache = prepared_and_cache(work, protocol, params)
     profiles = load_profiles(cache, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
     ledger = Ledger(work / protocol / "runs.jsonl")
@@ -289,11 +293,11 @@ def run_protocol(work: Path, protocol: str, params, seeds: list[int], n_folds: i
 
     rows: dict = {"bert_rs": {"kind": "closed form (default)", "valid": reference["valid"],
                               "test_full_ndcg@10": reference["test_full"]["ndcg@10"], "test_std": 0.0,
-                              "per_positive": reference["per_positive"], "choices": choices, "configs": 1}}
-    plan = {f"{m}_as_configured": [{}] for m in ("neumf", "bert_rs_paper", "bert_rs_neural")}
-    plan.update({m: list(TUNED) for m in ("neumf", "bert_rs_paper", "bert_rs_neural", "stack_features",
-                                          "stack_neural")})
+                              "per_positive": reference["per_positive"], "choices": choices, "configs": 1,
+                              "seeds": 1}}
+    plan = {row: [{}] if row.endswith("_as_configured") else list(TUNED) for row in rows_to_run}
     for row, configs in plan.items():
+        row_seeds = seeds[:1] if row.endswith("_as_configured") else seeds  # context rows: one seed
         search = []
         for index, overrides in enumerate(configs):  # chosen with the first seed, on validation only
             out = ledger.get_or_run(f"{row}/c{index}/s{seeds[0]}", lambda: fit(row, overrides, seeds[0]))
@@ -302,13 +306,13 @@ def run_protocol(work: Path, protocol: str, params, seeds: list[int], n_folds: i
                 f"(epoch {out['best_epoch']}/{out['epochs']}, {out['seconds']:.0f}s)")
         chosen = int(np.argmax(search))
         runs = [ledger.get_or_run(f"{row}/c{chosen}/s{seed}", lambda: fit(row, configs[chosen], seed))
-                for seed in seeds]
+                for seed in row_seeds]
         tests = [r["test_full"]["ndcg@10"] for r in runs]
         per_positive = np.mean([r["per_positive"] for r in runs], axis=0)
         low, high = user_bootstrap(per_positive, reference["per_positive"], data.test.users)
         rows[row] = {"kind": "learned", "configs": len(configs), "chosen": configs[chosen], "valid_search": search,
                      "valid": float(np.mean([r["valid"] for r in runs])), "test_full_ndcg@10": float(np.mean(tests)),
-                     "test_std": float(np.std(tests)), "test_by_seed": tests,
+                     "test_std": float(np.std(tests)), "test_by_seed": tests, "seeds": len(runs),
                      "best_epochs": [r["best_epoch"] for r in runs],
                      "feature_weights": [r.get("feature_weights") for r in runs] if row.startswith("stack_") else None,
                      "gain_vs_bert_rs": float(np.mean(tests)) - reference["test_full"]["ndcg@10"],
@@ -340,19 +344,23 @@ def verdict_line(protocol: str, res: dict) -> str:
     return head + (f"The learned row best on validation, {best}, scores {b['test_full_ndcg@10']:.4f} vs {ref:.4f} "
                    f"({_pct(b['test_full_ndcg@10'] / ref - 1)}; 95% CI of the gain "
                    f"[{b['bootstrap_95ci_gain'][0]:+.4f}, {b['bootstrap_95ci_gain'][1]:+.4f}]). "
-                   f"Significantly worse than bert_rs: {', '.join(worse) or 'none'}.")
+                   f"Significantly worse than bert_rs: {', '.join(worse) or 'none'}. On validation (what selection "
+                   f"sees) {'no learned row beats' if b['valid'] <= rows['bert_rs']['valid'] else best + ' beats'} "
+                   f"bert_rs ({b['valid']:.4f} vs {rows['bert_rs']['valid']:.4f}), so "
+                   + ("the closed-form default stays the validation winner." if b["valid"] <= rows["bert_rs"]["valid"]
+                      else f"{best} would be the validation winner."))
 
 
 def markdown(results: dict, meta: dict) -> str:
     lines = ["# Fusion head: a learned head vs the closed-form default bert_rs", "",
              f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
-             f"Date: {meta['date']}; {meta['minutes']:.0f} min; torch {meta['torch']}; seeds {meta['seeds']}", "",
+             f"Date: {meta['date']}; this run {meta['minutes']:.0f} min, fits in the ledger {meta['fit_minutes']:.0f} min; torch {meta['torch']}; seeds {meta['seeds']}", "",
              "Digital Music sample (data/sample, params.yaml's prepare: 3/3 k-core), mean-pooled MiniLM cache "
              "(`minilm_mean`). Full-ranking NDCG@10 on test; every choice made on validation full-ranking NDCG@10. "
              f"Learned rows: {len(TUNED)} configurations each (4 negatives per positive; lr / factors / L2: "
              + "; ".join(f"{c['learning_rate']:g} / {c['factors']} / {c['weight_decay']:g}" for c in TUNED)
              + "), chosen with the first seed, retrained with each seed, early stopping (patience "
-             f"{TRAINING['patience']}). `*_as_configured`: params.yaml's training (1 negative), for context. "
+             f"{TRAINING['patience']}). `*_as_configured`: params.yaml's training (1 negative, one seed), for context. "
              "Stack rows: the default's three score parts (item model, text match, popularity; standardised per "
              f"user) as inputs of the head, out-of-fold ({meta['folds']} folds per user, profiles re-pooled without "
              "the held-out fold) for training pairs, the full-training fit at validation/test. Interval: paired "
@@ -363,12 +371,12 @@ def markdown(results: dict, meta: dict) -> str:
         lines += ["", f"## {protocol}", "",
                   f"{s['users']} users, {s['items']} items, {s['train']} / {s['valid']} / {s['test']} "
                   "train / valid / test positives.", "",
-                  "| row | configs | valid NDCG@10 | test NDCG@10 (mean +- sd over seeds) | vs bert_rs | 95% CI of gain |"
-                  " best epochs |", "|---|---|---|---|---|---|---|"]
+                  "| row | configs | seeds | valid NDCG@10 | test NDCG@10 (mean +- sd over seeds) | vs bert_rs | 95% CI of "
+                  "gain | best epochs |", "|---|---|---|---|---|---|---|---|"]
         ref = res["rows"]["bert_rs"]["test_full_ndcg@10"]
         for name, r in res["rows"].items():
             ci = r.get("bootstrap_95ci_gain")
-            lines.append(f"| {name} | {r['configs']} | {r['valid']:.4f} | {r['test_full_ndcg@10']:.4f} +- "
+            lines.append(f"| {name} | {r['configs']} | {r['seeds']} | {r['valid']:.4f} | {r['test_full_ndcg@10']:.4f} +- "
                          f"{r['test_std']:.4f} | {_pct(r['test_full_ndcg@10'] / ref - 1) if name != 'bert_rs' else '-'}"
                          f" | {f'[{ci[0]:+.4f}, {ci[1]:+.4f}]' if ci else '-'} | "
                          f"{', '.join(map(str, r.get('best_epochs', []))) or '-'} |")
@@ -390,6 +398,7 @@ def main() -> None:
     parser.add_argument("--protocols", default="leave_one_out")
     parser.add_argument("--seeds", default="1,2", help="comma-separated; the first one chooses the configuration")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--rows", default=",".join(ROWS), help="learned rows to run (bert_rs always runs)")
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--work", default=str(REPO / "build" / "fusion_head"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fusion_head"))
@@ -401,7 +410,11 @@ def main() -> None:
     params = load_params(args.params)
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    results = {p: run_protocol(Path(args.work), p, params, seeds, args.folds, lambda m: print(m, flush=True))
+    rows = tuple(args.rows.split(","))
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"--rows: unknown {sorted(unknown)}; known: {', '.join(ROWS)}")
+    results = {p: run_protocol(Path(args.work), p, params, seeds, args.folds, lambda m: print(m, flush=True), rows)
                for p in args.protocols.split(",")}
     import psutil
 
@@ -410,7 +423,9 @@ def main() -> None:
                        f"{platform.processor() or platform.machine()}",
             "command": "python " + " ".join(["benchmarks/fusion_head.py", *sys.argv[1:]]),
             "seeds": seeds, "folds": args.folds, "minutes": (time.perf_counter() - started) / 60,
-            "torch": torch.__version__, "tuned_configs": TUNED, "training": TRAINING}
+            "fit_minutes": sum(r.get("seconds", 0.0) for p in results
+                               for r in Ledger(Path(args.work) / p / "runs.jsonl").rows.values()) / 60,
+            "torch": torch.__version__, "tuned_configs": TUNED, "training": TRAINING, "rows": rows}
     out = Path(args.out)
     write_json(out.with_suffix(".json"), {"meta": meta, "results": results,
                                           "verdict": {p: verdict_line(p, r) for p, r in results.items()}})
