@@ -160,15 +160,15 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
 
 def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tuple[nn.Module, dict]:
     if name == "pop":
-        return train(RunSpec(model="pop"), params.train, data, None, progress=False).model, {}
+        return train(RunSpec(model="pop"), params.ranking, data, None, progress=False).model, {}
     if name == "ease":
         return tuned_ease(data)
     if name == "neumf":
-        config = dataclasses.replace(params.train, epochs=NEUMF_EPOCHS, patience=4)
+        config = params.ranking.override("neumf", epochs=NEUMF_EPOCHS, patience=4)
         return train(RunSpec(model="neumf"), config, data, None, progress=False).model, {}
     if name == "text":
         return TextMatch(profiles), {}
-    model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.train)
+    model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
     model.fit(data.train.users, data.train.items)
     model.select_on_validation(data)
     return model, model.choices()

@@ -54,11 +54,12 @@ def main(
     data = load_prepared(prepared)
     results: dict[str, dict] = {}
     folders = find_runs(models)
-    if not every_folder and all_params.runs:  # the table is the runs params.yaml lists, nothing stale beside them
-        missing = [name for name in all_params.runs if not (models / name / RUN_FILE).is_file()]
+    listed = all_params.all_runs()  # runs, then text_runs
+    if not every_folder and listed:  # the table is the runs params.yaml lists, nothing stale beside them
+        missing = [name for name in listed if not (models / name / RUN_FILE).is_file()]
         if missing:
-            raise DataError(f"{models}: no trained run for {missing} (listed under runs in {params})")
-        folders = [models / name for name in all_params.runs]
+            raise DataError(f"{models}: no trained run for {missing} (listed under runs or text_runs in {params})")
+        folders = [models / name for name in listed]
     for folder in folders:
         ckpt = load_checkpoint(folder, data)
         name = ckpt.info.get("run") or str(folder.relative_to(models))

@@ -195,12 +195,13 @@ def best_on_validation(ranking_env, config) -> dict:
     data, profiles = ranking_env.data, ranking_env.profiles()
     spec = RunSpec(model="bert_rs", embeddings="x")
     best, best_ndcg = None, -1.0
-    for side in config.text_side_weights:
-        for match in config.text_matches:
-            for w in config.text_weights:
-                if w == 0.0 and match != config.text_matches[0]:
+    grids = config.section("bert_rs")
+    for side in grids.text_side_weights:
+        for match in grids.text_matches:
+            for w in grids.text_weights:
+                if w == 0.0 and match != grids.text_matches[0]:
                     continue  # w = 0 ignores the match
-                one = replace_config(config, text_side_weights=[side], text_matches=[match], text_weights=[w])
+                one = replace_config(config, "bert_rs", text_side_weights=[side], text_matches=[match], text_weights=[w])
                 model = train(spec, one, data, profiles, progress=False).model
                 ndcg = evaluate(model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"]
                 if ndcg > best_ndcg:
@@ -218,8 +219,8 @@ def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(
     # (their search is specified in tests/test_review_ease.py)
     config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
                             text_matches=["item_neighbours", "user_profile"],
-                            bert_rs_lambdas=[ranking_env.config.ease_lambda], bert_rs_regularisers=["ease"],
-                            bert_rs_whitening=[False], bert_rs_pop_weights=[0.0])
+                            lambdas=ranking_env.config.section("ease").lambdas, regularisers=["ease"],
+                            whitening=[False], pop_weights=[0.0])
     ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="ease"),
                                   RunSpec(model="bert_rs", embeddings="x"), "full")
     chosen = settings(ndcg["text_model"])

@@ -157,10 +157,10 @@ class ReviewAwareEASE(nn.Module):
 
     @classmethod
     def from_config(cls, n_users: int, n_items: int, profiles: Profiles, config) -> "ReviewAwareEASE":
-        """The model with every grid of the train section (`pipeline.config.TrainConfig`)."""
-        return cls(n_users, n_items, profiles, config.ease_lambda, config.text_side_weights, config.text_matches,
-                   config.text_weights, ease_lambdas=config.bert_rs_lambdas, regularisers=config.bert_rs_regularisers,
-                   whitening=config.bert_rs_whitening, pop_weights=config.bert_rs_pop_weights)
+        """The model with every grid of its section (`pipeline.config.BertRSConfig`, params `models.bert_rs`)."""
+        return cls(n_users, n_items, profiles, config.lambdas[0], config.text_side_weights, config.text_matches,
+                   config.text_weights, ease_lambdas=config.lambdas, regularisers=config.regularisers,
+                   whitening=config.whitening, pop_weights=config.pop_weights)
 
     @property
     def match(self) -> str:

@@ -43,7 +43,7 @@ def resolve_solver(solver: str, n_items: int, budget_gb: float | None, n_users: 
                    dim: int = 0) -> str:
     """dense | scalable: `auto` picks dense while it fits the budget (train.memory_budget_gb), scalable past it."""
     if solver not in SOLVERS:
-        raise ValueError(f"train.bert_rs_solver must be one of {SOLVERS}, got {solver!r}")
+        raise ValueError(f"models.bert_rs.solver must be one of {SOLVERS}, got {solver!r}")
     if solver != "auto":
         return solver
     return "dense" if dense_fits(n_items, budget_gb, n_users, nnz, dim) else "scalable"

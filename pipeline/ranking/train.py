@@ -11,7 +11,7 @@ entry point: one fit, one validation pass, one row of curves.
 
 A checkpoint is a folder:
     model.safetensors   the state dict (profiles are NOT in it: they are fixed inputs reloaded from the cache)
-    run.json            RunSpec, TrainConfig, data fingerprint, cache path + fingerprint + provenance, best epoch,
+    run.json            RunSpec, the shared train section and the model's own section, data fingerprint, cache path + fingerprint + provenance, best epoch,
                         n_users, n_items, dim
 """
 
@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.config import TEXT_MODELS, ConfigError, RunSpec, TrainConfig, from_dict, to_dict
+from pipeline.config import TEXT_MODELS, ConfigError, ModelsConfig, RankingConfig, RunSpec, TrainConfig, from_dict, to_dict
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import META_FILE, Profiles, load_profiles
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json
@@ -67,7 +67,7 @@ class TrainResult:
 class Checkpoint:
     model: nn.Module
     spec: RunSpec
-    config: TrainConfig
+    config: RankingConfig  # the shared train section and this model's section as recorded (others at defaults)
     info: dict  # run.json
     profiles: Optional[Profiles]  # as the model sees them (shuffled for the ablation)
 
@@ -81,36 +81,39 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(
-    spec: RunSpec, config: TrainConfig, n_users: int, n_items: int, profiles: Profiles | None = None
+    spec: RunSpec, config: RankingConfig, n_users: int, n_items: int, profiles: Profiles | None = None
 ) -> nn.Module:
-    """The untrained model for a run; `profiles` must already be shuffled when the run asks for the ablation."""
+    """The untrained model for a run, from its model's section; `profiles` must already be shuffled when the run
+    asks for the ablation."""
     if spec.model in TEXT_MODELS and profiles is None:
         raise ConfigError(f"model {spec.model} needs an embedding cache (--embeddings)")
+    section = config.section(spec.model)
     if spec.model == "pop":
         return Popularity(n_users, n_items)
     if spec.model == "ease":
-        return EASE(n_users, n_items, config.ease_lambda)
-    if spec.model == "bert_rs" and resolve_solver(config.bert_rs_solver, n_items, config.memory_budget_gb) == "scalable":
-        return ScalableItemModel(n_users, n_items, profiles, config.scalable_rank, config.scalable_epochs,
-                                 config.scalable_batch_users, config.scalable_learning_rate, config.scalable_text_init,
-                                 config.text_weights, config.seed)
+        return EASE(n_users, n_items, section.lambdas[0])
+    if spec.model == "bert_rs" and resolve_solver(section.solver, n_items, config.train.memory_budget_gb) == "scalable":
+        return ScalableItemModel(n_users, n_items, profiles, section.scalable_rank, section.scalable_epochs,
+                                 section.scalable_batch_users, section.scalable_learning_rate,
+                                 section.scalable_text_init, section.text_weights, config.train.seed)
     if spec.model == "bert_rs":
-        return ReviewAwareEASE.from_config(n_users, n_items, profiles, config)
+        return ReviewAwareEASE.from_config(n_users, n_items, profiles, section)
     if spec.model == "mf":
-        return MatrixFactorization(n_users, n_items, config.factors, config.mf_loss)
+        return MatrixFactorization(n_users, n_items, section.factors, section.loss)
     if spec.model in VARIANTS:
+        fusion = spec.model in ("bert_rs_neural", "semantic_only")
         return FusionRanker(
             spec.model,
             n_users,
             n_items,
-            factors=config.factors,
-            mlp_layers=config.mlp_layers,
-            dropout=config.dropout,
+            factors=section.factors,
+            mlp_layers=section.mlp_layers,
+            dropout=section.dropout,
             profiles=profiles if spec.model in TEXT_MODELS else None,
-            semantic_form=config.semantic_form,
-            text_similarity=config.text_similarity,
+            semantic_form=section.semantic_form if fusion else "paper",
+            text_similarity=section.text_similarity if fusion else False,
             # only the configurable text head leans on text; NCF baselines and the literal paper model stay as published
-            user_id_dropout=config.user_id_dropout if spec.model == "bert_rs_neural" else 0.0,
+            user_id_dropout=section.user_id_dropout if spec.model == "bert_rs_neural" else 0.0,
         )
     raise ConfigError(f"unknown model {spec.model!r}")
 
@@ -124,15 +127,18 @@ def model_profiles(spec: RunSpec, profiles: Profiles | None, seed: int) -> Profi
     return shuffle_profiles(profiles, seed) if spec.shuffle else profiles
 
 
-def check_run_memory(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None) -> float:
+def check_run_memory(spec: RunSpec, config: RankingConfig, data: PreparedData, profiles: Profiles | None) -> float:
     """Stop before fitting when the run's estimated peak memory exceeds train.memory_budget_gb (see memory.py)."""
-    name = spec.model
-    if name == "bert_rs" and resolve_solver(config.bert_rs_solver, data.n_items, config.memory_budget_gb) == "scalable":
+    name, section, budget = spec.model, config.section(spec.model), config.train.memory_budget_gb
+    if name == "bert_rs" and resolve_solver(section.solver, data.n_items, budget) == "scalable":
         name = "scalable"
     shape = Shape(data.n_users, data.n_items, len(data.train.users), profiles.dim if profiles is not None else 0)
-    return check_fit(name, shape, config.memory_budget_gb, factors=config.factors,
-                     num_negatives=config.num_negatives, rank=config.scalable_rank,
-                     batch_users=config.scalable_batch_users)
+    sizes = {}
+    if name == "scalable":
+        sizes = {"rank": section.scalable_rank, "batch_users": section.scalable_batch_users}
+    elif spec.model not in ("pop", "ease", "bert_rs"):
+        sizes = {"factors": section.factors, "num_negatives": section.num_negatives}
+    return check_fit(name, shape, budget, **sizes)
 
 
 def valid_metrics(model: nn.Module, data: PreparedData, mask: PairSet | None = None) -> dict:
@@ -144,7 +150,7 @@ def valid_metrics(model: nn.Module, data: PreparedData, mask: PairSet | None = N
 
 def train(
     spec: RunSpec,
-    config: TrainConfig,
+    config: RankingConfig,
     data: PreparedData,
     profiles: Profiles | None = None,
     progress: bool = True,
@@ -153,10 +159,11 @@ def train(
     """Fit one run's model on `data.train`, selecting the epoch by validation full-ranking NDCG@10 with early
     stopping. `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded,
     never used): an ablation that must hold its partner's epoch count instead of choosing its own."""
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    torch.manual_seed(config.train.seed)
+    device = resolve_device(config.train.device)
     check_run_memory(spec, config, data, profiles)
-    model = build_model(spec, config, data.n_users, data.n_items, model_profiles(spec, profiles, config.seed))
+    model = build_model(spec, config, data.n_users, data.n_items, model_profiles(spec, profiles, config.train.seed))
+    settings = config.section(spec.model)
     has_valid = len(data.valid) > 0
     mask = full_ranking_mask(data, "valid") if has_valid else None
     if not has_valid:
@@ -174,14 +181,14 @@ def train(
         return TrainResult(model.cpu(), [row], 0, valid)
 
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.train.seed)
     curves: list[dict] = []
     best_score, best_epoch, best_state, best_valid, stale = -math.inf, 0, None, {}, 0
-    epochs = config.epochs if fixed_epochs is None else fixed_epochs
+    epochs = settings.epochs if fixed_epochs is None else fixed_epochs
     bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not progress, unit="epoch")
     for epoch in bar:
-        loss = _train_epoch(model, optimizer, sampler, config, device)
+        loss = _train_epoch(model, optimizer, sampler, settings, device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         curves.append({"epoch": epoch, "loss": loss, **_curve_metrics(valid)})
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
@@ -192,7 +199,7 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= config.patience:
+            if stale >= settings.patience:
                 log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best_epoch, SELECTION_METRIC, best_score)
                 break
     model.load_state_dict(best_state)
@@ -200,13 +207,14 @@ def train(
 
 
 def _train_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, config: TrainConfig, device
+    model: nn.Module, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, settings, device
 ) -> float:
+    """One pass over freshly drawn negatives; `settings` is the model's section (an SGDConfig)."""
     model.train()
-    users, pos, neg = (torch.as_tensor(a, device=device) for a in sampler.epoch(config.num_negatives))
+    users, pos, neg = (torch.as_tensor(a, device=device) for a in sampler.epoch(settings.num_negatives))
     total, seen = 0.0, 0
-    for start in range(0, len(users), config.batch_size):
-        batch = slice(start, start + config.batch_size)
+    for start in range(0, len(users), settings.batch_size):
+        batch = slice(start, start + settings.batch_size)
         loss = model.loss(users[batch], pos[batch], neg[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,7 +235,7 @@ def save_checkpoint(
     out_dir: str | Path,
     result: TrainResult,
     spec: RunSpec,
-    config: TrainConfig,
+    config: RankingConfig,
     data: PreparedData,
     profiles: Profiles | None = None,
     cache_path: str | Path | None = None,
@@ -248,7 +256,8 @@ def save_checkpoint(
     info = {
         "run": run_name or out_dir.name,
         "spec": to_dict(spec),
-        "train": to_dict(config),
+        "train": to_dict(config.train),
+        "model_settings": to_dict(config.section(spec.model)),  # models.<its model>: all a reload needs
         "data_fingerprint": data.fingerprint,
         "n_users": data.n_users,
         "n_items": data.n_items,
@@ -258,7 +267,7 @@ def save_checkpoint(
         "best_valid": result.best_valid,
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices() if hasattr(result.model, "choices") else None,
-        # bert_rs: which solver ran (train.bert_rs_solver: auto resolves by the memory budget); load rebuilds it
+        # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it
         "bert_rs_solver": getattr(result.model, "solver", "dense") if spec.model == "bert_rs" else None,
         "weights": WEIGHTS_FILE,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
@@ -286,9 +295,12 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     if (info.get("n_users"), info.get("n_items")) != (data.n_users, data.n_items):
         raise DataError(f"{where}: n_users/n_items {info.get('n_users')}/{info.get('n_items')} differ from the data")
     spec = from_dict(RunSpec, info["spec"], f"{where}: spec")
-    config = from_dict(TrainConfig, info["train"], f"{where}: train")
+    shared = from_dict(TrainConfig, info["train"], f"{where}: train")
+    section_type = type(ModelsConfig().section(spec.model))
+    section = from_dict(section_type, info["model_settings"], f"{where}: model_settings")
     if info.get("bert_rs_solver"):  # the solver that ran, not the one `auto` would pick on this machine today
-        config = dataclasses.replace(config, bert_rs_solver=info["bert_rs_solver"])
+        section = dataclasses.replace(section, solver=info["bert_rs_solver"])
+    config = RankingConfig(shared, dataclasses.replace(ModelsConfig(), **{spec.model: section}))
     profiles = None
     if spec.model in TEXT_MODELS:
         recorded = info.get("embeddings") or {}
@@ -297,7 +309,7 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
             path, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items
         )
         check_same_cache(recorded, profiles, where, path)
-    seen_profiles = model_profiles(spec, profiles, config.seed)
+    seen_profiles = model_profiles(spec, profiles, config.train.seed)
     model = build_model(spec, config, data.n_users, data.n_items, seen_profiles)
     state = load_file(str(model_dir / info.get("weights", WEIGHTS_FILE)))
     _resize_buffers(model, state)
