@@ -241,10 +241,10 @@ def n_configs(spec: RunSpec, budget: int) -> int:
 def validation_looks(spec: RunSpec, config: RankingConfig, result) -> int:
     """How many validation scores one fit compared while choosing: its text settings (bert_rs), its epochs (neural
     models), or one."""
-    choices = result.model.choices() if hasattr(result.model, "choices") else {}
-    if "validation_looks" in (choices or {}):
+    choices = result.model.choices() or {}
+    if "validation_looks" in choices:
         return int(choices["validation_looks"])
-    return len(result.curves) if getattr(result.model, "trainable", True) else 1  # as train() reads it
+    return len(result.curves) if result.model.trainable else 1  # as train() reads it
 
 
 def validation_ndcg(spec: RunSpec, config: RankingConfig, data: PreparedData) -> dict:
@@ -268,7 +268,7 @@ def fit_and_score(spec: RunSpec, config: RankingConfig, data: PreparedData, prof
         "bucket_sizes": {b: m["n"] for b, m in test["buckets"]["full"].items()},
         "per_positive_full_ndcg@10": per_user,
         "best_epoch": result.best_epoch,
-        "text_choices": result.model.choices() if hasattr(result.model, "choices") else None,
+        "text_choices": result.model.choices(),
         "validation_looks": 0 if fixed_epochs is not None else validation_looks(spec, config, result),
         "seconds": time.perf_counter() - started,
     }

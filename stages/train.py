@@ -78,5 +78,5 @@ def main(
     out = out or Path("data/models") / run
     save_checkpoint(out, result, spec, config.ranking, data, profiles, embeddings, run_name=run)
     write_curves(curves or Path("metrics/curves") / f"{run}.csv", result.curves)
-    chosen = f", chosen on validation {result.model.choices()}" if hasattr(result.model, "choices") else ""
+    chosen = f", chosen on validation {result.model.choices()}" if result.model.choices() is not None else ""
     typer.echo(f"{run}: best epoch {result.best_epoch}, valid {result.best_valid}{chosen} -> {out}")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.embeddings.cache import Profiles
+from pipeline.ranking.protocol import TrainableRanker
 
 BRANCHES = ("semantic", "similarity", "gmf", "mlp")
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -61,7 +62,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 SEMANTIC_FORMS = ("paper", "projected")
 
 
-class FusionRanker(nn.Module):
+class FusionRanker(TrainableRanker):
     """BERT-RS (Lu et al.) built on NCF (He et al., WWW 2017); the variant picks the branches.
 
     Prediction (eq. 12): y_hat = sigmoid(w^T [l_s ; l_g ; l_m] + b), trained with binary cross-entropy.

@@ -145,7 +145,7 @@ def recommend(
 def _top_k(model, device, batch, k, known, popular, n_candidates, profiles, index) -> tuple[np.ndarray, np.ndarray]:
     """(b, k) item indices (-1 where fewer than k new items exist) and their scores."""
     b = len(batch)
-    if index is not None and profiles is not None and not getattr(model, "ranks_whole_catalogue", False):
+    if index is not None and profiles is not None and not model.ranks_whole_catalogue:
         pool = np.concatenate(
             [faiss_candidates(index, profiles.users[batch], n_candidates), np.broadcast_to(popular, (b, len(popular)))],
             axis=1,

@@ -32,6 +32,7 @@ from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.memory import dense_fits
 from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.sampling import PairSet
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,10 @@ def text_initial_factors(unit_items: torch.Tensor, rank: int, seed: int) -> torc
     return a
 
 
-class ScalableItemModel(nn.Module):
+class ScalableItemModel(ClosedFormRanker):
     """ELSA-style low-rank item model with text initialisation and a late text match; see the module docstring."""
 
-    trainable = False  # trains inside `fit` (its own minibatch loop), then picks the text weight on validation
+    # trains inside `fit` (its own minibatch loop), then picks the text weight on validation
     ranks_whole_catalogue = True
     solver = "scalable"
 

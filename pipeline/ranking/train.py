@@ -38,14 +38,13 @@ from pipeline.config import TEXT_MODELS, ConfigError, ModelsConfig, RankingConfi
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import META_FILE, Profiles, load_profiles
 from pipeline.io import DataError, atomic_dir, atomic_path, read_json
-from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
-from pipeline.ranking.hybrid import ReviewAwareEASE
 from pipeline.ranking.memory import Shape, check_fit
 from pipeline.ranking.metrics import metrics_from_ranks
-from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
+from pipeline.ranking.models import shuffle_profiles
+from pipeline.ranking.protocol import ClosedFormRanker, Ranker
+from pipeline.ranking.registry import bert_rs_solver, entry, section_type
 from pipeline.ranking.sampling import NegativeSampler, PairSet
-from pipeline.ranking.scalable import ScalableItemModel, resolve_solver
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ CACHE_IDENTITY_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length"
 
 @dataclass
 class TrainResult:
-    model: nn.Module
+    model: Ranker
     curves: list[dict]  # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10 (full ranking)
     best_epoch: int
     best_valid: dict  # validation metrics of the selected epoch
@@ -65,7 +64,7 @@ class TrainResult:
 
 @dataclass
 class Checkpoint:
-    model: nn.Module
+    model: Ranker
     spec: RunSpec
     config: RankingConfig  # the shared train section and this model's section as recorded (others at defaults)
     info: dict  # run.json
@@ -82,40 +81,13 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(
     spec: RunSpec, config: RankingConfig, n_users: int, n_items: int, profiles: Profiles | None = None
-) -> nn.Module:
-    """The untrained model for a run, from its model's section; `profiles` must already be shuffled when the run
-    asks for the ablation."""
-    if spec.model in TEXT_MODELS and profiles is None:
+) -> Ranker:
+    """The untrained model for a run, from its model's section (pipeline/ranking/registry.py); `profiles` must
+    already be shuffled when the run asks for the ablation."""
+    model = entry(spec.model)
+    if model.reads_text and profiles is None:
         raise ConfigError(f"model {spec.model} needs an embedding cache (--embeddings)")
-    section = config.section(spec.model)
-    if spec.model == "pop":
-        return Popularity(n_users, n_items)
-    if spec.model == "ease":
-        return EASE(n_users, n_items, section.lambdas[0])
-    if spec.model == "bert_rs" and resolve_solver(section.solver, n_items, config.train.memory_budget_gb) == "scalable":
-        return ScalableItemModel(n_users, n_items, profiles, section.scalable_rank, section.scalable_epochs,
-                                 section.scalable_batch_users, section.scalable_learning_rate,
-                                 section.scalable_text_init, section.text_weights, config.train.seed)
-    if spec.model == "bert_rs":
-        return ReviewAwareEASE.from_config(n_users, n_items, profiles, section)
-    if spec.model == "mf":
-        return MatrixFactorization(n_users, n_items, section.factors, section.loss)
-    if spec.model in VARIANTS:
-        fusion = spec.model in ("bert_rs_neural", "semantic_only")
-        return FusionRanker(
-            spec.model,
-            n_users,
-            n_items,
-            factors=section.factors,
-            mlp_layers=section.mlp_layers,
-            dropout=section.dropout,
-            profiles=profiles if spec.model in TEXT_MODELS else None,
-            semantic_form=section.semantic_form if fusion else "paper",
-            text_similarity=section.text_similarity if fusion else False,
-            # only the configurable text head leans on text; NCF baselines and the literal paper model stay as published
-            user_id_dropout=section.user_id_dropout if spec.model == "bert_rs_neural" else 0.0,
-        )
-    raise ConfigError(f"unknown model {spec.model!r}")
+    return model.build(config.section(spec.model), config.train, n_users, n_items, profiles)
 
 
 def model_profiles(spec: RunSpec, profiles: Profiles | None, seed: int) -> Profiles | None:
@@ -130,7 +102,7 @@ def model_profiles(spec: RunSpec, profiles: Profiles | None, seed: int) -> Profi
 def check_run_memory(spec: RunSpec, config: RankingConfig, data: PreparedData, profiles: Profiles | None) -> float:
     """Stop before fitting when the run's estimated peak memory exceeds train.memory_budget_gb (see memory.py)."""
     name, section, budget = spec.model, config.section(spec.model), config.train.memory_budget_gb
-    if name == "bert_rs" and resolve_solver(section.solver, data.n_items, budget) == "scalable":
+    if name == "bert_rs" and bert_rs_solver(section, config.train, data.n_items) == "scalable":
         name = "scalable"
     shape = Shape(data.n_users, data.n_items, len(data.train.users), profiles.dim if profiles is not None else 0)
     sizes = {}
@@ -171,10 +143,10 @@ def train(
     if fixed_epochs is not None and fixed_epochs < 1:
         raise ConfigError(f"fixed_epochs must be >= 1, got {fixed_epochs}")
 
-    if not getattr(model, "trainable", True):
+    if isinstance(model, ClosedFormRanker):
         model.fit(data.train.users, data.train.items)
-        if hasattr(model, "select_on_validation") and has_valid:
-            model.select_on_validation(data)  # a closed-form model's text knobs, on validation only
+        if has_valid:
+            model.select_on_validation(data)  # a closed-form model's own grid, on validation only
         model.to(device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
@@ -266,9 +238,9 @@ def save_checkpoint(
         "best_epoch": result.best_epoch,
         "best_valid": result.best_valid,
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
-        "chosen": result.model.choices() if hasattr(result.model, "choices") else None,
+        "chosen": result.model.choices(),
         # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it
-        "bert_rs_solver": getattr(result.model, "solver", "dense") if spec.model == "bert_rs" else None,
+        "bert_rs_solver": result.model.solver if spec.model == "bert_rs" else None,
         "weights": WEIGHTS_FILE,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
@@ -296,8 +268,7 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
         raise DataError(f"{where}: n_users/n_items {info.get('n_users')}/{info.get('n_items')} differ from the data")
     spec = from_dict(RunSpec, info["spec"], f"{where}: spec")
     shared = from_dict(TrainConfig, info["train"], f"{where}: train")
-    section_type = type(ModelsConfig().section(spec.model))
-    section = from_dict(section_type, info["model_settings"], f"{where}: model_settings")
+    section = from_dict(section_type(spec.model), info["model_settings"], f"{where}: model_settings")
     if info.get("bert_rs_solver"):  # the solver that ran, not the one `auto` would pick on this machine today
         section = dataclasses.replace(section, solver=info["bert_rs_solver"])
     config = RankingConfig(shared, dataclasses.replace(ModelsConfig(), **{spec.model: section}))

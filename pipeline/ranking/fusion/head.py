@@ -25,6 +25,7 @@ from pipeline.ranking.fusion.gmf import GMFBranch
 from pipeline.ranking.fusion.mlp import MLPBranch
 from pipeline.ranking.fusion.semantic import PaperSemantic, ProjectedSemantic, TextSimilarity
 from pipeline.ranking.losses import pointwise_bce
+from pipeline.ranking.protocol import TrainableRanker
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "gmf": ("gmf",),
@@ -37,12 +38,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 SEMANTIC_FORMS = ("paper", "projected")
 
 
-class FusionRanker(nn.Module):
+class FusionRanker(TrainableRanker):
     """BERT-RS (Lu et al.) built on NCF (He et al., WWW 2017): y_hat = sigmoid(w^T [l_s ; l_t ; l_g ; l_m] + b),
     trained with binary cross-entropy (eq. 12); ranking scores are the logits."""
-
-    trainable = True
-    ranks_whole_catalogue = False
 
     def __init__(
         self,
