@@ -20,7 +20,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, atomic_dir, atomic_path, write_json
 from pipeline.ranking.evaluate import evaluate
 from pipeline.ranking.report import at_k_rows, comparison_markdown
-from pipeline.ranking.train import RUN_FILE, load_checkpoint
+from pipeline.ranking.checkpoint import RUN_FILE, load_checkpoint
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 

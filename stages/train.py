@@ -21,7 +21,8 @@ import typer
 from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.cache import load_profiles
-from pipeline.ranking.train import save_checkpoint, train, write_curves
+from pipeline.ranking.checkpoint import save_checkpoint
+from pipeline.ranking.train import train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 

@@ -15,7 +15,8 @@ from pipeline.config import EmbedConfig, RankingConfig, RunSpec, TrainConfig
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.build import build_cache
 from pipeline.embeddings.cache import load_profiles
-from pipeline.ranking.train import save_checkpoint, train
+from pipeline.ranking.checkpoint import save_checkpoint
+from pipeline.ranking.train import train
 
 SERVE_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0)).override(
     factors=8, mlp_layers=[16, 8], epochs=2, batch_size=256).override(

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipeline.data.prepared import Candidates
 from pipeline.ranking.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
 from pipeline.ranking.protocol import Scorer
-from pipeline.ranking.train import save_checkpoint
+from pipeline.ranking.checkpoint import save_checkpoint
 from tests.ranking_fixtures import write_train_params
 
 

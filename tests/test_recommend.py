@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.io import DataError
 from pipeline.ranking.recommend import known_pairs, read_index, recommend, user_indices
-from pipeline.ranking.train import save_checkpoint
+from pipeline.ranking.checkpoint import save_checkpoint
 from tests.ranking_fixtures import write_train_params
 
 

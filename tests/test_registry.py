@@ -11,7 +11,7 @@ import torch
 from pipeline.config import MODELS, TEXT_MODELS, RankingConfig, RunSpec, TrainConfig
 from pipeline.ranking import registry
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker, TrainableRanker
-from pipeline.ranking.train import build_model
+from pipeline.ranking.registry import build_model
 from tests.ranking_fixtures import N_ITEMS, N_USERS, tiny_profiles
 
 

@@ -14,7 +14,8 @@ from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.hybrid import standardise
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.scalable import ScalableItemModel
-from pipeline.ranking.train import load_checkpoint, save_checkpoint, train
+from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.ranking.train import train
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from pipeline.config import RunSpec
 from pipeline.io import DataError
 from pipeline.ranking.evaluate import evaluate, full_ranking_mask
-from pipeline.ranking.train import load_checkpoint, save_checkpoint, train
+from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.ranking.train import train
 from tests.ranking_fixtures import Untouchable, replace_config, with_test_positives_moved, write_train_params
 
 

@@ -13,12 +13,12 @@ from typing import Any, Callable
 
 from pipeline.config import (
     MODELS, TEXT_MODELS, BertRSConfig, ConfigError, EASEConfig, FusionConfig, MFConfig, ModelsConfig, NCFConfig,
-    PopConfig, TrainConfig,
+    PopConfig, RankingConfig, RunSpec, TrainConfig,
 )
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.hybrid import ReviewAwareEASE
-from pipeline.ranking.models import FusionRanker
+from pipeline.ranking.fusion import FusionRanker
 from pipeline.ranking.protocol import Ranker
 from pipeline.ranking.scalable import ScalableItemModel, resolve_solver
 
@@ -107,6 +107,17 @@ def entry(model: str) -> ModelEntry:
 
 def section_type(model: str) -> type:
     return entry(model).config
+
+
+def build_model(
+    spec: RunSpec, config: RankingConfig, n_users: int, n_items: int, profiles: Profiles | None = None
+) -> Ranker:
+    """The untrained model for a run, from its model's section (pipeline/ranking/registry.py); `profiles` must
+    already be shuffled when the run asks for the ablation."""
+    model = entry(spec.model)
+    if model.reads_text and profiles is None:
+        raise ConfigError(f"model {spec.model} needs an embedding cache (--embeddings)")
+    return model.build(config.section(spec.model), config.train, n_users, n_items, profiles)
 
 
 check_registry()
