@@ -58,7 +58,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import Params, RunSpec, TrainConfig, load_params  # noqa: E402
+from pipeline.config import BertRSConfig, Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
 from pipeline.embeddings.build import build_caches  # noqa: E402
@@ -100,10 +100,10 @@ LEVERS = {
 }
 FIXED_SHUFFLE = "+shuffled"  # the headline ablation: partner's choices held, profiles permuted
 RESEARCHED_SHUFFLE = "+shuffled_researched"  # the text search rerun on permuted profiles
-# bert_rs's choices (Model.choices()) -> the TrainConfig grid that offered them; a one-point grid fixes the choice
+# bert_rs's choices (Model.choices()) -> the models.bert_rs grid that offered them; a one-point grid fixes the choice
 CHOICE_GRIDS = {"side_weight": "text_side_weights", "text_match": "text_matches", "text_weight": "text_weights",
-                "ease_lambda": "bert_rs_lambdas", "regulariser": "bert_rs_regularisers",
-                "whitening": "bert_rs_whitening", "pop_weight": "bert_rs_pop_weights"}
+                "ease_lambda": "lambdas", "regulariser": "regularisers",
+                "whitening": "whitening", "pop_weight": "pop_weights"}
 # pop_only: a one-point popularity grid never offers "popularity alone"; a partner that chose it scores popularity,
 # which has no text to shuffle, so its ablation is the item model at the same settings (reported as such)
 NOT_A_SETTING = {"validation_looks", "pop_only"}
@@ -136,19 +136,19 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
 
 
 def fixed_choices(choices: dict | None) -> dict:
-    """TrainConfig overrides that leave a closed-form text model exactly one option per setting: the one its
+    """models.bert_rs overrides that leave the closed-form text model exactly one option per setting: the one its
     partner chose (so the ablation cannot re-search). Unknown choice names stop the run rather than be ignored."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(BertRSConfig)}
     out = {}
     for key, value in (choices or {}).items():
         if key in NOT_A_SETTING:
             continue
         grid = CHOICE_GRIDS.get(key, f"{key}s")
         if grid not in fields and key not in fields:
-            raise KeyError(f"choice {key!r} maps to no TrainConfig setting; add it to CHOICE_GRIDS")
+            raise KeyError(f"choice {key!r} maps to no models.bert_rs setting; add it to CHOICE_GRIDS")
         if grid in fields:
             out[grid] = [value]
-        if key in fields:
+        elif key in fields:
             out[key] = value
     return out
 
@@ -249,35 +249,36 @@ def ease_wide_lambdas(n: int) -> tuple[float, ...]:
     return tuple(float(x) for x in np.geomspace(1.0, 1e5, n))
 
 
-def config_for(base: TrainConfig, spec: RunSpec, index: int, seed: int, lambdas: tuple[float, ...] = EASE_SEARCH
-               ) -> TrainConfig:
+def config_for(base: RankingConfig, spec: RunSpec, index: int, seed: int, lambdas: tuple[float, ...] = EASE_SEARCH
+               ) -> RankingConfig:
     if spec.model == "ease":
-        return dataclasses.replace(base, ease_lambda=lambdas[index], seed=seed)
-    if spec.model == "bert_rs":  # it searches lambda itself, jointly with its text settings (bert_rs_lambdas)
-        return dataclasses.replace(base, seed=seed)
-    return dataclasses.replace(base, **SEARCH[index], seed=seed)
+        return base.override("ease", lambdas=[lambdas[index]], seed=seed)
+    if spec.model == "bert_rs":  # it searches lambda itself, jointly with its text settings (models.bert_rs.lambdas)
+        return base.override("bert_rs", seed=seed)
+    own = {f.name for f in dataclasses.fields(base.section(spec.model))}  # MF has no MLP; pop nothing to search
+    return base.override(spec.model, **{k: v for k, v in SEARCH[index].items() if k in own}, seed=seed)
 
 
 def n_configs(spec: RunSpec, budget: int) -> int:
     return 1 if spec.model in ("pop", "bert_rs") else budget
 
 
-def validation_looks(spec: RunSpec, config: TrainConfig, result) -> int:
+def validation_looks(spec: RunSpec, config: RankingConfig, result) -> int:
     """How many validation scores one fit compared while choosing: its text settings (bert_rs), its epochs (neural
     models), or one."""
-    choices = result.model.choices() if hasattr(result.model, "choices") else {}
-    if "validation_looks" in (choices or {}):
+    choices = result.model.choices() or {}
+    if "validation_looks" in choices:
         return int(choices["validation_looks"])
-    return len(result.curves) if getattr(result.model, "trainable", True) else 1  # as train() reads it
+    return len(result.curves) if result.model.trainable else 1  # as train() reads it
 
 
-def validation_ndcg(spec: RunSpec, config: TrainConfig, data: PreparedData) -> dict:
+def validation_ndcg(spec: RunSpec, config: RankingConfig, data: PreparedData) -> dict:
     """A search step that only needs the validation score (ease_wide's lambdas)."""
     result = train(spec, config, data, None, progress=False)
     return {"valid_full_ndcg@10": result.best_valid["ndcg@10"], "validation_looks": 1}
 
 
-def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profiles: Profiles | None,
+def fit_and_score(spec: RunSpec, config: RankingConfig, data: PreparedData, profiles: Profiles | None,
                   fixed_epochs: int | None = None) -> dict:
     started = time.perf_counter()
     result = train(spec, config, data, profiles, progress=False, fixed_epochs=fixed_epochs)
@@ -292,7 +293,7 @@ def fit_and_score(spec: RunSpec, config: TrainConfig, data: PreparedData, profil
         "bucket_sizes": {b: m["n"] for b, m in test["buckets"]["full"].items()},
         "per_positive_full_ndcg@10": per_user,
         "best_epoch": result.best_epoch,
-        "text_choices": result.model.choices() if hasattr(result.model, "choices") else None,
+        "text_choices": result.model.choices(),
         "validation_looks": 0 if fixed_epochs is not None else validation_looks(spec, config, result),
         "seconds": time.perf_counter() - started,
     }
@@ -329,7 +330,7 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
     mean_cache = mean_cache_of(params)
     for name, (spec, overrides) in variants(params).items():
         prof = profiles.get(spec.embeddings) if spec.embeddings else None
-        base = dataclasses.replace(params.train, **overrides)
+        base = params.ranking.override(spec.model, **overrides)
         search, looks = [], 0
         lambdas = EASE_SEARCH
         if name == "ease_wide":  # as many lambdas as the default bert_rs made validation looks
@@ -341,7 +342,7 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
             runs = []
             for seed in range(seeds):
                 held = partner["seed_runs"][seed]
-                config = dataclasses.replace(config_for(base, spec, chosen, seed), **fixed_choices(held["text_choices"]))
+                config = config_for(base, spec, chosen, seed).override(spec.model, **fixed_choices(held["text_choices"]))
                 epochs = held["best_epoch"] if spec.model not in ("bert_rs", "ease", "pop") else None
                 runs.append(ledger.get_or_run(
                     f"{name}|c{chosen}|s{seed}|fixed", lambda: fit_and_score(spec, config, data, prof, epochs)))
@@ -446,7 +447,7 @@ def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -
             continue
         spec, overrides = variants(params)[name]
         leaky = leaky_profiles(caches[row["cache"]], data)
-        config = config_for(dataclasses.replace(params.train, **overrides), spec, row["config"], seed=0)
+        config = config_for(params.ranking.override(spec.model, **overrides), spec, row["config"], seed=0)
         audit = ledger.get_or_run(f"{name}|c{row['config']}|s0|LEAKY", lambda: fit_and_score(spec, config, data, leaky))
         honest = row["full"]["ndcg@10"][0]
         leaked = audit["test"]["full"]["ndcg@10"]

@@ -44,10 +44,9 @@ runs:
   ease: {model: ease}
   neumf: {model: neumf}
 train:
-  epochs: 3
-  patience: 3
-  batch_size: 1024
   device: cpu
+models:
+  neumf: {epochs: 3, patience: 3, batch_size: 1024}
 evaluate:
   protocols: [sampled, full]
 """
@@ -141,7 +140,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Stage two at growing size ({result['date']})", "",
              f"`{result['command']}` on {result['machine']['cpus']} shared CPUs ({result['machine']['platform']}). "
              "Every cell is one command in its own process: wall seconds / peak RSS MB (`/usr/bin/time`). "
-             "neumf: 3 epochs (train.epochs in the benchmark's params), so its time is per 3 epochs. The files are "
+             "neumf: 3 epochs (models.neumf.epochs in the benchmark's params), so its time is per 3 epochs. The files are "
              "rewritten after each part: a part missing below had not finished when the run stopped.", ""]
     if result["growth"]:
         lines += ["## Generated set at 1x / 4x / 16x", "",

@@ -49,6 +49,7 @@ from pipeline.embeddings.cache import Profiles, load_review_embeddings, read_met
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
+from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.evaluate import evaluate  # noqa: E402
 from pipeline.ranking.hybrid import ReviewAwareEASE, ValidationLooks, centred_units  # noqa: E402
 from pipeline.ranking.train import train  # noqa: E402
@@ -126,10 +127,8 @@ def thinned_profiles(table, vectors: np.ndarray, data: PreparedData, meta: dict)
 # ---------------------------------------------------------------------------------------------------- models
 
 
-class TextMatch(nn.Module):
+class TextMatch(Scorer):
     """Text alone: cos of the centred user and item profiles."""
-
-    trainable = False
 
     def __init__(self, profiles: Profiles) -> None:
         super().__init__()
@@ -148,7 +147,7 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
     model = EASE(data.n_users, data.n_items).fit(data.train.users, data.train.items)
     looks = ValidationLooks(data, "valid")
     eig = EigenGram(model.gram())
-    x = model._x(torch.as_tensor(looks.users)).double()
+    x = model.rows(torch.as_tensor(looks.users)).double()
     x_v = x @ eig.v
     scores = [(looks.ndcg(eig.ease_scores(x, x_v, lam)), lam) for lam in EASE_LAMBDAS]
     best = max(scores, key=lambda t: t[0])[1]  # first of equals: max keeps the earliest
@@ -160,15 +159,15 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
 
 def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tuple[nn.Module, dict]:
     if name == "pop":
-        return train(RunSpec(model="pop"), params.train, data, None, progress=False).model, {}
+        return train(RunSpec(model="pop"), params.ranking, data, None, progress=False).model, {}
     if name == "ease":
         return tuned_ease(data)
     if name == "neumf":
-        config = dataclasses.replace(params.train, epochs=NEUMF_EPOCHS, patience=4)
+        config = params.ranking.override("neumf", epochs=NEUMF_EPOCHS, patience=4)
         return train(RunSpec(model="neumf"), config, data, None, progress=False).model, {}
     if name == "text":
         return TextMatch(profiles), {}
-    model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.train)
+    model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
     model.fit(data.train.users, data.train.items)
     model.select_on_validation(data)
     return model, model.choices()

@@ -73,12 +73,12 @@ def ranker_benchmark(prepared: Path, cache: Path, naive_users: int) -> dict:
     out = {}
     for name, spec in {"neumf": RunSpec(model="neumf"),
                        "bert_rs_neural": RunSpec(model="bert_rs_neural", embeddings=cache.name)}.items():
-        config = params.train
+        config = params.ranking
         started = time.perf_counter()
         result = train(spec, config, data, profiles, progress=False)
         seconds = time.perf_counter() - started
         epochs = len(result.curves)
-        examples = epochs * len(data.train) * (1 + config.num_negatives)
+        examples = epochs * len(data.train) * (1 + config.section(spec.model).num_negatives)
         model = result.model
         mask = full_ranking_mask(data, "test")
         started = time.perf_counter()

@@ -49,13 +49,14 @@ from pipeline.embeddings.cache import load_review_embeddings  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.ranking.baselines import ease_weights  # noqa: E402
 from pipeline.ranking.evaluate import activity_bucket, full_ranking_mask, rank_full  # noqa: E402
+from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.hybrid import centred_units, standardise  # noqa: E402
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SIDE_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 5.0)
 
 
-class Fixed(torch.nn.Module):
+class Fixed(Scorer):
     """A precomputed (n_users, n_items) score matrix behind the evaluator's interface."""
 
     def __init__(self, scores: torch.Tensor) -> None:

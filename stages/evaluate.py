@@ -20,7 +20,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, atomic_dir, atomic_path, write_json
 from pipeline.ranking.evaluate import evaluate
 from pipeline.ranking.report import at_k_rows, comparison_markdown
-from pipeline.ranking.train import RUN_FILE, load_checkpoint
+from pipeline.ranking.checkpoint import RUN_FILE, load_checkpoint
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -54,11 +54,12 @@ def main(
     data = load_prepared(prepared)
     results: dict[str, dict] = {}
     folders = find_runs(models)
-    if not every_folder and all_params.runs:  # the table is the runs params.yaml lists, nothing stale beside them
-        missing = [name for name in all_params.runs if not (models / name / RUN_FILE).is_file()]
+    listed = all_params.all_runs()  # runs, then text_runs
+    if not every_folder and listed:  # the table is the runs params.yaml lists, nothing stale beside them
+        missing = [name for name in listed if not (models / name / RUN_FILE).is_file()]
         if missing:
-            raise DataError(f"{models}: no trained run for {missing} (listed under runs in {params})")
-        folders = [models / name for name in all_params.runs]
+            raise DataError(f"{models}: no trained run for {missing} (listed under runs or text_runs in {params})")
+        folders = [models / name for name in listed]
     for folder in folders:
         ckpt = load_checkpoint(folder, data)
         name = ckpt.info.get("run") or str(folder.relative_to(models))

@@ -23,7 +23,7 @@ from pipeline.config import ConfigError, RecommendConfig
 from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, write_table
 from pipeline.ranking.recommend import check_k, read_index, recommend, resolve_prepared_path, user_indices
-from pipeline.ranking.train import RUN_FILE, load_checkpoint, resolve_cache_path
+from pipeline.ranking.checkpoint import RUN_FILE, load_checkpoint, resolve_cache_path
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 log = logging.getLogger(__name__)

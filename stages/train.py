@@ -3,11 +3,11 @@
     bertrs train --prepared data/prepared --run bert_rs --out data/models/bert_rs \
         --curves metrics/curves/bert_rs.csv --params params.yaml --embeddings data/embeddings/minilm
 
-`--embeddings-root data/embeddings` instead resolves the cache from the run's encoder name (`runs.NAME.embeddings`),
-which is how `dvc.yaml` calls it for every run.
+`--embeddings-root data/embeddings` instead resolves the cache from the run's encoder name
+(`text_runs.NAME.embeddings`).
 
-The run comes from `params.yaml` `runs.<NAME>`; `--model` / `--shuffle` override it or define an ad-hoc run. The
-training parameters come from the `train` section.
+The run comes from `params.yaml` `runs.<NAME>` or `text_runs.<NAME>`; `--model` / `--shuffle` override it or define
+an ad-hoc run. The training parameters come from the shared `train` section and the model's `models.<MODEL>`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import typer
 from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.cache import load_profiles
-from pipeline.ranking.train import save_checkpoint, train, write_curves
+from pipeline.ranking.checkpoint import save_checkpoint
+from pipeline.ranking.train import train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -31,7 +32,7 @@ def resolve_run(runs: dict[str, RunSpec], name: str, model: Optional[str], shuff
         spec = runs[name]
     elif model is None:
         known = ", ".join(sorted(runs)) or "none"
-        raise ConfigError(f"runs.{name}: no such run in params (known: {known}); pass --model to define one")
+        raise ConfigError(f"runs.{name}: no such run in params runs or text_runs (known: {known}); pass --model to define one")
     else:
         spec = RunSpec(model=model)  # type: ignore[arg-type]
     if model is not None:
@@ -48,13 +49,13 @@ def resolve_run(runs: dict[str, RunSpec], name: str, model: Optional[str], shuff
 @user_errors
 def main(
     prepared: Path = typer.Option(Path("data/prepared"), help="prepared-data folder (`bertrs prepare`)"),
-    run: str = typer.Option(..., help="run name: a key of params.yaml `runs`, or any name with --model"),
+    run: str = typer.Option(..., help="run name: a key of params.yaml `runs` or `text_runs`, or any name with --model"),
     out: Optional[Path] = typer.Option(None, help="checkpoint folder [default: data/models/RUN]"),
     curves: Optional[Path] = typer.Option(None, help="training curves CSV [default: metrics/curves/RUN.csv]"),
     params: Path = PARAMS_OPTION,
     embeddings: Optional[Path] = typer.Option(None, help="embedding cache folder (text models); wins over --embeddings-root"),
     embeddings_root: Optional[Path] = typer.Option(
-        None, help="folder of caches: text runs read ROOT/<runs.NAME.embeddings> (e.g. data/embeddings)"
+        None, help="folder of caches: text runs read ROOT/<text_runs.NAME.embeddings> (e.g. data/embeddings)"
     ),
     model: Optional[str] = typer.Option(None, help=f"override the run's model: {', '.join(MODELS)}"),
     shuffle: Optional[bool] = typer.Option(None, "--shuffle/--no-shuffle", help="ablation: shuffle the profiles"),
@@ -62,7 +63,7 @@ def main(
 ) -> None:
     """Train one run, selecting the epoch on validation NDCG@10; write the checkpoint and curves."""
     config = read_params(params)
-    spec = resolve_run(config.runs, run, model, shuffle)
+    spec = resolve_run(config.all_runs(), run, model, shuffle)
     data = load_prepared(prepared)
     profiles = None
     if spec.model in TEXT_MODELS:
@@ -71,12 +72,12 @@ def main(
         if embeddings is None:
             raise ConfigError(
                 f"--embeddings: model {spec.model} needs an embedding cache folder "
-                "(or --embeddings-root with runs.NAME.embeddings set)"
+                "(or --embeddings-root with text_runs.NAME.embeddings set)"
             )
         profiles = load_profiles(embeddings, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
-    result = train(spec, config.train, data, profiles, progress=progress)
+    result = train(spec, config.ranking, data, profiles, progress=progress)
     out = out or Path("data/models") / run
-    save_checkpoint(out, result, spec, config.train, data, profiles, embeddings, run_name=run)
+    save_checkpoint(out, result, spec, config.ranking, data, profiles, embeddings, run_name=run)
     write_curves(curves or Path("metrics/curves") / f"{run}.csv", result.curves)
-    chosen = f", chosen on validation {result.model.choices()}" if hasattr(result.model, "choices") else ""
+    chosen = f", chosen on validation {result.model.choices()}" if result.model.choices() is not None else ""
     typer.echo(f"{run}: best epoch {result.best_epoch}, valid {result.best_valid}{chosen} -> {out}")

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.config import TrainConfig
+from pipeline.config import RankingConfig, TrainConfig
 from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.data.prepared import FILES, STATS_FILE, load_prepared
 from pipeline.embeddings.cache import INDEX_FILE, META_FIELDS, META_FILE, Profiles, load_profiles, write_profiles
@@ -178,7 +178,7 @@ class RankingEnv:
     prepared: Path
     cache: Path
     other_cache: Path  # same data, other encoder weights: a checkpoint must refuse it
-    config: TrainConfig
+    config: RankingConfig  # the shared train section and every model's section
 
     @property
     def data(self):
@@ -189,8 +189,8 @@ class RankingEnv:
         return load_profiles(cache or self.cache, data_fingerprint=d.fingerprint, n_users=d.n_users, n_items=d.n_items)
 
 
-FAST_TRAIN = TrainConfig(
-    factors=8, mlp_layers=[32, 16, 8], epochs=25, batch_size=128, learning_rate=0.01, patience=5, device="cpu", seed=0
+FAST_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0)).override(
+    factors=8, mlp_layers=[32, 16, 8], epochs=25, batch_size=128, learning_rate=0.01, patience=5
 )
 
 
@@ -238,8 +238,9 @@ def trained_runs(ranking_env):
         torch.set_num_threads(before)
 
 
-def replace_config(config: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(config, **changes)
+def replace_config(config: RankingConfig, model: str | None = None, **changes) -> RankingConfig:
+    """`config` with settings changed by name: in `model`'s section, or in every section that has them."""
+    return config.override(model, **changes)
 
 
 # ------------------------------------------------------------------------------------ helpers shared by test modules
@@ -259,14 +260,17 @@ def tiny_profiles(seed=0) -> Profiles:
 
 
 def write_train_params(path: Path, epochs: int = 3) -> Path:
-    """A params.yaml with two runs (pop, and a neural bert_rs on the `minilm` cache) and a tiny train section."""
+    """A params.yaml with two runs (pop, and a neural bert_rs on the `minilm` cache) and a tiny neural section."""
     path.write_text(
         "runs:\n"
         "  pop: {model: pop}\n"
+        "text_runs:\n"
         "  bert_rs: {model: bert_rs_neural, embeddings: minilm}\n"
         "train:\n"
-        f"  factors: 8\n  mlp_layers: [16, 8]\n  epochs: {epochs}\n  batch_size: 256\n  learning_rate: 0.01\n"
         "  device: cpu\n"
+        "models:\n"
+        "  bert_rs_neural:\n"
+        f"    factors: 8\n    mlp_layers: [16, 8]\n    epochs: {epochs}\n    batch_size: 256\n    learning_rate: 0.01\n"
     )
     return path
 

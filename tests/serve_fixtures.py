@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import EmbedConfig, RunSpec, TrainConfig
+from pipeline.config import EmbedConfig, RankingConfig, RunSpec, TrainConfig
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.build import build_cache
 from pipeline.embeddings.cache import load_profiles
-from pipeline.ranking.train import save_checkpoint, train
+from pipeline.ranking.checkpoint import save_checkpoint
+from pipeline.ranking.train import train
 
-SERVE_TRAIN = TrainConfig(factors=8, mlp_layers=[16, 8], epochs=2, batch_size=256, device="cpu", seed=0,
-                          text_side_weights=[0.0, 1.0], text_matches=["user_profile"], text_weights=[0.5])
+SERVE_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0)).override(
+    factors=8, mlp_layers=[16, 8], epochs=2, batch_size=256).override(
+    "bert_rs", text_side_weights=[0.0, 1.0], text_matches=["user_profile"], text_weights=[0.5])
 TINY_EMBED = EmbedConfig(pooling="mean", max_length=48, batch_size=32, shard_size=128)
 OTHER_EMBED = EmbedConfig(pooling="cls", max_length=48, batch_size=32, shard_size=128)  # another cache identity
 

@@ -21,8 +21,8 @@ def write_params(tmp_path: Path, data: dict) -> Path:
 def test_the_shipped_params_load_into_typed_sections():
     params = load_params(REPO / "params.yaml")
     assert isinstance(params, Params)
-    assert params.train.factors == 32 and params.train.mlp_layers[-1] == 32
-    assert params.runs["bert_rs"].embeddings in params.encoders
+    assert params.models.neumf.factors == 32 and params.models.neumf.mlp_layers[-1] == 32
+    assert params.text_runs["bert_rs"].embeddings in params.encoders
     assert params.evaluate.ks == [1, 3, 5, 10]
 
 
@@ -33,16 +33,22 @@ def test_the_shipped_params_load_into_typed_sections():
         ({"prepare": {"min_user_reviews": "3"}}, r"prepare\.min_user_reviews: expected an integer"),
         ({"prepare": {"protocol": "loo"}}, r"prepare\.protocol: 'loo' is not one of"),
         ({"prepare": {"test_share": 1.5}}, r"prepare\.test_share: must lie in"),
-        ({"train": {"factors": 16}}, r"train\.mlp_layers: last layer must equal train\.factors"),
+        ({"models": {"neumf": {"factors": 16}}}, r"models\.neumf\.mlp_layers: last layer must equal models\.neumf\.factors"),
+        ({"train": {"factors": 32}}, r"train\.factors: unknown key"),
+        ({"models": {"mf": {"mlp_layers": [32]}}}, r"models\.mf\.mlp_layers: unknown key"),
+        ({"models": {"lightgcn": {}}}, r"models\.lightgcn: unknown key"),
         ({"train": {"k_core": True}}, r"train\.k_core: unknown key"),
-        ({"runs": {"x": {"model": "bert_rs_neural"}}}, r"runs\.x\.embeddings: model bert_rs_neural needs an encoder name"),
-        ({"runs": {"x": {"model": "bert_rs_neural", "embeddings": "nope"}}}, r"runs\.x\.embeddings: 'nope' is not one of"),
+        ({"text_runs": {"x": {"model": "bert_rs_neural"}}}, r"text_runs\.x\.embeddings: model bert_rs_neural needs an encoder name"),
+        ({"text_runs": {"x": {"model": "bert_rs_neural", "embeddings": "nope"}}}, r"text_runs\.x\.embeddings: 'nope' is not one of"),
+        ({"runs": {"x": {"model": "bert_rs", "embeddings": "e"}}}, r"runs\.x\.model: model bert_rs reads an embedding cache: put the run in text_runs"),
+        ({"text_runs": {"x": {"model": "ease"}}}, r"text_runs\.x\.model: model ease reads no embeddings"),
         ({"runs": {"x": {"model": "gmf", "shuffle": True}}}, r"runs\.x\.shuffle"),
         ({"encoders": {"e": {"finetune": "yes"}}}, r"encoders\.e\.finetune: expected true or false"),
         ({"encoders": {"e": {"objective": "simcse"}}}, r"encoders\.e\.objective: 'simcse' is not one of"),
-        ({"train": {"text_matches": ["title"]}}, r"train\.text_matches\[0\]: 'title' is not one of"),
-        ({"train": {"text_side_weights": []}}, r"train\.text_side_weights: needs at least one value"),
-        ({"train": {"user_id_dropout": 1.0}}, r"train\.user_id_dropout: must lie in"),
+        ({"models": {"bert_rs": {"text_matches": ["title"]}}}, r"models\.bert_rs\.text_matches\[0\]: 'title' is not one of"),
+        ({"models": {"bert_rs": {"text_side_weights": []}}}, r"models\.bert_rs\.text_side_weights: needs at least one value"),
+        ({"models": {"bert_rs_neural": {"user_id_dropout": 1.0}}}, r"models\.bert_rs_neural\.user_id_dropout: must lie in"),
+        ({"models": {"ease": {"lambdas": [0.0]}}}, r"models\.ease\.lambdas: needs values > 0"),
         ({"whatever": 1}, r"whatever: unknown key"),
     ],
 )

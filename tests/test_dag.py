@@ -1,8 +1,10 @@
 """The real DVC DAG on a tiny configuration: a temporary git repo with this project's dvc.yaml, stages and library,
 a tiny local BERT and a small generated dataset.
 
-Specifies that `dvc repro` builds every output, that a second run does nothing, that a ranker parameter reruns
-only stage two, and that swapping a run's embedding cache changes the table's cache column and its metrics.
+Specifies that `dvc repro` builds every output, that a second run does nothing, that a change reruns exactly the
+stages that read it (a shared train setting: every run; one model's setting: that model's runs; one encoder: its
+stages and the runs that read its cache), and that swapping a run's embedding cache changes the table's cache
+column and its metrics. Every test starts from the same reproduced state, whatever ran before it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.data.synthetic import SyntheticSpec, write_synthetic
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.cache import load_profiles
 from pipeline.ranking.evaluate import evaluate
-from pipeline.ranking.train import load_checkpoint
+from pipeline.ranking.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,7 +42,7 @@ def ran(output: str) -> set[str]:
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = json.loads(json.dumps(yaml.safe_load((repo / "params.yaml").read_text())))  # YAML aliases unshared
     node = params
     *parents, last = dotted.split(".")
     for key in parents:
@@ -66,10 +68,14 @@ def dag_repo(tmp_path_factory, tiny_encoder_master) -> Path:
                               learning_rate=5e-3)  # large enough that the tuned encoder really differs
     params["embed"].update(max_length=32, batch_size=16, shard_size=32, shared_passes={},
                            single_passes=["tiny", "tiny_ft"])
-    params["runs"] = {"pop": {"model": "pop"}, "neumf": {"model": "neumf"},
-                      # text alone: with a random tiny BERT, only a text-only model is sure to rank differently
-                      "text": {"model": "semantic_only", "embeddings": "tiny"}}
-    params["train"].update(epochs=2, factors=8, mlp_layers=[16, 8], batch_size=64, device="cpu")
+    params["runs"] = {"pop": {"model": "pop"}, "neumf": {"model": "neumf"}}
+    # text alone: with a random tiny BERT, only a text-only model is sure to rank differently
+    params["text_runs"] = {"text": {"model": "semantic_only", "embeddings": "tiny"},
+                           "text_ft": {"model": "semantic_only", "embeddings": "tiny_ft"}}
+    params["train"].update(device="cpu")
+    params = json.loads(json.dumps(params))  # YAML aliases unshared: each model's section stands alone
+    for name in ("neumf", "semantic_only"):
+        params["models"][name].update(epochs=2, factors=8, mlp_layers=[16, 8], batch_size=64)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
         subprocess.run(command, cwd=repo, check=True)
@@ -80,12 +86,22 @@ def dag_repo(tmp_path_factory, tiny_encoder_master) -> Path:
 
 @pytest.fixture(scope="module")
 def first_repro(dag_repo) -> str:
-    return dvc(dag_repo, "repro")
+    output = dvc(dag_repo, "repro")
+    (dag_repo / "params.built.yaml").write_text((dag_repo / "params.yaml").read_text())
+    return output
+
+
+@pytest.fixture
+def built(dag_repo, first_repro) -> Path:
+    """The repo as the first repro left it: params restored and reproduced, so no test sees another's changes."""
+    (dag_repo / "params.yaml").write_text((dag_repo / "params.built.yaml").read_text())
+    dvc(dag_repo, "repro")
+    return dag_repo
 
 
 def test_repro_builds_every_stage_and_valid_outputs(dag_repo, first_repro):
     assert ran(first_repro) == {"prepare", "finetune@tiny", "finetune@tiny_ft", "embed@tiny", "embed@tiny_ft",
-                                "train@pop", "train@neumf", "train@text", "evaluate"}
+                                "train@pop", "train@neumf", "train_text@text", "train_text@text_ft", "evaluate"}
     data = load_prepared(dag_repo / "data" / "prepared")
     for name in ("tiny", "tiny_ft"):
         profiles = load_profiles(dag_repo / "data" / "embeddings" / name, data_fingerprint=data.fingerprint,
@@ -94,7 +110,7 @@ def test_repro_builds_every_stage_and_valid_outputs(dag_repo, first_repro):
     finetuned = json.loads((dag_repo / "metrics" / "finetune" / "tiny_ft.json").read_text())
     assert finetuned["finetuned"] is True and "nsp_accuracy" in finetuned["after"]
     metrics = json.loads((dag_repo / "metrics.json").read_text())
-    assert set(metrics) == {"pop", "neumf", "text"}
+    assert set(metrics) == {"pop", "neumf", "text", "text_ft"}
     for run in metrics:  # the reported numbers are the trained checkpoints' test metrics, recomputed here
         model = load_checkpoint(dag_repo / "data" / "models" / run, data,
                                 cache_path=dag_repo / metrics[run]["cache"] if metrics[run]["cache"] else None).model
@@ -106,21 +122,32 @@ def test_repro_builds_every_stage_and_valid_outputs(dag_repo, first_repro):
     assert "Data and pipelines are up to date" in dvc(dag_repo, "status")
 
 
-def test_a_second_repro_does_nothing(dag_repo, first_repro):
-    assert ran(dvc(dag_repo, "repro")) == set()
+def test_a_second_repro_does_nothing(built):
+    assert ran(dvc(built, "repro")) == set()
 
 
-def test_a_ranker_parameter_reruns_only_stage_two(dag_repo, first_repro):
-    set_param(dag_repo, "train.epochs", 3)
-    assert ran(dvc(dag_repo, "repro")) == {"train@pop", "train@neumf", "train@text", "evaluate"}
+def test_a_shared_train_setting_reruns_every_run_and_nothing_upstream(built):
+    set_param(built, "train.seed", 7)
+    assert ran(dvc(built, "repro")) == {"train@pop", "train@neumf", "train_text@text", "train_text@text_ft",
+                                        "evaluate"}
 
 
-def test_swapping_the_cache_changes_the_table_and_the_metrics(dag_repo, first_repro):
-    before = json.loads((dag_repo / "metrics.json").read_text())["text"]
-    set_param(dag_repo, "runs.text.embeddings", "tiny_ft")
-    assert ran(dvc(dag_repo, "repro")) == {"train@text", "evaluate"}
-    after = json.loads((dag_repo / "metrics.json").read_text())["text"]
+def test_a_neumf_setting_reruns_only_neumf_and_evaluate(built):
+    set_param(built, "models.neumf.epochs", 3)
+    assert ran(dvc(built, "repro")) == {"train@neumf", "evaluate"}
+
+
+def test_an_encoder_setting_reruns_its_stages_the_runs_that_read_it_and_evaluate(built):
+    set_param(built, "encoders.tiny.pooling", "cls")
+    assert ran(dvc(built, "repro")) == {"finetune@tiny", "embed@tiny", "train_text@text", "evaluate"}
+
+
+def test_swapping_the_cache_changes_the_table_and_the_metrics(built):
+    before = json.loads((built / "metrics.json").read_text())["text"]
+    set_param(built, "text_runs.text.embeddings", "tiny_ft")
+    assert ran(dvc(built, "repro")) == {"train_text@text", "evaluate"}
+    after = json.loads((built / "metrics.json").read_text())["text"]
     assert before["cache"].endswith("data/embeddings/tiny") and after["cache"].endswith("data/embeddings/tiny_ft")
     assert before["cache_fingerprint"] != after["cache_fingerprint"]
     assert before["full"] != after["full"] or before["sampled"] != after["sampled"]
-    assert "data/embeddings/tiny_ft" in (dag_repo / "reports" / "comparison.md").read_text()
+    assert "data/embeddings/tiny_ft" in (built / "reports" / "comparison.md").read_text()

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import torch
 import typer
-from torch import nn
 from typer.testing import CliRunner
 
 from pipeline.data.prepared import Candidates
 from pipeline.ranking.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
-from pipeline.ranking.train import save_checkpoint
+from pipeline.ranking.protocol import Scorer
+from pipeline.ranking.checkpoint import save_checkpoint
 from tests.ranking_fixtures import write_train_params
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-class ItemIndexScorer(nn.Module):
+class ItemIndexScorer(Scorer):
     """score = item index: item 9 beats item 8, ... (ties only where items repeat)."""
 
     def __init__(self, n_items):

@@ -15,8 +15,9 @@ from pipeline.config import RunSpec
 from pipeline.ranking.evaluate import evaluate
 from pipeline.ranking.baselines import EASE
 from pipeline.ranking.hybrid import ReviewAwareEASE, standardise
-from pipeline.ranking.models import FusionRanker
-from pipeline.ranking.train import build_model, train
+from pipeline.ranking.fusion import FusionRanker
+from pipeline.ranking.registry import build_model
+from pipeline.ranking.train import train
 from tests.ranking_fixtures import N_ITEMS, N_USERS, replace_config, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -37,10 +38,10 @@ def test_projected_semantic_branch_by_hand():
     model = fused("projected", False)
     b_u, b_i = centred()
     u, i = 2, 9
-    a = model.proj_u.weight.detach().numpy()  # (factors, dim)
-    b = model.proj_i.weight.detach().numpy()
+    a = model.branches["semantic"].proj_user.weight.detach().numpy()  # (factors, dim)
+    b = model.branches["semantic"].proj_item.weight.detach().numpy()
     expected = (a @ b_u[u]) * (b @ b_i[i])  # l_s = (A b_u) (.) (B b_i), on centred profiles
-    got = model.semantic(torch.tensor([u]), torch.tensor([i]))[0].detach().numpy()
+    got = model.branches["semantic"](torch.tensor([u]), torch.tensor([i]))[0].detach().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert got.shape == (4,)  # the predictive-factor size, not the encoder's
 
@@ -50,7 +51,7 @@ def test_similarity_feature_is_the_cosine_of_centred_profiles():
     b_u, b_i = centred()
     u, i = 5, 1
     expected = b_u[u] @ b_i[i] / (np.linalg.norm(b_u[u]) * np.linalg.norm(b_i[i]))
-    got = model.similarity(torch.tensor([u]), torch.tensor([i])).item()
+    got = model.branches["similarity"](torch.tensor([u]), torch.tensor([i])).item()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert list(model.branch_vectors(torch.tensor([u]), torch.tensor([i]))) == ["semantic", "similarity", "gmf", "mlp"]
 
@@ -88,9 +89,9 @@ def test_user_id_dropout_drops_whole_user_rows_in_training_only():
     torch.manual_seed(1)
     vectors = model.branch_vectors(users, items)
     dropped = (keep[:, 0] == 0)
-    without_user = model.gmf(users, items, 0.0)
+    without_user = model.branches["gmf"](users, items, 0.0)
     torch.testing.assert_close(vectors["gmf"][dropped], without_user[dropped])
-    torch.testing.assert_close(vectors["semantic"], model.semantic(users, items))  # the text branch is untouched
+    torch.testing.assert_close(vectors["semantic"], model.branches["semantic"](users, items))  # the text branch is untouched
     with pytest.raises(ValueError, match="user_id_dropout"):
         FusionRanker("neumf", N_USERS, N_ITEMS, user_id_dropout=1.0)
 
@@ -195,12 +196,13 @@ def best_on_validation(ranking_env, config) -> dict:
     data, profiles = ranking_env.data, ranking_env.profiles()
     spec = RunSpec(model="bert_rs", embeddings="x")
     best, best_ndcg = None, -1.0
-    for side in config.text_side_weights:
-        for match in config.text_matches:
-            for w in config.text_weights:
-                if w == 0.0 and match != config.text_matches[0]:
+    grids = config.section("bert_rs")
+    for side in grids.text_side_weights:
+        for match in grids.text_matches:
+            for w in grids.text_weights:
+                if w == 0.0 and match != grids.text_matches[0]:
                     continue  # w = 0 ignores the match
-                one = replace_config(config, text_side_weights=[side], text_matches=[match], text_weights=[w])
+                one = replace_config(config, "bert_rs", text_side_weights=[side], text_matches=[match], text_weights=[w])
                 model = train(spec, one, data, profiles, progress=False).model
                 ndcg = evaluate(model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"]
                 if ndcg > best_ndcg:
@@ -218,8 +220,8 @@ def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(
     # (their search is specified in tests/test_review_ease.py)
     config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
                             text_matches=["item_neighbours", "user_profile"],
-                            bert_rs_lambdas=[ranking_env.config.ease_lambda], bert_rs_regularisers=["ease"],
-                            bert_rs_whitening=[False], bert_rs_pop_weights=[0.0])
+                            lambdas=ranking_env.config.section("ease").lambdas, regularisers=["ease"],
+                            whitening=[False], pop_weights=[0.0])
     ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="ease"),
                                   RunSpec(model="bert_rs", embeddings="x"), "full")
     chosen = settings(ndcg["text_model"])
@@ -250,7 +252,7 @@ def test_projected_bert_rs_neural_uses_the_text_signal(ranking_env):
 
 
 def test_checkpoint_of_a_hybrid_keeps_its_chosen_weight(ranking_env, tmp_path):
-    from pipeline.ranking.train import load_checkpoint, save_checkpoint
+    from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
 
     data, profiles = ranking_env.data, ranking_env.profiles()
     spec = RunSpec(model="bert_rs", embeddings="x")

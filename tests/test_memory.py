@@ -39,14 +39,14 @@ def test_auto_solver_switches_to_scalable_where_dense_would_not_fit():
     assert resolve_solver("auto", 2_000, 24.0) == "dense"
     assert resolve_solver("auto", 50_000, 24.0) == "scalable"
     assert resolve_solver("dense", 50_000, 24.0) == "dense"  # an explicit choice is kept (the guard judges it)
-    with pytest.raises(ValueError, match="bert_rs_solver"):
+    with pytest.raises(ValueError, match=r"models\.bert_rs\.solver"):
         resolve_solver("sparse", 10, 1.0)
 
 
 def test_check_fit_names_the_setting_and_the_alternative():
     with pytest.raises(MemoryBudgetError, match=r"train\.memory_budget_gb = 24 GB") as error:
         check_fit("ease", Shape(3764, 50_000, 80_000), 24.0, run="ease")
-    assert "bert_rs_solver: scalable" in str(error.value) and "run 'ease'" in str(error.value)
+    assert "models.bert_rs.solver: scalable" in str(error.value) and "run 'ease'" in str(error.value)
     assert check_fit("ease", Shape(3764, 2_000, 80_000), 24.0) < 24 * GB
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
-from pipeline.ranking.models import VARIANTS, FusionRanker, shuffle_profiles
+from pipeline.ranking.ablation import shuffle_profiles
+from pipeline.ranking.fusion import VARIANTS, FusionRanker
 from pipeline.ranking.sampling import NegativeSampler, PairSet, sample_negatives
 from tests.ranking_fixtures import DIM, N_ITEMS, N_USERS, tiny_profiles
 
@@ -61,12 +62,13 @@ def test_semantic_branch_equals_eq8_by_hand():
     model = tiny("semantic_only")
     prof = tiny_profiles()
     u, i = 3, 7
-    u_s = model.u_s.weight[u].detach().numpy()
-    i_s = model.i_s.weight[i].detach().numpy()
+    semantic = model.branches["semantic"]
+    u_s = semantic.user_gate.weight[u].detach().numpy()
+    i_s = semantic.item_gate.weight[i].detach().numpy()
     l_s = (u_s * prof.users[u]) * (i_s * prof.items[i])  # eq. 8, profiles for b_s
     w = model.predict.weight[0].detach().numpy()
     b = model.predict.bias.item()
-    got = model.semantic(torch.tensor([u]), torch.tensor([i]))[0].detach().numpy()
+    got = semantic(torch.tensor([u]), torch.tensor([i]))[0].detach().numpy()
     np.testing.assert_allclose(got, l_s, rtol=1e-5)
     np.testing.assert_allclose(model(torch.tensor([u]), torch.tensor([i])).item(), w @ l_s + b, rtol=1e-5)
     prob = 1 / (1 + np.exp(-(w @ l_s + b)))  # eq. 12 prediction
@@ -75,14 +77,15 @@ def test_semantic_branch_equals_eq8_by_hand():
 
 def test_profiles_are_fixed_buffers_not_parameters_nor_checkpointed():
     model = tiny("bert_rs_neural")
-    names = {n for n, _ in model.named_parameters()}
-    assert "b_u" not in names and "b_i" not in names
-    assert "b_u" not in model.state_dict() and "b_i" not in model.state_dict()
-    before = model.b_u.clone()
+    profile_names = {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1] in ("b_u", "b_i")}
+    assert profile_names == {"branches.semantic.b_u", "branches.semantic.b_i"}
+    assert not profile_names & {n for n, _ in model.named_parameters()}
+    assert not profile_names & set(model.state_dict())
+    before = model.branches["semantic"].b_u.clone()
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     model.loss(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4], [5]])).backward()
     opt.step()
-    assert torch.equal(model.b_u, before)
+    assert torch.equal(model.branches["semantic"].b_u, before)
 
 
 def test_text_variant_without_profiles_is_refused():

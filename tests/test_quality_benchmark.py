@@ -21,7 +21,7 @@ def test_a_one_point_grid_from_the_partners_choices_reproduces_its_model_and_shu
     config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0])
     spec = RunSpec(model="bert_rs", embeddings="x")
     partner = train(spec, config, data, profiles, progress=False).model
-    held = dataclasses.replace(config, **fixed_choices(partner.choices()))
+    held = config.override("bert_rs", **fixed_choices(partner.choices()))
     again = train(spec, held, data, profiles, progress=False).model
     assert partner.choices()["validation_looks"] > 1 and again.choices()["validation_looks"] == 1
     users = torch.arange(data.n_users)

@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.io import DataError
+from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.ranking.recommend import known_pairs, popular_items, read_index, recommend, top_k, user_indices
-from pipeline.ranking.train import save_checkpoint
 from tests.ranking_fixtures import write_train_params
 
 
@@ -46,7 +46,7 @@ def test_default_bert_rs_recommends_the_top_of_its_whole_catalogue_ranking(ranki
     full = model.score_all(torch.as_tensor(users)).masked_fill(known_pairs(data).dense_mask(users), -torch.inf)
     expected = full.topk(5, dim=1).values.numpy()
     np.testing.assert_allclose(recs.column("score").to_numpy().reshape(data.n_users, 5), expected, rtol=1e-5)
-    parts = recs.column("part_item_model").to_numpy() + recs.column("part_text_match").to_numpy()
+    parts = sum(recs.column(f"part_{name}").to_numpy() for name in ("item_model", "text_match", "popularity"))
     np.testing.assert_allclose(parts, recs.column("score").to_numpy(), rtol=1e-4, atol=1e-4)
 
 

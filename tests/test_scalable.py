@@ -14,7 +14,8 @@ from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.hybrid import standardise
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.scalable import ScalableItemModel
-from pipeline.ranking.train import load_checkpoint, save_checkpoint, train
+from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.ranking.train import train
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -57,8 +58,8 @@ def test_closed_form_standardisation_equals_standardising_whole_rows(ranking_env
 
 def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_env, tmp_path):
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = dataclasses.replace(ranking_env.config, bert_rs_solver="scalable", scalable_rank=16, scalable_epochs=2,
-                                 text_weights=[0.0, 0.5])
+    config = ranking_env.config.override("bert_rs", solver="scalable", scalable_rank=16, scalable_epochs=2,
+                                         text_weights=[0.0, 0.5])
     spec = RunSpec(model="bert_rs", embeddings="synthetic")
     result = train(spec, config, data, profiles, progress=False)
     assert isinstance(result.model, ScalableItemModel)
@@ -66,7 +67,7 @@ def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_en
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["bert_rs_solver"] == "scalable" and info["chosen"]["solver"] == "scalable"
     # auto on this machine would pick dense for 600 items; the checkpoint still rebuilds the solver that ran
-    auto = dataclasses.replace(config, bert_rs_solver="auto")
+    auto = config.override("bert_rs", solver="auto")
     save_checkpoint(tmp_path / "auto", result, spec, auto, data, profiles, ranking_env.cache)
     loaded = load_checkpoint(tmp_path / "auto", data)
     assert isinstance(loaded.model, ScalableItemModel)

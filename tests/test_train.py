@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from pipeline.config import RunSpec
 from pipeline.io import DataError
 from pipeline.ranking.evaluate import evaluate, full_ranking_mask
-from pipeline.ranking.train import load_checkpoint, save_checkpoint, train
+from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.ranking.train import train
 from tests.ranking_fixtures import Untouchable, replace_config, with_test_positives_moved, write_train_params
 
 
@@ -64,7 +65,7 @@ def test_early_stopping_selects_the_epoch_on_full_ranking_validation_ndcg(rankin
     result = train(RunSpec(model="neumf"), config, data, progress=False)
     scores = [row["valid_ndcg@10"] for row in result.curves]
     assert result.best_epoch == 1 + int(np.argmax(scores))  # first epoch reaching the best validation score
-    assert len(result.curves) - result.best_epoch <= config.patience
+    assert len(result.curves) - result.best_epoch <= config.section("neumf").patience
     full = evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]
     assert result.best_valid["ndcg@10"] == pytest.approx(full["ndcg@10"]) == pytest.approx(max(scores))
     assert result.best_valid["n"] == len(data.valid)
@@ -100,7 +101,7 @@ def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path)
 @pytest.mark.parametrize("model", ["pop", "ease", "mf"])
 def test_baselines_train_through_the_same_entry_point(ranking_env, tmp_path, model):
     data = ranking_env.data
-    config = replace_config(ranking_env.config, epochs=3, ease_lambda=50.0)
+    config = replace_config(ranking_env.config, epochs=3, lambdas=[50.0])
     result = train(RunSpec(model=model), config, data, progress=False)
     assert result.curves and "valid_ndcg@10" in result.curves[0]
     save_checkpoint(tmp_path / model, result, RunSpec(model=model), config, data)

@@ -11,12 +11,16 @@ one evaluator (`score`, `score_all`) serve every run. `trainable = False` marks 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.ranking.models import pointwise_bce
+from pipeline.ranking.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.losses import bpr, pointwise_bce
+from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.protocol import ClosedFormRanker, TrainableRanker
 from pipeline.ranking.sampling import PairSet
 
 
@@ -39,10 +43,8 @@ def score_via_all(model: nn.Module, users: torch.Tensor, items: torch.Tensor) ->
     return model.score_all(distinct)[row, items]
 
 
-class Popularity(nn.Module):
+class Popularity(ClosedFormRanker):
     """Most-popular: every user gets the items with the most training interactions."""
-
-    trainable = False
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()
@@ -69,10 +71,8 @@ class Popularity(nn.Module):
         return {"popularity": self.score_all(users)}
 
 
-class MatrixFactorization(nn.Module):
+class MatrixFactorization(TrainableRanker):
     """Dot-product MF; `loss` is BPR (pairwise, each positive against each of its negatives) or BCE (eq. 12)."""
-
-    trainable = True
 
     def __init__(self, n_users: int, n_items: int, factors: int = 32, loss: str = "bpr") -> None:
         super().__init__()
@@ -92,7 +92,7 @@ class MatrixFactorization(nn.Module):
             return pointwise_bce(self, users, pos, neg)
         pos_scores = self(users, pos)[:, None]  # (b, 1)
         neg_scores = (self.p(users)[:, None, :] * self.q(neg)).sum(-1)  # (b, k)
-        return -F.logsigmoid(pos_scores - neg_scores).mean()
+        return bpr(pos_scores, neg_scores)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self(users, items)
@@ -143,15 +143,15 @@ class EigenGram:
         return x - self.times_inverse(rows_v, ease_lambda) / self.inverse_diagonal(ease_lambda)
 
 
-class EASE(nn.Module):
+class EASE(ClosedFormRanker):
     """EASE^R (Steck 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0, in closed form:
     P = (X^T X + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. Memory is n_items^2: fine up to ~20k items."""
 
-    trainable = False
-
-    def __init__(self, n_users: int, n_items: int, ease_lambda: float = 500.0) -> None:
+    def __init__(self, n_users: int, n_items: int, ease_lambda: float = 500.0,
+                 lambdas: Sequence[float] | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items, self.ease_lambda = n_users, n_items, ease_lambda
+        self.grid_lambda = [float(x) for x in (lambdas if lambdas is not None else [ease_lambda])]
         self.register_buffer("B", torch.zeros(n_items, n_items))  # (n_items, n_items)
         self.register_buffer("indptr", torch.zeros(n_users + 1, dtype=torch.int64))  # training matrix X, CSR
         self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
@@ -163,19 +163,41 @@ class EASE(nn.Module):
         self.B = ease_weights(self.gram(), self.ease_lambda).float()
         return self
 
+    def select_on_validation(self, data) -> dict | None:
+        """With 2+ lambdas: keep the one with the best full-ranking NDCG@10 on validation (the first on ties)."""
+        if len(self.grid_lambda) < 2:
+            return None
+        mask = full_ranking_mask(data, "valid")
+        eig, best = EigenGram(self.gram()), None
+        for lam in self.grid_lambda:
+            self.B = (torch.eye(self.n_items, dtype=torch.float64) - eig.inverse(lam) / eig.inverse_diagonal(lam)[None, :]
+                      ).fill_diagonal_(0.0).float()
+            ndcg = metrics_from_ranks(rank_full(self, data.valid, mask).ranks, [10])["ndcg@10"]
+            if best is None or ndcg > best[1]:
+                best = (lam, ndcg)
+        self.ease_lambda = best[0]
+        self.B = ease_weights(self.gram(), self.ease_lambda).float()
+        return {"ndcg@10": best[1], **self.choices()}
+
+    def choices(self) -> dict | None:
+        if len(self.grid_lambda) < 2:
+            return None
+        return {"ease_lambda": self.ease_lambda, "validation_looks": len(self.grid_lambda)}
+
     def gram(self) -> torch.Tensor:
         """X^T X of the training matrix, float64. (n_items, n_items)"""
         x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users), self.n_items).double()
         return x.T @ x
 
-    def _x(self, users: torch.Tensor) -> torch.Tensor:
+    def rows(self, users: torch.Tensor) -> torch.Tensor:
+        """The users' 0/1 training rows x_u."""
         return csr_rows(self.indptr, self.indices, users, self.n_items)  # (b, n_items)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return score_via_all(self, users, items)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self._x(users) @ self.B
+        return self.rows(users) @ self.B
 
     def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"ease": self.score(users, items)}

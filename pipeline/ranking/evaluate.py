@@ -27,6 +27,7 @@ from torch import nn
 
 from pipeline.data.prepared import Candidates, Interactions, PreparedData
 from pipeline.ranking.metrics import metrics_from_ranks, rank_against
+from pipeline.ranking.protocol import Scorer
 from pipeline.ranking.sampling import PairSet
 
 BUCKETS = (("0", 0, 0), ("1-3", 1, 3), ("4-10", 4, 10), (">10", 11, None))  # training interactions per user
@@ -98,13 +99,10 @@ def rank_full(
 CHUNK_CELLS = 2**24  # scores held at once in full ranking (64 MB of float32) when batch_items is not given
 
 
-def score_item_slice(model: nn.Module, users: torch.Tensor, item_slice: slice) -> torch.Tensor:
-    """Scores of a user batch against items[item_slice]: the model's own `score_items` where it has one (bounded
-    memory), else a slice of `score_all` (which still builds the whole row). (b,) -> (b, slice length)"""
-    if hasattr(model, "score_items"):
-        return model.score_items(users, item_slice)
-    scores = model.score_all(users)
-    return scores if (item_slice.start, item_slice.stop) == (0, scores.shape[1]) else scores[:, item_slice]
+def score_item_slice(model: Scorer, users: torch.Tensor, item_slice: slice) -> torch.Tensor:
+    """Scores of a user batch against items[item_slice] (`Scorer.score_items`: bounded memory where the model can
+    score a slice, else a slice of its whole row). (b,) -> (b, slice length)"""
+    return model.score_items(users, item_slice)
 
 
 def rank_chunked(

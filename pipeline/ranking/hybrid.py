@@ -36,13 +36,13 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE, EigenGram, ease_weights, score_via_all
 from pipeline.ranking.evaluate import full_ranking_mask
 from pipeline.ranking.metrics import metrics_from_ranks, rank_against
+from pipeline.ranking.protocol import ClosedFormRanker
 
 TEXT_MATCHES = ("item_neighbours", "user_profile")
 REGULARISERS = ("ease", "l3ae")
@@ -105,8 +105,8 @@ class ValidationLooks:
         return metrics_from_ranks(ranks.numpy(), [10])["ndcg@10"]
 
 
-class ReviewAwareEASE(nn.Module):
-    trainable = False
+class ReviewAwareEASE(ClosedFormRanker):
+    solver = "dense"  # the EASE solves; pipeline/ranking/scalable.py is the other bert_rs solver
     ranks_whole_catalogue = True  # scores come from full rows; profile-nearest candidates would drop EASE's picks
 
     def __init__(
@@ -157,10 +157,10 @@ class ReviewAwareEASE(nn.Module):
 
     @classmethod
     def from_config(cls, n_users: int, n_items: int, profiles: Profiles, config) -> "ReviewAwareEASE":
-        """The model with every grid of the train section (`pipeline.config.TrainConfig`)."""
-        return cls(n_users, n_items, profiles, config.ease_lambda, config.text_side_weights, config.text_matches,
-                   config.text_weights, ease_lambdas=config.bert_rs_lambdas, regularisers=config.bert_rs_regularisers,
-                   whitening=config.bert_rs_whitening, pop_weights=config.bert_rs_pop_weights)
+        """The model with every grid of its section (`pipeline.config.BertRSConfig`, params `models.bert_rs`)."""
+        return cls(n_users, n_items, profiles, config.lambdas[0], config.text_side_weights, config.text_matches,
+                   config.text_weights, ease_lambdas=config.lambdas, regularisers=config.regularisers,
+                   whitening=config.whitening, pop_weights=config.pop_weights)
 
     @property
     def match(self) -> str:
@@ -230,7 +230,7 @@ class ReviewAwareEASE(nn.Module):
     def item_model_grid(self, users: torch.Tensor):
         """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users, from one
         eigendecomposition per (whitening, side weight); B is never formed. (b, n_items) float64 each"""
-        x = self.ease._x(users).double()  # (b, n)
+        x = self.ease.rows(users).double()  # (b, n)
         plain: EigenGram | None = None
         for whiten in self.grid_whiten:
             prior = self.text_prior(whiten) if "l3ae" in self.grid_regulariser else None
@@ -301,7 +301,7 @@ class ReviewAwareEASE(nn.Module):
         unit_u, unit_i = self.units(whiten)
         if (match or self.match) == "user_profile":
             return unit_u[users] @ unit_i.T
-        x = self.ease._x(users)  # (b, n_items)
+        x = self.ease.rows(users)  # (b, n_items)
         self_similarity = (unit_i * unit_i).sum(-1)  # K's diagonal, removed: an item is not its own neighbour
         return (x @ unit_i) @ unit_i.T - x * self_similarity
 

@@ -115,12 +115,12 @@ def check_fit(model: str, shape: Shape, budget_gb: float | None, run: str | None
     source = f"{BUDGET_SETTING} = {budget_gb:g} GB" if budget_gb is not None else \
         f"the {have / GB:.1f} GB available now ({BUDGET_SETTING} is null)"
     advice = {
-        "ease": "; past this size use bert_rs with train.bert_rs_solver: scalable (a low-rank item model, "
+        "ease": "; past this size use bert_rs with models.bert_rs.solver: scalable (a low-rank item model, "
                 "memory O(n_items x rank))",
-        "bert_rs": "; or set train.bert_rs_solver: scalable (or auto), the low-rank item model whose memory is "
+        "bert_rs": "; or set models.bert_rs.solver: scalable (or auto), the low-rank item model whose memory is "
                    "O(n_items x rank)",
-        "scalable": "; or lower train.scalable_rank / train.scalable_batch_users",
-    }.get(model, "; or lower train.factors / train.num_negatives")
+        "scalable": "; or lower models.bert_rs.scalable_rank / models.bert_rs.scalable_batch_users",
+    }.get(model, f"; or lower models.{model}.factors / models.{model}.num_negatives")
     raise MemoryBudgetError(
         f"{what} on {shape.n_items:,} items, {shape.n_users:,} users and {shape.nnz:,} training interactions needs "
         f"about {need / GB:.1f} GB, more than {source}. Nothing was written. Raise {BUDGET_SETTING} if the "

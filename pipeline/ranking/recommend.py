@@ -172,7 +172,7 @@ def top_k(
     """
     device = device if device is not None else model_device(model)
     b = len(batch)
-    if index is not None and profiles is not None and not getattr(model, "ranks_whole_catalogue", False):
+    if index is not None and profiles is not None and not model.ranks_whole_catalogue:
         pool = np.concatenate(
             [faiss_candidates(index, profiles.users[batch], n_candidates), np.broadcast_to(popular, (b, len(popular)))],
             axis=1,
@@ -199,7 +199,7 @@ def top_k(
     if short.any():
         rows = np.flatnonzero(short)
         u = torch.as_tensor(batch[rows], device=device)
-        parts_all = model.score_parts_all(u) if hasattr(model, "score_parts_all") else None  # {name: (r, n_items)}
+        parts_all = model.score_parts_all(u)  # {name: (r, n_items)}, or None
         s = (reduce(add, parts_all.values()) if parts_all else model.score_all(u)).float()  # (r, n_items)
         s = s.masked_fill(known.dense_mask(batch[rows]).to(device), -torch.inf)
         top = s.topk(min(k, s.shape[1]), dim=1)

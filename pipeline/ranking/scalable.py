@@ -32,6 +32,7 @@ from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.memory import dense_fits
 from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.sampling import PairSet
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def resolve_solver(solver: str, n_items: int, budget_gb: float | None, n_users: 
                    dim: int = 0) -> str:
     """dense | scalable: `auto` picks dense while it fits the budget (train.memory_budget_gb), scalable past it."""
     if solver not in SOLVERS:
-        raise ValueError(f"train.bert_rs_solver must be one of {SOLVERS}, got {solver!r}")
+        raise ValueError(f"models.bert_rs.solver must be one of {SOLVERS}, got {solver!r}")
     if solver != "auto":
         return solver
     return "dense" if dense_fits(n_items, budget_gb, n_users, nnz, dim) else "scalable"
@@ -67,10 +68,10 @@ def text_initial_factors(unit_items: torch.Tensor, rank: int, seed: int) -> torc
     return a
 
 
-class ScalableItemModel(nn.Module):
+class ScalableItemModel(ClosedFormRanker):
     """ELSA-style low-rank item model with text initialisation and a late text match; see the module docstring."""
 
-    trainable = False  # trains inside `fit` (its own minibatch loop), then picks the text weight on validation
+    # trains inside `fit` (its own minibatch loop), then picks the text weight on validation
     ranks_whole_catalogue = True
     solver = "scalable"
 

@@ -21,7 +21,7 @@ from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embed
 from pipeline.io import DataError
 from pipeline.ranking.recommend import known_pairs, popular_items, read_index, resolve_prepared_path
 from pipeline.ranking.sampling import PairSet
-from pipeline.ranking.train import RUN_FILE, Checkpoint, load_checkpoint, resolve_cache_path
+from pipeline.ranking.checkpoint import RUN_FILE, Checkpoint, load_checkpoint, resolve_cache_path
 
 log = logging.getLogger(__name__)
 

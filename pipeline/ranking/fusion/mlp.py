@@ -1,0 +1,52 @@
+"""NCF's multi-layer perceptron branch (He et al., WWW 2017, eq. 10-11): l_m = MLP([u_m ; i_m])."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class MLPBranch(nn.Module):
+    def __init__(
+        self, n_users: int, n_items: int, layers: Sequence[int], dropout: float = 0.0, item_chunk: int = 4096
+    ) -> None:
+        super().__init__()
+        if layers[0] % 2:
+            raise ValueError(f"mlp_layers[0] = {layers[0]} must be even: it is the size of [u_m ; i_m]")
+        half = layers[0] // 2
+        self.n_items, self.item_chunk = n_items, item_chunk
+        self.user = nn.Embedding(n_users, half)  # u_m
+        self.item = nn.Embedding(n_items, half)  # i_m
+        nn.init.normal_(self.user.weight, std=0.01)
+        nn.init.normal_(self.item.weight, std=0.01)
+        stack: list[nn.Module] = []
+        width = layers[0]
+        for out in layers:  # z_L = ReLU(W_L^T z_{L-1} + b_L), eq. 11
+            stack += [nn.Linear(width, out), nn.ReLU()]
+            if dropout > 0:
+                stack.append(nn.Dropout(dropout))
+            width = out
+        self.layers = nn.Sequential(*stack)
+        self.width = width
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, keep: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """(b,), (b,) -> (b, layers[-1]); `keep` scales the user's embedding (user-ID dropout)."""
+        return self.layers(torch.cat([self.user(users) * keep, self.item(items)], dim=-1))
+
+    def score_all(self, users: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """w^T l_m for every item, (b,) -> (b, n_items).
+
+        The first layer splits into a user part plus an item part; the rest runs over item chunks so memory stays
+        at b x chunk x width whatever the catalogue size.
+        """
+        first: nn.Linear = self.layers[0]
+        half = self.user.weight.shape[1]
+        user_part = self.user(users) @ first.weight[:, :half].T + first.bias  # (b, h1)
+        item_part = self.item.weight @ first.weight[:, half:].T  # (n_items, h1)
+        chunks = []
+        for start in range(0, self.n_items, self.item_chunk):
+            z = user_part[:, None, :] + item_part[None, start : start + self.item_chunk, :]  # (b, c, h1)
+            chunks.append(self.layers[1:](z) @ w)  # (b, c)
+        return torch.cat(chunks, dim=1)

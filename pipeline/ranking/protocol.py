@@ -1,0 +1,78 @@
+"""The one interface every ranker implements, so the trainer, the evaluator, the recommender and the server treat
+every model alike without probing for attributes.
+
+    Scorer            what the evaluator needs: score_all (every item for a user batch), score_items (an item slice,
+                      bounded memory; by default a slice of score_all)
+    Ranker            + score (pair scores), score_parts (additive parts that sum to the score, for explanations),
+                      choices (settings picked on validation, or None), trainable, ranks_whole_catalogue
+    ClosedFormRanker  "trains" by one `fit` on the training pairs, then `select_on_validation` where it has a grid
+    TrainableRanker   trained by the SGD loop of pipeline/ranking/train.py through `loss`
+
+Abstract methods make a missing piece fail when the model is constructed, not when a stage first calls it.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Scorer(nn.Module, metaclass=ABCMeta):
+    """Anything the evaluator can rank with: a score for every item of a user batch."""
+
+    @abstractmethod
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """(b,) -> (b, n_items)"""
+
+    def score_items(self, users: torch.Tensor, item_slice: slice) -> torch.Tensor:
+        """Scores against items[item_slice]. Models that can score a slice without the whole row override this to
+        bound full-ranking memory. (b,) -> (b, slice length)"""
+        scores = self.score_all(users)
+        return scores if (item_slice.start, item_slice.stop) == (0, scores.shape[1]) else scores[:, item_slice]
+
+
+class Ranker(Scorer):
+    trainable: bool = False  # fitted by the SGD loop (True) or by one closed-form `fit` (False)
+    # recommendations rank every item: candidates nearest the user's profile would drop the model's own picks
+    ranks_whole_catalogue: bool = False
+
+    @abstractmethod
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Ranking scores of (user, item) pairs. (b,), (b,) -> (b,)"""
+
+    @abstractmethod
+    def score_parts(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Additive contributions that sum to `score`, for explanations. {name: (b,)}"""
+
+    def score_parts_all(self, users: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Every score part for every item, summing to `score_all`, where one pass gives them (the recommender then
+        scores a user's catalogue once); None where it cannot (parts are then computed for the picks only).
+        (b,) -> {name: (b, n_items)}"""
+        return None
+
+    def choices(self) -> dict | None:
+        """Settings the model picked on validation (recorded in run.json), or None when it picks nothing."""
+        return None
+
+
+class ClosedFormRanker(Ranker):
+    trainable = False
+
+    @abstractmethod
+    def fit(self, users: np.ndarray, items: np.ndarray) -> "ClosedFormRanker":
+        """Fit on the training pairs (user, item index arrays)."""
+
+    def select_on_validation(self, data) -> dict | None:
+        """Pick the model's own settings on the validation split (never test); None when it has nothing to pick."""
+        return None
+
+
+class TrainableRanker(Ranker):
+    trainable = True
+
+    @abstractmethod
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """The training objective of one batch: users, pos (b,), sampled negatives neg (b, k) -> scalar."""

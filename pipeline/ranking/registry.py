@@ -1,0 +1,123 @@
+"""Model name -> how to build it and which `models.<name>` section configures it: the one table of models.
+
+The names themselves are the fields of `pipeline.config.ModelsConfig` (which `params.yaml` is validated against,
+without importing torch); `check_registry` below ties this table to them at import, so a model added in one place
+and not the other fails at once, naming the difference.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipeline.config import (
+    MODELS, TEXT_MODELS, BertRSConfig, ConfigError, EASEConfig, FusionConfig, MFConfig, ModelsConfig, NCFConfig,
+    PopConfig, RankingConfig, RunSpec, TrainConfig,
+)
+from pipeline.embeddings.cache import Profiles
+from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
+from pipeline.ranking.hybrid import ReviewAwareEASE
+from pipeline.ranking.fusion import FusionRanker
+from pipeline.ranking.protocol import Ranker
+from pipeline.ranking.scalable import ScalableItemModel, resolve_solver
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    # (its section, the shared train section, n_users, n_items, profiles or None) -> the untrained model
+    build: Callable[[Any, TrainConfig, int, int, Profiles | None], Ranker]
+    config: type  # the dataclass of `models.<name>`
+    reads_text: bool = False  # needs an embedding cache (a `text_runs` row)
+
+
+def _pop(section: PopConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
+    return Popularity(n_users, n_items)
+
+
+def _mf(section: MFConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
+    return MatrixFactorization(n_users, n_items, section.factors, section.loss)
+
+
+def _ease(section: EASEConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
+    return EASE(n_users, n_items, section.lambdas[0], lambdas=section.lambdas)
+
+
+def bert_rs_solver(section: BertRSConfig, shared: TrainConfig, n_items: int) -> str:
+    """dense | scalable: what `models.bert_rs.solver` resolves to under `train.memory_budget_gb`."""
+    return resolve_solver(section.solver, n_items, shared.memory_budget_gb)
+
+
+def _bert_rs(section: BertRSConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
+    if bert_rs_solver(section, shared, n_items) == "scalable":
+        return ScalableItemModel(n_users, n_items, profiles, section.scalable_rank, section.scalable_epochs,
+                                 section.scalable_batch_users, section.scalable_learning_rate,
+                                 section.scalable_text_init, section.text_weights, shared.seed)
+    return ReviewAwareEASE.from_config(n_users, n_items, profiles, section)
+
+
+def _fusion(variant: str) -> Callable[..., Ranker]:
+    def build(section: NCFConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
+        text_head = isinstance(section, FusionConfig)  # bert_rs_paper and the NCF models stay as published
+        return FusionRanker(
+            variant, n_users, n_items, factors=section.factors, mlp_layers=section.mlp_layers,
+            dropout=section.dropout, profiles=profiles if variant in TEXT_MODELS else None,
+            semantic_form=section.semantic_form if text_head else "paper",
+            text_similarity=section.text_similarity if text_head else False,
+            # only the configurable text head leans on text
+            user_id_dropout=section.user_id_dropout if variant == "bert_rs_neural" else 0.0,
+        )
+    return build
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    "pop": ModelEntry(_pop, PopConfig),
+    "mf": ModelEntry(_mf, MFConfig),
+    "ease": ModelEntry(_ease, EASEConfig),
+    "gmf": ModelEntry(_fusion("gmf"), NCFConfig),
+    "mlp": ModelEntry(_fusion("mlp"), NCFConfig),
+    "neumf": ModelEntry(_fusion("neumf"), NCFConfig),
+    "bert_rs": ModelEntry(_bert_rs, BertRSConfig, reads_text=True),
+    "bert_rs_neural": ModelEntry(_fusion("bert_rs_neural"), FusionConfig, reads_text=True),
+    "bert_rs_paper": ModelEntry(_fusion("bert_rs_paper"), NCFConfig, reads_text=True),
+    "semantic_only": ModelEntry(_fusion("semantic_only"), FusionConfig, reads_text=True),
+}
+
+
+def check_registry() -> None:
+    """The registry, ModelsConfig's sections and RunSpec's model names agree (names, text flags, config types)."""
+    hints = typing.get_type_hints(ModelsConfig)
+    problems = []
+    if list(REGISTRY) != list(MODELS):
+        problems.append(f"registry names {list(REGISTRY)} != ModelsConfig fields {list(MODELS)}")
+    for name, entry in REGISTRY.items():
+        if name in hints and hints[name] is not entry.config:
+            problems.append(f"{name}: registry config {entry.config.__name__} != models.{name} {hints[name].__name__}")
+        if entry.reads_text != (name in TEXT_MODELS):
+            problems.append(f"{name}: reads_text {entry.reads_text} disagrees with ModelsConfig's text flag")
+    if problems:
+        raise ConfigError("model registry out of step: " + "; ".join(problems))
+
+
+def entry(model: str) -> ModelEntry:
+    if model not in REGISTRY:
+        raise ConfigError(f"unknown model {model!r} (known: {', '.join(REGISTRY)})")
+    return REGISTRY[model]
+
+
+def section_type(model: str) -> type:
+    return entry(model).config
+
+
+def build_model(
+    spec: RunSpec, config: RankingConfig, n_users: int, n_items: int, profiles: Profiles | None = None
+) -> Ranker:
+    """The untrained model for a run, from its model's section (pipeline/ranking/registry.py); `profiles` must
+    already be shuffled when the run asks for the ablation."""
+    model = entry(spec.model)
+    if model.reads_text and profiles is None:
+        raise ConfigError(f"model {spec.model} needs an embedding cache (--embeddings)")
+    return model.build(config.section(spec.model), config.train, n_users, n_items, profiles)
+
+
+check_registry()
