@@ -63,7 +63,8 @@ def test_bert_rs_scores_a_users_catalogue_once_and_ranks_by_exactly_the_parts_it
     picks = top_k(model, np.array([3]), 5, known, popular_items(data, 10), profiles=profiles,
                   index=read_index(ranking_env.cache))
     assert passes == [1]
-    total = picks.parts["item_model"] + picks.parts["text_match"]  # float32, added as the model adds them
+    # float32, added in the order the model adds them
+    total = picks.parts["item_model"] + picks.parts["text_match"] + picks.parts["popularity"]
     np.testing.assert_array_equal(total, picks.scores.astype(np.float32))
     full = model.score_all(torch.as_tensor([3])).masked_fill(known.dense_mask(np.array([3])), -torch.inf)
     np.testing.assert_array_equal(picks.items, full.topk(5, dim=1).indices.numpy())
