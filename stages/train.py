@@ -8,11 +8,18 @@
 
 The run comes from `params.yaml` `runs.<NAME>` or `text_runs.<NAME>`; `--model` / `--shuffle` override it or define
 an ad-hoc run. The training parameters come from the shared `train` section and the model's `models.<MODEL>`.
+
+The same command trains a neural model on several processes (pipeline/ranking/distributed.py):
+
+    torchrun --nproc_per_node 2 $(which bertrs) train --prepared data/prepared --run neumf ...
+
+Only the first process writes; a closed-form model (pop, ease, bert_rs) is fitted by the first process alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +29,8 @@ from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.cache import load_profiles
 from pipeline.ranking.checkpoint import save_checkpoint
-from pipeline.ranking.train import train, write_curves
+from pipeline.ranking.distributed import is_main_process, process_group, trains_by_sgd
+from pipeline.ranking.train import resolve_device, train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -64,6 +72,10 @@ def main(
     """Train one run, selecting the epoch on validation NDCG@10; write the checkpoint and curves."""
     config = read_params(params)
     spec = resolve_run(config.all_runs(), run, model, shuffle)
+    sgd = trains_by_sgd(config.ranking.section(spec.model))
+    if not sgd and not is_main_process():
+        typer.echo(f"{run}: {spec.model} is fitted in closed form by the first process alone; nothing to do here")
+        return
     data = load_prepared(prepared)
     profiles = None
     if spec.model in TEXT_MODELS:
@@ -75,7 +87,10 @@ def main(
                 "(or --embeddings-root with text_runs.NAME.embeddings set)"
             )
         profiles = load_profiles(embeddings, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
-    result = train(spec, config.ranking, data, profiles, progress=progress)
+    with process_group(resolve_device(config.ranking.train.device)) if sgd else nullcontext():
+        result = train(spec, config.ranking, data, profiles, progress=progress)
+    if not is_main_process():
+        return
     out = out or Path("data/models") / run
     save_checkpoint(out, result, spec, config.ranking, data, profiles, embeddings, run_name=run)
     write_curves(curves or Path("metrics/curves") / f"{run}.csv", result.curves)

@@ -3,7 +3,7 @@
     model.safetensors   the state dict (profiles are NOT in it: they are fixed inputs reloaded from the cache)
     run.json            RunSpec, the shared train section and the model's own section (`model_settings`), data
                         fingerprint, cache path + fingerprint + provenance, best epoch, n_users, n_items, dim, the
-                        settings the model chose on validation
+                        settings the model chose on validation, the processes that trained it
 
     save_checkpoint(out_dir, result, spec, config, data, profiles, cache_path, run_name)
     ckpt = load_checkpoint(out_dir, data)     # refuses other prepared data or another cache
@@ -83,6 +83,7 @@ def save_checkpoint(
         "embeddings": embeddings,
         "best_epoch": result.best_epoch,
         "best_valid": result.best_valid,
+        "processes": result.processes,  # trained together under torchrun (1: a plain run)
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices(),
         # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it

@@ -6,6 +6,8 @@ Model selection and early stopping look at the VALIDATION split's full-ranking N
 every model is chosen and compared on); the validation ranking masks training pairs and validation positives only,
 so the test split is never touched here. Negatives are redrawn every epoch. Closed-form models (pop, ease, bert_rs)
 "train" through the same entry point: one fit, their own validation search, one validation pass, one row of curves.
+Under torchrun the SGD loop runs in every process on its part of each batch, inside `distributed.process_group`
+(pipeline/ranking/distributed.py).
 The checkpoint written from the result is pipeline/ranking/checkpoint.py's contract.
 """
 
@@ -25,6 +27,7 @@ from pipeline.config import ConfigError, RankingConfig, RunSpec
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.io import atomic_path
+from pipeline.ranking import distributed
 from pipeline.ranking.ablation import model_profiles
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.memory import Shape, check_fit
@@ -44,6 +47,7 @@ class TrainResult:
     curves: list[dict]  # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10 (full ranking)
     best_epoch: int
     best_valid: dict  # validation metrics of the selected epoch
+    processes: int = 1  # processes that trained it together (torchrun)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,9 +74,11 @@ def check_run_memory(spec: RunSpec, config: RankingConfig, data: PreparedData, p
 
 def valid_metrics(model: Ranker, data: PreparedData, mask: PairSet | None = None) -> dict:
     """Full-ranking HR@10 / NDCG@10 on the validation split: the only signal model selection sees. `mask` is
-    `full_ranking_mask(data, "valid")`, built once per run by the caller (it never includes test pairs)."""
+    `full_ranking_mask(data, "valid")`, built once per run by the caller (it never includes test pairs). Under
+    torchrun each process ranks its part of the users and every process gets the metrics of all of them."""
     mask = full_ranking_mask(data, "valid") if mask is None else mask
-    return metrics_from_ranks(rank_full(model, data.valid, mask).ranks, [10])
+    ranks = rank_full(model, distributed.this_process_part(data.valid), mask).ranks
+    return metrics_from_ranks(distributed.gather_in_order(ranks), [10])
 
 
 def train(
@@ -108,14 +114,16 @@ def train(
         return TrainResult(model.cpu(), [row], 0, valid)
 
     model.to(device)
+    batch_loss = distributed.training_module(model)  # DDP over the processes' parts of each batch, under torchrun
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.train.seed)
     curves: list[dict] = []
     best_score, best_epoch, best_state, best_valid, stale = -math.inf, 0, None, {}, 0
     epochs = settings.epochs if fixed_epochs is None else fixed_epochs
-    bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not progress, unit="epoch")
+    show = progress and distributed.is_main_process()
+    bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not show, unit="epoch")
     for epoch in bar:
-        loss = _train_epoch(model, optimizer, sampler, settings, device)
+        loss = _train_epoch(model, batch_loss, optimizer, sampler, settings, device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         curves.append({"epoch": epoch, "loss": loss, **_curve_metrics(valid)})
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
@@ -130,25 +138,28 @@ def train(
                 log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best_epoch, SELECTION_METRIC, best_score)
                 break
     model.load_state_dict(best_state)
-    return TrainResult(model.cpu(), curves, best_epoch, best_valid)
+    return TrainResult(model.cpu(), curves, best_epoch, best_valid, distributed.processes())
 
 
 def _train_epoch(
-    model: Ranker, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, settings, device
+    model: Ranker, batch_loss: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, settings,
+    device,
 ) -> float:
-    """One pass over freshly drawn negatives; `settings` is the model's section (an SGDConfig)."""
+    """One pass over freshly drawn negatives; `settings` is the model's section (an SGDConfig). `batch_loss` maps a
+    global batch to this process's share of its loss (distributed.BatchShareLoss); the mean loss over processes is
+    the epoch's loss over every example."""
     model.train()
     users, pos, neg = (torch.as_tensor(a, device=device) for a in sampler.epoch(settings.num_negatives))
     total, seen = 0.0, 0
     for start in range(0, len(users), settings.batch_size):
         batch = slice(start, start + settings.batch_size)
-        loss = model.loss(users[batch], pos[batch], neg[batch])
+        loss = batch_loss(users[batch], pos[batch], neg[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n = len(users[batch])
         total, seen = total + float(loss.detach()) * n, seen + n
-    return total / max(seen, 1)
+    return distributed.mean_over_processes(total) / max(seen, 1)
 
 
 def _curve_metrics(valid: dict) -> dict:
