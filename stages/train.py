@@ -11,7 +11,9 @@ an ad-hoc run. The training parameters come from the shared `train` section and 
 
 The same command trains a neural model on several processes (pipeline/ranking/distributed.py):
 
-    torchrun --nproc_per_node 2 $(which bertrs) train --prepared data/prepared --run neumf ...
+    torchrun --standalone --nproc_per_node 2 -- $(which bertrs) train --prepared data/prepared --run neumf ...
+
+(`--` keeps torchrun from taking `--run` for an abbreviation of its own `--run-path`.)
 
 Only the first process writes; a closed-form model (pop, ease, bert_rs) is fitted by the first process alone.
 """

@@ -1,7 +1,9 @@
 """Training a neural ranker on several processes: the same `bertrs train`, launched by torchrun.
 
-    torchrun --nproc_per_node 2 $(which bertrs) train --run bert_rs_neural ...     # CPU processes (gloo)
-    torchrun --nproc_per_node 8 $(which bertrs) train --run bert_rs_neural ...     # one GPU each (nccl)
+    torchrun --standalone --nproc_per_node 2 -- $(which bertrs) train --run bert_rs_neural ...   # CPUs (gloo)
+    torchrun --standalone --nproc_per_node 8 -- $(which bertrs) train --run bert_rs_neural ...   # GPUs (nccl)
+
+(`--` stops torchrun from reading `--run` as an abbreviation of its own `--run-path`.)
 
 Every process builds the same model from the same seed and draws the same epoch (the sampler's seeded permutation
 and negatives); each then trains on its own contiguous part of every global batch (`models.<name>.batch_size` is
