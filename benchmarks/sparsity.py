@@ -41,6 +41,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ledger import Ledger  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402
@@ -185,29 +186,6 @@ def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -
 
 
 # ---------------------------------------------------------------------------------------------------- report
-
-
-class Ledger:
-    """One JSON line per finished (dataset, level, model): the resume point."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.rows[row["key"]] = row["value"]
-
-    def get_or_run(self, key: str, work) -> dict:
-        if key not in self.rows:
-            value = work()
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps({"key": key, "value": value}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.rows[key] = value
-        return self.rows[key]
 
 
 def write_report(results: dict, out: Path) -> None:
