@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,13 +23,7 @@ from pipeline.ranking.hybrid import ReviewAwareEASE, whitening_transform
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.sampling import PairSet
 from pipeline.ranking.select import select
-
-
-def in_memory_data(n_users: int, n_items: int, train, valid, test) -> PreparedData:
-    pairs = {name: Interactions(np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64))
-             for name, (u, i) in (("train", train), ("valid", valid), ("test", test))}
-    return PreparedData(Path("."), n_users, n_items, "in-memory", pairs["train"], pairs["valid"], pairs["test"], {},
-                        [str(u) for u in range(n_users)], [str(i) for i in range(n_items)], {})
+from tests.ranking_fixtures import in_memory_data
 
 
 def random_profiles(rng, n_users: int, n_items: int, dim: int) -> Profiles:
