@@ -7,7 +7,7 @@ every model alike without probing for attributes.
                       choices (settings picked on validation, or None), trainable, ranks_whole_catalogue
     ClosedFormRanker  "trains" by one `fit` on the training pairs; where it has a grid it offers `candidates` and
                       `apply`s the one pipeline/ranking/select.py chooses on validation (it never searches itself)
-    TrainableRanker   trained by the SGD loop of pipeline/ranking/train.py through `loss`; the epoch is chosen there
+    TrainableRanker   trained by the SGD loop of pipeline/ranking/train.py through `loss` (epoch kept by select.py's rule)
 
 Abstract methods make a missing piece fail when the model is constructed, not when a stage first calls it.
 """
