@@ -24,10 +24,9 @@ rescale, P = V diag(1 / (s + lambda)) V^T, and validation scores x_u B are compu
 
 The grid the model offers (`candidates`) and pipeline/ranking/select.py chooses from, on full-ranking NDCG@10 of
 the validation split only (test is never read): lambda, a, R, whitening, the text match, w and p jointly, plus the
-popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that
-lambda, and popularity is a point of its own, so on validation the model matches or beats both. Leakage: F and b_u
-are pooled from training reviews only (the cache's profiles); the shuffled-profile ablation scrambles both and must
-lose the gain.
+popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that lambda, and popularity is a point of its own,
+so on validation the model matches or beats both. Leakage: F and b_u are pooled from training reviews only (the
+cache's profiles); the shuffled-profile ablation scrambles both and must lose the gain.
 """
 
 from __future__ import annotations
