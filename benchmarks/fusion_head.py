@@ -1,0 +1,437 @@
+"""Fusion-head benchmark: does a learned head (the paper's GMF/MLP/semantic fusion, NeuMF, or a head stacked on the
+closed-form scores) beat the closed-form default bert_rs once it gets a tuned NCF's training?
+
+    python benchmarks/fusion_head.py                                  # Digital Music sample, leave-one-out, 2 seeds
+    python benchmarks/fusion_head.py --protocols leave_one_out,random
+
+Rows (every trainable row gets the same TUNED configurations: 4 negatives per positive, L2 weight decay, larger
+factors; the configuration is chosen with seed 1 on validation full-ranking NDCG@10, then retrained with the other
+seeds; early stopping on the same metric):
+
+- bert_rs: the closed-form default exactly as params.yaml configures it (its own validation search), the reference;
+- neumf, bert_rs_paper, bert_rs_neural (params.yaml's neural form): the learned models, tuned;
+- *_as_configured: the same three with params.yaml's training (1 negative), for context;
+- stack_features: a logistic head on the default bert_rs's three standardised score parts (item model, text match,
+  popularity), nothing else;
+- stack_neural: bert_rs_neural's branches plus those three features in one prediction layer, trained end to end.
+
+Stacking without leakage: a training pair's features come from bert_rs refitted WITHOUT that pair. Each user's
+training items are dealt into K folds; for fold k, bert_rs (its validation-chosen settings held fixed, no new search)
+is fitted on the other folds' pairs, with profiles pooled from the other folds' reviews only, and scores every item;
+a training positive of fold k, and the negatives drawn beside it, read fold k's scores. No training pair ever scores
+itself, through the interaction matrix, the popularity counts or the review profiles. Validation and test read the
+full-training bert_rs's parts, the same fit the default reports. The feature weights start at the default's chosen
+weights, so an untrained stack ranks like bert_rs.
+
+Only the test split's numbers are read for the report; the verdict is a paired user bootstrap (95%) of each row's
+seed-mean per-positive full NDCG@10 against bert_rs. Work (prepared data, cache, one JSON line per fit) is kept under
+build/fusion_head/ (`--work`), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.quality import Ledger, fixed_choices, user_bootstrap  # noqa: E402
+from pipeline.config import RunSpec, TrainConfig, load_params  # noqa: E402
+from pipeline.data.prepare import prepare_dataset  # noqa: E402
+from pipeline.data.prepared import PreparedData, load_prepared  # noqa: E402
+from pipeline.embeddings.build import build_caches  # noqa: E402
+from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings  # noqa: E402
+from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+from pipeline.ranking.evaluate import full_ranking_mask, rank_full  # noqa: E402
+from pipeline.ranking.hybrid import standardise  # noqa: E402
+from pipeline.ranking.metrics import metrics_from_ranks  # noqa: E402
+from pipeline.ranking.models import FusionRanker  # noqa: E402
+from pipeline.ranking.sampling import NegativeSampler  # noqa: E402
+from pipeline.ranking.train import build_model, train  # noqa: E402
+
+ENCODER = "minilm_mean"
+SAMPLE = REPO / "data" / "sample"
+# The budget every learned row gets: what a tuned NCF is given (4 negatives, L2, larger factors).
+TUNED = (
+    {"num_negatives": 4, "learning_rate": 3e-3, "factors": 32, "mlp_layers": [128, 64, 32], "weight_decay": 0.0},
+    {"num_negatives": 4, "learning_rate": 1e-3, "factors": 64, "mlp_layers": [256, 128, 64], "weight_decay": 1e-5},
+    {"num_negatives": 4, "learning_rate": 1e-3, "factors": 64, "mlp_layers": [256, 128, 64], "weight_decay": 1e-4},
+)
+TRAINING = {"epochs": 50, "patience": 6, "batch_size": 256, "device": "cpu"}  # the same early stopping for every row
+NEURAL_FORM = {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3}
+FEATURES = ("item_model", "text_match", "popularity")
+# In the order they run (the headline comparisons first); `*_as_configured` rows use params.yaml's training, one seed.
+ROWS = ("neumf", "bert_rs_neural", "stack_features", "stack_neural", "bert_rs_paper",
+        "neumf_as_configured", "bert_rs_neural_as_configured", "bert_rs_paper_as_configured")
+
+
+# ------------------------------------------------------------------------------------------ out-of-fold features
+
+
+def assign_folds(users: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Deal each user's training pairs into `n_folds` folds at random (a user with fewer pairs than folds gets
+    distinct folds for each). (n_pairs,) -> (n_pairs,) int64 fold of each pair"""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(users)), users))  # users grouped, shuffled within
+    sorted_users = users[order]
+    starts = np.searchsorted(sorted_users, sorted_users, side="left")
+    folds = np.empty(len(users), dtype=np.int64)
+    folds[order] = (np.arange(len(users)) - starts) % n_folds
+    return folds
+
+
+def out_of_fold_features(folds: np.ndarray, n_folds: int,
+                         fit_and_score: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """One feature tensor per fold: `fit_and_score(keep)` fits on the training pairs where `keep` is True and returns
+    (n_users, n_items, n_features) scores; fold k's model never saw fold k's pairs. -> (n_folds, n_users, n_items, f)"""
+    return torch.stack([fit_and_score(folds != k) for k in range(n_folds)])
+
+
+def fold_profiles(cache: Path, data: PreparedData, keep_pairs: np.ndarray) -> Profiles:
+    """Profiles pooled from the training reviews of the kept training pairs only (keep_pairs: (n_train,) bool)."""
+    table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
+    users, items = table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy()
+    split = table.column("split").to_numpy(zero_copy_only=False)
+    n_items = data.n_items
+    kept_keys = np.sort(data.train.users[keep_pairs] * n_items + data.train.items[keep_pairs])
+    keys = users.astype(np.int64) * n_items + items
+    pos = np.minimum(np.searchsorted(kept_keys, keys), max(len(kept_keys) - 1, 0))
+    kept = (split == "train") & (kept_keys[pos] == keys)
+    tables = mean_profiles(users, items, np.where(kept, "train", "held_out"), vectors, data.n_users, n_items)
+    honest = load_profiles(cache, data_fingerprint=data.fingerprint)
+    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, honest.meta)
+
+
+def closed_form_parts(config: TrainConfig, choices: dict, data: PreparedData, profiles: Profiles,
+                      keep_pairs: np.ndarray) -> torch.Tensor:
+    """bert_rs's three standardised score parts for every (user, item), fitted on the kept training pairs at the
+    validation-chosen settings (no search). -> (n_users, n_items, 3)"""
+    held = dataclasses.replace(config, **fixed_choices(choices))
+    model = build_model(RunSpec(model="bert_rs", embeddings=ENCODER), held, data.n_users, data.n_items, profiles)
+    model.fit(data.train.users[keep_pairs], data.train.items[keep_pairs])
+    model.solve(choices["side_weight"], choices["ease_lambda"], choices["regulariser"], choices["whitening"])
+    model.match_index = torch.tensor(("item_neighbours", "user_profile").index(choices["text_match"]))
+    users = torch.arange(data.n_users)
+    with torch.no_grad():
+        parts = [standardise(model.ease.score_all(users).double()),
+                 standardise(model.text_scores(users).double()),
+                 standardise(model.log_counts[None, :].double()).expand(data.n_users, -1)]
+    return torch.stack(parts, dim=-1).float()
+
+
+def default_weights(choices: dict) -> list[float]:
+    """The default's own weights on its parts (item model, text match, popularity): the stack's starting point."""
+    return [0.0 if choices.get("pop_only") else 1.0, float(choices["text_weight"]), float(choices["pop_weight"])
+            if not choices.get("pop_only") else 1.0]
+
+
+# ------------------------------------------------------------------------------------------------ the stacked head
+
+
+class StackedHead(nn.Module):
+    """logit(u, i) = [neural branches' logit] + w^T f(u, i) (+ b): the closed-form parts f enter the prediction layer
+    as three more inputs. At ranking time f is the full-training bert_rs's; in training, the out-of-fold one."""
+
+    trainable = True
+
+    def __init__(self, base: FusionRanker | None, features: torch.Tensor, init_weights: list[float]) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("features", features, persistent=False)  # (n_users, n_items, 3) full-training parts
+        self.feature_weight = nn.Parameter(torch.tensor(init_weights, dtype=torch.float32))  # (3,)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.features[users, items] if features is None else features  # (b, 3)
+        out = f @ self.feature_weight + self.bias
+        return out + self.base(users, items) if self.base is not None else out
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.forward(users, items)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        out = self.features[users] @ self.feature_weight + self.bias  # (b, n_items)
+        return out + self.base.score_all(users) if self.base is not None else out
+
+
+def train_stack(model: StackedHead, config: TrainConfig, data: PreparedData, oof: torch.Tensor,
+                folds: np.ndarray) -> tuple[StackedHead, int, float, int]:
+    """BCE over positives and sampled negatives with out-of-fold features, early stopping on validation full-ranking
+    NDCG@10 (as `train` does). Returns (model at its best epoch, best epoch, best validation NDCG@10, epochs run)."""
+    torch.manual_seed(config.seed)
+    sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.seed)
+    pair_keys = data.train.users * data.n_items + data.train.items
+    key_order = np.argsort(pair_keys)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    mask = full_ranking_mask(data, "valid")
+    best, best_epoch, best_state, stale, epoch = -math.inf, 0, None, 0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        users, pos, neg = sampler.epoch(config.num_negatives)
+        pair_fold = folds[key_order[np.searchsorted(pair_keys[key_order], users * data.n_items + pos)]]
+        k = neg.shape[1]
+        all_users = torch.as_tensor(np.concatenate([users, np.repeat(users, k)]))
+        all_items = torch.as_tensor(np.concatenate([pos, neg.reshape(-1)]))
+        all_folds = torch.as_tensor(np.concatenate([pair_fold, np.repeat(pair_fold, k)]))
+        labels = torch.cat([torch.ones(len(users)), torch.zeros(neg.size)])
+        # positives first, then their negatives: shuffle so each batch mixes both, as pointwise BCE over a batch does
+        perm = torch.randperm(len(all_users))
+        for start in range(0, len(perm), config.batch_size * (1 + k)):
+            b = perm[start:start + config.batch_size * (1 + k)]
+            feats = oof[all_folds[b], all_users[b], all_items[b]]
+            loss = F.binary_cross_entropy_with_logits(model(all_users[b], all_items[b], feats), labels[b])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        valid = metrics_from_ranks(rank_full(model, data.valid, mask).ranks, [10])["ndcg@10"]
+        if valid > best:
+            best, best_epoch, stale = valid, epoch, 0
+            best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return model, best_epoch, best, epoch
+
+
+# ---------------------------------------------------------------------------------------------------- the study
+
+
+def test_scores(model: nn.Module, data: PreparedData) -> dict:
+    """Per-positive full NDCG@10 on test (for the bootstrap) and the full-ranking metrics."""
+    ranked = rank_full(model, data.test, full_ranking_mask(data, "test"))
+    per_positive = np.where(ranked.ranks < 10, 1.0 / np.log2(ranked.ranks + 2.0), 0.0)
+    return {"test_full": metrics_from_ranks(ranked.ranks, [1, 3, 5, 10]), "per_positive": per_positive.tolist()}
+
+
+def prepared_and_cache(work: Path, protocol: str, params) -> tuple[PreparedData, Path]:
+    """The same prepare and embed code as `bertrs prepare` / `bertrs embed`, skipped when already built."""
+    root = work / protocol / "prepared"
+    if not (root / "stats.json").is_file():
+        config = dataclasses.replace(params.prepare, protocol=protocol, input=[str(SAMPLE)])
+        prepare_dataset(config, config.input, root)
+    data = load_prepared(root)
+    cache = work / protocol / "embeddings" / ENCODER
+    if not (cache / "meta.json").is_file():
+        build_caches(data.root, params.encoders[ENCODER].model, {ENCODER: params.embed_for(ENCODER)}, {ENCODER: cache})
+    return data, cache
+
+
+def run_protocol(work: Path, protocol: str, params, seeds: list[int], n_folds: int, log,
+                 rows_to_run: tuple[str, ...] = ROWS) -> dict:
+    data, cache = prepared_and_cache(work, protocol, params)
+    profiles = load_profiles(cache, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
+    ledger = Ledger(work / protocol / "runs.jsonl")
+    base = dataclasses.replace(params.train, **TRAINING)
+
+    def closed_form() -> dict:
+        started = time.perf_counter()
+        result = train(RunSpec(model="bert_rs", embeddings=ENCODER), base, data, profiles, progress=False)
+        return {"valid": result.best_valid["ndcg@10"], "choices": result.model.choices(),
+                **test_scores(result.model, data), "seconds": time.perf_counter() - started}
+
+    reference = ledger.get_or_run("bert_rs", closed_form)
+    choices = reference["choices"]
+    log(f"[{protocol}] bert_rs valid {reference['valid']:.4f} test {reference['test_full']['ndcg@10']:.4f} {choices}")
+
+    stack_inputs: dict = {}
+
+    def stack_features():
+        if not stack_inputs:
+            started = time.perf_counter()
+            everything = np.ones(len(data.train.users), dtype=bool)
+            full = closed_form_parts(base, choices, data, profiles, everything)
+            folds = assign_folds(data.train.users, n_folds, seed=0)
+            oof = out_of_fold_features(folds, n_folds, lambda keep: closed_form_parts(
+                base, choices, data, fold_profiles(cache, data, keep), keep))
+            stack_inputs.update(full=full, oof=oof, folds=folds)
+            log(f"[{protocol}] out-of-fold features: {n_folds} folds in {time.perf_counter() - started:.0f}s")
+        return stack_inputs["full"], stack_inputs["oof"], stack_inputs["folds"]
+
+    def fit(row: str, overrides: dict, seed: int) -> dict:
+        config = dataclasses.replace(base, **overrides, seed=seed)
+        started = time.perf_counter()
+        if row.startswith("stack_"):
+            full, oof, folds = stack_features()
+            neural = None
+            if row == "stack_neural":
+                neural = build_model(RunSpec(model="bert_rs_neural", embeddings=ENCODER),
+                                     dataclasses.replace(config, **NEURAL_FORM), data.n_users, data.n_items, profiles)
+            torch.manual_seed(seed)
+            model = StackedHead(neural, full, default_weights(choices))
+            model, best_epoch, valid, epochs = train_stack(model, config, data, oof, folds)
+            extra = {"feature_weights": model.feature_weight.detach().tolist()}
+        else:
+            model_name = row.removesuffix("_as_configured")
+            if model_name == "bert_rs_neural":
+                config = dataclasses.replace(config, **NEURAL_FORM)
+            spec = RunSpec(model=model_name, embeddings=ENCODER if model_name != "neumf" else None)
+            result = train(spec, config, data, profiles if model_name != "neumf" else None, progress=False)
+            model, best_epoch, valid, epochs = result.model, result.best_epoch, result.best_valid["ndcg@10"], len(
+                result.curves)
+            extra = {}
+        return {"valid": valid, "best_epoch": best_epoch, "epochs": epochs, **test_scores(model, data), **extra,
+                "seconds": time.perf_counter() - started}
+
+    rows: dict = {"bert_rs": {"kind": "closed form (default)", "valid": reference["valid"],
+                              "test_full_ndcg@10": reference["test_full"]["ndcg@10"], "test_std": 0.0,
+                              "per_positive": reference["per_positive"], "choices": choices, "configs": 1,
+                              "seeds": 1}}
+    plan = {row: [{}] if row.endswith("_as_configured") else list(TUNED) for row in rows_to_run}
+    for row, configs in plan.items():
+        row_seeds = seeds[:1] if row.endswith("_as_configured") else seeds  # context rows: one seed
+        search = []
+        for index, overrides in enumerate(configs):  # chosen with the first seed, on validation only
+            out = ledger.get_or_run(f"{row}/c{index}/s{seeds[0]}", lambda: fit(row, overrides, seeds[0]))
+            search.append(out["valid"])
+            log(f"[{protocol}] {row} c{index} seed {seeds[0]}: valid {out['valid']:.4f} "
+                f"(epoch {out['best_epoch']}/{out['epochs']}, {out['seconds']:.0f}s)")
+        chosen = int(np.argmax(search))
+        runs = [ledger.get_or_run(f"{row}/c{chosen}/s{seed}", lambda: fit(row, configs[chosen], seed))
+                for seed in row_seeds]
+        tests = [r["test_full"]["ndcg@10"] for r in runs]
+        per_positive = np.mean([r["per_positive"] for r in runs], axis=0)
+        low, high = user_bootstrap(per_positive, reference["per_positive"], data.test.users)
+        rows[row] = {"kind": "learned", "configs": len(configs), "chosen": configs[chosen], "valid_search": search,
+                     "valid": float(np.mean([r["valid"] for r in runs])), "test_full_ndcg@10": float(np.mean(tests)),
+                     "test_std": float(np.std(tests)), "test_by_seed": tests, "seeds": len(runs),
+                     "best_epochs": [r["best_epoch"] for r in runs],
+                     "feature_weights": [r.get("feature_weights") for r in runs] if row.startswith("stack_") else None,
+                     "gain_vs_bert_rs": float(np.mean(tests)) - reference["test_full"]["ndcg@10"],
+                     "bootstrap_95ci_gain": [low, high]}
+        log(f"[{protocol}] {row}: config {chosen}, test {np.mean(tests):.4f} +- {np.std(tests):.4f} vs bert_rs "
+            f"{reference['test_full']['ndcg@10']:.4f}, 95% CI of gain [{low:+.4f}, {high:+.4f}]")
+    best_learned = max((r for r in rows if r != "bert_rs" and not r.endswith("_as_configured")),
+                       key=lambda r: rows[r]["valid"])
+    for row in rows.values():
+        row.pop("per_positive", None)
+    return {"stats": {"users": data.n_users, "items": data.n_items, "train": len(data.train.users),
+                      "valid": len(data.valid.users), "test": len(data.test.users)},
+            "rows": rows, "best_learned_on_validation": best_learned, "folds": n_folds}
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def verdict_line(protocol: str, res: dict) -> str:
+    rows, ref = res["rows"], res["rows"]["bert_rs"]["test_full_ndcg@10"]
+    learned = [r for r in rows if rows[r]["kind"] == "learned" and not r.endswith("_as_configured")]
+    beats = [r for r in learned if rows[r]["bootstrap_95ci_gain"][0] > 0]
+    worse = [r for r in learned if rows[r]["bootstrap_95ci_gain"][1] < 0]
+    best = res["best_learned_on_validation"]
+    b = rows[best]
+    head = (f"{protocol}: " + (f"{', '.join(beats)} beat{'s' if len(beats) == 1 else ''} the closed-form default "
+                               "with a bootstrap interval above zero. " if beats else
+                               "no learned head beats the closed-form default bert_rs. "))
+    return head + (f"The learned row best on validation, {best}, scores {b['test_full_ndcg@10']:.4f} vs {ref:.4f} "
+                   f"({_pct(b['test_full_ndcg@10'] / ref - 1)}; 95% CI of the gain "
+                   f"[{b['bootstrap_95ci_gain'][0]:+.4f}, {b['bootstrap_95ci_gain'][1]:+.4f}]). "
+                   f"Significantly worse than bert_rs: {', '.join(worse) or 'none'}. On validation (what selection "
+                   f"sees) {'no learned row beats' if b['valid'] <= rows['bert_rs']['valid'] else best + ' beats'} "
+                   f"bert_rs ({b['valid']:.4f} vs {rows['bert_rs']['valid']:.4f}), so "
+                   + ("the closed-form default stays the validation winner." if b["valid"] <= rows["bert_rs"]["valid"]
+                      else f"{best} would be the validation winner."))
+
+
+def markdown(results: dict, meta: dict) -> str:
+    lines = ["# Fusion head: a learned head vs the closed-form default bert_rs", "",
+             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
+             f"Date: {meta['date']}; this run {meta['minutes']:.0f} min, fits in the ledger {meta['fit_minutes']:.0f} min; torch {meta['torch']}; seeds {meta['seeds']}", "",
+             "Digital Music sample (data/sample, params.yaml's prepare: 3/3 k-core), mean-pooled MiniLM cache "
+             "(`minilm_mean`). Full-ranking NDCG@10 on test; every choice made on validation full-ranking NDCG@10. "
+             f"Learned rows: {len(TUNED)} configurations each (4 negatives per positive; lr / factors / L2: "
+             + "; ".join(f"{c['learning_rate']:g} / {c['factors']} / {c['weight_decay']:g}" for c in TUNED)
+             + "), chosen with the first seed, retrained with each seed, early stopping (patience "
+             f"{TRAINING['patience']}). `*_as_configured`: params.yaml's training (1 negative, one seed), for context. "
+             "Stack rows: the default's three score parts (item model, text match, popularity; standardised per "
+             f"user) as inputs of the head, out-of-fold ({meta['folds']} folds per user, profiles re-pooled without "
+             "the held-out fold) for training pairs, the full-training fit at validation/test. Interval: paired "
+             "bootstrap over test users (2000 rounds) of the seed-mean gain over bert_rs.", "", "## Verdict", ""]
+    lines += [f"- {verdict_line(p, r)}" for p, r in results.items()]
+    for protocol, res in results.items():
+        s = res["stats"]
+        lines += ["", f"## {protocol}", "",
+                  f"{s['users']} users, {s['items']} items, {s['train']} / {s['valid']} / {s['test']} "
+                  "train / valid / test positives.", "",
+                  "| row | configs | seeds | valid NDCG@10 | test NDCG@10 (mean +- sd over seeds) | vs bert_rs | 95% CI of "
+                  "gain | best epochs |", "|---|---|---|---|---|---|---|---|"]
+        ref = res["rows"]["bert_rs"]["test_full_ndcg@10"]
+        for name, r in res["rows"].items():
+            ci = r.get("bootstrap_95ci_gain")
+            lines.append(f"| {name} | {r['configs']} | {r['seeds']} | {r['valid']:.4f} | {r['test_full_ndcg@10']:.4f} +- "
+                         f"{r['test_std']:.4f} | {_pct(r['test_full_ndcg@10'] / ref - 1) if name != 'bert_rs' else '-'}"
+                         f" | {f'[{ci[0]:+.4f}, {ci[1]:+.4f}]' if ci else '-'} | "
+                         f"{', '.join(map(str, r.get('best_epochs', []))) or '-'} |")
+        lines += ["", f"bert_rs's validation choices: `{json.dumps(res['rows']['bert_rs']['choices'])}`."]
+        for name in ("stack_features", "stack_neural"):
+            if name in res["rows"]:
+                w = res["rows"][name]["feature_weights"]
+                lines.append(f"{name} learned weights on (item model, text match, popularity), per seed: "
+                             + "; ".join("(" + ", ".join(f"{x:.2f}" for x in ws) + ")" for ws in w) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocols", default="leave_one_out")
+    parser.add_argument("--seeds", default="1,2", help="comma-separated; the first one chooses the configuration")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--rows", default=",".join(ROWS), help="learned rows to run (bert_rs always runs)")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--work", default=str(REPO / "build" / "fusion_head"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fusion_head"))
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = load_params(args.params)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    started = time.perf_counter()
+    rows = tuple(args.rows.split(","))
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"--rows: unknown {sorted(unknown)}; known: {', '.join(ROWS)}")
+    results = {p: run_protocol(Path(args.work), p, params, seeds, args.folds, lambda m: print(m, flush=True), rows)
+               for p in args.protocols.split(",")}
+    import psutil
+
+    meta = {"date": date.today().isoformat(),
+            "machine": f"{os.cpu_count()} CPU cores (shared), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+                       f"{platform.processor() or platform.machine()}",
+            "command": "python " + " ".join(["benchmarks/fusion_head.py", *sys.argv[1:]]),
+            "seeds": seeds, "folds": args.folds, "minutes": (time.perf_counter() - started) / 60,
+            "fit_minutes": sum(r.get("seconds", 0.0) for p in results
+                               for r in Ledger(Path(args.work) / p / "runs.jsonl").rows.values()) / 60,
+            "torch": torch.__version__, "tuned_configs": TUNED, "training": TRAINING, "rows": rows}
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), {"meta": meta, "results": results,
+                                          "verdict": {p: verdict_line(p, r) for p, r in results.items()}})
+    out.with_suffix(".md").write_text(markdown(results, meta))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
