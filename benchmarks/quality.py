@@ -58,6 +58,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ledger import Ledger  # noqa: E402
 from pipeline.config import BertRSConfig, Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
@@ -297,26 +298,6 @@ def fit_and_score(spec: RunSpec, config: RankingConfig, data: PreparedData, prof
         "validation_looks": 0 if fixed_epochs is not None else validation_looks(spec, config, result),
         "seconds": time.perf_counter() - started,
     }
-
-
-class Ledger:
-    """One JSON line per trained model, so an interrupted benchmark resumes without retraining."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                self.rows[row["key"]] = row
-
-    def get_or_run(self, key: str, fn) -> dict:
-        if key not in self.rows:
-            row = {"key": key, **fn()}
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            self.rows[key] = row
-        return self.rows[key]
 
 
 def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget: int, seeds: int,

@@ -41,6 +41,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ledger import Ledger  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402
@@ -51,7 +52,8 @@ from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.evaluate import evaluate  # noqa: E402
-from pipeline.ranking.hybrid import ReviewAwareEASE, ValidationLooks, centred_units  # noqa: E402
+from pipeline.ranking.hybrid import ReviewAwareEASE, centred_units  # noqa: E402
+from pipeline.ranking.select import ValidationLooks, keep_best, select  # noqa: E402
 from pipeline.ranking.train import train  # noqa: E402
 
 # the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
@@ -149,12 +151,12 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
     eig = EigenGram(model.gram())
     x = model.rows(torch.as_tensor(looks.users)).double()
     x_v = x @ eig.v
-    scores = [(looks.ndcg(eig.ease_scores(x, x_v, lam)), lam) for lam in EASE_LAMBDAS]
-    best = max(scores, key=lambda t: t[0])[1]  # first of equals: max keeps the earliest
+    choice = keep_best((lam, looks.ndcg(eig.ease_scores(x, x_v, lam))) for lam in EASE_LAMBDAS)
+    best = choice.setting
     model.ease_lambda = best
     model.B = (torch.eye(data.n_items, dtype=torch.float64)
                - eig.inverse(best) / eig.inverse_diagonal(best)[None, :]).fill_diagonal_(0.0).float()
-    return model, {"ease_lambda": best, "validation_looks": looks.count}
+    return model, {"ease_lambda": best, "validation_looks": choice.looks}
 
 
 def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tuple[nn.Module, dict]:
@@ -168,8 +170,7 @@ def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tu
     if name == "text":
         return TextMatch(profiles), {}
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
-    model.fit(data.train.users, data.train.items)
-    model.select_on_validation(data)
+    select(model.fit(data.train.users, data.train.items), data)
     return model, model.choices()
 
 
@@ -185,29 +186,6 @@ def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -
 
 
 # ---------------------------------------------------------------------------------------------------- report
-
-
-class Ledger:
-    """One JSON line per finished (dataset, level, model): the resume point."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.rows[row["key"]] = row["value"]
-
-    def get_or_run(self, key: str, work) -> dict:
-        if key not in self.rows:
-            value = work()
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps({"key": key, "value": value}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.rows[key] = value
-        return self.rows[key]
 
 
 def write_report(results: dict, out: Path) -> None:

@@ -248,6 +248,14 @@ def replace_config(config: RankingConfig, model: str | None = None, **changes) -
 N_USERS, N_ITEMS, DIM = 7, 11, 6  # the hand-checkable world of the formula tests
 
 
+def in_memory_data(n_users: int, n_items: int, train, valid, test) -> PreparedData:
+    """Prepared data held in memory: (users, items) pairs per split, no candidates, ids are the indices."""
+    pairs = {name: Interactions(np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64))
+             for name, (u, i) in (("train", train), ("valid", valid), ("test", test))}
+    return PreparedData(Path("."), n_users, n_items, "in-memory", pairs["train"], pairs["valid"], pairs["test"], {},
+                        [str(u) for u in range(n_users)], [str(i) for i in range(n_items)], {})
+
+
 def tiny_profiles(seed=0) -> Profiles:
     rng = np.random.default_rng(seed)
     return Profiles(

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +22,8 @@ from pipeline.ranking.evaluate import evaluate, full_ranking_mask, rank_full
 from pipeline.ranking.hybrid import ReviewAwareEASE, whitening_transform
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.sampling import PairSet
-
-
-def in_memory_data(n_users: int, n_items: int, train, valid, test) -> PreparedData:
-    pairs = {name: Interactions(np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64))
-             for name, (u, i) in (("train", train), ("valid", valid), ("test", test))}
-    return PreparedData(Path("."), n_users, n_items, "in-memory", pairs["train"], pairs["valid"], pairs["test"], {},
-                        [str(u) for u in range(n_users)], [str(i) for i in range(n_items)], {})
+from pipeline.ranking.select import select
+from tests.ranking_fixtures import in_memory_data
 
 
 def random_profiles(rng, n_users: int, n_items: int, dim: int) -> Profiles:
@@ -112,7 +106,7 @@ def test_a_single_value_grid_reproduces_that_fixed_configuration():
     data, x, profiles = random_world()
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [2.0], ["item_neighbours"], [0.5],
                             ease_lambdas=[7.0], regularisers=["l3ae"], whitening=[True], pop_weights=[0.3])
-    model.fit(data.train.users, data.train.items).select_on_validation(data)
+    select(model.fit(data.train.users, data.train.items), data)
     assert model.choices() == {"ease_lambda": 7.0, "side_weight": 2.0, "regulariser": "l3ae", "whitening": True,
                                "text_match": "item_neighbours", "text_weight": 0.5, "pop_weight": 0.3,
                                "pop_only": False, "validation_looks": 1}
@@ -128,12 +122,12 @@ def test_the_search_covers_the_joint_grid_and_is_never_below_ease_or_popularity_
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, sides, ["item_neighbours", "user_profile"],
                             weights, ease_lambdas=lambdas, regularisers=["ease", "l3ae"], whitening=[False, True],
                             pop_weights=[0.0, 1.0])
-    chosen = model.fit(data.train.users, data.train.items).select_on_validation(data)
-    assert chosen["validation_looks"] == 2 * 2 * 3 * 2 * (1 + 2 * 1) * 2 + 1
-    assert valid_ndcg(model, data) == pytest.approx(chosen["ndcg@10"], abs=1e-6)
+    chosen = select(model.fit(data.train.users, data.train.items), data)
+    assert chosen.looks == model.choices()["validation_looks"] == 2 * 2 * 3 * 2 * (1 + 2 * 1) * 2 + 1
+    assert valid_ndcg(model, data) == pytest.approx(chosen.score, abs=1e-6)
     baselines = [Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)]
     baselines += [EASE(data.n_users, data.n_items, lam).fit(data.train.users, data.train.items) for lam in lambdas]
-    assert chosen["ndcg@10"] >= max(valid_ndcg(b, data) for b in baselines) - 1e-6
+    assert chosen.score >= max(valid_ndcg(b, data) for b in baselines) - 1e-6
 
 
 def popularity_world(seed: int = 0):
@@ -159,7 +153,7 @@ def test_when_popularity_predicts_the_search_picks_popularity_alone_and_ranks_ex
     data, profiles = popularity_world()
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [0.0, 1.0], ["user_profile"], [0.0, 0.5],
                             ease_lambdas=[1.0, 100.0], pop_weights=[0.0, 0.25, 1.0])
-    model.fit(data.train.users, data.train.items).select_on_validation(data)
+    select(model.fit(data.train.users, data.train.items), data)
     assert model.choices()["pop_only"]
     popularity = Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)
     mask = full_ranking_mask(data, "test")
@@ -186,7 +180,8 @@ def test_when_text_predicts_the_search_uses_it_and_beats_ease_and_popularity_on_
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [0.0, 1.0], ["item_neighbours", "user_profile"],
                             [0.0, 0.5, 1.0], ease_lambdas=[1.0, 100.0], regularisers=["ease", "l3ae"],
                             pop_weights=[0.0, 1.0])
-    chosen = model.fit(data.train.users, data.train.items).select_on_validation(data)
+    select(model.fit(data.train.users, data.train.items), data)
+    chosen = model.choices()
     assert chosen["text_weight"] > 0 or chosen["side_weight"] > 0 or chosen["regulariser"] == "l3ae"
     assert not chosen["pop_only"]
 
@@ -201,20 +196,21 @@ def test_when_text_predicts_the_search_uses_it_and_beats_ease_and_popularity_on_
 def test_choices_never_read_the_test_split(monkeypatch):
     """Test positives moved to other items: the choices stay the same. Which held-out pairs the validation mask
     holds is evaluate.py's contract, so it is pinned here to training + validation pairs for both runs."""
-    import pipeline.ranking.hybrid as hybrid
+    import pipeline.ranking.select as selection
 
     def train_and_valid_pairs(data, split):
         return PairSet(np.concatenate([data.train.users, data.valid.users]),
                        np.concatenate([data.train.items, data.valid.items]), data.n_users, data.n_items)
 
-    monkeypatch.setattr(hybrid, "full_ranking_mask", train_and_valid_pairs)
+    monkeypatch.setattr(selection, "full_ranking_mask", train_and_valid_pairs)
     data, x, profiles = random_world(seed=5)
 
     def choices(d):
         model = ReviewAwareEASE(d.n_users, d.n_items, profiles, 1.0, [0.0, 1.0], ["item_neighbours", "user_profile"],
                                 [0.0, 0.5], ease_lambdas=[1.0, 30.0], regularisers=["ease", "l3ae"],
                                 whitening=[False, True], pop_weights=[0.0, 1.0])
-        return model.fit(d.train.users, d.train.items).select_on_validation(d)
+        choice = select(model.fit(d.train.users, d.train.items), d)
+        return choice.score, model.choices()
 
     moved = dataclasses.replace(data, test=Interactions(data.test.users, (data.test.items + 7) % data.n_items))
     assert choices(moved) == choices(data)

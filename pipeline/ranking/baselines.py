@@ -11,17 +11,18 @@ one evaluator (`score`, `score_all`) serve every run. `trainable = False` marks 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.losses import bpr, pointwise_bce
-from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, TrainableRanker
 from pipeline.ranking.sampling import PairSet
+
+if TYPE_CHECKING:
+    from pipeline.ranking.select import Choice
 
 
 def csr_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -163,21 +164,20 @@ class EASE(ClosedFormRanker):
         self.B = ease_weights(self.gram(), self.ease_lambda).float()
         return self
 
-    def select_on_validation(self, data) -> dict | None:
-        """With 2+ lambdas: keep the one with the best full-ranking NDCG@10 on validation (the first on ties)."""
+    def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
+        """With 2+ lambdas, each in grid order, B from one eigendecomposition of X^T X; ranked as the model stands."""
         if len(self.grid_lambda) < 2:
-            return None
-        mask = full_ranking_mask(data, "valid")
-        eig, best = EigenGram(self.gram()), None
+            return
+        eig = EigenGram(self.gram())
         for lam in self.grid_lambda:
             self.B = (torch.eye(self.n_items, dtype=torch.float64) - eig.inverse(lam) / eig.inverse_diagonal(lam)[None, :]
                       ).fill_diagonal_(0.0).float()
-            ndcg = metrics_from_ranks(rank_full(self, data.valid, mask).ranks, [10])["ndcg@10"]
-            if best is None or ndcg > best[1]:
-                best = (lam, ndcg)
-        self.ease_lambda = best[0]
+            yield lam, None
+
+    def apply(self, choice: "Choice[float]") -> None:
+        """The chosen lambda, B solved directly at it."""
+        self.ease_lambda = choice.setting
         self.B = ease_weights(self.gram(), self.ease_lambda).float()
-        return {"ndcg@10": best[1], **self.choices()}
 
     def choices(self) -> dict | None:
         if len(self.grid_lambda) < 2:

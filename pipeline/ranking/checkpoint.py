@@ -6,7 +6,8 @@
                         settings the model chose on validation, the processes that trained it
 
     save_checkpoint(out_dir, result, spec, config, data, profiles, cache_path, run_name)
-    ckpt = load_checkpoint(out_dir, data)     # refuses other prepared data or another cache
+    ckpt = load_checkpoint(out_dir, data)     # refuses other prepared data, another cache, or a run.json of an
+                                              # older format (no model_settings): retrain it
 
 Readers (evaluate, recommend, serve) import this module, never the trainer.
 """
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
 CACHE_IDENTITY_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "profile")
+# what a reload reads from run.json; "model_settings" (models.<its model>) exists since settings became per model
+REQUIRED_KEYS = ("spec", "train", "model_settings", "data_fingerprint", "n_users", "n_items")
+RETRAIN_HINT = "retrain the run with this version (`bertrs train`, or `dvc repro` in a DVC project)"
 
 
 @dataclass
@@ -106,6 +110,7 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     model_dir = Path(model_dir)
     info = read_json(model_dir / RUN_FILE)
     where = str(model_dir / RUN_FILE)
+    check_run_info(info, where)
     if info.get("data_fingerprint") != data.fingerprint:
         raise DataError(
             f"{where}: checkpoint was trained on prepared data {info.get('data_fingerprint')}, "
@@ -134,6 +139,23 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     model.load_state_dict(state)
     model.eval()
     return Checkpoint(model, spec, config, info, seen_profiles)
+
+
+def check_run_info(info: object, where: str) -> None:
+    """Stop on a run.json a model cannot be rebuilt from, naming what is missing and how to get a current one. A
+    run trained before per-model settings has no "model_settings" (its "train" then holds every model's knobs)."""
+    if not isinstance(info, dict):
+        raise DataError(f"{where}: expected a JSON object (a run written by `bertrs train`), got "
+                        f"{type(info).__name__}; {RETRAIN_HINT}")
+    missing = [key for key in REQUIRED_KEYS if key not in info]
+    if not missing:
+        return
+    if missing == ["model_settings"]:
+        why = ("it was written before each model had its own settings section (models.<name>), which this "
+               "version needs to rebuild the model")
+    else:
+        why = "it is not a complete run written by this version of `bertrs train`"
+    raise DataError(f"{where}: has no {', '.join(repr(k) for k in missing)}: {why}; {RETRAIN_HINT}")
 
 
 def resolve_cache_path(model_dir: str | Path, recorded: str | None, override: str | Path | None = None) -> Path:

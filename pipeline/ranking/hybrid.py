@@ -22,27 +22,27 @@ Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
 second is the first). One eigendecomposition G_a = V diag(s) V^T per side weight a turns every lambda into a diagonal
 rescale, P = V diag(1 / (s + lambda)) V^T, and validation scores x_u B are computed from x_u V without forming B.
 
-The search, on full-ranking NDCG@10 of the validation split only (test is never read): lambda, a, R, whitening,
-the text match, w and p jointly, plus the popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that
-lambda, and popularity is a point of its own, so on validation the model matches or beats both. Leakage: F and b_u
-are pooled from training reviews only (the cache's profiles); the shuffled-profile ablation scrambles both and must
-lose the gain.
+The grid the model offers (`candidates`) and pipeline/ranking/select.py chooses from, on full-ranking NDCG@10 of
+the validation split only (test is never read): lambda, a, R, whitening, the text match, w and p jointly, plus the
+popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that lambda, and popularity is a point of its own,
+so on validation the model matches or beats both. Leakage: F and b_u are pooled from training reviews only (the
+cache's profiles); the shuffled-profile ablation scrambles both and must lose the gain.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE, EigenGram, ease_weights, score_via_all
-from pipeline.ranking.evaluate import full_ranking_mask
-from pipeline.ranking.metrics import metrics_from_ranks, rank_against
 from pipeline.ranking.protocol import ClosedFormRanker
+
+if TYPE_CHECKING:
+    from pipeline.ranking.select import Choice
 
 TEXT_MATCHES = ("item_neighbours", "user_profile")
 REGULARISERS = ("ease", "l3ae")
@@ -84,25 +84,17 @@ def whitened_units(profiles: Profiles) -> tuple[torch.Tensor, torch.Tensor]:
             F.normalize(torch.tensor(items, dtype=torch.float32), dim=-1, eps=1e-8))
 
 
-class ValidationLooks:
-    """Full-ranking NDCG@10 of many score matrices for the same held-out pairs: the competitor mask and the
-    positives' rows are built once (the same mask and pessimistic rank rule as `rank_full`), so a look costs one
-    comparison over (users x items)."""
+class Setting(NamedTuple):
+    """One point of bert_rs's joint grid."""
 
-    def __init__(self, data: PreparedData, split: str = "valid") -> None:
-        heldout = getattr(data, split)
-        self.users = np.unique(heldout.users)  # (b,)
-        self.rows = torch.as_tensor(np.searchsorted(self.users, heldout.users))  # (p,)
-        self.items = torch.as_tensor(heldout.items)  # (p,)
-        self.competitors = ~full_ranking_mask(data, split).dense_mask(self.users)[self.rows]  # (p, n_items)
-        self.count = 0
-
-    def ndcg(self, scores: torch.Tensor) -> float:
-        """scores: (b, n_items) rows for `self.users`."""
-        self.count += 1
-        scores = scores.float()[self.rows]
-        ranks = rank_against(scores[torch.arange(len(self.rows)), self.items], scores, self.competitors)
-        return metrics_from_ranks(ranks.numpy(), [10])["ndcg@10"]
+    whiten: bool
+    side_weight: float  # a
+    ease_lambda: float
+    regulariser: str
+    text_match: str
+    text_weight: float  # w
+    pop_weight: float  # p
+    item_weight: float  # 1, or 0 at the popularity-alone point
 
 
 class ReviewAwareEASE(ClosedFormRanker):
@@ -190,7 +182,7 @@ class ReviewAwareEASE(ClosedFormRanker):
     # ------------------------------------------------------------------------------------------------ fitting
 
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ReviewAwareEASE":
-        """EASE on the training matrix at the first lambda; `select_on_validation` then re-solves at its picks."""
+        """EASE on the training matrix at the first lambda; `apply` re-solves at the setting chosen on validation."""
         self.ease.fit(users, items)
         self.log_counts = torch.log1p(torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32))
         self._gram = self.ease.gram()
@@ -254,39 +246,36 @@ class ReviewAwareEASE(ClosedFormRanker):
                             mu = (1.0 - lam * (p_diag - ps_diag)) / p_diag  # diag(B~) / diag(P)
                             yield (whiten, side, lam, reg), x - lam * (x_p - x_p @ prior) - x_p * mu
 
-    def select_on_validation(self, data: PreparedData) -> dict:
-        """Pick (lambda, a, R, whitening, text match, w, p) by full-ranking NDCG@10 on the validation split, the
-        metric the comparison is judged on. Item-model and text parts are computed once per setting and only
-        their weighted sums are ranked per (w, p). Test data is never read here."""
-        looks = ValidationLooks(data, "valid")
-        users = torch.as_tensor(looks.users, device=self.log_counts.device)
+    def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor]]:
+        """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone
+        first (so that the simplest baseline wins ties) when p has a grid. Item-model and text parts are computed
+        once per setting, lazily (one eigendecomposition per (whitening, side weight)); only their weighted sums
+        differ per (w, p). (b, n_items) float64 each"""
         pop = standardise(self.log_counts[None, :].double()).expand(len(users), -1)
         text = {(wh, m): standardise(self.text_scores(users, m, wh).double())
                 for wh in self.grid_whiten for m in self.grid_match}
-        best, best_ndcg = None, -1.0
-        if len(self.grid_pop) > 1:  # popularity alone, first so that it wins ties: the simplest baseline is a point
-            best, best_ndcg = (self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0,
-                               0.0), looks.ndcg(pop)
+        if len(self.grid_pop) > 1:
+            yield Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0), pop
         for (whiten, side, lam, reg), item in self.item_model_grid(users):
             item = standardise(item)
             for match in self.grid_match:
                 for w in self.grid_weight:
                     if w == 0.0 and match != self.grid_match[0]:
-                        continue  # w = 0 ignores the match: scored once already
+                        continue  # w = 0 ignores the match: offered once already
                     with_text = item + w * text[(whiten, match)] if w else item
                     for p in self.grid_pop:
-                        ndcg = looks.ndcg(with_text + p * pop if p else with_text)
-                        if ndcg > best_ndcg:
-                            best, best_ndcg = (whiten, side, lam, reg, match, w, p, 1.0), ndcg
-        whiten, side, lam, reg, match, w, p, item_weight = best
-        self.solve(side, lam, reg, whiten)
+                        yield Setting(whiten, side, lam, reg, match, w, p, 1.0), with_text + p * pop if p else with_text
+
+    def apply(self, choice: "Choice[Setting]") -> None:
+        """Re-solve B at the chosen setting and record it, with the number of looks that chose it."""
+        chosen = choice.setting
+        self.solve(chosen.side_weight, chosen.ease_lambda, chosen.regulariser, chosen.whiten)
         self._gram = None  # n_items^2 float64, only needed while choosing
-        self.text_weight = torch.tensor(w)
-        self.match_index = torch.tensor(TEXT_MATCHES.index(match))
-        self.pop_weight = torch.tensor(p)
-        self.item_weight = torch.tensor(item_weight)
-        self.validation_looks = torch.tensor(looks.count)
-        return {"ndcg@10": best_ndcg, **self.choices()}
+        self.text_weight = torch.tensor(chosen.text_weight)
+        self.match_index = torch.tensor(TEXT_MATCHES.index(chosen.text_match))
+        self.pop_weight = torch.tensor(chosen.pop_weight)
+        self.item_weight = torch.tensor(chosen.item_weight)
+        self.validation_looks = torch.tensor(choice.looks)
 
     def choices(self) -> dict:
         return {"ease_lambda": round(float(self.ease_lambda), 6), "side_weight": round(float(self.side_weight), 6),

@@ -5,8 +5,9 @@ every model alike without probing for attributes.
                       bounded memory; by default a slice of score_all)
     Ranker            + score (pair scores), score_parts (additive parts that sum to the score, for explanations),
                       choices (settings picked on validation, or None), trainable, ranks_whole_catalogue
-    ClosedFormRanker  "trains" by one `fit` on the training pairs, then `select_on_validation` where it has a grid
-    TrainableRanker   trained by the SGD loop of pipeline/ranking/train.py through `loss`
+    ClosedFormRanker  "trains" by one `fit` on the training pairs; where it has a grid it offers `candidates` and
+                      `apply`s the one pipeline/ranking/select.py chooses on validation (it never searches itself)
+    TrainableRanker   trained by the SGD loop of pipeline/ranking/train.py through `loss` (epoch kept by select.py's rule)
 
 Abstract methods make a missing piece fail when the model is constructed, not when a stage first calls it.
 """
@@ -14,10 +15,14 @@ Abstract methods make a missing piece fail when the model is constructed, not wh
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from pipeline.ranking.select import Choice
 
 
 class Scorer(nn.Module, metaclass=ABCMeta):
@@ -65,9 +70,17 @@ class ClosedFormRanker(Ranker):
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ClosedFormRanker":
         """Fit on the training pairs (user, item index arrays)."""
 
-    def select_on_validation(self, data) -> dict | None:
-        """Pick the model's own settings on the validation split (never test); None when it has nothing to pick."""
-        return None
+    def candidates(self, users: torch.Tensor) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """The settings this model can choose between, simplest first (ties keep the earlier), each with its scores
+        for `users` (the sorted validation users: (b, n_items)), or with None: the model then stands in that
+        setting until the next one is asked for, and the selector ranks it as it stands. Lazy, so that a grid
+        shares its expensive parts; nothing yielded when there is nothing to choose (the default)."""
+        return iter(())
+
+    def apply(self, choice: "Choice") -> None:
+        """Put the model in `choice.setting` (one that `candidates` offered), chosen on validation with
+        `choice.score` after `choice.looks` looks. Only called after `candidates` yielded something."""
+        raise NotImplementedError(f"{type(self).__name__} offers candidates but cannot apply one")
 
 
 class TrainableRanker(Ranker):

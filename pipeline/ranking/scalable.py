@@ -20,20 +20,20 @@ The review text enters twice, as in bert_rs (pipeline/ranking/hybrid.py):
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.memory import dense_fits
-from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.sampling import PairSet
+
+if TYPE_CHECKING:
+    from pipeline.ranking.select import Choice
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def text_initial_factors(unit_items: torch.Tensor, rank: int, seed: int) -> torc
 class ScalableItemModel(ClosedFormRanker):
     """ELSA-style low-rank item model with text initialisation and a late text match; see the module docstring."""
 
-    # trains inside `fit` (its own minibatch loop), then picks the text weight on validation
+    # trains inside `fit` (its own minibatch loop); the text weight is then chosen on validation (select.py)
     ranks_whole_catalogue = True
     solver = "scalable"
 
@@ -133,17 +133,14 @@ class ScalableItemModel(ClosedFormRanker):
         self.A.data = F.normalize(a.detach(), dim=-1)
         return self
 
-    def select_on_validation(self, data: PreparedData) -> dict:
-        """Pick the text weight w by full-ranking NDCG@10 on validation (chunked: bounded memory)."""
-        mask = full_ranking_mask(data, "valid")
-        best, best_metrics = 0.0, None
+    def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
+        """Each text weight w in grid order, ranked as the model stands (chunked over items: bounded memory)."""
         for w in self.grid_weight:
             self.text_weight = torch.tensor(w)
-            m = metrics_from_ranks(rank_full(self, data.valid, mask).ranks, [10])
-            if best_metrics is None or m["ndcg@10"] > best_metrics["ndcg@10"]:
-                best, best_metrics = w, m
-        self.text_weight = torch.tensor(best)
-        return {**best_metrics, **self.choices()}
+            yield w, None
+
+    def apply(self, choice: "Choice[float]") -> None:
+        self.text_weight = torch.tensor(choice.setting)
 
     def choices(self) -> dict:
         return {"solver": self.solver, "rank": self.rank, "text_init": self.text_init,

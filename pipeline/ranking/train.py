@@ -5,7 +5,8 @@
 Model selection and early stopping look at the VALIDATION split's full-ranking NDCG@10 and nothing else (the metric
 every model is chosen and compared on); the validation ranking masks training pairs and validation positives only,
 so the test split is never touched here. Negatives are redrawn every epoch. Closed-form models (pop, ease, bert_rs)
-"train" through the same entry point: one fit, their own validation search, one validation pass, one row of curves.
+"train" through the same entry point: one fit, the choice among their candidates (pipeline/ranking/select.py), one
+validation pass, one row of curves. The epoch is kept by the same first-best rule (select.py's KeepBest).
 Under torchrun the SGD loop runs in every process on its part of each batch, inside `distributed.process_group`
 (pipeline/ranking/distributed.py).
 The checkpoint written from the result is pipeline/ranking/checkpoint.py's contract.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import copy
 import csv
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +35,9 @@ from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker
 from pipeline.ranking.registry import bert_rs_solver, build_model
 from pipeline.ranking.sampling import NegativeSampler, PairSet
+from pipeline.ranking.select import SELECTION_METRIC, KeepBest, select
 
 log = logging.getLogger(__name__)
-
-SELECTION_METRIC = "ndcg@10"  # on the validation split, full-ranking protocol
 
 
 @dataclass
@@ -107,7 +106,7 @@ def train(
     if isinstance(model, ClosedFormRanker):
         model.fit(data.train.users, data.train.items)
         if has_valid:
-            model.select_on_validation(data)  # a closed-form model's own grid, on validation only
+            select(model, data)  # among the candidates the model offers, on validation only
         model.to(device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
@@ -118,7 +117,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.train.seed)
     curves: list[dict] = []
-    best_score, best_epoch, best_state, best_valid, stale = -math.inf, 0, None, {}, 0
+    best: KeepBest[int] = KeepBest()
+    best_state, best_valid, stale = None, {}, 0
     epochs = settings.epochs if fixed_epochs is None else fixed_epochs
     show = progress and distributed.is_main_process()
     bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not show, unit="epoch")
@@ -129,16 +129,15 @@ def train(
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
         # without validation, or with the epoch count fixed from outside: the latest epoch wins
         score = epoch if fixed_epochs is not None else valid.get(SELECTION_METRIC, epoch)
-        if score > best_score:
-            best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if best.offer(epoch, score):
+            best_valid, best_state, stale = valid, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
             if stale >= settings.patience:
-                log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best_epoch, SELECTION_METRIC, best_score)
+                log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
                 break
     model.load_state_dict(best_state)
-    return TrainResult(model.cpu(), curves, best_epoch, best_valid, distributed.processes())
+    return TrainResult(model.cpu(), curves, best.setting, best_valid, distributed.processes())
 
 
 def _train_epoch(

@@ -1,0 +1,48 @@
+"""The resume point of a long benchmark: one JSON line per finished unit of work (a trained model, a sweep cell).
+
+A benchmark that runs for hours on a small machine gets interrupted; rerun with the same work folder, it skips every
+key already in the ledger. Each line is flushed and fsynced before the next unit starts, and a torn last line (a
+kill -9 mid-write) is dropped on reading, so that unit is simply done again.
+
+    ledger = Ledger(work / "runs.jsonl")
+    row = ledger.get_or_run("digital_music|50%|ease", lambda: fit_and_score(...))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: dict[str, dict] = {}
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    if number == len(lines):
+                        break  # torn by an interruption mid-write: that unit is rerun
+                    raise ValueError(f"{self.path}:{number}: not a JSON line; delete the file to start over") from None
+                # lines written before the ledger was shared spelled a row as {"key": ..., **value}
+                value = entry["value"] if "value" in entry else {k: v for k, v in entry.items() if k != "key"}
+                self.rows[entry["key"]] = value
+
+    def get_or_run(self, key: str, work: Callable[[], dict]) -> dict:
+        """The recorded result for `key`, or `work()`'s, recorded before it is returned."""
+        if key not in self.rows:
+            value = work()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps({"key": key, "value": value}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.rows[key] = value
+        return self.rows[key]

@@ -1,0 +1,158 @@
+"""Choosing settings on validation (pipeline/ranking/select.py): the first best candidate is kept (ties go to the
+earlier), every candidate scored is one look, both ways of scoring a candidate agree, and what each model with a
+grid picks on the planted world is pinned, so that a selection that keeps the wrong candidate, drops one or scores
+another metric fails here.
+
+The pinned values were recorded by training through `train()` before selection moved out of the models; in every
+grid the winner is neither the first nor (except EASE's) the last candidate, so keeping the first, the last or an
+arbitrary one is caught. A change of one rank among 400 validation users moves NDCG@10 by more than 1e-4.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pipeline.ranking.hybrid as hybrid
+from pipeline.config import RunSpec
+from pipeline.ranking.protocol import ClosedFormRanker
+from pipeline.ranking.select import Choice, keep_best, select
+from pipeline.ranking.train import train
+from tests.ranking_fixtures import in_memory_data, tiny_profiles
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+BERT_RS = RunSpec(model="bert_rs", embeddings="synthetic")
+
+
+# ------------------------------------------------------------------------------------------- the rule
+
+
+def test_the_first_best_is_kept_and_every_candidate_scored_is_a_look():
+    assert keep_best([("a", 0.2), ("b", 0.5), ("c", 0.5), ("d", 0.4)]) == Choice("b", 0.5, 4)
+    assert keep_best([("c", 0.5), ("b", 0.5)]) == Choice("c", 0.5, 2)
+    assert keep_best([("only", -math.inf)]) == Choice("only", -math.inf, 1)  # one candidate is always kept
+    assert keep_best([]) is None
+
+
+N_USERS, N_ITEMS = 4, 6
+# every user has item 0 in training (masked) and item u + 1 in validation, so 4 items compete with each positive
+WORLD = in_memory_data(N_USERS, N_ITEMS, ([0, 1, 2, 3], [0, 0, 0, 0]), ([0, 1, 2, 3], [1, 2, 3, 4]),
+                       ([0, 1, 2, 3], [5, 5, 5, 1]))
+POSITIVES = torch.zeros(N_USERS, N_ITEMS).index_put_((torch.arange(4), torch.tensor([1, 2, 3, 4])), torch.tensor(1.0))
+BELOW_ALL = 1 / math.log2(4 + 2)  # NDCG@10 of a positive ranked under its 4 competitors
+
+
+class Offers(ClosedFormRanker):
+    """Candidates given as whole score matrices; `as_it_stands` offers them the way a large model does (no scores,
+    the model switched to the setting instead). Remembers what it was asked to apply."""
+
+    def __init__(self, offers: list[tuple[str, torch.Tensor]], as_it_stands: bool = False) -> None:
+        super().__init__()
+        self.offers, self.as_it_stands, self.applied = offers, as_it_stands, []
+        self.current = torch.zeros(N_USERS, N_ITEMS)
+
+    def fit(self, users, items):
+        return self
+
+    def candidates(self, users):
+        for setting, scores in self.offers:
+            if self.as_it_stands:
+                self.current = scores
+                yield setting, None
+            else:
+                yield setting, scores[users]
+
+    def apply(self, choice):
+        self.applied.append(choice)
+        self.current = dict(self.offers)[choice.setting]
+
+    def score_all(self, users):
+        return self.current[users]
+
+    def score(self, users, items):
+        return self.current[users, items]
+
+    def score_parts(self, users, items):
+        return {"offer": self.score(users, items)}
+
+
+OFFERS = [("misses", -POSITIVES), ("half", POSITIVES * torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])),
+          ("hits", POSITIVES), ("hits too", 2 * POSITIVES), ("misses too", -POSITIVES)]
+
+
+@pytest.mark.parametrize("as_it_stands", [False, True], ids=["score matrices", "ranked as it stands"])
+def test_select_scores_every_offer_on_validation_and_applies_the_first_best(as_it_stands):
+    model = Offers(OFFERS, as_it_stands)
+    choice = select(model, WORLD)
+    assert choice == Choice("hits", 1.0, len(OFFERS)) and model.applied == [choice]
+    torch.testing.assert_close(model.current, POSITIVES)
+    reordered = Offers([OFFERS[3], OFFERS[2], OFFERS[0]], as_it_stands)
+    assert select(reordered, WORLD) == Choice("hits too", 1.0, 3)  # ties go to the earlier, whichever it is
+    assert select(Offers([OFFERS[0], OFFERS[1]], as_it_stands), WORLD) == Choice(
+        "half", pytest.approx((2 * 1.0 + 2 * BELOW_ALL) / 4), 2)
+
+
+def test_a_model_offering_nothing_is_left_as_it_is():
+    model = Offers([])
+    assert select(model, WORLD) is None and model.applied == []
+
+
+def test_bert_rs_offers_its_grid_lazily_from_one_eigendecomposition_per_whitening_and_side_weight(monkeypatch):
+    """Plain EASE's Gram is decomposed once for both whitenings; each nonzero side weight once per whitening."""
+    decomposed = []
+
+    class Counted(hybrid.EigenGram):
+        def __init__(self, gram):
+            decomposed.append(gram.shape)
+            super().__init__(gram)
+
+    monkeypatch.setattr(hybrid, "EigenGram", Counted)
+    rng = np.random.default_rng(0)
+    x = rng.random((7, 11)) < 0.4
+    data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
+                          (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
+    model = hybrid.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0, [0.0, 1.0, 4.0], ["user_profile"], [0.0, 0.5],
+                                   ease_lambdas=[1.0, 10.0, 100.0], whitening=[False, True])
+    choice = select(model.fit(*np.nonzero(x)), data)
+    assert len(decomposed) == 1 + 2 * 2
+    assert choice.looks == model.choices()["validation_looks"] == 2 * 3 * 3 * 2
+
+
+# ------------------------------------------------------------------------------------------- pinned choices
+
+
+def test_bert_rs_keeps_its_pinned_joint_choice(ranking_env):
+    config = ranking_env.config.override("bert_rs", lambdas=[10.0, 100.0, 1000.0], text_side_weights=[0.0, 2.0])
+    result = train(BERT_RS, config, ranking_env.data, ranking_env.profiles(), progress=False)
+    assert result.model.choices() == {
+        "ease_lambda": 1000.0, "side_weight": 2.0, "regulariser": "ease", "whitening": False,
+        "text_match": "item_neighbours", "text_weight": 0.5, "pop_weight": 1.0, "pop_only": False,
+        # 2 whitenings x 2 side weights x 3 lambdas x 2 regularisers, each with w = 0 once and 3 weights x 2
+        # matches, each at 3 popularity weights; plus popularity alone
+        "validation_looks": 2 * 2 * 3 * 2 * (1 + 3 * 2) * 3 + 1,
+    }
+    assert result.best_valid["ndcg@10"] == pytest.approx(0.14187886027859284, abs=1e-6)
+
+
+def test_ease_keeps_its_pinned_lambda(ranking_env):
+    config = ranking_env.config.override("ease", lambdas=[1.0, 30.0, 300.0, 3000.0])
+    result = train(RunSpec(model="ease"), config, ranking_env.data, progress=False)
+    assert result.model.choices() == {"ease_lambda": 3000.0, "validation_looks": 4}
+    assert result.best_valid["ndcg@10"] == pytest.approx(0.10719859456481984, abs=1e-6)
+
+
+def test_ease_with_one_lambda_chooses_nothing(ranking_env):
+    config = ranking_env.config.override("ease", lambdas=[300.0])
+    result = train(RunSpec(model="ease"), config, ranking_env.data, progress=False)
+    assert result.model.choices() is None
+    assert result.best_valid["ndcg@10"] == pytest.approx(0.10716250736201548, abs=1e-6)
+
+
+def test_the_scalable_solver_keeps_its_pinned_text_weight(ranking_env):
+    config = ranking_env.config.override("bert_rs", solver="scalable", scalable_rank=16, scalable_epochs=3,
+                                         text_weights=[0.0, 0.25, 0.5, 1.0, 2.0])
+    result = train(BERT_RS, config, ranking_env.data, ranking_env.profiles(), progress=False)
+    assert result.model.choices()["text_weight"] == 0.5
+    assert result.best_valid["ndcg@10"] == pytest.approx(0.10245040285325736, abs=1e-6)
