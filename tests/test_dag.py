@@ -126,6 +126,15 @@ def test_a_second_repro_does_nothing(built):
     assert ran(dvc(built, "repro")) == set()
 
 
+def test_rerunning_the_fine_tune_on_the_same_inputs_writes_the_same_bytes_metrics_included(built):
+    """A fresh clone's `dvc repro` must leave `git status` clean: no clock reading or path may reach an output."""
+    lock = (built / "dvc.lock").read_text()
+    metrics = (built / "metrics" / "finetune" / "tiny_ft.json").read_text()
+    assert ran(dvc(built, "repro", "--force", "--single-item", "finetune@tiny_ft")) == {"finetune@tiny_ft"}
+    assert (built / "metrics" / "finetune" / "tiny_ft.json").read_text() == metrics
+    assert (built / "dvc.lock").read_text() == lock
+
+
 def test_a_shared_train_setting_reruns_every_run_and_nothing_upstream(built):
     set_param(built, "train.seed", 7)
     assert ran(dvc(built, "repro")) == {"train@pop", "train@neumf", "train_text@text", "train_text@text_ft",

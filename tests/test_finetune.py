@@ -107,6 +107,21 @@ def test_finetune_saves_bertmodel_checkpoint_and_metrics(toy_prepared, tiny_enco
                            base.encoder.layer[0].attention.self.query.weight)
 
 
+def test_the_fine_tune_metrics_hold_no_clock_reading(toy_prepared, tiny_encoder_dir, tmp_path, monkeypatch):
+    """metrics/finetune/<name>.json is a DVC output: a wall-clock figure in it would make a rerun of the same inputs
+    a changed output (and leave a fresh clone's `git status` dirty after `make repro`). Two runs whose clocks tick at
+    different speeds must return the same metrics."""
+    import itertools
+    import time as time_module
+
+    runs = []
+    for speed in (1.0, 1000.0):
+        ticks = itertools.count()
+        monkeypatch.setattr(time_module, "time", lambda: next(ticks) * speed)
+        runs.append(ft.finetune_encoder(load_reviews(toy_prepared), str(tiny_encoder_dir), tmp_path / f"x{speed:g}", CONFIG))
+    assert runs[0] == runs[1]
+
+
 def test_finetuned_encoder_loads_without_an_unexpected_keys_report(toy_prepared, tiny_encoder_dir, tmp_path):
     import logging
 
