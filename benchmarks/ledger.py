@@ -29,11 +29,18 @@ class Ledger:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     if number == len(lines):
-                        break  # torn by an interruption mid-write: that unit is rerun
+                        self._drop_torn_tail()  # torn by an interruption mid-write: that unit is rerun
+                        break
                     raise ValueError(f"{self.path}:{number}: not a JSON line; delete the file to start over") from None
                 # lines written before the ledger was shared spelled a row as {"key": ..., **value}
                 value = entry["value"] if "value" in entry else {k: v for k, v in entry.items() if k != "key"}
                 self.rows[entry["key"]] = value
+
+    def _drop_torn_tail(self) -> None:
+        """Cut the last line off the file, so that the next line appended starts on a line of its own."""
+        data = self.path.read_bytes().rstrip(b"\n")
+        with open(self.path, "rb+") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
 
     def get_or_run(self, key: str, work: Callable[[], dict]) -> dict:
         """The recorded result for `key`, or `work()`'s, recorded before it is returned."""

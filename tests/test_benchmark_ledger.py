@@ -35,6 +35,8 @@ def test_a_line_torn_by_a_kill_is_dropped_and_that_unit_is_redone(tmp_path):
     assert set(ledger.rows) == {"dm|pop"}
     redo, calls = counting({"ndcg@10": 0.2})
     assert ledger.get_or_run("dm|ease", redo) == {"ndcg@10": 0.2} and calls == [1]
+    Ledger(path).get_or_run("dm|neumf", lambda: {"ndcg@10": 0.3})  # the resumed file reads and appends cleanly
+    assert Ledger(path).rows == {"dm|pop": {"ndcg@10": 0.1}, "dm|ease": {"ndcg@10": 0.2}, "dm|neumf": {"ndcg@10": 0.3}}
 
 
 def test_a_corrupt_line_before_the_end_names_the_file_and_line(tmp_path):

@@ -36,6 +36,11 @@ def test_the_first_best_is_kept_and_every_candidate_scored_is_a_look():
     assert keep_best([]) is None
 
 
+def test_a_candidate_that_scored_nan_gives_way_to_the_next_real_score():
+    # a diverged first epoch must not freeze the choice: nothing compares greater than NaN
+    assert keep_best([("diverged", math.nan), ("b", 0.1), ("c", 0.3), ("d", 0.2)]) == Choice("c", 0.3, 4)
+
+
 N_USERS, N_ITEMS = 4, 6
 # every user has item 0 in training (masked) and item u + 1 in validation, so 4 items compete with each positive
 WORLD = in_memory_data(N_USERS, N_ITEMS, ([0, 1, 2, 3], [0, 0, 0, 0]), ([0, 1, 2, 3], [1, 2, 3, 4]),

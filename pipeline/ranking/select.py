@@ -43,7 +43,7 @@ class Choice(Generic[Setting]):
 
 class KeepBest(Generic[Setting]):
     """The first best of candidates offered one at a time: a later one replaces it only by scoring strictly
-    higher; the first offered is kept whatever its score."""
+    higher; the first offered is kept whatever its score, until a later one scores a number where it scored NaN."""
 
     def __init__(self) -> None:
         self.setting: Setting | None = None
@@ -53,7 +53,7 @@ class KeepBest(Generic[Setting]):
     def offer(self, setting: Setting, score: float) -> bool:
         """Count the look; True when `setting` is the new best."""
         self.looks += 1
-        if self.looks == 1 or score > self.score:
+        if self.looks == 1 or score > self.score or math.isnan(self.score):  # NaN (a diverged epoch) never stays
             self.setting, self.score = setting, score
             return True
         return False
