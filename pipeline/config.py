@@ -351,6 +351,9 @@ class TrainConfig:
     seed: int = 42
     # memory (pipeline/ranking/memory.py): a fit whose estimated peak exceeds this stops before allocating
     memory_budget_gb: Optional[float] = None  # null = the memory available when the run starts
+    # keep a setting beyond a model's plain form (bert_rs: text) only when its validation gain survives
+    # cross-fitting over two halves of the validation users (pipeline/ranking/select.py)
+    guard_additions: bool = True
 
     def __post_init__(self) -> None:
         _check(self.memory_budget_gb is None or self.memory_budget_gb > 0, "train.memory_budget_gb",

@@ -260,5 +260,9 @@ def test_checkpoint_of_a_hybrid_keeps_its_chosen_weight(ranking_env, tmp_path):
     save_checkpoint(tmp_path / "m", result, spec, ranking_env.config, data, profiles, ranking_env.cache)
     loaded = load_checkpoint(tmp_path / "m", data)
     assert loaded.model.choices() == result.model.choices() == loaded.info["chosen"]  # also readable in run.json
+    # and how it was chosen: the looks, the score and the guard's cross-fitted gain, as the selector measured them
+    assert loaded.info["selection"] == result.selection.summary()
+    assert loaded.info["selection"]["validation_looks"] == result.model.choices()["validation_looks"]
+    assert loaded.info["selection"]["valid_ndcg@10"] == pytest.approx(result.best_valid["ndcg@10"], abs=1e-6)
     users = torch.arange(data.n_users)
     torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))

@@ -17,7 +17,7 @@ import torch
 import pipeline.ranking.hybrid as hybrid
 from pipeline.config import RunSpec
 from pipeline.ranking.protocol import ClosedFormRanker
-from pipeline.ranking.select import Choice, keep_best, select
+from pipeline.ranking.select import Choice, ValidationLooks, keep_best, select
 from pipeline.ranking.train import train
 from tests.ranking_fixtures import in_memory_data, tiny_profiles
 
@@ -125,6 +125,116 @@ def test_bert_rs_offers_its_grid_lazily_from_one_eigendecomposition_per_whitenin
     assert choice.looks == model.choices()["validation_looks"] == 2 * 3 * 3 * 2
 
 
+# ------------------------------------------------------------------------------------------- the guard
+# 40 users, each with item 0 in training and one validation positive: 10 competitors per positive. A candidate is
+# given as the rank of each user's positive, so its per-user NDCG@10 is exact.
+GUARD_USERS, GUARD_ITEMS = 40, 12
+GUARD_WORLD = in_memory_data(GUARD_USERS, GUARD_ITEMS, (range(GUARD_USERS), [0] * GUARD_USERS),
+                             (range(GUARD_USERS), [1 + u % 11 for u in range(GUARD_USERS)]),
+                             (range(GUARD_USERS), [1 + (u + 1) % 11 for u in range(GUARD_USERS)]))
+HALF = ValidationLooks(GUARD_WORLD).halves(seed=7)  # each user's half (one positive per user)
+
+
+def ranked_at(ranks) -> torch.Tensor:
+    """Scores that put user u's validation positive below exactly ranks[u] of its competitors."""
+    scores = torch.zeros(GUARD_USERS, GUARD_ITEMS)
+    for u, rank in enumerate(ranks):
+        positive = 1 + u % 11
+        competitors = [i for i in range(1, GUARD_ITEMS) if i != positive]
+        scores[u, competitors] = torch.arange(len(competitors), 0, -1, dtype=torch.float32)  # 10 .. 1
+        scores[u, positive] = len(competitors) - rank + 0.5
+    return scores
+
+
+def ndcg(rank: int) -> float:
+    return 1 / math.log2(rank + 2)
+
+
+class GuardOffers(ClosedFormRanker):
+    """Named candidates, "plain ..." ones the model's plain form; remembers what it applied."""
+
+    def __init__(self, offers: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.offers, self.applied = offers, None
+
+    def fit(self, users, items):
+        return self
+
+    def candidates(self, users):
+        for setting, scores in self.offers.items():
+            yield setting, scores[users]
+
+    def is_plain(self, setting):
+        return setting.startswith("plain")
+
+    def apply(self, choice):
+        self.applied = choice.setting
+
+    def score_all(self, users):
+        return self.offers[self.applied][users]
+
+    def score(self, users, items):
+        return self.score_all(users)[torch.arange(len(users)), items]
+
+    def score_parts(self, users, items):
+        return {"offer": self.score(users, items)}
+
+
+PLAIN = ranked_at([3] * GUARD_USERS)
+LUCKY_ON_HALF = {h: ranked_at([0 if HALF[u] == h else 5 for u in range(GUARD_USERS)]) for h in (0, 1)}
+
+
+def test_an_addition_whose_win_does_not_hold_on_the_other_half_gives_way_to_the_best_plain_setting():
+    # each "lucky" addition ranks its own half's positives first and the other half's sixth: it beats the plain
+    # setting on the whole validation set (mean of 1 and 0.356 > 0.431), yet the one chosen on either half loses
+    # to the plain setting on the other
+    offers = {"plain lambda 10": ranked_at([6] * GUARD_USERS), "plain lambda 100": PLAIN,
+              "lucky on half 0": LUCKY_ON_HALF[0], "lucky on half 1": LUCKY_ON_HALF[1]}
+    model = GuardOffers(offers)
+    choice = select(model, GUARD_WORLD, guard_additions=True, seed=7)
+    assert model.applied == choice.setting == "plain lambda 100"
+    assert choice.overruled and choice.looks == 4 and choice.score == pytest.approx(ndcg(3))
+    assert choice.cross_fitted_gain == pytest.approx(ndcg(5) - ndcg(3))
+    unguarded = select(GuardOffers(offers), GUARD_WORLD, guard_additions=False)
+    assert unguarded.setting == "lucky on half 0" and unguarded.cross_fitted_gain is None
+
+
+def test_an_addition_that_helps_both_halves_is_kept_by_the_guard():
+    offers = {"plain": PLAIN, "helps everyone": ranked_at([1] * GUARD_USERS)}
+    choice = select(GuardOffers(offers), GUARD_WORLD, guard_additions=True, seed=7)
+    assert choice.setting == "helps everyone" and not choice.overruled
+    assert choice.cross_fitted_gain == pytest.approx(ndcg(1) - ndcg(3))
+
+
+def test_the_guard_leaves_a_plain_winner_and_an_all_plain_grid_alone():
+    plain_wins = {"plain": ranked_at([0] * GUARD_USERS), "lucky on half 0": LUCKY_ON_HALF[0]}
+    assert select(GuardOffers(plain_wins), GUARD_WORLD, guard_additions=True) == Choice("plain", 1.0, 2)
+    no_plain = {"lucky on half 0": LUCKY_ON_HALF[0], "lucky on half 1": LUCKY_ON_HALF[1]}
+    assert select(GuardOffers(no_plain), GUARD_WORLD, guard_additions=True).setting == "lucky on half 0"
+
+
+def test_the_halves_split_users_not_positives_and_follow_the_seed():
+    # two validation positives per user: a user's luck is shared by both, so both sit in the same half
+    data = in_memory_data(10, 12, (range(10), [0] * 10), ([u for u in range(10) for _ in (0, 1)], [1, 2] * 10),
+                          (range(10), [3] * 10))
+    looks = ValidationLooks(data)
+    half = looks.halves(seed=0)
+    assert np.array_equal(half[0::2], half[1::2]) and half[0::2].sum() == 5
+    assert not all(np.array_equal(half, looks.halves(seed)) for seed in range(1, 4))
+
+
+def test_bert_rs_counts_only_text_free_settings_as_plain():
+    plain_ease = hybrid.Setting(True, 0.0, 100.0, "ease", "user_profile", 0.0, 0.25, 1.0)  # whitening reads nothing here
+    assert tiny_bert_rs().is_plain(plain_ease)
+    assert tiny_bert_rs().is_plain(plain_ease._replace(item_weight=0.0, pop_weight=1.0))  # popularity alone
+    for text in ({"side_weight": 0.5}, {"text_weight": 0.25}, {"regulariser": "l3ae"}):
+        assert not tiny_bert_rs().is_plain(plain_ease._replace(**text)), text
+
+
+def tiny_bert_rs():
+    return hybrid.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0)
+
+
 # ------------------------------------------------------------------------------------------- pinned choices
 
 
@@ -139,6 +249,8 @@ def test_bert_rs_keeps_its_pinned_joint_choice(ranking_env):
         "validation_looks": 2 * 2 * 3 * 2 * (1 + 3 * 2) * 3 + 1,
     }
     assert result.best_valid["ndcg@10"] == pytest.approx(0.14187886027859284, abs=1e-6)
+    # the text holds on the validation half it was not chosen on, so the guard keeps it
+    assert not result.selection.overruled and result.selection.cross_fitted_gain == pytest.approx(0.015372868142824424, abs=1e-6)
 
 
 def test_ease_keeps_its_pinned_lambda(ranking_env):

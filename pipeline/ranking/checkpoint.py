@@ -90,6 +90,8 @@ def save_checkpoint(
         "processes": result.processes,  # trained together under torchrun (1: a plain run)
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices(),
+        # how the choice was made (pipeline/ranking/select.py): looks, its validation score, the guard's measurement
+        "selection": result.selection.summary() if result.selection is not None else None,
         # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it
         "bert_rs_solver": result.model.solver if spec.model == "bert_rs" else None,
         "weights": WEIGHTS_FILE,

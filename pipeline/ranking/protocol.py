@@ -77,6 +77,12 @@ class ClosedFormRanker(Ranker):
         shares its expensive parts; nothing yielded when there is nothing to choose (the default)."""
         return iter(())
 
+    def is_plain(self, setting: Any) -> bool:
+        """Whether `setting` is the model's plain form (bert_rs: EASE or popularity, no text) rather than an
+        addition to it; additions must beat the best plain setting by `train.plain_margin_se` (select.py).
+        Every setting, unless the model says otherwise."""
+        return True
+
     def apply(self, choice: "Choice") -> None:
         """Put the model in `choice.setting` (one that `candidates` offered), chosen on validation with
         `choice.score` after `choice.looks` looks. Only called after `candidates` yielded something."""

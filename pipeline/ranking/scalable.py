@@ -139,6 +139,10 @@ class ScalableItemModel(ClosedFormRanker):
             self.text_weight = torch.tensor(w)
             yield w, None
 
+    def is_plain(self, setting: float) -> bool:
+        """Text weight 0: the item model alone (its text initialisation is not a choice made on validation)."""
+        return setting == 0.0
+
     def apply(self, choice: "Choice[float]") -> None:
         self.text_weight = torch.tensor(choice.setting)
 

@@ -35,7 +35,7 @@ from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker
 from pipeline.ranking.registry import bert_rs_solver, build_model
 from pipeline.ranking.sampling import NegativeSampler, PairSet
-from pipeline.ranking.select import SELECTION_METRIC, KeepBest, select
+from pipeline.ranking.select import SELECTION_METRIC, Choice, KeepBest, select
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TrainResult:
     best_epoch: int
     best_valid: dict  # validation metrics of the selected epoch
     processes: int = 1  # processes that trained it together (torchrun)
+    selection: Choice | None = None  # a closed-form model's choice among its candidates (select.py)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,12 +106,12 @@ def train(
 
     if isinstance(model, ClosedFormRanker):
         model.fit(data.train.users, data.train.items)
-        if has_valid:
-            select(model, data)  # among the candidates the model offers, on validation only
+        # among the candidates the model offers, on validation only
+        choice = select(model, data, config.train.guard_additions, config.train.seed) if has_valid else None
         model.to(device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
-        return TrainResult(model.cpu(), [row], 0, valid)
+        return TrainResult(model.cpu(), [row], 0, valid, selection=choice)
 
     model.to(device)
     batch_loss = distributed.training_module(model)  # DDP over the processes' parts of each batch, under torchrun
