@@ -129,7 +129,7 @@ def catalogue(sizes: list[tuple[int, int]], per_user: int, rank: int, batch: int
         shape = Shape(n_users, n_items, int(nnz), 32)
         row.update(users=n_users, items=n_items, interactions=int(nnz), rank=rank, batch_users=batch,
                    epoch_s=float(fit_s), score_256_users_x_65536_items_s=float(score_s),
-                   estimate_mb=round(fit_bytes("scalable", shape, rank=rank, batch_users=batch) / 2**20),
+                   estimate_mb=round(fit_bytes("scalable", shape, rank=rank) / 2**20),
                    dense_ease_estimate_gb=round(fit_bytes("ease", shape) / GB))
         print(row, flush=True)
         rows.append(row)

@@ -1,5 +1,5 @@
 """The low-rank item model (ELSA-style, text-initialised): EASE-like quality on the planted world, the text start
-helps, its closed-form standardisation equals standardising whole rows, and bert_rs switches to it visibly."""
+helps, its closed-form standardisation and loss equal the dense forms, and bert_rs switches to it visibly."""
 
 import dataclasses
 import json
@@ -13,7 +13,7 @@ from pipeline.ranking.baselines import EASE
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.hybrid import standardise
 from pipeline.ranking.metrics import metrics_from_ranks
-from pipeline.ranking.scalable import ScalableItemModel
+from pipeline.ranking.scalable import ScalableItemModel, normalised_reconstruction_loss
 from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.ranking.train import train
 
@@ -73,3 +73,24 @@ def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_en
     assert isinstance(loaded.model, ScalableItemModel)
     users = torch.arange(20)
     torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
+
+
+def test_the_closed_form_loss_equals_elsas_dense_loss_and_its_gradient():
+    """2 - 2 cos(x, r) from q = xU and U^T U is the dense normalised reconstruction loss, value and gradient."""
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 40, generator=generator) < 0.2).float()
+    x[0, :3] = 1.0  # no empty row
+    a = torch.randn(40, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    def dense(a):
+        unit = torch.nn.functional.normalize(a, dim=-1)
+        reconstruction = (x.double() @ unit) @ unit.T - x.double()
+        return (torch.nn.functional.normalize(x.double(), dim=-1)
+                - torch.nn.functional.normalize(reconstruction, dim=-1)).pow(2).sum(-1).mean()
+
+    def closed_form(a):
+        unit = torch.nn.functional.normalize(a, dim=-1)
+        return normalised_reconstruction_loss(x.double() @ unit, x.sum(-1).double(), unit.T @ unit)
+
+    torch.testing.assert_close(closed_form(a), dense(a))
+    torch.testing.assert_close(torch.autograd.grad(closed_form(a), a)[0], torch.autograd.grad(dense(a), a)[0])

@@ -55,14 +55,16 @@ def dense_bytes(shape: Shape, model: str = "ease") -> float:
     return BASE_BYTES + matrices + training_rows + 4.0 * (shape.n_users + shape.n_items) * shape.dim
 
 
-def scalable_bytes(shape: Shape, rank: int, batch_users: int = 256) -> float:
-    """Low-rank item model: A (n_items, rank) with its gradient and two Adam moments, CSR training matrix, text
-    profiles and their PCA, and one (batch_users, n_items) reconstruction with its gradient."""
-    factors = 4.0 * 4 * shape.n_items * rank
+def scalable_bytes(shape: Shape, rank: int) -> float:
+    """Low-rank item model, calibrated on measured peaks (50k-100k items, ranks 32-128, profile widths 32-384,
+    2k-20k users: 2-7% above each): A with its unit rows, gradient and Adam moments (4.5 copies of
+    n_items x rank), the profiles as read plus their centred unit copy, about 2.5 KB per item of text-start SVD
+    and index work, the CSR training matrix and 0.1 GB of workspace. The loss is computed in closed form from
+    (batch_users, rank) products, so the batch size does not change the peak."""
+    factors = 4.5 * 4 * shape.n_items * rank
+    profiles = 2 * 4.0 * (shape.n_users + shape.n_items) * shape.dim
     csr = 8.0 * (2 * shape.nnz + shape.n_users)
-    profiles = 4.0 * (shape.n_users + shape.n_items) * shape.dim * 2
-    batch = 4.0 * 3 * batch_users * shape.n_items
-    return BASE_BYTES + factors + csr + profiles + batch
+    return BASE_BYTES + 0.1 * GB + factors + profiles + 2560.0 * shape.n_items + csr
 
 
 def neural_bytes(shape: Shape, factors: int = 32, num_negatives: int = 1) -> float:
@@ -73,13 +75,12 @@ def neural_bytes(shape: Shape, factors: int = 32, num_negatives: int = 1) -> flo
     return BASE_BYTES + embeddings + epoch + 4.0 * (shape.n_users + shape.n_items) * shape.dim * 2
 
 
-def fit_bytes(model: str, shape: Shape, factors: int = 32, num_negatives: int = 1, rank: int = 128,
-              batch_users: int = 256) -> float:
+def fit_bytes(model: str, shape: Shape, factors: int = 32, num_negatives: int = 1, rank: int = 128) -> float:
     """Estimated peak bytes of fitting `model` (a name of pipeline.config.MODELS, or "scalable")."""
     if model in DENSE_MATRICES:
         return dense_bytes(shape, model)
     if model == "scalable":
-        return scalable_bytes(shape, rank, batch_users)
+        return scalable_bytes(shape, rank)
     if model in NEURAL_MODELS:
         return neural_bytes(shape, factors, num_negatives)
     return BASE_BYTES + 8.0 * 3 * shape.nnz + 4.0 * shape.n_items  # pop: counts and the CSR
@@ -119,7 +120,7 @@ def check_fit(model: str, shape: Shape, budget_gb: float | None, run: str | None
                 "memory O(n_items x rank))",
         "bert_rs": "; or set models.bert_rs.solver: scalable (or auto), the low-rank item model whose memory is "
                    "O(n_items x rank)",
-        "scalable": "; or lower models.bert_rs.scalable_rank / models.bert_rs.scalable_batch_users",
+        "scalable": "; or lower models.bert_rs.scalable_rank",
     }.get(model, f"; or lower models.{model}.factors / models.{model}.num_negatives")
     raise MemoryBudgetError(
         f"{what} on {shape.n_items:,} items, {shape.n_users:,} users and {shape.nnz:,} training interactions needs "

@@ -66,7 +66,7 @@ def check_run_memory(spec: RunSpec, config: RankingConfig, data: PreparedData, p
     shape = Shape(data.n_users, data.n_items, len(data.train.users), profiles.dim if profiles is not None else 0)
     sizes = {}
     if name == "scalable":
-        sizes = {"rank": section.scalable_rank, "batch_users": section.scalable_batch_users}
+        sizes = {"rank": section.scalable_rank}
     elif spec.model not in ("pop", "ease", "bert_rs"):
         sizes = {"factors": section.factors, "num_negatives": section.num_negatives}
     return check_fit(name, shape, budget, **sizes)
