@@ -26,7 +26,8 @@ from pipeline.config import ConfigError
 from pipeline.data.prepared import load_reviews
 from pipeline.io import write_json
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune
-from pipeline.text.finetune import finetune_encoder, is_main_process, pass_through
+from pipeline.launch import is_main_process
+from pipeline.text.finetune import finetune_encoder, pass_through
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 

@@ -31,7 +31,8 @@ from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.cache import load_profiles
 from pipeline.ranking.checkpoint import save_checkpoint
-from pipeline.ranking.distributed import is_main_process, process_group, trains_by_sgd
+from pipeline.launch import is_main_process
+from pipeline.ranking.distributed import process_group, trains_by_sgd
 from pipeline.ranking.train import resolve_device, train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 

@@ -99,7 +99,8 @@ def main() -> None:
     from pipeline.data.prepared import load_reviews
     from pipeline.io import write_json
     from pipeline.text.contrastive import contrastive_finetune
-    from pipeline.text.finetune import finetune_encoder, is_main_process
+    from pipeline.launch import is_main_process
+    from pipeline.text.finetune import finetune_encoder
 
     config = FinetuneConfig(**json.loads(args.config))
     callbacks = [pause_after_saving(args.pause_after_step, Path(args.flag))] if args.pause_after_step else None

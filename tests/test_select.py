@@ -132,7 +132,7 @@ GUARD_USERS, GUARD_ITEMS = 40, 12
 GUARD_WORLD = in_memory_data(GUARD_USERS, GUARD_ITEMS, (range(GUARD_USERS), [0] * GUARD_USERS),
                              (range(GUARD_USERS), [1 + u % 11 for u in range(GUARD_USERS)]),
                              (range(GUARD_USERS), [1 + (u + 1) % 11 for u in range(GUARD_USERS)]))
-HALF = ValidationLooks(GUARD_WORLD).halves(seed=7)  # each user's half (one positive per user)
+HALF = ValidationLooks(GUARD_WORLD).halves(seed=7)[0]  # each user's half in one halving (one positive per user)
 
 
 def ranked_at(ranks) -> torch.Tensor:
@@ -185,18 +185,30 @@ LUCKY_ON_HALF = {h: ranked_at([0 if HALF[u] == h else 5 for u in range(GUARD_USE
 
 
 def test_an_addition_whose_win_does_not_hold_on_the_other_half_gives_way_to_the_best_plain_setting():
-    # each "lucky" addition ranks its own half's positives first and the other half's sixth: it beats the plain
-    # setting on the whole validation set (mean of 1 and 0.356 > 0.431), yet the one chosen on either half loses
-    # to the plain setting on the other
+    # one halving: each "lucky" addition ranks its own half's positives first and the other half's sixth; it beats
+    # the plain setting on the whole validation set (mean of 1 and 0.356 > 0.431), yet the one chosen on either half
+    # loses to the plain setting on the other
     offers = {"plain lambda 10": ranked_at([6] * GUARD_USERS), "plain lambda 100": PLAIN,
               "lucky on half 0": LUCKY_ON_HALF[0], "lucky on half 1": LUCKY_ON_HALF[1]}
     model = GuardOffers(offers)
-    choice = select(model, GUARD_WORLD, guard_additions=True, seed=7)
+    choice = select(model, GUARD_WORLD, guard_additions=True, seed=7, splits=1)
     assert model.applied == choice.setting == "plain lambda 100"
     assert choice.overruled and choice.looks == 4 and choice.score == pytest.approx(ndcg(3))
     assert choice.cross_fitted_gain == pytest.approx(ndcg(5) - ndcg(3))
     unguarded = select(GuardOffers(offers), GUARD_WORLD, guard_additions=False)
     assert unguarded.setting == "lucky on half 0" and unguarded.cross_fitted_gain is None
+
+
+def test_the_winner_of_many_noisy_additions_gives_way_to_the_plain_setting():
+    # the winner's curse: 40 additions, each ranking every positive first (NDCG 1) with probability 0.16 and ninth
+    # (0.29) otherwise, average 0.40 against the plain setting's 0.43; the luckiest wins validation all the same
+    rng = np.random.default_rng(0)
+    noise = {f"noisy {k}": ranked_at(np.where(rng.random(GUARD_USERS) < 0.16, 0, 8)) for k in range(40)}
+    offers = {"plain": PLAIN, **noise}
+    unguarded = select(GuardOffers(offers), GUARD_WORLD)
+    assert unguarded.setting.startswith("noisy") and unguarded.score > ndcg(3)
+    guarded = select(GuardOffers(offers), GUARD_WORLD, guard_additions=True, seed=0)
+    assert guarded.setting == "plain" and guarded.overruled and guarded.cross_fitted_gain < 0
 
 
 def test_an_addition_that_helps_both_halves_is_kept_by_the_guard():
@@ -218,9 +230,12 @@ def test_the_halves_split_users_not_positives_and_follow_the_seed():
     data = in_memory_data(10, 12, (range(10), [0] * 10), ([u for u in range(10) for _ in (0, 1)], [1, 2] * 10),
                           (range(10), [3] * 10))
     looks = ValidationLooks(data)
-    half = looks.halves(seed=0)
-    assert np.array_equal(half[0::2], half[1::2]) and half[0::2].sum() == 5
-    assert not all(np.array_equal(half, looks.halves(seed)) for seed in range(1, 4))
+    halvings = looks.halves(seed=0, splits=3)
+    for half in halvings:
+        assert np.array_equal(half[0::2], half[1::2]) and half[0::2].sum() == 5
+    assert not np.array_equal(halvings[0], halvings[1])  # each halving is drawn afresh
+    assert np.array_equal(looks.halves(seed=0, splits=3), halvings)
+    assert not all(np.array_equal(halvings, looks.halves(seed, splits=3)) for seed in range(1, 4))
 
 
 def test_bert_rs_counts_only_text_free_settings_as_plain():
@@ -250,7 +265,7 @@ def test_bert_rs_keeps_its_pinned_joint_choice(ranking_env):
     }
     assert result.best_valid["ndcg@10"] == pytest.approx(0.14187886027859284, abs=1e-6)
     # the text holds on the validation half it was not chosen on, so the guard keeps it
-    assert not result.selection.overruled and result.selection.cross_fitted_gain == pytest.approx(0.015372868142824424, abs=1e-6)
+    assert not result.selection.overruled and result.selection.cross_fitted_gain == pytest.approx(0.016434357358648982, abs=1e-6)
 
 
 def test_ease_keeps_its_pinned_lambda(ranking_env):

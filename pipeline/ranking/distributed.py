@@ -32,16 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import ConfigError, SGDConfig
 from pipeline.data.prepared import Interactions
-
-
-def launched_processes() -> int:
-    """Processes torchrun started for this run (WORLD_SIZE; 1 when run plainly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True in the one process that writes outputs (rank 0 of a torchrun launch, or a plain run)."""
-    return int(os.environ.get("RANK", "0")) == 0
+from pipeline.launch import launched_processes
 
 
 def trains_by_sgd(section: object) -> bool:

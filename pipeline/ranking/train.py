@@ -27,6 +27,7 @@ from pipeline.config import ConfigError, RankingConfig, RunSpec
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.io import atomic_path
+from pipeline.launch import is_main_process
 from pipeline.ranking import distributed
 from pipeline.ranking.ablation import model_profiles
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full
@@ -121,7 +122,7 @@ def train(
     best: KeepBest[int] = KeepBest()
     best_state, best_valid, stale = None, {}, 0
     epochs = settings.epochs if fixed_epochs is None else fixed_epochs
-    show = progress and distributed.is_main_process()
+    show = progress and is_main_process()
     bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not show, unit="epoch")
     for epoch in bar:
         loss = _train_epoch(model, batch_loss, optimizer, sampler, settings, device)

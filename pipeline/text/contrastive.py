@@ -40,8 +40,8 @@ from pipeline.text.finetune import (
     save_encoder,
     train_resuming,
     trainer_settings,
-    world_size,
 )
+from pipeline.launch import launched_processes
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def contrastive_finetune(
         "base": base,
         "base_weights_fingerprint": base_fp,
         "weights_fingerprint": weights_fingerprint(out),
-        "processes": world_size(),
+        "processes": launched_processes(),
         "precision": mixed_precision(config.precision) or "fp32",
         "train_pairs": train_pairs.num_rows,
         "eval_pairs": eval_pairs.num_rows,

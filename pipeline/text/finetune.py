@@ -37,6 +37,7 @@ from datasets import Dataset
 
 from pipeline.config import ConfigError, FinetuneConfig, to_dict
 from pipeline.io import DataError, atomic_dir, write_json
+from pipeline.launch import is_main_process, launched_processes
 from pipeline.text.encoder_dir import SOURCE_FILE, encoder_module, normalize_tokenizer_config
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 from pipeline.text.nsp import build_nsp_dataset, tokenize_pairs
@@ -174,16 +175,6 @@ def default_work_dir(out: Path) -> Path:
     return out.with_name(f"{out.name}.work")
 
 
-def world_size() -> int:
-    """Processes of this run (torchrun and accelerate launch both set WORLD_SIZE; 1 when run plainly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True in the one process that writes outputs (rank 0 of a torchrun / accelerate launch, or a plain run)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo: bf16 matmuls then run in hardware instead of being emulated."""
     try:
@@ -209,7 +200,7 @@ def mixed_precision(precision: str) -> str | None:
 
 def per_process_batch(batch_size: int, key: str) -> int:
     """The global batch split over the processes, so N processes take the same steps as one."""
-    n = world_size()
+    n = launched_processes()
     if batch_size % n:
         raise ConfigError(f"{key}: {batch_size} is not divisible by the {n} processes of this run")
     return batch_size // n
@@ -221,7 +212,7 @@ def trainer_settings(config: FinetuneConfig, output_dir: Path, n_train: int, bat
     mixed precision per `finetune.precision`. `batch_size` is per process."""
     cuda = torch.cuda.is_available()
     precision = mixed_precision(config.precision)
-    per_epoch = max(1, math.ceil(n_train / (batch_size * world_size() * grad_accum_steps)))
+    per_epoch = max(1, math.ceil(n_train / (batch_size * launched_processes() * grad_accum_steps)))
     total = config.max_steps if config.max_steps > 0 else math.ceil(per_epoch * config.epochs)
     return dict(
         output_dir=str(output_dir),
@@ -243,7 +234,7 @@ def trainer_settings(config: FinetuneConfig, output_dir: Path, n_train: int, bat
         fp16=precision == "fp16",
         dataloader_num_workers=0,
         use_cpu=not cuda,
-        ddp_backend="gloo" if world_size() > 1 and not cuda else None,  # CPU processes talk over gloo
+        ddp_backend="gloo" if launched_processes() > 1 and not cuda else None,  # CPU processes talk over gloo
     )
 
 
@@ -348,7 +339,7 @@ def finetune_encoder(
         "base": base,
         "base_weights_fingerprint": base_fp,
         "weights_fingerprint": weights_fingerprint(out),
-        "processes": world_size(),
+        "processes": launched_processes(),
         "precision": mixed_precision(config.precision) or "fp32",
         "fresh_parameters": fresh,
         "train_pairs": train_ds.num_rows,
