@@ -29,7 +29,7 @@ to report. The split itself is fixed (prepare seed 42) so that the fine-tuned en
 another seed's split would hold out; seeds vary model initialisation and negative sampling. One fine-tuned encoder
 serves both protocols of a dataset: it is trained on the reviews that are training reviews under both, so neither
 protocol's held-out reviews reach it. Closed-form models (pop, ease) have seed spread 0, and so does bert_rs except
-through its guard (train.guard_additions), whose two validation halves are drawn with the seed: where the text's
+through its guard (train.guard_additions), whose validation halvings are drawn with the seed: where the text's
 gain is marginal, one seed may keep it and another fall back to plain EASE. The evidence for closed-form rows is a
 paired bootstrap over test users (each user resampled with all of their test positives), which gives a 95% interval
 for the gain of the best text model over the best non-text model.
@@ -299,6 +299,7 @@ def fit_and_score(spec: RunSpec, config: RankingConfig, data: PreparedData, prof
         "best_epoch": result.best_epoch,
         "text_choices": result.model.choices(),
         "validation_looks": 0 if fixed_epochs is not None else validation_looks(spec, config, result),
+        "selection": result.selection.summary() if result.selection is not None else None,
         "seconds": time.perf_counter() - started,
     }
 
@@ -355,7 +356,10 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict],
     out = {"model": spec.model, "cache": spec.embeddings, "shuffle": spec.shuffle, "config": chosen,
            "search_valid": search, "validation_looks": looks,
            "valid": float(np.mean([r["valid_full_ndcg@10"] for r in runs])),
-           "seed_runs": [{"text_choices": r["text_choices"], "best_epoch": r["best_epoch"]} for r in runs]}
+           "seed_runs": [{"text_choices": r["text_choices"], "best_epoch": r["best_epoch"],
+                          "selection": r.get("selection")} for r in runs],
+           # a text row whose every seed fell back to a plain setting (bert_rs's guard) read no review vector
+           "uses_text": spec.embeddings is not None and any(uses_text(r["text_choices"]) for r in runs)}
     for protocol in ("sampled", "full"):
         out[protocol] = {
             metric: (float(np.mean([r["test"][protocol][metric] for r in runs])),
@@ -371,10 +375,20 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict],
     return out
 
 
+def uses_text(choices: dict | None) -> bool:
+    """Whether a fitted text model's chosen settings read the review vectors: bert_rs's guard may keep plain EASE
+    or popularity; neural heads and the scalable solver (text-initialised) always read them."""
+    if not choices or "side_weight" not in choices:
+        return True
+    return not choices.get("pop_only") and (choices["side_weight"] > 0 or choices["text_weight"] > 0
+                                            or choices["regulariser"] == "l3ae")
+
+
 def verdict(rows: dict, test_users: np.ndarray) -> dict:
     """Best text and best non-text model chosen on validation; their test gap with seed spread and a paired
-    bootstrap over test users (`test_users`: the user of each test positive, in the order of `per_positive`)."""
-    text = {n: r for n, r in rows.items() if r["cache"] is not None and not r["shuffle"]}
+    bootstrap over test users (`test_users`: the user of each test positive, in the order of `per_positive`).
+    Text rows that read no review vector (the guard kept a plain setting under every seed) are not candidates."""
+    text = {n: r for n, r in rows.items() if r["cache"] is not None and not r["shuffle"] and r["uses_text"]}
     plain = {n: r for n, r in rows.items() if r["cache"] is None}
     best_text = max(text, key=lambda n: text[n]["valid"])
     best_plain = max(plain, key=lambda n: plain[n]["valid"])
@@ -462,7 +476,7 @@ def markdown(results: dict, meta: dict) -> str:
              "Validation looks: the validation scores a row compared while choosing (configurations x text "
              "settings for bert_rs, x epochs for neural models); ease_wide gets as many lambdas as the mean-cache "
              "bert_rs made looks. Closed-form models (pop, ease, ease_wide, bert_rs and its levers) are "
-             "deterministic, so their seed spread is 0, except where bert_rs's guard (two validation halves drawn "
+             "deterministic, so their seed spread is 0, except where bert_rs's guard (validation halvings drawn "
              "with the seed) keeps a marginal text gain under one seed and falls back to plain EASE under another; "
              "for them the paired bootstrap over test users (each user resampled with all of their test positives) "
              "is the evidence.", "",
@@ -556,13 +570,16 @@ def summary(results: dict) -> list[str]:
         default = next((n for n in rows if n.startswith("bert_rs@minilm_mean")), None)
         low, high = v["bootstrap_95ci_gain"]
         shuffled = f"{v['shuffled_full_ndcg@10'][0]:.3f}"
-        if np.isnan(v["shuffled_full_ndcg@10"][0]) and default and f"{default}{FIXED_SHUFFLE}" in rows:
+        if default and not rows[default]["uses_text"]:
+            shuffled = "n/a (the default used no text)"
+        elif np.isnan(v["shuffled_full_ndcg@10"][0]) and default and f"{default}{FIXED_SHUFFLE}" in rows:
             # only the default's text models are ablated; say whose shuffle it is when the best text model is another
             shuffled = f"{rows[default + FIXED_SHUFFLE]['full']['ndcg@10'][0]:.3f} (default's)"
         lines.append(
             f"| {NAMES.get(dataset, dataset)} / {NAMES.get(protocol, protocol)} | {cell(rows['pop'])} | "
             f"{cell(rows['neumf'])} | {v['best_non_text']} {cell(rows[v['best_non_text']])} | {cell(rows[paper])} | "
-            f"{cell(rows[neural])} | {cell(rows[default]) if default else 'n/a'} | {v['best_text']} "
+            f"{cell(rows[neural])} | {cell(rows[default]) if default else 'n/a'}"
+            f"{'' if not default or rows[default]['uses_text'] else ' (no text used)'} | {v['best_text']} "
             f"{cell(rows[v['best_text']])} | {_pct(v['relative_gain_over_best_non_text'])} [{low:+.3f}, {high:+.3f}]"
             f" | {shuffled} | {_pct(v['sparsest_bucket_relative_gain'])} |")
     return lines

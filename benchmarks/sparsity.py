@@ -170,9 +170,9 @@ def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tu
     if name == "text":
         return TextMatch(profiles), {}
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
-    select(model.fit(data.train.users, data.train.items), data, params.ranking.train.guard_additions,
-           params.ranking.train.seed)
-    return model, model.choices()
+    choice = select(model.fit(data.train.users, data.train.items), data, params.ranking.train.guard_additions,
+                    params.ranking.train.seed)
+    return model, {**model.choices(), "selection": choice.summary()}
 
 
 def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -> dict:

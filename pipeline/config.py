@@ -283,7 +283,7 @@ class BertRSConfig:
     solver: Literal["auto", "dense", "scalable"] = "auto"
     scalable_rank: int = 128  # columns of A in B = A A^T - I
     scalable_epochs: int = 10  # passes over the users (more overfits the planted test world)
-    scalable_batch_users: int = 256  # users per Adam step (memory: batch x n_items floats)
+    scalable_batch_users: int = 256  # users per Adam step (the loss is closed-form: memory does not grow with it)
     scalable_learning_rate: float = 0.01
     scalable_text_init: bool = True  # start A from the item profiles' principal directions (else random)
 
@@ -352,7 +352,7 @@ class TrainConfig:
     # memory (pipeline/ranking/memory.py): a fit whose estimated peak exceeds this stops before allocating
     memory_budget_gb: Optional[float] = None  # null = the memory available when the run starts
     # keep a setting beyond a model's plain form (bert_rs: text) only when its validation gain survives
-    # cross-fitting over two halves of the validation users (pipeline/ranking/select.py)
+    # cross-fitting over seeded halvings of the validation users (pipeline/ranking/select.py)
     guard_additions: bool = True
 
     def __post_init__(self) -> None:

@@ -46,3 +46,11 @@ def test_constant_model_gets_no_credit():
     assert (ranks == 99).all()
     out = metrics_from_ranks(ranks, [1, 3, 5, 10])
     assert all(out[f"{m}@{k}"] == 0.0 for m in ("hr", "ndcg") for k in (1, 3, 5, 10))
+
+
+def test_a_nan_score_counts_against_the_positive_wherever_it_is():
+    # a diverged model must not rank its positives first: NaN compares False with everything
+    pos = torch.tensor([float("nan"), 0.5, float("nan")])
+    comp = torch.tensor([[0.1, 0.2, 0.3], [float("nan"), 0.1, 0.2], [float("nan"), float("nan"), 0.0]])
+    valid = torch.tensor([[True, True, False], [True, True, True], [True, True, True]])
+    assert rank_against(pos, comp, valid).tolist() == [2, 1, 3]

@@ -79,7 +79,7 @@ def test_the_closed_form_loss_equals_elsas_dense_loss_and_its_gradient():
     """2 - 2 cos(x, r) from q = xU and U^T U is the dense normalised reconstruction loss, value and gradient."""
     generator = torch.Generator().manual_seed(0)
     x = (torch.rand(6, 40, generator=generator) < 0.2).float()
-    x[0, :3] = 1.0  # no empty row
+    x[:, 0] = 1.0  # every user has a training item (fit trains only those)
     a = torch.randn(40, 8, generator=generator, dtype=torch.float64, requires_grad=True)
 
     def dense(a):
@@ -94,3 +94,8 @@ def test_the_closed_form_loss_equals_elsas_dense_loss_and_its_gradient():
 
     torch.testing.assert_close(closed_form(a), dense(a))
     torch.testing.assert_close(torch.autograd.grad(closed_form(a), a)[0], torch.autograd.grad(dense(a), a)[0])
+    # and in float32, as it trains
+    a32 = a.detach().float().requires_grad_()
+    unit = torch.nn.functional.normalize(a32, dim=-1)
+    loss32 = normalised_reconstruction_loss(x @ unit, x.sum(-1), unit.T @ unit)
+    torch.testing.assert_close(loss32.double(), dense(a), rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import torch
 import pipeline.ranking.hybrid as hybrid
 from pipeline.config import RunSpec
 from pipeline.ranking.protocol import ClosedFormRanker
-from pipeline.ranking.select import Choice, ValidationLooks, keep_best, select
+from pipeline.ranking.select import Choice, HalfBest, ValidationLooks, keep_best, select
 from pipeline.ranking.train import train
 from tests.ranking_fixtures import in_memory_data, tiny_profiles
 
@@ -151,18 +151,20 @@ def ndcg(rank: int) -> float:
 
 
 class GuardOffers(ClosedFormRanker):
-    """Named candidates, "plain ..." ones the model's plain form; remembers what it applied."""
+    """Named candidates, "plain ..." ones the model's plain form; remembers what it applied. `as_it_stands`
+    offers them the way a large model does (no scores: the model stands in the setting while it is ranked)."""
 
-    def __init__(self, offers: dict[str, torch.Tensor]) -> None:
+    def __init__(self, offers: dict[str, torch.Tensor], as_it_stands: bool = False) -> None:
         super().__init__()
-        self.offers, self.applied = offers, None
+        self.offers, self.applied, self.as_it_stands = offers, None, as_it_stands
 
     def fit(self, users, items):
         return self
 
     def candidates(self, users):
         for setting, scores in self.offers.items():
-            yield setting, scores[users]
+            self.applied = setting
+            yield setting, None if self.as_it_stands else scores[users]
 
     def is_plain(self, setting):
         return setting.startswith("plain")
@@ -184,13 +186,14 @@ PLAIN = ranked_at([3] * GUARD_USERS)
 LUCKY_ON_HALF = {h: ranked_at([0 if HALF[u] == h else 5 for u in range(GUARD_USERS)]) for h in (0, 1)}
 
 
-def test_an_addition_whose_win_does_not_hold_on_the_other_half_gives_way_to_the_best_plain_setting():
+@pytest.mark.parametrize("as_it_stands", [False, True], ids=["score matrices", "ranked as it stands"])
+def test_an_addition_whose_win_does_not_hold_on_the_other_half_gives_way_to_the_best_plain_setting(as_it_stands):
     # one halving: each "lucky" addition ranks its own half's positives first and the other half's sixth; it beats
     # the plain setting on the whole validation set (mean of 1 and 0.356 > 0.431), yet the one chosen on either half
     # loses to the plain setting on the other
     offers = {"plain lambda 10": ranked_at([6] * GUARD_USERS), "plain lambda 100": PLAIN,
               "lucky on half 0": LUCKY_ON_HALF[0], "lucky on half 1": LUCKY_ON_HALF[1]}
-    model = GuardOffers(offers)
+    model = GuardOffers(offers, as_it_stands)
     choice = select(model, GUARD_WORLD, guard_additions=True, seed=7, splits=1)
     assert model.applied == choice.setting == "plain lambda 100"
     assert choice.overruled and choice.looks == 4 and choice.score == pytest.approx(ndcg(3))
@@ -218,11 +221,32 @@ def test_an_addition_that_helps_both_halves_is_kept_by_the_guard():
     assert choice.cross_fitted_gain == pytest.approx(ndcg(1) - ndcg(3))
 
 
-def test_the_guard_leaves_a_plain_winner_and_an_all_plain_grid_alone():
+def test_the_guard_leaves_a_plain_winner_a_grid_without_plain_settings_and_an_all_plain_grid_alone():
     plain_wins = {"plain": ranked_at([0] * GUARD_USERS), "lucky on half 0": LUCKY_ON_HALF[0]}
     assert select(GuardOffers(plain_wins), GUARD_WORLD, guard_additions=True) == Choice("plain", 1.0, 2)
     no_plain = {"lucky on half 0": LUCKY_ON_HALF[0], "lucky on half 1": LUCKY_ON_HALF[1]}
     assert select(GuardOffers(no_plain), GUARD_WORLD, guard_additions=True).setting == "lucky on half 0"
+    all_plain = {"plain lambda 10": ranked_at([6] * GUARD_USERS), "plain lambda 100": PLAIN}
+    assert select(GuardOffers(all_plain), GUARD_WORLD, guard_additions=True) == Choice("plain lambda 100", ndcg(3), 2)
+
+
+def test_with_one_validation_user_there_is_nothing_to_halve_and_the_best_is_kept():
+    one_user = in_memory_data(GUARD_USERS, GUARD_ITEMS, (range(GUARD_USERS), [0] * GUARD_USERS), ([0], [1]), ([0], [2]))
+    offers = {"plain": PLAIN, "lucky on half 0": LUCKY_ON_HALF[0]}
+    choice = select(GuardOffers(offers), one_user, guard_additions=True)
+    assert choice.setting == "lucky on half 0" and choice.cross_fitted_gain is None
+
+
+def test_the_cross_fitted_gain_weights_each_half_by_its_positives():
+    # 3 positives in half 0, 2 in half 1. "a" wins half 0 and scores 0.2 on half 1; "b" wins half 1 and scores 0.9
+    # on half 0; the plain setting scores 0.5 everywhere: gain = 2/5 (0.2 - 0.5) + 3/5 (0.9 - 0.5) = 0.12, the
+    # per-positive mean of the two measurements (equal weights would give 0.05)
+    half = np.array([0, 0, 0, 1, 1])
+    chosen, plain = HalfBest(half), HalfBest(half)
+    chosen.offer("a", np.array([1.0, 1.0, 1.0, 0.2, 0.2]))
+    chosen.offer("b", np.array([0.9, 0.9, 0.9, 1.0, 1.0]))
+    plain.offer("plain", np.full(5, 0.5))
+    assert chosen.cross_fitted_gain_over(plain) == pytest.approx(2 / 5 * (0.2 - 0.5) + 3 / 5 * (0.9 - 0.5))
 
 
 def test_the_halves_split_users_not_positives_and_follow_the_seed():

@@ -56,8 +56,8 @@ def dense_bytes(shape: Shape, model: str = "ease") -> float:
 
 
 def scalable_bytes(shape: Shape, rank: int) -> float:
-    """Low-rank item model, calibrated on measured peaks (50k-100k items, ranks 32-128, profile widths 32-384,
-    2k-20k users: 2-7% above each): A with its unit rows, gradient and Adam moments (4.5 copies of
+    """Low-rank item model, calibrated on peaks measured at 50k-100k items, ranks 32-128, profile widths 32-384
+    and 2k-20k users (2-7% above each; benchmarks/results/scale.md compares it with the measured peak): A with its unit rows, gradient and Adam moments (4.5 copies of
     n_items x rank), the profiles as read plus their centred unit copy, about 2.5 KB per item of text-start SVD
     and index work, the CSR training matrix and 0.1 GB of workspace. The loss is computed in closed form from
     (batch_users, rank) products, so the batch size does not change the peak."""

@@ -22,8 +22,11 @@ def rank_against(positive: torch.Tensor, competitors: torch.Tensor, valid: torch
     """Pessimistic 0-based rank of each positive among its competitors.
 
     positive: (n,); competitors: (n, m); valid: (n, m) bool, False for padding/masked cells. Returns (n,) int64.
+    A NaN score (a diverged model) counts against the positive too, wherever it is: NaN compares False with
+    everything, so without this a NaN positive would rank first.
     """
     beats = competitors >= positive[:, None]  # (n, m); ties count against the positive
+    beats |= competitors.isnan() | positive.isnan()[:, None]
     if valid is not None:
         beats = beats & valid
     return beats.sum(dim=1)
@@ -34,12 +37,14 @@ def hit_ratio(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(ranks < k)) if len(ranks) else float("nan")
 
 
-def ndcg(ranks: np.ndarray, k: int) -> float:
+def ndcg_per_positive(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each positive's NDCG@k from its 0-based rank (one relevant item per positive)."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    if not len(ranks):
-        return float("nan")
-    gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return float(np.mean(gains))
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    return float(np.mean(ndcg_per_positive(ranks, k))) if len(ranks) else float("nan")
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:

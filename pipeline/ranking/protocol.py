@@ -79,7 +79,8 @@ class ClosedFormRanker(Ranker):
 
     def is_plain(self, setting: Any) -> bool:
         """Whether `setting` is the model's plain form (bert_rs: EASE or popularity, no text) rather than an
-        addition to it; additions must beat the best plain setting by `train.plain_margin_se` (select.py).
+        addition to it; with `train.guard_additions`, an addition is kept only when its gain over the best plain
+        setting survives cross-fitting on validation (select.py).
         Every setting, unless the model says otherwise."""
         return True
 

@@ -10,9 +10,8 @@ trained by minibatch Adam over users. The loss never forms a user's (n_items,) r
 (U = A with unit rows, x_u binary) it is 2 - 2 cos(x_u, r_u), where <x_u, r_u> = |q|^2 - |x_u|^2 and
 |r_u|^2 = q (U^T U) q^T - 2 |q|^2 + |x_u|^2 (`normalised_reconstruction_loss`). A step then costs
 O(nnz x rank + n_items x rank^2) and memory is O(n_items x rank) for A, its gradient and Adam's moments, whatever the
-batch: the dense form kept about ten (batch_users, n_items) float32 arrays alive for autograd (measured: 2.7 GB
-peak at 100k items and 512 users per batch), which would have been ~10 GB at 1M items. Dense EASE there would need
-~36 TB.
+batch: the dense form kept about ten (batch_users, n_items) float32 arrays alive for autograd, ~10 GB at 1M items
+and 256 users per batch. Dense EASE there would need ~36 TB.
 
 The review text enters twice, as in bert_rs (pipeline/ranking/hybrid.py):
   - A starts from the leading principal directions of the centred unit item profiles F (text_init), so items
@@ -62,7 +61,8 @@ def centred_units(vectors: np.ndarray) -> torch.Tensor:
 
 def normalised_reconstruction_loss(q: torch.Tensor, count: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """ELSA's loss, mean_u || x_u / |x_u| - r_u / |r_u| ||^2 with r_u = x_u (U U^T - I), from q = x_u U (b, rank),
-    count = |x_u|^2 (b,) (binary rows) and gram = U^T U (rank, rank), in closed form (see the module docstring)."""
+    count = |x_u|^2 (b,) (binary rows, count > 0: users without training items are not trained on) and
+    gram = U^T U (rank, rank), in closed form (see the module docstring)."""
     qq = (q * q).sum(-1)
     inner = qq - count  # <x_u, r_u>
     r_squared = ((q @ gram) * q).sum(-1) - 2 * qq + count  # |r_u|^2
