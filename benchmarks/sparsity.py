@@ -15,7 +15,8 @@ interactions):
   bert_rs's, so a gain cannot come from a bigger search alone);
 - neumf: NeuMF (He et al. 2017) with params.yaml's train settings and a small epoch budget;
 - text: the text-only match cos(b_u - mu_u, b_i - mu_i) of the kept-review profiles;
-- bert_rs: the default (params.yaml's train grids).
+- bert_rs: the default (params.yaml's train grids and its guard); bert_rs_unguarded: the same search keeping the
+  validation best (train.guard_additions: false), so the guard's effect is measured at every point.
 
 The shared sets are read from ../shared/data (or $BERTRS_SHARED_DATA). Writes
 benchmarks/results/sparsity.{md,json,png}; work lives under build/sparsity/ (prepared data, caches, one JSON
@@ -66,7 +67,7 @@ DATASETS = {
 }
 DEFAULT_DATASETS = ("digital_music", "gift_cards", "all_beauty")
 LEVELS = {"100%": 1.0, "50%": 0.5, "25%": 0.25, "cap3": 3, "cap2": 2, "cap1": 1}  # share kept, or a per-user cap
-MODELS = ("pop", "ease", "neumf", "text", "bert_rs")
+MODELS = ("pop", "ease", "neumf", "text", "bert_rs", "bert_rs_unguarded")
 EASE_LAMBDAS = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
 NEUMF_EPOCHS = 15
 ENCODER = "minilm_mean"
@@ -170,8 +171,8 @@ def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tu
     if name == "text":
         return TextMatch(profiles), {}
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
-    choice = select(model.fit(data.train.users, data.train.items), data, params.ranking.train.guard_additions,
-                    params.ranking.train.seed)
+    guard = params.ranking.train.guard_additions and name == "bert_rs"  # bert_rs_unguarded: the validation best
+    choice = select(model.fit(data.train.users, data.train.items), data, guard, params.ranking.train.seed)
     return model, {**model.choices(), "selection": choice.summary()}
 
 
