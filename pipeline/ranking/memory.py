@@ -56,15 +56,15 @@ def dense_bytes(shape: Shape, model: str = "ease") -> float:
 
 
 def scalable_bytes(shape: Shape, rank: int) -> float:
-    """Low-rank item model, calibrated on peaks measured at 50k-100k items, ranks 32-128, profile widths 32-384
-    and 2k-20k users (2-7% above each; benchmarks/results/scale.md compares it with the measured peak): A with its unit rows, gradient and Adam moments (4.5 copies of
-    n_items x rank), the profiles as read plus their centred unit copy, about 2.5 KB per item of text-start SVD
-    and index work, the CSR training matrix and 0.1 GB of workspace. The loss is computed in closed form from
-    (batch_users, rank) products, so the batch size does not change the peak."""
+    """Low-rank item model, calibrated on peaks measured from 50k to 1M items, ranks 32-128, profile widths 32-384
+    and 2k-20k users (benchmarks/results/scale.md sets each measured peak beside it): A with its unit rows, gradient
+    and Adam moments (4.5 copies of n_items x rank), the profiles as read plus their centred unit copy, about 3 KB per
+    item of text-start SVD and index work, the CSR training matrix and 0.1 GB of workspace. The loss is computed in
+    closed form from (batch_users, rank) products, so the batch size does not change the peak."""
     factors = 4.5 * 4 * shape.n_items * rank
     profiles = 2 * 4.0 * (shape.n_users + shape.n_items) * shape.dim
     csr = 8.0 * (2 * shape.nnz + shape.n_users)
-    return BASE_BYTES + 0.1 * GB + factors + profiles + 2560.0 * shape.n_items + csr
+    return BASE_BYTES + 0.1 * GB + factors + profiles + 3300.0 * shape.n_items + csr
 
 
 def neural_bytes(shape: Shape, factors: int = 32, num_negatives: int = 1) -> float:
