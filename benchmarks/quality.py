@@ -73,6 +73,7 @@ from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.embeddings.writer import write_embedding_cache  # noqa: E402
 from pipeline.io import read_json, write_json  # noqa: E402
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
+from pipeline.ranking.hybrid import ReviewAwareEASE, Setting  # noqa: E402
 from pipeline.ranking.train import train  # noqa: E402
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
@@ -379,12 +380,13 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict],
 
 
 def uses_text(choices: dict | None) -> bool:
-    """Whether a fitted text model's chosen settings read the review vectors: bert_rs's guard may keep plain EASE
-    or popularity; neural heads and the scalable solver (text-initialised) always read them."""
+    """Whether a fitted text model's chosen settings read the review vectors: bert_rs's guard may keep a plain
+    setting (`ReviewAwareEASE.is_plain`); neural heads and the scalable solver (text-initialised) always read them."""
     if not choices or "side_weight" not in choices:
         return True
-    return not choices.get("pop_only") and (choices["side_weight"] > 0 or choices["text_weight"] > 0
-                                            or choices["regulariser"] == "l3ae")
+    return not ReviewAwareEASE.is_plain(Setting(
+        choices["whitening"], choices["side_weight"], choices["ease_lambda"], choices["regulariser"],
+        choices["text_match"], choices["text_weight"], choices["pop_weight"], 0.0 if choices["pop_only"] else 1.0))
 
 
 def verdict(rows: dict, test_users: np.ndarray) -> dict:

@@ -266,7 +266,8 @@ class ReviewAwareEASE(ClosedFormRanker):
                     for p in self.grid_pop:
                         yield Setting(whiten, side, lam, reg, match, w, p, 1.0), with_text + p * pop if p else with_text
 
-    def is_plain(self, setting: Setting) -> bool:
+    @staticmethod
+    def is_plain(setting: Setting) -> bool:
         """Popularity alone, or EASE at some lambda with or without a popularity term: nothing read from the text
         (whitening changes nothing when neither the gram, the prior nor the match reads the vectors)."""
         return setting.item_weight == 0.0 or (setting.side_weight == 0.0 and setting.text_weight == 0.0

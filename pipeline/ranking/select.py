@@ -100,8 +100,8 @@ class ValidationLooks:
 
     `ndcg(scores)` takes a score matrix for `users` (the held-out users, sorted): the positives' rows and their
     competitor mask (the same mask and pessimistic rank rule as `rank_full`) are built at the first call, so a look
-    costs one comparison over (positives x items). `ndcg_ranked(model)` ranks a model as it stands with `rank_full`,
-    chunked over items, never holding a dense (positives x items) mask.
+    costs one comparison over (positives x items). `ranks_as_it_stands(model)` ranks a model as it stands with
+    `rank_full`, chunked over items, never holding a dense (positives x items) mask.
     """
 
     def __init__(self, data: PreparedData, split: str = "valid") -> None:
@@ -130,9 +130,6 @@ class ValidationLooks:
     def ranks_as_it_stands(self, model: torch.nn.Module) -> np.ndarray:
         """The model as it stands, ranked chunked over items by `rank_full` (same order as `ranks`)."""
         return rank_full(model, self.heldout, self.mask).ranks
-
-    def ndcg_ranked(self, model: torch.nn.Module) -> float:
-        return metrics_from_ranks(self.ranks_as_it_stands(model), [10])[SELECTION_METRIC]
 
     def halves(self, seed: int, splits: int = 1) -> np.ndarray:
         """`splits` seeded halvings of the held-out users, as each positive's half (0 or 1) in each: a user's
@@ -179,20 +176,20 @@ def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = 
     on_halves, plain_on_halves = [HalfBest(half) for half in halvings], [HalfBest(half) for half in halvings]
     for setting, scores in model.candidates(users):
         ranks = looks.ranks(scores) if scores is not None else looks.ranks_as_it_stands(model)
-        score = metrics_from_ranks(ranks, [10])[SELECTION_METRIC]
+        per_positive = ndcg_per_positive(ranks, 10)
+        score = float(per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
         best.offer(setting, score)
         is_plain = model.is_plain(setting)
         if is_plain:
             best_plain.offer(setting, score)
         if guard:
-            per_positive = ndcg_per_positive(ranks, 10)
             for split in on_halves + (plain_on_halves if is_plain else []):
                 split.offer(setting, per_positive)
     choice = best.choice()
     if choice is None:
         return None
     if guard and best_plain.looks and not model.is_plain(choice.setting):
-        gain = float(np.mean([best.cross_fitted_gain_over(plain) for best, plain in zip(on_halves, plain_on_halves)]))
+        gain = float(np.mean([chosen.cross_fitted_gain_over(plain) for chosen, plain in zip(on_halves, plain_on_halves)]))
         kept = choice if gain > 0 else Choice(best_plain.setting, best_plain.score, choice.looks, overruled=True)
         choice = dataclasses.replace(kept, cross_fitted_gain=gain)
     model.apply(choice)
