@@ -63,12 +63,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.quality import fixed_choices, user_bootstrap  # noqa: E402
+from benchmarks.quality import fixed_choices, review_times, user_bootstrap  # noqa: E402
 from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402
 from pipeline.embeddings.build import build_caches  # noqa: E402
-from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings  # noqa: E402
+from pipeline.embeddings.cache import Profiles, load_review_embeddings  # noqa: E402
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full  # noqa: E402
@@ -76,7 +76,7 @@ from pipeline.ranking.fusion import FusionRanker  # noqa: E402
 from pipeline.ranking.hybrid import ReviewAwareEASE, standardise  # noqa: E402
 from pipeline.ranking.metrics import metrics_from_ranks  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
-from pipeline.ranking.registry import build_model  # noqa: E402
+from pipeline.ranking.registry import build_model, load_model_profiles  # noqa: E402
 from pipeline.ranking.sampling import NegativeSampler  # noqa: E402
 from pipeline.ranking.train import SELECTION_METRIC, train, valid_metrics  # noqa: E402
 
@@ -155,9 +155,10 @@ def stack_examples(users: np.ndarray, pos: np.ndarray, neg: np.ndarray, pair_fol
 
 
 def fold_profiles(reviews: pa.Table, vectors: np.ndarray, data: PreparedData, keep_pairs: np.ndarray,
-                  meta: dict) -> Profiles:
+                  meta: dict, times: np.ndarray | None = None) -> Profiles:
     """Profiles pooled from the training reviews of the kept training pairs only. reviews: the cache's
-    (user_idx, item_idx, split) table, vectors (n_reviews, dim); keep_pairs: (n_train,) bool over data.train."""
+    (user_idx, item_idx, split) table, vectors (n_reviews, dim); keep_pairs: (n_train,) bool over data.train;
+    with the reviews' times, the recency-weighted user profiles of the same reviews too."""
     users, items = reviews.column("user_idx").to_numpy(), reviews.column("item_idx").to_numpy()
     split = reviews.column("split").to_numpy(zero_copy_only=False)
     n_items = data.n_items
@@ -165,8 +166,10 @@ def fold_profiles(reviews: pa.Table, vectors: np.ndarray, data: PreparedData, ke
     keys = users.astype(np.int64) * n_items + items
     pos = np.minimum(np.searchsorted(kept_keys, keys), max(len(kept_keys) - 1, 0))
     kept = (split == "train") & (kept_keys[pos] == keys)
-    tables = mean_profiles(users, items, np.where(kept, "train", "held_out"), vectors, data.n_users, n_items)
-    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, meta)
+    tables = mean_profiles(users, items, np.where(kept, "train", "held_out"), vectors, data.n_users, n_items,
+                           times=times)
+    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, meta,
+                    tables.recent_users)
 
 
 def closed_form_parts(config: RankingConfig, choices: dict, data: PreparedData, profiles: Profiles,
@@ -289,7 +292,7 @@ def prepared_and_cache(work: Path, protocol: str, params: Params) -> tuple[Prepa
 def run_protocol(work: Path, protocol: str, params: Params, seeds: list[int], n_folds: int, log,
                  rows_to_run: tuple[str, ...] = ROWS, max_configs: int = len(TUNED)) -> dict:
     data, cache = prepared_and_cache(work, protocol, params)
-    profiles = load_profiles(cache, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
+    profiles = load_model_profiles(cache, data, params.ranking.section("bert_rs"), params.ranking.train)
     ledger = Ledger(work / protocol / "runs.jsonl")
     base = params.ranking.override(device=TRAINING["device"])  # bert_rs as configured, on the study's device
 
@@ -312,8 +315,9 @@ def run_protocol(work: Path, protocol: str, params: Params, seeds: list[int], n_
             full = closed_form_parts(base, choices, data, profiles, everything)
             folds = assign_folds(data.train.users, n_folds, seed=0)
             reviews, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
+            times = review_times(reviews, data)
             oof = out_of_fold_features(folds, n_folds, lambda keep: closed_form_parts(
-                base, choices, data, fold_profiles(reviews, vectors, data, keep, profiles.meta), keep))
+                base, choices, data, fold_profiles(reviews, vectors, data, keep, profiles.meta, times), keep))
             stack_inputs.update(full=full, oof=oof, folds=folds)
             log(f"[{protocol}] out-of-fold features: {n_folds} folds in {time.perf_counter() - started:.0f}s")
         return stack_inputs["full"], stack_inputs["oof"], stack_inputs["folds"]

@@ -74,6 +74,7 @@ from pipeline.embeddings.writer import write_embedding_cache  # noqa: E402
 from pipeline.io import read_json, write_json  # noqa: E402
 from pipeline.ranking.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
 from pipeline.ranking.hybrid import ReviewAwareEASE, Setting  # noqa: E402
+from pipeline.ranking.registry import load_model_profiles  # noqa: E402
 from pipeline.ranking.train import train  # noqa: E402
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
@@ -240,14 +241,23 @@ def reuse_review_vectors(donor: Path, data: PreparedData, config, out: Path) -> 
                           progress=False)
 
 
+def review_times(table, data: PreparedData) -> np.ndarray:
+    """The prepared reviews' times, in the order of a cache's review table (checked to be the same reviews)."""
+    reviews = load_reviews(data.root, columns=["review_id", "time"])
+    if not np.array_equal(reviews.column("review_id").to_numpy(), table.column("review_id").to_numpy()):
+        raise RuntimeError(f"{data.root}: the cache's reviews are not the prepared data's, in its order")
+    return reviews.column("time").fill_null(0).to_numpy()
+
+
 def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:
     """The audit's deliberately wrong profiles: every review pooled, test reviews included."""
     table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)
     everything = np.full(table.num_rows, "train")
     tables = mean_profiles(table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(), everything,
-                           vectors, data.n_users, data.n_items)
+                           vectors, data.n_users, data.n_items, times=review_times(table, data))
     honest = load_profiles(cache, data_fingerprint=data.fingerprint)
-    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, honest.meta)
+    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, honest.meta,
+                    tables.recent_users)
 
 
 # ----------------------------------------------------------------------------------------------- train + eval
@@ -312,8 +322,8 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
                 encoders: dict[str, str], log) -> dict:
     data = prepared_for(work, dataset, protocol, params)
     caches = caches_for(work, dataset, protocol, params, data, encoders)
-    profiles = {name: load_profiles(path, data_fingerprint=data.fingerprint, n_users=data.n_users,
-                                    n_items=data.n_items) for name, path in caches.items()}
+    profiles = {name: load_model_profiles(path, data, params.ranking.section("bert_rs"), params.ranking.train)
+                for name, path in caches.items()}
     ledger = Ledger(work / dataset / protocol / "runs.jsonl")
     rows = {}
     mean_cache = mean_cache_of(params)

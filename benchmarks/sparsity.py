@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
+from benchmarks.quality import review_times  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402
@@ -122,9 +123,10 @@ def thinned_profiles(table, vectors: np.ndarray, data: PreparedData, meta: dict)
     kept = set(zip(data.train.users.tolist(), data.train.items.tolist()))
     is_train = table.column("split").to_numpy(zero_copy_only=False) == "train"
     keep = np.array([t and (u, i) in kept for t, u, i in zip(is_train, users.tolist(), items.tolist())])
-    tables = mean_profiles(users, items, np.where(keep, "train", "dropped"), vectors, data.n_users, data.n_items)
+    tables = mean_profiles(users, items, np.where(keep, "train", "dropped"), vectors, data.n_users, data.n_items,
+                           times=review_times(table, data))
     return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0,
-                    {**meta, "profile": f"mean-thinned-{len(data.train.users)}"})
+                    {**meta, "profile": f"mean-thinned-{len(data.train.users)}"}, tables.recent_users)
 
 
 # ---------------------------------------------------------------------------------------------------- models

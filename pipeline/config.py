@@ -268,9 +268,10 @@ class BertRSConfig:
     standardised per user; every grid below is searched jointly on validation."""
 
     text_side_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0])  # a, in mean interactions per item
-    # the late text match: item_neighbours x_u F F^T; user_profile cos(b_u, b_i)
-    text_matches: list[Literal["item_neighbours", "user_profile"]] = field(
-        default_factory=lambda: ["item_neighbours", "user_profile"])
+    # the late text match: item_neighbours x_u F F^T; user_profile cos(b_u, b_i); user_profile_recent cos(r_u, b_i)
+    # with r_u the user's training reviews weighted 1, 1/2, 1/4, ... from the newest back
+    text_matches: list[Literal["item_neighbours", "user_profile", "user_profile_recent"]] = field(
+        default_factory=lambda: ["item_neighbours", "user_profile", "user_profile_recent"])
     text_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])  # w of the text match
     lambdas: list[float] = field(default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0])  # EASE's lambda
     # ease: ||B||^2; l3ae: ||B - S||^2 with S the text's own item-item model

@@ -29,10 +29,10 @@ import typer
 
 from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
 from pipeline.data.prepared import load_prepared
-from pipeline.embeddings.cache import load_profiles
 from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.launch import is_main_process
 from pipeline.ranking.distributed import process_group, trains_by_sgd
+from pipeline.ranking.registry import load_model_profiles
 from pipeline.ranking.train import resolve_device, train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
@@ -89,7 +89,7 @@ def main(
                 f"--embeddings: model {spec.model} needs an embedding cache folder "
                 "(or --embeddings-root with text_runs.NAME.embeddings set)"
             )
-        profiles = load_profiles(embeddings, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
+        profiles = load_model_profiles(embeddings, data, config.ranking.section(spec.model), config.ranking.train)
     with process_group(resolve_device(config.ranking.train.device)) if sgd else nullcontext():
         result = train(spec, config.ranking, data, profiles, progress=progress)
     if not is_main_process():

@@ -23,7 +23,11 @@ import torch
 from pipeline.config import RankingConfig, TrainConfig
 from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.data.prepared import FILES, STATS_FILE, load_prepared
-from pipeline.embeddings.cache import INDEX_FILE, META_FIELDS, META_FILE, Profiles, load_profiles, write_profiles
+from pipeline.config import BertRSConfig
+from pipeline.embeddings.cache import (
+    INDEX_FILE, META_FIELDS, META_FILE, REVIEWS_FILE, Profiles, reviews_schema, vectors_to_arrow, write_profiles,
+)
+from pipeline.ranking.registry import load_model_profiles
 from pipeline.io import fingerprint_files, write_json, write_table
 
 
@@ -164,6 +168,17 @@ def write_cache(root: Path, world: World, data_fingerprint: str, weights_fingerp
     assert set(META_FIELDS) <= set(meta)
     root.mkdir(parents=True, exist_ok=True)
     write_profiles(root, users, items, uc, ic, meta)
+    # the review vectors in the prepared data's review order (write_prepared: train, valid, test, ids 0..n-1)
+    split_names = list(world.splits)
+    vectors = np.concatenate([world.review_vectors[s] for s in split_names])
+    reviews = pa.table({
+        "review_id": np.arange(len(vectors), dtype=np.int64),
+        "user_idx": np.concatenate([world.splits[s][0] for s in split_names]).astype(np.int32),
+        "item_idx": np.concatenate([world.splits[s][1] for s in split_names]).astype(np.int32),
+        "split": sum(([s] * len(world.splits[s][0]) for s in split_names), []),
+        "embedding": vectors_to_arrow(vectors),
+    })
+    write_table(root / REVIEWS_FILE, reviews, reviews_schema(int(users.shape[1])))
     (root / META_FILE).write_text(json.dumps(meta))
     normed = items / np.linalg.norm(items, axis=1, keepdims=True)
     index = faiss.IndexFlatIP(normed.shape[1])
@@ -185,8 +200,8 @@ class RankingEnv:
         return load_prepared(self.prepared)
 
     def profiles(self, cache: Path | None = None):
-        d = self.data
-        return load_profiles(cache or self.cache, data_fingerprint=d.fingerprint, n_users=d.n_users, n_items=d.n_items)
+        """The cache's profiles as the default bert_rs reads them (recency-weighted user profiles included)."""
+        return load_model_profiles(cache or self.cache, self.data, BertRSConfig(solver="dense"), TrainConfig())
 
 
 FAST_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0)).override(
@@ -264,6 +279,7 @@ def tiny_profiles(seed=0) -> Profiles:
         user_has_reviews=np.ones(N_USERS, bool),
         item_has_reviews=np.ones(N_ITEMS, bool),
         meta={"dim": DIM},
+        recent_users=rng.normal(size=(N_USERS, DIM)).astype(np.float32),
     )
 
 

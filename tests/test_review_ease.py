@@ -28,7 +28,8 @@ from tests.ranking_fixtures import in_memory_data
 
 def random_profiles(rng, n_users: int, n_items: int, dim: int) -> Profiles:
     return Profiles(rng.normal(size=(n_users, dim)).astype(np.float32), rng.normal(size=(n_items, dim)).astype(np.float32),
-                    np.ones(n_users, bool), np.ones(n_items, bool), {})
+                    np.ones(n_users, bool), np.ones(n_items, bool), {},
+                    rng.normal(size=(n_users, dim)).astype(np.float32))
 
 
 def valid_ndcg(model, data: PreparedData) -> float:

@@ -16,6 +16,7 @@ encodes and assembles caches (torch, transformers, FAISS) lives in `pipeline.emb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.embeddings.profiles import RECENCY_HALF_LIFE, TRAIN, WeightedUserSums, l2_normalize, recency_weights
 from pipeline.io import DataError, read_json, read_table, write_table
 
 META_FILE = "meta.json"
@@ -97,6 +99,8 @@ class Profiles:
     user_has_reviews: np.ndarray  # (n_users,) bool
     item_has_reviews: np.ndarray  # (n_items,) bool
     meta: dict
+    # (n_users, dim) float32: the same training reviews weighted by recency (`with_recent_users`); None until asked
+    recent_users: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -187,6 +191,45 @@ def load_profiles(
         item_has_reviews=parts["item"][1],
         meta=meta,
     )
+
+
+def with_recent_users(profiles: Profiles, root: str | Path, reviews: pa.Table,
+                      half_life: float = RECENCY_HALF_LIFE) -> Profiles:
+    """`profiles` with `recent_users` filled in: each user's training reviews weighted by `recency_weights` (a
+    review without a time counts as the oldest), unit length where the cache's profiles are.
+
+    `reviews` is the prepared data's (review_id, user_idx, time, split) table; the cache's review vectors are
+    streamed in their stored order, one Parquet batch at a time (vector memory O(users x dim); the ids, times and
+    weights are O(reviews) scalars), and must list the same review ids in the same order, as `embed` writes them."""
+    root = Path(root)
+    path, d = root / REVIEWS_FILE, int(profiles.meta["dim"])
+    split = reviews.column("split").to_numpy(zero_copy_only=False)
+    train = split == TRAIN
+    weights = np.zeros(reviews.num_rows)
+    weights[train] = recency_weights(reviews.column("user_idx").to_numpy()[train],
+                                     reviews.column("time").fill_null(0).to_numpy()[train], half_life)
+    expected_ids = reviews.column("review_id").to_numpy()
+    sums = WeightedUserSums(len(profiles.users), d)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (has `bertrs embed` finished?)")
+    start = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["review_id", "user_idx", "embedding"]):
+        ids = batch.column(0).to_numpy()
+        stop = start + len(ids)
+        if stop > len(expected_ids) or not np.array_equal(ids, expected_ids[start:stop]):
+            raise DataError(f"{path}: reviews differ from the prepared data's (review ids or their order, rows "
+                            f"{start}..{stop}); rerun `bertrs embed` on this data")
+        keep = weights[start:stop] > 0
+        if keep.any():
+            vectors = arrow_to_vectors(batch.column(2), d)[keep]
+            sums.add(batch.column(1).to_numpy()[keep], vectors, weights[start:stop][keep])
+        start = stop
+    if start != len(expected_ids):
+        raise DataError(f"{path}: {start} reviews, the prepared data has {len(expected_ids)}; rerun `bertrs embed`")
+    recent = sums.finalize()
+    if profiles.meta.get("normalize_profiles"):
+        recent = l2_normalize(recent).astype(np.float32)
+    return dataclasses.replace(profiles, recent_users=recent)
 
 
 def load_review_embeddings(

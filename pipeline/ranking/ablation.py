@@ -32,4 +32,5 @@ def shuffle_profiles(profiles: Profiles, seed: int) -> Profiles:
         user_has_reviews=profiles.user_has_reviews[pu],
         item_has_reviews=profiles.item_has_reviews[pi],
         meta=profiles.meta,
+        recent_users=profiles.recent_users[pu] if profiles.recent_users is not None else None,
     )

@@ -1,6 +1,7 @@
 """The data/models/<run>/ contract: what a trained run's folder holds, how it is written and how it is read back.
 
-    model.safetensors   the state dict (profiles are NOT in it: they are fixed inputs reloaded from the cache)
+    model.safetensors   the state dict (profiles are NOT in it: they are fixed inputs reloaded from the cache, the
+                        recency-weighted ones from the cache's reviews and the prepared data's review times)
     run.json            RunSpec, the shared train section and the model's own section (`model_settings`), data
                         fingerprint, cache path + fingerprint + provenance, best epoch, n_users, n_items, dim, the
                         settings the model chose on validation, the processes that trained it
@@ -27,11 +28,11 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.config import TEXT_MODELS, ConfigError, ModelsConfig, RankingConfig, RunSpec, TrainConfig, from_dict, to_dict
 from pipeline.data.prepared import PreparedData
-from pipeline.embeddings.cache import META_FILE, Profiles, load_profiles
+from pipeline.embeddings.cache import META_FILE, Profiles
 from pipeline.io import DataError, atomic_dir, read_json
 from pipeline.ranking.ablation import model_profiles
 from pipeline.ranking.protocol import Ranker
-from pipeline.ranking.registry import build_model, section_type
+from pipeline.ranking.registry import build_model, load_model_profiles, section_type
 
 if TYPE_CHECKING:
     from pipeline.ranking.train import TrainResult
@@ -130,9 +131,7 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     if spec.model in TEXT_MODELS:
         recorded = info.get("embeddings") or {}
         path = resolve_cache_path(model_dir, recorded.get("path"), cache_path)
-        profiles = load_profiles(
-            path, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items
-        )
+        profiles = load_model_profiles(path, data, section, shared)
         check_same_cache(recorded, profiles, where, path)
     seen_profiles = model_profiles(spec, profiles, config.train.seed)
     model = build_model(spec, config, data.n_users, data.n_items, seen_profiles)

@@ -6,6 +6,8 @@
     S       = argmin ||F^T - F^T S||^2 + nu ||S||^2  s.t. diag(S) = 0        (EASE on the text gram, nu = 1)
     t_u     = x_u K,  K = F F^T with a zero diagonal          "item_neighbours": items whose reviews read alike
             | cos(b_u - mu_u, b_i - mu_i)                       "user_profile": the user's reviews against the item's
+            | cos(r_u - mu_r, b_i - mu_i)                       "user_profile_recent": the same, r_u weighing the
+                                                                 user's newest review 1, the one before 1/2, ...
     score   = z_u(x_u B) + w z_u(t_u) + p z(log(1 + c))         c: training interactions per item (popularity)
             | z(log(1 + c))                                      "popularity alone", searched when p has a grid
 
@@ -44,7 +46,7 @@ from pipeline.ranking.protocol import ClosedFormRanker
 if TYPE_CHECKING:
     from pipeline.ranking.select import Choice
 
-TEXT_MATCHES = ("item_neighbours", "user_profile")
+TEXT_MATCHES = ("item_neighbours", "user_profile", "user_profile_recent")
 REGULARISERS = ("ease", "l3ae")
 TEXT_PRIOR_LAMBDA = 1.0  # nu of S: one item's worth of self-similarity (the text gram's diagonal is 1)
 WHITEN_SHRINKAGE = 0.1  # eigenvalue floor of the whitening, as a fraction of the mean: keeps noise directions tame
@@ -73,13 +75,15 @@ def whitening_transform(items: np.ndarray, shrinkage: float = WHITEN_SHRINKAGE) 
     return mean.numpy(), ((evecs / torch.sqrt(evals + floor)) @ evecs.T).numpy()
 
 
-def whitened_units(profiles: Profiles) -> tuple[torch.Tensor, torch.Tensor]:
+def whitened_units(profiles: Profiles, users: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit rows of the whitened user and item profiles; the whitening is fitted on the items with training
-    reviews and applied to both sides (users centred on their own mean). (n_users, d), (n_items, d)"""
+    reviews and applied to both sides (users centred on their own mean). `users`: another user table than
+    `profiles.users` (the recent profiles). (n_users, d), (n_items, d)"""
     fitted = profiles.items[profiles.item_has_reviews] if profiles.item_has_reviews.sum() > 1 else profiles.items
     mean, w = whitening_transform(fitted)
     items = (profiles.items - mean) @ w
-    users = (profiles.users - profiles.users.mean(0)) @ w
+    users = profiles.users if users is None else users
+    users = (users - users.mean(0)) @ w
     return (F.normalize(torch.tensor(users, dtype=torch.float32), dim=-1, eps=1e-8),
             F.normalize(torch.tensor(items, dtype=torch.float32), dim=-1, eps=1e-8))
 
@@ -120,6 +124,9 @@ class ReviewAwareEASE(ClosedFormRanker):
         unknown = [m for m in matches if m not in TEXT_MATCHES]
         if unknown or not matches:
             raise ValueError(f"text matches must be a non-empty subset of {TEXT_MATCHES}, got {list(matches)}")
+        if "user_profile_recent" in matches and profiles.recent_users is None:
+            raise ValueError("text match user_profile_recent needs the recency-weighted user profiles "
+                             "(pipeline.embeddings.cache.with_recent_users)")
         if not regularisers or any(r not in REGULARISERS for r in regularisers):
             raise ValueError(f"regularisers must be a non-empty subset of {REGULARISERS}, got {list(regularisers)}")
         self.n_users, self.n_items = n_users, n_items
@@ -144,8 +151,11 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.register_buffer("log_counts", torch.zeros(n_items))  # (n_items,) log(1 + training interactions)
         self.register_buffer("raw_u", centred_units(profiles.users), persistent=False)  # (n_users, dim)
         self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
+        recent = centred_units(profiles.recent_users) if profiles.recent_users is not None else None
+        self.register_buffer("raw_recent", recent, persistent=False)  # (n_users, dim), or None
         self._profiles = profiles
         self._white: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._white_recent: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, n_users: int, n_items: int, profiles: Profiles, config) -> "ReviewAwareEASE":
@@ -162,14 +172,22 @@ class ReviewAwareEASE(ClosedFormRanker):
     def regulariser(self) -> str:
         return REGULARISERS[int(self.regulariser_index)]
 
-    def units(self, whiten: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user, item) unit profiles, raw or whitened. (n_users, d), (n_items, d)"""
+    def units(self, whiten: bool | None = None, recent: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user, item) unit profiles, raw or whitened; `recent`: the recency-weighted user profiles.
+        (n_users, d), (n_items, d)"""
         whiten = bool(self.whiten) if whiten is None else whiten
+        if recent and self._profiles.recent_users is None:
+            raise ValueError("the recency-weighted user profiles were not loaded "
+                             "(pipeline.embeddings.cache.with_recent_users)")
         if not whiten:
-            return self.raw_u, self.raw_i
+            return (self.raw_recent if recent else self.raw_u), self.raw_i
         if self._white is None:
             self._white = tuple(t.to(self.raw_u.device) for t in whitened_units(self._profiles))
-        return self._white
+        if not recent:
+            return self._white
+        if self._white_recent is None:
+            self._white_recent = whitened_units(self._profiles, self._profiles.recent_users)[0].to(self.raw_u.device)
+        return self._white_recent, self._white[1]
 
     @property
     def unit_u(self) -> torch.Tensor:
@@ -294,9 +312,11 @@ class ReviewAwareEASE(ClosedFormRanker):
 
     def text_scores(self, users: torch.Tensor, match: str | None = None, whiten: bool | None = None) -> torch.Tensor:
         """t_u for every item. (b,) -> (b, n_items)"""
-        unit_u, unit_i = self.units(whiten)
-        if (match or self.match) == "user_profile":
+        match = match or self.match
+        if match in ("user_profile", "user_profile_recent"):
+            unit_u, unit_i = self.units(whiten, recent=match == "user_profile_recent")
             return unit_u[users] @ unit_i.T
+        unit_i = self.units(whiten)[1]
         x = self.ease.rows(users)  # (b, n_items)
         self_similarity = (unit_i * unit_i).sum(-1)  # K's diagonal, removed: an item is not its own neighbour
         return (x @ unit_i) @ unit_i.T - x * self_similarity

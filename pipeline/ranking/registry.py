@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import (
     MODELS, TEXT_MODELS, BertRSConfig, ConfigError, EASEConfig, FusionConfig, MFConfig, ModelsConfig, NCFConfig,
     PopConfig, RankingConfig, RunSpec, TrainConfig,
 )
-from pipeline.embeddings.cache import Profiles
+from pipeline.data.prepared import PreparedData, load_reviews
+from pipeline.embeddings.cache import Profiles, load_profiles, with_recent_users
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.hybrid import ReviewAwareEASE
 from pipeline.ranking.fusion import FusionRanker
@@ -107,6 +109,18 @@ def entry(model: str) -> ModelEntry:
 
 def section_type(model: str) -> type:
     return entry(model).config
+
+
+def load_model_profiles(cache: str | Path, data: PreparedData, section: Any, shared: TrainConfig) -> Profiles:
+    """The cache's profiles, checked against `data`, as a model configured by `section` reads them: with the
+    recency-weighted user profiles (one more pass over the cache's reviews) only where the dense bert_rs offers that
+    match (the scalable solver never reads them)."""
+    profiles = load_profiles(cache, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
+    if (isinstance(section, BertRSConfig) and "user_profile_recent" in section.text_matches
+            and bert_rs_solver(section, shared, data.n_items) == "dense"):
+        reviews = load_reviews(data.root, columns=["review_id", "user_idx", "time", "split"])
+        profiles = with_recent_users(profiles, cache, reviews)
+    return profiles
 
 
 def build_model(
