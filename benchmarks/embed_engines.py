@@ -116,7 +116,7 @@ def main() -> None:
         f"Command: `{result['command']}`", "",
         f"Date: {result['date']}. Machine: {result['machine']['cpus']} CPUs "
         f"({result['machine']['torch_cpu_capability']}), load average {result['machine']['load_average_at_start']:.1f}"
-        f" at the end (shared with other work), torch {torch.__version__}, ray {ray.__version__}. "
+        f" at the end, torch {torch.__version__}, ray {ray.__version__}. "
         f"GPU: {result['gpu']}.", "",
         f"{args.reviews} reviews (the bundled sample repeated with fresh ids; {words:.0f} words on average), encoder "
         f"minilm, params.yaml's embed section (max_length {local.max_length}, backend {local.backend}).", "",

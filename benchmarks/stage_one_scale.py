@@ -136,7 +136,7 @@ def main() -> None:
         f"Command: `{result['command']}`",
         "",
         f"Date: {result['date']}. Machine: {result['machine']['processor']}, {result['machine']['cpus']} CPUs "
-        f"(shared with other work while it ran), torch {result['machine']['torch']} "
+        f"(load average {result['load_average_at_end']:.1f} at the end), torch {result['machine']['torch']} "
         f"({result['machine']['torch_cpu_capability']}). GPU: {result['gpu']}.",
         "",
         f"{args.reviews} reviews ({args.reviews / 83599:.0%} of the paper's 83,599; the bundled sample repeated with "
