@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.embeddings import cache, writer
 from pipeline.embeddings.index import build_index, read_index, search, write_index
-from pipeline.embeddings.profiles import mean_profiles
+from pipeline.embeddings.profiles import ProfileAccumulator, mean_profiles, weighted_user_means
 from pipeline.io import DataError
 from tests.text_fixtures import TOY_REVIEWS, write_prepared
 
@@ -59,6 +59,29 @@ def test_mean_profiles_ignore_non_training_splits():
     assert tables.item_counts.tolist() == [1, 1, 0] and tables.user_counts.tolist() == [2, 0]
     normed = mean_profiles(np.array([0]), np.array([0]), np.array(["train"]), vectors[:1] * 5, 1, 1, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(normed.users, axis=1), 1.0)
+
+
+def test_a_batch_with_a_bad_index_changes_neither_profile_table():
+    accumulator = ProfileAccumulator(n_users=2, n_items=2, dim=2)
+    accumulator.add(np.array([0]), np.array([0]), np.array(["train"]), np.array([[1.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"item_idx out of range \[0, 2\): 0..2"):
+        accumulator.add(np.array([1, 1]), np.array([0, 2]), np.array(["train", "train"]), np.array([[5.0, 5], [7, 7]]))
+    tables = accumulator.finalize()
+    assert tables.user_counts.tolist() == [1, 0] and tables.item_counts.tolist() == [1, 0]
+    np.testing.assert_allclose(tables.users, [[1.0, 1.0], [1.0, 1.0]])  # user 1: the fallback of user 0's review alone
+    np.testing.assert_allclose(tables.items, [[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_a_user_without_weight_gets_the_weighted_mean_of_every_review():
+    vectors = np.array([[4.0, 0.0], [0.0, 4.0], [2.0, 2.0], [0.0, 8.0]])
+    means = weighted_user_means(np.array([0, 0, 1, 2]), vectors, np.array([3.0, 1.0, 0.0, 4.0]), n_users=4)
+    np.testing.assert_allclose(means[0], [3.0, 1.0])  # (3 * (4, 0) + 1 * (0, 4)) / 4
+    np.testing.assert_allclose(means[2], [0.0, 8.0])
+    # (3 * (4, 0) + (0, 4) + 4 * (0, 8)) / 8: user 1's only review weighs 0, user 3 has none
+    np.testing.assert_allclose(means[1], [1.5, 4.5])
+    np.testing.assert_allclose(means[3], [1.5, 4.5])
+    with pytest.raises(ValueError, match="no training review with weight > 0"):
+        weighted_user_means(np.array([0]), vectors[:1], np.array([0.0]), n_users=1)
 
 
 def test_cache_round_trip_keeps_ids_vectors_and_meta(toy_prepared, tmp_path):

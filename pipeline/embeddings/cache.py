@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.embeddings.profiles import RECENCY_HALF_LIFE, TRAIN, WeightedUserSums, l2_normalize, recency_weights
+from pipeline.embeddings.profiles import RECENCY_HALF_LIFE, TRAIN, RunningMeans, l2_normalize, recency_weights
 from pipeline.io import DataError, read_json, read_table, write_table
 
 META_FILE = "meta.json"
@@ -209,7 +209,7 @@ def with_recent_users(profiles: Profiles, root: str | Path, reviews: pa.Table,
     weights[train] = recency_weights(reviews.column("user_idx").to_numpy()[train],
                                      reviews.column("time").fill_null(0).to_numpy()[train], half_life)
     expected_ids = reviews.column("review_id").to_numpy()
-    sums = WeightedUserSums(len(profiles.users), d)
+    recent_means = RunningMeans(len(profiles.users), d, "user")
     if not path.is_file():
         raise DataError(f"{path}: file not found (has `bertrs embed` finished?)")
     start = 0
@@ -222,11 +222,11 @@ def with_recent_users(profiles: Profiles, root: str | Path, reviews: pa.Table,
         keep = weights[start:stop] > 0
         if keep.any():
             vectors = arrow_to_vectors(batch.column(2), d)[keep]
-            sums.add(batch.column(1).to_numpy()[keep], vectors, weights[start:stop][keep])
+            recent_means.add(batch.column(1).to_numpy()[keep], vectors, weights[start:stop][keep])
         start = stop
     if start != len(expected_ids):
         raise DataError(f"{path}: {start} reviews, the prepared data has {len(expected_ids)}; rerun `bertrs embed`")
-    recent = sums.finalize()
+    recent = recent_means.means().astype(np.float32)
     if profiles.meta.get("normalize_profiles"):
         recent = l2_normalize(recent).astype(np.float32)
     return dataclasses.replace(profiles, recent_users=recent)

@@ -4,8 +4,8 @@ Only training reviews count: a valid or test review is the text of a held-out in
 profile would leak the label (paper summary, "profiles"). Users and items without a training review get the mean of
 all training review vectors and `has_reviews` False, so the ranker can tell a fallback from a real profile.
 
-`ProfileAccumulator` keeps running sums, O(users + items) memory, so profiles can be built while review vectors
-stream past shard by shard.
+`ProfileAccumulator` keeps running sums (`RunningMeans`), O(users + items) memory, so profiles can be built while
+review vectors stream past shard by shard.
 
 A second user profile weighs the same training reviews by recency (`recency_weights`): where the next item is the
 user's next purchase (leave-one-out), what they reviewed last says more about it than what they reviewed years ago.
@@ -29,48 +29,68 @@ class ProfileTables:
     recent_users: np.ndarray | None = None  # (n_users, dim) float32 recency-weighted, where times were given
 
 
+class RunningMeans:
+    """Running (optionally weighted) float64 sums of vectors per row and over all rows: one profile table (users or
+    items) built while review vectors stream past, in O(rows x dim) memory whatever the number of reviews. Rows that
+    received no weight get the weighted mean of everything added, so a fallback is an average review, not zero."""
+
+    def __init__(self, n_rows: int, dim: int, index_name: str) -> None:
+        self.index_name = index_name
+        self.sums = np.zeros((n_rows, dim), dtype=np.float64)
+        self.weights = np.zeros(n_rows, dtype=np.float64)  # unweighted: exact counts (float64 is exact to 2^53)
+        self.total = np.zeros(dim, dtype=np.float64)
+        self.total_weight = 0.0
+
+    def check_in_range(self, index: np.ndarray) -> None:
+        """Raise before anything changes; public so that a caller feeding several tables checks them all first."""
+        if len(index) and (index.min() < 0 or index.max() >= len(self.weights)):
+            raise ValueError(f"{self.index_name}_idx out of range [0, {len(self.weights)}): "
+                             f"{int(index.min())}..{int(index.max())}")
+
+    def add(self, index: np.ndarray, vectors: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Add one batch; no `weights` counts every vector once."""
+        index = np.asarray(index, dtype=np.int64)
+        self.check_in_range(index)
+        vectors = np.asarray(vectors, dtype=np.float64)
+        weights = np.ones(len(index)) if weights is None else np.asarray(weights, dtype=np.float64)
+        weighted = vectors * weights[:, None]
+        np.add.at(self.sums, index, weighted)
+        np.add.at(self.weights, index, weights)
+        self.total += weighted.sum(0)
+        self.total_weight += float(weights.sum())
+
+    def means(self) -> np.ndarray:
+        """(n_rows, dim) float64"""
+        if self.total_weight <= 0:
+            raise ValueError("no training review with weight > 0: profiles cannot be built")
+        means = self.sums / np.where(self.weights > 0, self.weights, 1.0)[:, None]
+        means[self.weights <= 0] = self.total / self.total_weight
+        return means
+
+
 class ProfileAccumulator:
-    """Running float64 sums per user and item over training reviews."""
+    """The user and item `RunningMeans` of training reviews, fed by the same review batches."""
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
-        self.user_sums = np.zeros((n_users, dim), dtype=np.float64)
-        self.item_sums = np.zeros((n_items, dim), dtype=np.float64)
-        self.user_counts = np.zeros(n_users, dtype=np.int64)
-        self.item_counts = np.zeros(n_items, dtype=np.int64)
-        self.total = np.zeros(dim, dtype=np.float64)
-        self.n_total = 0
+        self.users = RunningMeans(n_users, dim, "user")
+        self.items = RunningMeans(n_items, dim, "item")
 
     def add(self, users: np.ndarray, items: np.ndarray, splits: np.ndarray, vectors: np.ndarray) -> None:
         """Add one batch of reviews; rows whose split is not "train" are ignored here, on purpose."""
         keep = np.asarray(splits) == TRAIN
-        users, items, vectors = np.asarray(users)[keep], np.asarray(items)[keep], np.asarray(vectors)[keep]
-        for name, index, size in (("user", users, len(self.user_counts)), ("item", items, len(self.item_counts))):
-            if len(index) and (index.min() < 0 or index.max() >= size):
-                raise ValueError(f"{name}_idx out of range [0, {size}): {int(index.min())}..{int(index.max())}")
-        vectors = vectors.astype(np.float64)
-        np.add.at(self.user_sums, users, vectors)
-        np.add.at(self.item_sums, items, vectors)
-        np.add.at(self.user_counts, users, 1)
-        np.add.at(self.item_counts, items, 1)
-        self.total += vectors.sum(0)
-        self.n_total += len(vectors)
+        users, items = np.asarray(users, dtype=np.int64)[keep], np.asarray(items, dtype=np.int64)[keep]
+        self.users.check_in_range(users)  # both checked before either table changes
+        self.items.check_in_range(items)
+        vectors = np.asarray(vectors, dtype=np.float64)[keep]
+        self.users.add(users, vectors)
+        self.items.add(items, vectors)
 
     def finalize(self, normalize: bool = False) -> ProfileTables:
-        if self.n_total == 0:
-            raise ValueError("no training-split review: profiles cannot be built")
-        fallback = self.total / self.n_total
-        users = _means(self.user_sums, self.user_counts, fallback)
-        items = _means(self.item_sums, self.item_counts, fallback)
+        users, items = self.users.means(), self.items.means()
         if normalize:
             users, items = l2_normalize(users), l2_normalize(items)
-        return ProfileTables(users.astype(np.float32), items.astype(np.float32), self.user_counts.copy(),
-                             self.item_counts.copy())
-
-
-def _means(sums: np.ndarray, counts: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    means = sums / np.maximum(counts, 1)[:, None]
-    means[counts == 0] = fallback
-    return means
+        return ProfileTables(users.astype(np.float32), items.astype(np.float32),
+                             self.users.weights.astype(np.int64), self.items.weights.astype(np.int64))
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -118,29 +138,6 @@ def recency_weights(users: np.ndarray, times: np.ndarray, half_life: float = REC
 
 def weighted_user_means(users: np.ndarray, vectors: np.ndarray, weights: np.ndarray, n_users: int) -> np.ndarray:
     """sum_r w_r v_r / sum_r w_r per user; users without weight get the weighted mean of all. (n_users, dim) float32"""
-    acc = WeightedUserSums(n_users, vectors.shape[1])
-    acc.add(users, vectors, weights)
-    return acc.finalize()
-
-
-class WeightedUserSums:
-    """Running weighted sums per user, so that a weighted profile can be built while vectors stream past."""
-
-    def __init__(self, n_users: int, dim: int) -> None:
-        self.sums = np.zeros((n_users, dim), dtype=np.float64)
-        self.totals = np.zeros(n_users, dtype=np.float64)
-
-    def add(self, users: np.ndarray, vectors: np.ndarray, weights: np.ndarray) -> None:
-        users, weights = np.asarray(users, dtype=np.int64), np.asarray(weights, dtype=np.float64)
-        if len(users) and (users.min() < 0 or users.max() >= len(self.totals)):
-            raise ValueError(f"user_idx out of range [0, {len(self.totals)}): {int(users.min())}..{int(users.max())}")
-        np.add.at(self.sums, users, np.asarray(vectors, dtype=np.float64) * weights[:, None])
-        np.add.at(self.totals, users, weights)
-
-    def finalize(self) -> np.ndarray:
-        if self.totals.sum() <= 0:
-            raise ValueError("no weighted training review: profiles cannot be built")
-        fallback = self.sums.sum(0) / self.totals.sum()
-        means = self.sums / np.maximum(self.totals, 1e-300)[:, None]
-        means[self.totals <= 0] = fallback
-        return means.astype(np.float32)
+    means = RunningMeans(n_users, vectors.shape[1], "user")
+    means.add(users, vectors, weights)
+    return means.means().astype(np.float32)
