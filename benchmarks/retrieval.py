@@ -1,7 +1,7 @@
 """Retrieval at catalogue size: approximate FAISS indexes against exact search on generated item vectors.
 
-    python benchmarks/retrieval.py                          # 1M items x 384 dims, ivf (about 10 minutes on 2 cores)
-    python benchmarks/retrieval.py --items 200000 --types ivf hnsw
+    python benchmarks/retrieval.py                  # 1M items x 384 dims, hnsw and ivf (about an hour on 2 cores)
+    python benchmarks/retrieval.py --items 200000 --types hnsw
 
 Vectors have cluster structure like pooled review vectors (a mixture of `clusters` centres, each point its centre
 plus a low-rank spread plus isotropic noise), unit-normalised; queries are fresh draws from the same mixture.
@@ -100,7 +100,7 @@ def measure(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, choice: I
         if kind == "ivf":
             row.update(nlist=index.nlist, nprobe=setting)
         if kind == "hnsw":
-            row.update(hnsw_m=choice.hnsw_m, ef_search=setting)
+            row.update(hnsw_m=choice.hnsw_m, ef_construction=choice.ef_construction, ef_search=setting)
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -112,13 +112,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--clusters", type=int, default=2000)
-    parser.add_argument("--types", nargs="+", default=["ivf"], choices=["flat", "ivf", "hnsw"])
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--types", nargs="+", default=["hnsw", "ivf"], choices=["flat", "ivf", "hnsw"])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 2 sqrt(items))")
+    parser.add_argument("--ef-construction", type=int, default=IndexChoice().ef_construction,
+                        help="HNSW build width (default: the embed stage's)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "retrieval")
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     items = clustered_vectors(args.items, args.dim, args.clusters, rank=32, seed=0)
     queries = _fresh_queries(args)
@@ -131,11 +134,14 @@ def main() -> None:
     rows = []
     for kind in args.types:
         sweep = args.nprobe if kind == "ivf" else args.ef_search
-        rows += measure(items, queries, truth, IndexChoice(index_type=kind, nlist=args.nlist), sweep)
+        choice = IndexChoice(index_type=kind, nlist=args.nlist, ef_construction=args.ef_construction)
+        rows += measure(items, queries, truth, choice, sweep)
     result = {
         "date": date.today().isoformat(),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "faiss": faiss.__version__},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "faiss": faiss.__version__,
+                    "load_average_at_start": round(load_at_start, 1),
+                    "load_average_at_end": round(os.getloadavg()[0], 1)},
         "command": "python benchmarks/retrieval.py " + " ".join(sys.argv[1:]),
         "items": args.items, "dim": args.dim, "queries": args.queries, "clusters": args.clusters, "k": K,
         "exact_batch_search_s": round(exact_s, 1),
@@ -169,7 +175,8 @@ def markdown(result: dict) -> str:
         f"# Retrieval at catalogue size ({result['date']})",
         "",
         f"`{result['command']}` on {result['machine']['cpus']} CPUs ({result['machine']['platform']}, "
-        f"FAISS {result['machine']['faiss']}).",
+        f"FAISS {result['machine']['faiss']}; load average {result['machine']['load_average_at_start']} at start, "
+        f"{result['machine']['load_average_at_end']} at the end).",
         "",
         f"{result['items']:,} generated item vectors x {result['dim']} dims ({result['clusters']} clusters, low-rank "
         f"spread, unit length), {result['queries']} fresh queries from the same mixture, cosine metric. Recall@100 "
@@ -182,7 +189,8 @@ def markdown(result: dict) -> str:
     ]
     for row in result["rows"]:
         settings = (f"nlist {row['nlist']}, nprobe {row['nprobe']}" if row["index"] == "ivf"
-                    else f"M {row['hnsw_m']}, efSearch {row['ef_search']}" if row["index"] == "hnsw" else "exact")
+                    else f"M {row['hnsw_m']}, efConstruction {row['ef_construction']}, efSearch {row['ef_search']}"
+                    if row["index"] == "hnsw" else "exact")
         ok = row["recall@100"] >= 0.95 and row["p99_ms"] <= 10.0
         lines.append(f"| {row['index']} | {settings} | {row['recall@100']} | {row['p50_ms']} | {row['p99_ms']} | "
                      f"{row['build_s']} | {row['rss_growth_mb']} | {row['index_file_mb']} | {'yes' if ok else 'no'} |")

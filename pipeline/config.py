@@ -159,13 +159,14 @@ class EmbedConfig:
     profile: Literal["mean"] = "mean"  # how training reviews are pooled into user and item profiles
     normalize_profiles: bool = False  # L2-normalise profiles after pooling
     index_metric: Literal["ip", "cosine"] = "cosine"
-    # FAISS index (pipeline/embeddings/index.py): exact below index_exact_below items, IVF (or HNSW) from there on
+    # FAISS index (pipeline/embeddings/index.py): exact below index_exact_below items, HNSW from there on (IVF for ip)
     index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
     index_exact_below: int = 100_000
     index_nlist: Optional[int] = None  # IVF cells; null = 2 sqrt(n_items)
     index_nprobe: int = 32  # IVF cells scanned per query
     index_hnsw_m: int = 32  # HNSW links per node
-    index_ef_search: int = 128  # HNSW candidates kept while searching
+    index_ef_construction: int = 200  # HNSW candidates kept while linking a node (build time for recall)
+    index_ef_search: int = 256  # HNSW candidates kept while searching
     # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), fp32 elsewhere
     backend: Literal["auto", "torch", "torch_bf16", "torch_fp16"] = "auto"
     backend_check_sample: int = 256  # reviews encoded in fp32 too, to record the chosen backend's cosine in meta

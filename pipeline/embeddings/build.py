@@ -79,6 +79,13 @@ def _check_sample(reviews_path: Path, n: int) -> list[str]:
     return texts[:n]
 
 
+def index_choice(config: EmbedConfig) -> IndexChoice:
+    """The embed section's index_* settings as the index builder takes them."""
+    return IndexChoice(index_type=config.index_type, exact_below=config.index_exact_below, nlist=config.index_nlist,
+                       nprobe=config.index_nprobe, hnsw_m=config.index_hnsw_m, ef_search=config.index_ef_search,
+                       ef_construction=config.index_ef_construction)
+
+
 def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, EmbedConfig],
                  outs: Mapping[str, str | Path], *, on_shard=None, progress: bool = True) -> dict[str, dict]:
     """Encode every review of `prepared` once with `encoder_dir` and write one cache per name.
@@ -148,8 +155,7 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
         normalize_profiles=first.normalize_profiles,
         index_metric=first.index_metric,
         progress=progress,
-        index_choice=IndexChoice(first.index_type, first.index_exact_below, first.index_nlist, first.index_nprobe,
-                                 first.index_hnsw_m, first.index_ef_search),
+        index_choice=index_choice(first),
     )
     return {n: final[configs[n].pooling] for n in names}
 

@@ -1,13 +1,18 @@
 """FAISS index over item profiles, for candidate retrieval before re-ranking.
 
 The index type follows the catalogue (`index_type: auto`): below `exact_below` items an exact `IndexFlatIP` (a
-few thousand items cost nothing to scan, and exactness is free); at or above it an approximate index, because a
-flat scan of 1M x 384 floats per query is ~0.4 G multiply-adds:
+few thousand items cost nothing to scan, and exactness is free); at or above it HNSW for the cosine metric (IVF for
+"ip", whose graph would be linked by a non-metric score), because a flat scan of 1M x 384 floats per query is
+~0.4 G multiply-adds:
 
+    hnsw   IndexHNSWFlat: a proximity graph (hnsw_m links per node, built with ef_construction candidates),
+           searched with ef_search candidates. The default at catalogue size: on benchmarks/retrieval.py's
+           clustered vectors it is the type that reaches recall@100 >= 0.95 within 10 ms a query; a wide build
+           (ef_construction 200, not FAISS's 40) buys most of that recall, paid once in build time. The build
+           inserts on all cores, and FAISS does not promise identical links from two parallel builds.
     ivf    IndexIVFFlat: k-means cells (nlist, default 2 sqrt(n)), a query scans the nprobe nearest cells.
-           Vectors are stored uncompressed, so memory stays ~ the flat index; build time is k-means on a sample.
-    hnsw   IndexHNSWFlat: a proximity graph (hnsw_m links per node), searched with ef_search candidates.
-           Faster queries, slower build (no training, but graph insertion is ~10x IVF's add time).
+           Cheaper to build, but cells of overlapping clusters cost it recall (0.73-0.87 at 1M where HNSW
+           passes 0.95, retrieval.md).
 
 `nprobe` and `ef_search` are stored in the index file, so a reader searches the way the builder chose.
 Metric "ip" scores by inner product; "cosine" normalises items when building and queries when searching, so the
@@ -34,26 +39,31 @@ INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 class IndexChoice:
     """How to index a catalogue; the `embed` params section's index_* fields, passed through."""
 
-    index_type: str = "auto"  # auto | flat | ivf | hnsw; auto = flat below exact_below items, ivf from there on
+    index_type: str = "auto"  # auto | flat | ivf | hnsw; auto = flat below exact_below items, then hnsw (cosine)
     exact_below: int = 100_000  # auto picks an exact index for catalogues smaller than this
     nlist: int | None = None  # IVF cells; None = 2 sqrt(n_items)
     nprobe: int = 32  # IVF cells scanned per query
     hnsw_m: int = 32  # HNSW links per node
-    ef_search: int = 128  # HNSW candidates kept while searching
+    ef_search: int = 256  # HNSW candidates kept while searching
+    ef_construction: int = 200  # HNSW candidates kept while linking a new node
     train_per_cell: int = 50  # IVF k-means trains on at most nlist x this many vectors (FAISS wants >= 39)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
             raise DataError(f"embed.index_type: {self.index_type!r} is not one of {INDEX_TYPES}")
-        if self.exact_below < 0 or self.nprobe < 1 or self.hnsw_m < 2 or self.ef_search < 1:
-            raise DataError("embed.index_exact_below must be >= 0, index_nprobe/index_ef_search >= 1, index_hnsw_m >= 2")
+        if (self.exact_below < 0 or self.nprobe < 1 or self.hnsw_m < 2 or self.ef_search < 1
+                or self.ef_construction < 1):
+            raise DataError("embed.index_exact_below must be >= 0, index_nprobe/index_ef_search/"
+                            "index_ef_construction >= 1, index_hnsw_m >= 2")
 
-    def resolved_type(self, n_items: int) -> str:
-        """The concrete index type for a catalogue of `n_items`."""
+    def resolved_type(self, n_items: int, metric: str = "cosine") -> str:
+        """The concrete index type for a catalogue of `n_items` searched by `metric`."""
         if self.index_type != "auto":
             return self.index_type
-        return "flat" if n_items < self.exact_below else "ivf"
+        if n_items < self.exact_below:
+            return "flat"
+        return "hnsw" if metric == "cosine" else "ivf"
 
     def resolved_nlist(self, n_items: int) -> int:
         nlist = self.nlist or int(2 * math.sqrt(n_items))
@@ -74,7 +84,7 @@ def build_index(items: np.ndarray, metric: str = "cosine", choice: IndexChoice |
     choice = choice or IndexChoice(index_type="flat")
     vectors = _prepare(items, metric)
     n, dim = vectors.shape
-    kind = choice.resolved_type(n)
+    kind = choice.resolved_type(n, metric)
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
@@ -82,6 +92,7 @@ def build_index(items: np.ndarray, metric: str = "cosine", choice: IndexChoice |
         # tests/test_index.py), so unit vectors are linked by L2, whose order is the cosine order
         graph_metric = faiss.METRIC_L2 if metric == "cosine" else faiss.METRIC_INNER_PRODUCT
         index = faiss.IndexHNSWFlat(dim, choice.hnsw_m, graph_metric)
+        index.hnsw.efConstruction = choice.ef_construction
         index.hnsw.efSearch = choice.ef_search
     else:
         nlist = choice.resolved_nlist(n)
