@@ -1,7 +1,8 @@
 """Retrieval at catalogue size: approximate FAISS indexes against exact search on generated item vectors.
 
     python benchmarks/retrieval.py                  # 1M items x 384 dims, hnsw and ivf (about an hour on 2 cores)
-    python benchmarks/retrieval.py --items 200000 --types hnsw
+    python benchmarks/retrieval.py --items 100000 --types hnsw --ef-construction 40 200 --out \
+        benchmarks/results/retrieval_build_width      # what the wide build buys
 
 Vectors have cluster structure like pooled review vectors (a mixture of `clusters` centres, each point its centre
 plus a low-rank spread plus isotropic noise), unit-normalised; queries are fresh draws from the same mixture.
@@ -116,8 +117,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--ef-search", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 2 sqrt(items))")
-    parser.add_argument("--ef-construction", type=int, default=IndexChoice().ef_construction,
-                        help="HNSW build width (default: the embed stage's)")
+    parser.add_argument("--ef-construction", type=int, nargs="+", default=[IndexChoice().ef_construction],
+                        help="HNSW build widths, one build each (default: the embed stage's)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "retrieval")
     args = parser.parse_args()
 
@@ -134,8 +135,9 @@ def main() -> None:
     rows = []
     for kind in args.types:
         sweep = args.nprobe if kind == "ivf" else args.ef_search
-        choice = IndexChoice(index_type=kind, nlist=args.nlist, ef_construction=args.ef_construction)
-        rows += measure(items, queries, truth, choice, sweep)
+        for width in (args.ef_construction if kind == "hnsw" else [IndexChoice().ef_construction]):
+            choice = IndexChoice(index_type=kind, nlist=args.nlist, ef_construction=width)
+            rows += measure(items, queries, truth, choice, sweep)
     result = {
         "date": date.today().isoformat(),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
