@@ -10,10 +10,26 @@ kill -9 mid-write) is dropped on reading, so that unit is simply done again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+
+
+def with_refit(params: "Params", refit_with_validation: bool) -> "Params":
+    """params.yaml's settings with `train.refit_with_validation` set as a benchmark's command line asks."""
+    ranking = params.ranking.override(refit_with_validation=refit_with_validation)
+    return dataclasses.replace(params, train=ranking.train)
+
+
+def ledger_file(folder: Path, refit_with_validation: bool) -> Path:
+    """The ledger of one final-fit protocol (`train.refit_with_validation`): rows scored from training pairs alone and
+    rows scored after the final fit on training + validation pairs never resume as each other."""
+    return Path(folder) / ("runs-refit.jsonl" if refit_with_validation else "runs.jsonl")
 
 
 class Ledger:

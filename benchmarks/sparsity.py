@@ -8,7 +8,8 @@ For each dataset (leave-one-out, params.yaml's prepare settings), every user's t
 as they are. Profiles are re-pooled from the cached review vectors of the *kept* training reviews only (mean pooling,
 packaged MiniLM, encoded once per dataset). At each level, each model chooses its settings on validation
 (full-ranking NDCG@10) and is reported on test (full-ranking NDCG@10, overall and for users with 1-3 training
-interactions):
+interactions), after its final fit (`train.refit_with_validation`, the default): the chosen settings fitted once more
+on the kept training pairs plus the validation pairs, so every model scores test from the same history:
 
 - pop: most popular;
 - ease: EASE with lambda searched over a log grid on validation (the count of validation looks is printed beside
@@ -34,6 +35,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,7 +44,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ledger import Ledger  # noqa: E402
+from benchmarks.ledger import Ledger, ledger_file, with_refit  # noqa: E402
 from benchmarks.quality import review_times  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
@@ -55,8 +57,8 @@ from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.evaluate import evaluate  # noqa: E402
 from pipeline.ranking.hybrid import ReviewAwareEASE, centred_units  # noqa: E402
-from pipeline.ranking.select import ValidationLooks, keep_best, select  # noqa: E402
-from pipeline.ranking.train import train  # noqa: E402
+from pipeline.ranking.select import Choice, ValidationLooks, keep_best, select  # noqa: E402
+from pipeline.ranking.train import refit_with_validation, train, with_validation_in_training  # noqa: E402
 
 # the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
 SHARED = Path(os.environ.get("BERTRS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -147,7 +149,7 @@ class TextMatch(Scorer):
         return (self.u[users] * self.i[items]).sum(-1)
 
 
-def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
+def tuned_ease(data: PreparedData) -> tuple[EASE, Choice]:
     """EASE with lambda chosen on validation from EASE_LAMBDAS (one eigendecomposition serves all of them)."""
     model = EASE(data.n_users, data.n_items).fit(data.train.users, data.train.items)
     looks = ValidationLooks(data, "valid")
@@ -159,29 +161,39 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, dict]:
     model.ease_lambda = best
     model.B = (torch.eye(data.n_items, dtype=torch.float64)
                - eig.inverse(best) / eig.inverse_diagonal(best)[None, :]).fill_diagonal_(0.0).float()
-    return model, {"ease_lambda": best, "validation_looks": choice.looks}
+    return model, choice
 
 
-def fit(name: str, data: PreparedData, profiles: Profiles, params: Params) -> tuple[nn.Module, dict]:
-    if name == "pop":
-        return train(RunSpec(model="pop"), params.ranking, data, None, progress=False).model, {}
+def fit(name: str, data: PreparedData, profiles: Profiles, params: Params
+        ) -> tuple[nn.Module, dict, Callable[[], nn.Module]]:
+    """The model as chosen on validation (fitted on the kept training pairs), its choices, and its final fit: the
+    same choices fitted on kept training + validation pairs, as `train.refit_with_validation` does for `bertrs train`."""
+    both = with_validation_in_training(data)
+    chosen_only = params.ranking.override(refit_with_validation=False)  # the final fit comes after validation is read
+    if name in ("pop", "neumf"):
+        spec = RunSpec(model=name)
+        config = chosen_only.override("neumf", epochs=NEUMF_EPOCHS, patience=4) if name == "neumf" else chosen_only
+        result = train(spec, config, data, None, progress=False)
+        return result.model, {}, lambda: refit_with_validation(result, spec, config, data, progress=False).model
     if name == "ease":
-        return tuned_ease(data)
-    if name == "neumf":
-        config = params.ranking.override("neumf", epochs=NEUMF_EPOCHS, patience=4)
-        return train(RunSpec(model="neumf"), config, data, None, progress=False).model, {}
+        model, choice = tuned_ease(data)
+        return (model, {"ease_lambda": choice.setting, "validation_looks": choice.looks},
+                lambda: model.refit(both.train.users, both.train.items, choice))
     if name == "text":
-        return TextMatch(profiles), {}
+        return TextMatch(profiles), {}, lambda: TextMatch(profiles)  # profiles only: nothing learned from pairs
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
     guard = params.ranking.train.guard_additions and name == "bert_rs"  # bert_rs_unguarded: the validation best
     choice = select(model.fit(data.train.users, data.train.items), data, guard, params.ranking.train.seed)
-    return model, {**model.choices(), "selection": choice.summary()}
+    return (model, {**model.choices(), "selection": choice.summary()},
+            lambda: model.refit(both.train.users, both.train.items, choice))
 
 
 def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -> dict:
     start = time.time()
-    model, choices = fit(name, data, profiles, params)
-    valid = evaluate(model, data, "valid", ks=[10], protocols=["full"])
+    model, choices, final_fit = fit(name, data, profiles, params)
+    valid = evaluate(model, data, "valid", ks=[10], protocols=["full"])  # before the final fit learns these pairs
+    if params.ranking.train.refit_with_validation:
+        model = final_fit()
     test = evaluate(model, data, "test", ks=[10], protocols=["full"])
     return {"valid_ndcg@10": valid["full"]["ndcg@10"], "test_ndcg@10": test["full"]["ndcg@10"],
             "test_buckets": {b: m["ndcg@10"] for b, m in test["buckets"]["full"].items()},
@@ -192,15 +204,20 @@ def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -
 # ---------------------------------------------------------------------------------------------------- report
 
 
-def write_report(results: dict, out: Path) -> None:
+def write_report(results: dict, out: Path, refit_with_validation: bool) -> None:
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
             "python": platform.python_version(), "torch": torch.__version__,
-            "command": "python benchmarks/sparsity.py " + " ".join(sys.argv[1:])}
+            "command": "python benchmarks/sparsity.py " + " ".join(sys.argv[1:]),
+            "refit_with_validation": refit_with_validation}
     write_json(out / "sparsity.json", {"meta": meta, "results": results})
     lines = ["# Sparsity sweep: full-ranking NDCG@10 on test as training data thins", "",
              f"{meta['date']}, {meta['machine']}, `{meta['command']}`. Leave-one-out; each user's training "
              "interactions thinned (share kept or per-user cap, at least one), validation and test unchanged; "
-             "profiles from kept training reviews only; every choice on validation.", ""]
+             "profiles from kept training reviews only; every choice on validation"
+             + ("; then every model is fitted once more at its choices on the kept training pairs + the validation "
+                "pairs (train.refit_with_validation), so test is scored from that history (train/user counts the "
+                "kept training pairs only)." if refit_with_validation else "; test scored from the kept training "
+                "pairs alone."), ""]
     for dataset, levels in results.items():
         lines += [f"## {dataset}", "", "| level | train/user | " + " | ".join(MODELS)
                   + " | bert_rs vs best non-text | bert_rs 1-3 vs best non-text 1-3 | bert_rs choices |",
@@ -262,10 +279,12 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--work", default=str(REPO / "build" / "sparsity"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--no-refit", action="store_true", help="score test from the fit to the kept training pairs "
+                        "alone (train.refit_with_validation: false), for the comparison of the two protocols")
     args = parser.parse_args()
-    params, work, out = load_params(args.params), Path(args.work), Path(args.out)
+    params, work, out = with_refit(load_params(args.params), not args.no_refit), Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(work / "runs.jsonl")
+    ledger = Ledger(ledger_file(work, params.ranking.train.refit_with_validation))
     results: dict = {}
     for dataset in args.datasets:
         if not DATASETS[dataset].is_file():
@@ -297,9 +316,9 @@ def main() -> None:
                     f"({m['seconds']}s) {m['choices'] or ''}")
             results[dataset][level] = row
         if set(args.models) == set(MODELS):
-            write_report(results, out)
+            write_report(results, out, params.ranking.train.refit_with_validation)
     if args.report_only:
-        write_report(results, out)
+        write_report(results, out, params.ranking.train.refit_with_validation)
 
 
 if __name__ == "__main__":

@@ -356,6 +356,11 @@ class TrainConfig:
     # keep a setting beyond a model's plain form (bert_rs: text) only when its validation gain survives
     # cross-fitting over seeded halvings of the validation users (pipeline/ranking/select.py)
     guard_additions: bool = True
+    # once every choice is made on a fit to the training pairs, fit the chosen settings (a closed-form model's
+    # grid point, a neural model's epoch count) once more on training + validation pairs, so that test and
+    # recommendations are scored from every interaction known before test (pipeline/ranking/train.py). Reviews,
+    # profiles and text grams stay training-only either way; a run fitted so cannot be evaluated on validation
+    refit_with_validation: bool = True
 
     def __post_init__(self) -> None:
         _check(self.memory_budget_gb is None or self.memory_budget_gb > 0, "train.memory_budget_gb",

@@ -20,7 +20,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, atomic_dir, atomic_path, write_json
 from pipeline.ranking.evaluate import evaluate
 from pipeline.ranking.report import at_k_rows, comparison_markdown
-from pipeline.ranking.checkpoint import RUN_FILE, load_checkpoint
+from pipeline.ranking.checkpoint import RUN_FILE, check_split_unseen, load_checkpoint
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -42,7 +42,8 @@ def main(
     table: Path = typer.Option(Path("reports/comparison.md"), help="Markdown comparison table to write"),
     plots_dir: Path = typer.Option(Path("reports/at_k"), "--plots-dir", help="folder of per-run CSVs: k, hr_*, ndcg_*"),
     params: Path = PARAMS_OPTION,
-    split: str = typer.Option("test", help="valid | test"),
+    split: str = typer.Option("test", help="valid | test (valid: runs trained with train.refit_with_validation "
+                                "false; the others record their validation numbers in run.json)"),
     every_folder: bool = typer.Option(False, "--every-folder", help="evaluate every run folder under --models, "
                                       "not only the runs listed in params.yaml (for runs trained outside the DAG)"),
 ) -> None:
@@ -62,6 +63,7 @@ def main(
         folders = [models / name for name in listed]
     for folder in folders:
         ckpt = load_checkpoint(folder, data)
+        check_split_unseen(ckpt.info, split, str(folder / RUN_FILE))
         name = ckpt.info.get("run") or str(folder.relative_to(models))
         if name in results:
             name = str(folder.relative_to(models))

@@ -204,7 +204,9 @@ class RankingEnv:
         return load_model_profiles(cache or self.cache, self.data, BertRSConfig(solver="dense"), TrainConfig())
 
 
-FAST_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0)).override(
+# refit off: these fixtures specify what is chosen on the training-only fit and scored on validation; the final
+# fit on training + validation pairs (the default) is specified in tests/test_train.py
+FAST_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0, refit_with_validation=False)).override(
     factors=8, mlp_layers=[32, 16, 8], epochs=25, batch_size=128, learning_rate=0.01, patience=5
 )
 

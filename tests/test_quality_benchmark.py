@@ -67,3 +67,20 @@ def test_a_cache_lent_by_another_protocol_equals_one_encoded_for_this_split(tmp_
     np.testing.assert_allclose(lent.users, encoded.users, atol=1e-5)
     np.testing.assert_allclose(lent.items, encoded.items, atol=1e-5)
     assert not np.allclose(lent.users, load_profiles(tmp_path / "loo_cache").users, atol=1e-5)  # the split moved
+
+
+@pytest.mark.parametrize("model", ["ease", "gmf"])
+def test_a_row_is_chosen_by_the_validation_score_measured_before_its_final_fit(ranking_env, model):
+    """After the final fit the model has learned the validation pairs; choosing a configuration by a validation score
+    measured then would choose by memorisation."""
+    from benchmarks.quality import fit_and_score
+    from pipeline.ranking.evaluate import evaluate
+
+    data = ranking_env.data
+    config = replace_config(ranking_env.config, epochs=3, lambdas=[50.0])
+    chosen = train(RunSpec(model=model), config, data, progress=False)
+    row = fit_and_score(RunSpec(model=model), replace_config(config, refit_with_validation=True), data, None)
+    assert row["valid_full_ndcg@10"] == chosen.best_valid["ndcg@10"]
+    final = train(RunSpec(model=model), replace_config(config, refit_with_validation=True), data, progress=False)
+    assert evaluate(final.model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"] > row["valid_full_ndcg@10"]
+    assert row["test"]["full"]["ndcg@10"] == evaluate(final.model, data, "test", ks=[10])["full"]["ndcg@10"]

@@ -1,5 +1,6 @@
-"""Training: the text signal is used (and the shuffle ablation removes it), selection sees validation only,
-checkpoints round-trip and refuse other caches or data, and the train stage runs from the command line."""
+"""Training: the text signal is used (and the shuffle ablation removes it), selection sees validation only, the
+final fit learns the chosen form from training + validation pairs, checkpoints round-trip and refuse other caches
+or data, and the train stage runs from the command line."""
 
 import dataclasses
 
@@ -12,8 +13,9 @@ from typer.testing import CliRunner
 from pipeline.config import RunSpec
 from pipeline.io import DataError
 from pipeline.ranking.evaluate import evaluate, full_ranking_mask
-from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.ranking.train import train
+from pipeline.ranking.checkpoint import check_split_unseen, load_checkpoint, save_checkpoint
+from pipeline.ranking.registry import build_model
+from pipeline.ranking.train import fit_on_training, train, with_validation_in_training
 from tests.ranking_fixtures import Untouchable, replace_config, with_test_positives_moved, write_train_params
 
 
@@ -129,3 +131,74 @@ def test_train_cli(ranking_env, tmp_path):
     assert res.exit_code == 2 and "--embeddings" in res.output
     res = runner.invoke(app, common + ["--run", "nope"])
     assert res.exit_code == 2 and "runs.nope" in res.output
+
+
+# ------------------------------------------------------------------------------------- the final fit (train + valid)
+
+def _refit(config):
+    return replace_config(config, refit_with_validation=True)
+
+
+@pytest.mark.parametrize("model", ["ease", "bert_rs"])
+def test_the_final_fit_keeps_every_choice_and_scores_test_from_train_and_validation_pairs(ranking_env, model):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    config = replace_config(ranking_env.config, lambdas=[5.0, 50.0, 500.0], text_side_weights=[0.0, 1.0],
+                            text_weights=[0.0, 0.5])
+    spec = RunSpec(model=model, embeddings="x" if model == "bert_rs" else None)
+    chosen = train(spec, config, data, profiles, progress=False)
+    final = train(spec, _refit(config), data, profiles, progress=False)
+    assert (chosen.fitted_on, final.fitted_on) == ("train", "train+valid")
+    assert final.model.choices() == chosen.model.choices()  # nothing chosen again
+    assert final.best_valid == chosen.best_valid and final.selection == chosen.selection
+    ease = final.model if model == "ease" else final.model.ease
+    history = ease.rows(torch.as_tensor(data.valid.users))
+    assert bool(history[torch.arange(len(data.valid)), torch.as_tensor(data.valid.items)].all())  # x_u holds valid
+    # the one-solve refit equals a model fitted on training + validation pairs and put in the chosen setting
+    both = with_validation_in_training(data)
+    fresh = build_model(spec, config, data.n_users, data.n_items, profiles)
+    fresh.fit(both.train.users, both.train.items)
+    fresh.apply(chosen.selection)
+    users = torch.arange(data.n_users)
+    torch.testing.assert_close(final.model.score_all(users), fresh.score_all(users))
+    assert not torch.allclose(final.model.score_all(users), chosen.model.score_all(users))
+
+
+def test_the_final_popularity_counts_validation_interactions(ranking_env):
+    data = ranking_env.data
+    final = train(RunSpec(model="pop"), _refit(ranking_env.config), data, progress=False)
+    counts = np.bincount(np.concatenate([data.train.items, data.valid.items]), minlength=data.n_items)
+    np.testing.assert_array_equal(final.model.score_all(torch.tensor([0]))[0].numpy(), counts)
+
+
+def test_a_neural_final_fit_retrains_its_chosen_epochs_on_train_and_validation_from_the_same_seed(ranking_env):
+    data = ranking_env.data
+    config = replace_config(ranking_env.config, epochs=6, patience=2)
+    chosen = train(RunSpec(model="gmf"), config, data, progress=False)
+    final = train(RunSpec(model="gmf"), _refit(config), data, progress=False)
+    assert final.curves == chosen.curves and final.best_epoch == chosen.best_epoch  # chosen on the train-only fit
+    again = fit_on_training(RunSpec(model="gmf"), config, with_validation_in_training(data), progress=False,
+                            fixed_epochs=chosen.best_epoch)
+    for name, weights in final.model.state_dict().items():
+        torch.testing.assert_close(weights, again.model.state_dict()[name])
+        assert not torch.equal(weights, chosen.model.state_dict()[name]) or name.endswith("bias")
+
+
+@pytest.mark.parametrize("model", ["bert_rs", "neumf"])
+def test_the_final_fit_never_reads_the_test_split(ranking_env, model):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    blind = dataclasses.replace(data, test=Untouchable("test"), candidates={"valid": data.candidates["valid"]})
+    config = replace_config(_refit(ranking_env.config), epochs=2)
+    result = train(RunSpec(model=model, embeddings="x" if model == "bert_rs" else None), config, blind, profiles,
+                   progress=False)
+    assert result.fitted_on == "train+valid"
+
+
+def test_a_run_fitted_on_validation_pairs_is_refused_on_validation_by_name(ranking_env, tmp_path):
+    data = ranking_env.data
+    result = train(RunSpec(model="pop"), _refit(ranking_env.config), data, progress=False)
+    save_checkpoint(tmp_path / "pop", result, RunSpec(model="pop"), ranking_env.config, data)
+    info = load_checkpoint(tmp_path / "pop", data).info
+    assert info["fitted_on"] == "train+valid"
+    check_split_unseen(info, "test", "run.json")  # test is what it is for
+    with pytest.raises(DataError, match=r"run\.json: .*training \+ valid pairs .*train\.refit_with_validation"):
+        check_split_unseen(info, "valid", "run.json")

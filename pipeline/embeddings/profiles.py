@@ -81,7 +81,7 @@ class ProfileAccumulator:
         users, items = np.asarray(users, dtype=np.int64)[keep], np.asarray(items, dtype=np.int64)[keep]
         self.users.check_in_range(users)  # both checked before either table changes
         self.items.check_in_range(items)
-        vectors = np.asarray(vectors, dtype=np.float64)[keep]
+        vectors = np.asarray(vectors)[keep]  # the training rows only; RunningMeans sums them in float64
         self.users.add(users, vectors)
         self.items.add(items, vectors)
 

@@ -158,11 +158,21 @@ class EASE(ClosedFormRanker):
         self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
 
     def fit(self, users: np.ndarray, items: np.ndarray) -> "EASE":
+        self.hold_pairs(users, items)
+        self.B = ease_weights(self.gram(), self.ease_lambda).float()
+        return self
+
+    def hold_pairs(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Keep the pairs as the history matrix X (CSR): the rows x_u scores are read from, and the gram's source."""
         pairs = PairSet(users, items, self.n_users, self.n_items)
         self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64)
         self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64)
-        self.B = ease_weights(self.gram(), self.ease_lambda).float()
-        return self
+
+    def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice[float] | None") -> "EASE":
+        """One solve, at the chosen lambda."""
+        if choice is not None:
+            self.ease_lambda = choice.setting
+        return self.fit(users, items)
 
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
         """With 2+ lambdas, each in grid order, B from one eigendecomposition of X^T X; ranked as the model stands."""

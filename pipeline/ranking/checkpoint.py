@@ -4,11 +4,13 @@
                         recency-weighted ones from the cache's reviews and the prepared data's review times)
     run.json            RunSpec, the shared train section and the model's own section (`model_settings`), data
                         fingerprint, cache path + fingerprint + provenance, best epoch, n_users, n_items, dim, the
-                        settings the model chose on validation, the processes that trained it
+                        settings the model chose on validation, the processes that trained it, and the pairs its
+                        weights were last fitted on ("fitted_on": "train", or "train+valid" after the final fit)
 
     save_checkpoint(out_dir, result, spec, config, data, profiles, cache_path, run_name)
     ckpt = load_checkpoint(out_dir, data)     # refuses other prepared data, another cache, or a run.json of an
                                               # older format (no model_settings): retrain it
+    check_split_unseen(ckpt.info, split, where)   # stops where the run's final fit learned from `split`'s pairs
 
 Readers (evaluate, recommend, serve) import this module, never the trainer.
 """
@@ -87,7 +89,8 @@ def save_checkpoint(
         "dim": embeddings["dim"] if embeddings else None,
         "embeddings": embeddings,
         "best_epoch": result.best_epoch,
-        "best_valid": result.best_valid,
+        "best_valid": result.best_valid,  # measured on the training-only fit, before any final fit
+        "fitted_on": result.fitted_on,  # "train+valid": train.refit_with_validation refitted the choice
         "processes": result.processes,  # trained together under torchrun (1: a plain run)
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices(),
@@ -140,6 +143,22 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
     model.load_state_dict(state)
     model.eval()
     return Checkpoint(model, spec, config, info, seen_profiles)
+
+
+def fitted_on(info: dict) -> str:
+    """The pairs a run's weights were last fitted on ("train" for runs written before the final fit existed)."""
+    return info.get("fitted_on", "train")
+
+
+def check_split_unseen(info: dict, split: str, where: str) -> None:
+    """Stop before scoring a run on a split its final fit learned from: its validation numbers would count pairs it
+    was fitted on (the numbers measured before that fit are run.json's best_valid)."""
+    if split in fitted_on(info).split("+"):
+        raise DataError(
+            f"{where}: this run was fitted on training + {split} pairs (train.refit_with_validation: true), so it "
+            f"cannot be evaluated on {split}; its {split} metrics before that fit are in run.json's best_valid, or "
+            "retrain with train.refit_with_validation: false to rank the split again"
+        )
 
 
 def check_run_info(info: object, where: str) -> None:

@@ -202,9 +202,22 @@ class ReviewAwareEASE(ClosedFormRanker):
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ReviewAwareEASE":
         """EASE on the training matrix at the first lambda; `apply` re-solves at the setting chosen on validation."""
         self.ease.fit(users, items)
+        self._hold_counts(items)
+        return self
+
+    def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice[Setting] | None") -> "ReviewAwareEASE":
+        """The chosen setting solved once on these pairs (the profiles and text gram are the cache's, unchanged)."""
+        if choice is None:
+            return self.fit(users, items)
+        self.ease.hold_pairs(users, items)
+        self._hold_counts(items)
+        self.apply(choice)
+        return self
+
+    def _hold_counts(self, items: np.ndarray) -> None:
+        """The popularity term's log counts and the gram X^T X of the pairs being fitted."""
         self.log_counts = torch.log1p(torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32))
         self._gram = self.ease.gram()
-        return self
 
     def side_gram(self, whiten: bool | None = None) -> torch.Tensor:
         """m F F^T: the text gram scaled by the mean training interactions per item. (n_items, n_items) float64"""

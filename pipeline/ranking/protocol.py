@@ -6,7 +6,8 @@ every model alike without probing for attributes.
     Ranker            + score (pair scores), score_parts (additive parts that sum to the score, for explanations),
                       choices (settings picked on validation, or None), trainable, ranks_whole_catalogue
     ClosedFormRanker  "trains" by one `fit` on the training pairs; where it has a grid it offers `candidates` and
-                      `apply`s the one pipeline/ranking/select.py chooses on validation (it never searches itself)
+                      `apply`s the one pipeline/ranking/select.py chooses on validation (it never searches itself);
+                      `refit` fits the chosen setting on other pairs (training + validation)
     TrainableRanker   trained by the SGD loop of pipeline/ranking/train.py through `loss` (epoch kept by select.py's rule)
 
 Abstract methods make a missing piece fail when the model is constructed, not when a stage first calls it.
@@ -88,6 +89,14 @@ class ClosedFormRanker(Ranker):
         """Put the model in `choice.setting` (one that `candidates` offered), chosen on validation with
         `choice.score` after `choice.looks` looks. Only called after `candidates` yielded something."""
         raise NotImplementedError(f"{type(self).__name__} offers candidates but cannot apply one")
+
+    def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice | None") -> "ClosedFormRanker":
+        """Fit on other pairs (training + validation, `train.refit_with_validation`) and stand in the setting
+        already chosen on validation: nothing is chosen again."""
+        self.fit(users, items)
+        if choice is not None:
+            self.apply(choice)
+        return self
 
 
 class TrainableRanker(Ranker):

@@ -7,6 +7,15 @@ every model is chosen and compared on); the validation ranking masks training pa
 so the test split is never touched here. Negatives are redrawn every epoch. Closed-form models (pop, ease, bert_rs)
 "train" through the same entry point: one fit, the choice among their candidates (pipeline/ranking/select.py), one
 validation pass, one row of curves. The epoch is kept by the same first-best rule (select.py's KeepBest).
+
+The final fit (`train.refit_with_validation`, the default). Once everything is chosen on the fit to the training
+pairs, the chosen form is fitted once more on training + validation pairs: a closed-form model refits its chosen
+setting (`ClosedFormRanker.refit`: EASE's gram, popularity's counts, the history rows x_u it scores from), a neural
+model retrains from the same seed for exactly its chosen number of epochs. Nothing is chosen again and the
+validation numbers of the result are those of the training-only fit; the test split is still unread. Why: at test
+time the validation interaction is part of what the user did before, and leave-one-out protocols score the held-out
+item from everything before it (every model gets the same history, so the comparison stays fair). Reviews,
+profiles and the text gram remain training-only (they come from the embedding cache).
 Under torchrun the SGD loop runs in every process on its part of each batch, inside `distributed.process_group`
 (pipeline/ranking/distributed.py).
 The checkpoint written from the result is pipeline/ranking/checkpoint.py's contract.
@@ -16,15 +25,17 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError, RankingConfig, RunSpec
-from pipeline.data.prepared import PreparedData
+from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.io import atomic_path
 from pipeline.launch import is_main_process
@@ -49,6 +60,7 @@ class TrainResult:
     best_valid: dict  # validation metrics of the selected epoch
     processes: int = 1  # processes that trained it together (torchrun)
     selection: Choice | None = None  # a closed-form model's choice among its candidates (select.py)
+    fitted_on: str = "train"  # the pairs `model` was last fitted on: "train", or "train+valid" after the final fit
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,8 +103,51 @@ def train(
     fixed_epochs: int | None = None,
 ) -> TrainResult:
     """Fit one run's model on `data.train`, selecting the epoch by validation full-ranking NDCG@10 with early
-    stopping. `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded,
-    never used): an ablation that must hold its partner's epoch count instead of choosing its own."""
+    stopping, then (`train.refit_with_validation`) fit what was chosen on training + validation pairs.
+    `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded, never
+    used): an ablation that must hold its partner's epoch count instead of choosing its own."""
+    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs)
+    if config.train.refit_with_validation and len(data.valid) > 0:
+        result = refit_with_validation(result, spec, config, data, profiles, progress)
+    return result
+
+
+def with_validation_in_training(data: PreparedData) -> PreparedData:
+    """`data` whose training pairs include the validation pairs and whose validation split is empty: what the final
+    fit learns from (the test split and the candidates are untouched, and never read by a fit)."""
+    train_pairs = Interactions(np.concatenate([data.train.users, data.valid.users]),
+                               np.concatenate([data.train.items, data.valid.items]))
+    empty = Interactions(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return dataclasses.replace(data, train=train_pairs, valid=empty)
+
+
+def refit_with_validation(
+    result: TrainResult,
+    spec: RunSpec,
+    config: RankingConfig,
+    data: PreparedData,
+    profiles: Profiles | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """The final fit (see the module docstring): `result`'s chosen form fitted on training + validation pairs,
+    with `result`'s validation record, curves and choice kept as they were measured."""
+    history = with_validation_in_training(data)
+    if isinstance(result.model, ClosedFormRanker):
+        model = result.model.refit(history.train.users, history.train.items, result.selection)
+    else:
+        model = fit_on_training(spec, config, history, profiles, progress, fixed_epochs=result.best_epoch).model
+    return dataclasses.replace(result, model=model, fitted_on="train+valid")
+
+
+def fit_on_training(
+    spec: RunSpec,
+    config: RankingConfig,
+    data: PreparedData,
+    profiles: Profiles | None = None,
+    progress: bool = True,
+    fixed_epochs: int | None = None,
+) -> TrainResult:
+    """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone."""
     torch.manual_seed(config.train.seed)
     device = resolve_device(config.train.device)
     check_run_memory(spec, config, data, profiles)
@@ -100,7 +155,7 @@ def train(
     settings = config.section(spec.model)
     has_valid = len(data.valid) > 0
     mask = full_ranking_mask(data, "valid") if has_valid else None
-    if not has_valid:
+    if not has_valid and fixed_epochs is None:
         log.warning("no validation positives: no early stopping, the last epoch is kept")
     if fixed_epochs is not None and fixed_epochs < 1:
         raise ConfigError(f"fixed_epochs must be >= 1, got {fixed_epochs}")
