@@ -30,8 +30,11 @@ training items are dealt into K folds; for fold k, bert_rs (its validation-chose
 is fitted on the other folds' pairs, with profiles pooled from the other folds' reviews only, and scores every item;
 a training positive of fold k, and the negatives drawn beside it, read fold k's scores. No training pair ever scores
 itself, through the interaction matrix, the popularity counts or the review profiles. Validation and test read the
-full-training bert_rs's parts, the same fit the default reports. The feature weights start at the default's chosen
-weights, so an untrained stack ranks like bert_rs.
+full-training bert_rs's parts. The feature weights start at the default's chosen weights, so an untrained stack
+ranks like bert_rs. Every row, bert_rs included, scores test from its fit to the training pairs
+(`train.refit_with_validation: false` whatever params.yaml says): the stacked rows' out-of-fold features have no
+final-fit form, and a comparison of one row fitted on training + validation pairs against one fitted on training
+pairs alone would measure the extra pairs, not the head.
 
 The verdict is decided on VALIDATION: the study's winner is the row with the best validation full-ranking NDCG@10
 (seed mean) among bert_rs and the tuned learned rows, ties going to the default. Test numbers are only reported:
@@ -62,7 +65,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ledger import Ledger  # noqa: E402
+from benchmarks.ledger import Ledger, with_refit  # noqa: E402
 from benchmarks.quality import fixed_choices, review_times, user_bootstrap  # noqa: E402
 from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
@@ -494,7 +497,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = load_params(args.params)
+    params = with_refit(load_params(args.params), False)  # see the module docstring: no final fit in this study
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
     results = {p: run_protocol(Path(args.work), p, params, seeds, args.folds, lambda m: print(m, flush=True), rows,

@@ -13,6 +13,8 @@ from pipeline.data.prepared import Candidates
 from pipeline.ranking.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
 from pipeline.ranking.protocol import Scorer
 from pipeline.ranking.checkpoint import save_checkpoint
+from pipeline.config import RunSpec
+from pipeline.ranking.train import train
 from tests.ranking_fixtures import write_train_params
 
 
@@ -119,3 +121,32 @@ def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, 
     rows = list(csv.DictReader(open(out / "at_k" / "bert_rs.csv")))
     assert [int(r["k"]) for r in rows] == [1, 3, 5, 10]
     assert set(rows[0]) == {"k", "hr_sampled", "ndcg_sampled", "hr_full", "ndcg_full"}
+
+
+def test_the_evaluate_stage_refuses_validation_for_a_run_fitted_on_it_and_masks_its_pairs_at_test(ranking_env,
+                                                                                                 tmp_path):
+    from stages.evaluate import main
+
+    data = ranking_env.data
+    config = ranking_env.config.override(refit_with_validation=True)
+    result = train(RunSpec(model="pop"), config, data, progress=False)  # counts the validation pairs
+    save_checkpoint(tmp_path / "models" / "pop", result, RunSpec(model="pop"), config, data)
+    params = write_train_params(tmp_path / "params.yaml")
+    params.write_text(params.read_text() + "evaluate:\n  mask_other_splits: false\n")
+    app = typer.Typer()
+    app.command()(main)
+    out = tmp_path / "out"
+    args = ["--prepared", str(ranking_env.prepared), "--models", str(tmp_path / "models"), "--every-folder",
+            "--metrics", str(out / "metrics.json"), "--table", str(out / "comparison.md"),
+            "--plots-dir", str(out / "at_k"), "--params", str(params)]
+    refused = CliRunner().invoke(app, [*args, "--split", "valid"])
+    assert refused.exit_code == 2, refused.output
+    assert "pop/run.json" in refused.output and "train.refit_with_validation" in refused.output
+    assert not out.exists()  # nothing written
+    done = CliRunner().invoke(app, [*args, "--split", "test"])
+    assert done.exit_code == 0, done.output
+    full = json.loads((out / "metrics.json").read_text())["pop"]["full"]
+    masked = evaluate(result.model, data, "test", ks=[1, 10], mask_other_splits=True)["full"]
+    unmasked = evaluate(result.model, data, "test", ks=[1, 10], mask_other_splits=False)["full"]
+    assert masked["ndcg@10"] != unmasked["ndcg@10"]  # the validation items compete when left unmasked
+    assert full["ndcg@10"] == pytest.approx(masked["ndcg@10"])

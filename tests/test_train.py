@@ -172,8 +172,9 @@ def test_the_final_popularity_counts_validation_interactions(ranking_env):
 
 def test_a_neural_final_fit_retrains_its_chosen_epochs_on_train_and_validation_from_the_same_seed(ranking_env):
     data = ranking_env.data
-    config = replace_config(ranking_env.config, epochs=6, patience=2)
+    config = replace_config(ranking_env.config, epochs=25, patience=2)
     chosen = train(RunSpec(model="gmf"), config, data, progress=False)
+    assert chosen.best_epoch < len(chosen.curves)  # early-stopped: the chosen count is not the number trained
     final = train(RunSpec(model="gmf"), _refit(config), data, progress=False)
     assert final.curves == chosen.curves and final.best_epoch == chosen.best_epoch  # chosen on the train-only fit
     again = fit_on_training(RunSpec(model="gmf"), config, with_validation_in_training(data), progress=False,
@@ -196,7 +197,7 @@ def test_the_final_fit_never_reads_the_test_split(ranking_env, model):
 def test_a_run_fitted_on_validation_pairs_is_refused_on_validation_by_name(ranking_env, tmp_path):
     data = ranking_env.data
     result = train(RunSpec(model="pop"), _refit(ranking_env.config), data, progress=False)
-    save_checkpoint(tmp_path / "pop", result, RunSpec(model="pop"), ranking_env.config, data)
+    save_checkpoint(tmp_path / "pop", result, RunSpec(model="pop"), _refit(ranking_env.config), data)
     info = load_checkpoint(tmp_path / "pop", data).info
     assert info["fitted_on"] == "train+valid"
     check_split_unseen(info, "test", "run.json")  # test is what it is for

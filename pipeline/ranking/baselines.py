@@ -195,12 +195,12 @@ class EASE(ClosedFormRanker):
         return {"ease_lambda": self.ease_lambda, "validation_looks": len(self.grid_lambda)}
 
     def gram(self) -> torch.Tensor:
-        """X^T X of the training matrix, float64. (n_items, n_items)"""
+        """X^T X of the fitted pairs (training, or training + validation after the final fit), float64."""
         x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users), self.n_items).double()
         return x.T @ x
 
     def rows(self, users: torch.Tensor) -> torch.Tensor:
-        """The users' 0/1 training rows x_u."""
+        """The users' 0/1 history rows x_u (the pairs last fitted on)."""
         return csr_rows(self.indptr, self.indices, users, self.n_items)  # (b, n_items)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

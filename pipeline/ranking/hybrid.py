@@ -13,9 +13,10 @@
 
 F holds the unit-length centred item profiles (the mean of each item's *training* review vectors), optionally
 whitened first (ZCA fitted on the training item profiles: sentence embeddings are anisotropic, so raw cosines are
-dominated by a few shared directions; Su et al. 2021). x_u is the user's training row, z_u standardises a user's
-scores over all items, and m is the mean number of training interactions per item, so that `a` reads as "the text
-gram counts as `a` average items' worth of co-occurrence" on any dataset.
+dominated by a few shared directions; Su et al. 2021). x_u is the user's row of fitted pairs (training pairs, plus
+the validation pairs after the final fit, as are c, X and m), z_u standardises a user's scores over all items, and m
+is the mean number of fitted interactions per item, so that `a` reads as "the text gram counts as `a` average items'
+worth of co-occurrence" on any dataset. The profiles and F are training-review means whatever the pairs.
 
 Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
     "ease":  B = I - P diag(1 / diag P)

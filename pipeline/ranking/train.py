@@ -130,7 +130,8 @@ def refit_with_validation(
     progress: bool = True,
 ) -> TrainResult:
     """The final fit (see the module docstring): `result`'s chosen form fitted on training + validation pairs,
-    with `result`'s validation record, curves and choice kept as they were measured."""
+    with `result`'s validation record, curves and choice kept as they were measured. A closed-form model is refitted
+    in place (`result.model` is the refitted one afterwards); a neural model is trained anew."""
     history = with_validation_in_training(data)
     if isinstance(result.model, ClosedFormRanker):
         model = result.model.refit(history.train.users, history.train.items, result.selection)
