@@ -20,7 +20,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, atomic_dir, atomic_path, write_json
 from pipeline.ranking.evaluate import evaluate
 from pipeline.ranking.report import at_k_rows, comparison_markdown
-from pipeline.ranking.checkpoint import RUN_FILE, check_split_unseen, fitted_on, load_checkpoint
+from pipeline.ranking.checkpoint import RUN_FILE, check_split_unseen, learned_from, load_checkpoint
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -69,7 +69,7 @@ def main(
             name = str(folder.relative_to(models))
         embeddings = ckpt.info.get("embeddings") or {}
         # a run fitted on validation pairs knows them: they are masked at test whatever mask_other_splits says
-        mask_valid = config.mask_other_splits or "valid" in fitted_on(ckpt.info).split("+")
+        mask_valid = config.mask_other_splits or learned_from(ckpt.info, "valid")
         res = evaluate(ckpt.model, data, split, config.ks, config.protocols, config.batch_users, mask_valid)
         results[name] = {
             "model": ckpt.spec.model,

@@ -150,10 +150,15 @@ def fitted_on(info: dict) -> str:
     return info.get("fitted_on", "train")
 
 
+def learned_from(info: dict, split: str) -> bool:
+    """Whether the run's weights were fitted on `split`'s pairs ("valid": after the final fit)."""
+    return split in fitted_on(info).split("+")
+
+
 def check_split_unseen(info: dict, split: str, where: str) -> None:
     """Stop before scoring a run on a split its final fit learned from: its validation numbers would count pairs it
     was fitted on (the numbers measured before that fit are run.json's best_valid)."""
-    if split in fitted_on(info).split("+"):
+    if learned_from(info, split):
         raise DataError(
             f"{where}: this run was fitted on training + {split} pairs (train.refit_with_validation: true), so it "
             f"cannot be evaluated on {split}; its {split} metrics before that fit are in run.json's best_valid, or "
