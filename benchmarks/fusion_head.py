@@ -171,8 +171,7 @@ def fold_profiles(reviews: pa.Table, vectors: np.ndarray, data: PreparedData, ke
     kept = (split == "train") & (kept_keys[pos] == keys)
     tables = mean_profiles(users, items, np.where(kept, "train", "held_out"), vectors, data.n_users, n_items,
                            times=times)
-    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, meta,
-                    tables.recent_users)
+    return Profiles.from_tables(tables, meta)
 
 
 def closed_form_parts(config: RankingConfig, choices: dict, data: PreparedData, profiles: Profiles,

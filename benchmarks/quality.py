@@ -260,8 +260,7 @@ def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:
     tables = mean_profiles(table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(), everything,
                            vectors, data.n_users, data.n_items, times=review_times(table, data))
     honest = load_profiles(cache, data_fingerprint=data.fingerprint)
-    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, honest.meta,
-                    tables.recent_users)
+    return Profiles.from_tables(tables, honest.meta)
 
 
 # ----------------------------------------------------------------------------------------------- train + eval
@@ -318,6 +317,7 @@ def fit_and_score(spec: RunSpec, config: RankingConfig, data: PreparedData, prof
         "text_choices": result.model.choices(),
         "validation_looks": 0 if fixed_epochs is not None else validation_looks(spec, config, result),
         "selection": result.selection.summary() if result.selection is not None else None,
+        "chosen_with_profiles": result.chosen_with_profiles if profiles is not None else None,
         "seconds": time.perf_counter() - started,
     }
 
@@ -326,7 +326,8 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
                 encoders: dict[str, str], log) -> dict:
     data = prepared_for(work, dataset, protocol, params)
     caches = caches_for(work, dataset, protocol, params, data, encoders)
-    profiles = {name: load_model_profiles(path, data, params.ranking.section("bert_rs"), params.ranking.train)
+    profiles = {name: load_model_profiles(path, data, params.ranking.section("bert_rs"), params.ranking.train,
+                                          choosing=True)
                 for name, path in caches.items()}
     ledger = Ledger(ledger_file(work / dataset / protocol, params.ranking.train.refit_with_validation))
     rows = {}

@@ -57,6 +57,7 @@ from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.evaluate import evaluate  # noqa: E402
 from pipeline.ranking.hybrid import ReviewAwareEASE, centred_units  # noqa: E402
+from pipeline.ranking.registry import profiles_lag_history  # noqa: E402
 from pipeline.ranking.select import Choice, ValidationLooks, keep_best, select  # noqa: E402
 from pipeline.ranking.train import refit_with_validation, train, with_validation_in_training  # noqa: E402
 
@@ -119,16 +120,16 @@ def thin(data: PreparedData, level: float | int, seed: int = 0) -> PreparedData:
     return dataclasses.replace(data, train=train, fingerprint=f"{data.fingerprint}-thin{level}")
 
 
-def thinned_profiles(table, vectors: np.ndarray, data: PreparedData, meta: dict) -> Profiles:
-    """Mean profiles of the training reviews whose (user, item) pair survived thinning."""
+def thinned_profiles(table, vectors: np.ndarray, data: PreparedData, meta: dict, lagged: bool) -> Profiles:
+    """Mean profiles of the training reviews whose (user, item) pair survived thinning; `lagged`: with the view
+    one review behind that bert_rs chooses with under the final fit (registry.profiles_lag_history)."""
     users, items = table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy()
     kept = set(zip(data.train.users.tolist(), data.train.items.tolist()))
     is_train = table.column("split").to_numpy(zero_copy_only=False) == "train"
     keep = np.array([t and (u, i) in kept for t, u, i in zip(is_train, users.tolist(), items.tolist())])
     tables = mean_profiles(users, items, np.where(keep, "train", "dropped"), vectors, data.n_users, data.n_items,
-                           times=review_times(table, data))
-    return Profiles(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0,
-                    {**meta, "profile": f"mean-thinned-{len(data.train.users)}"}, tables.recent_users)
+                           times=review_times(table, data), lagged=lagged)
+    return Profiles.from_tables(tables, {**meta, "profile": f"mean-thinned-{len(data.train.users)}"})
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -182,10 +183,16 @@ def fit(name: str, data: PreparedData, profiles: Profiles, params: Params
     if name == "text":
         return TextMatch(profiles), {}, lambda: TextMatch(profiles)  # profiles only: nothing learned from pairs
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
+    if profiles.lagged is not None:  # chosen as test will read the profiles, as `bertrs train` does
+        model.use_profiles(profiles.lagged)
     guard = params.ranking.train.guard_additions and name == "bert_rs"  # bert_rs_unguarded: the validation best
     choice = select(model.fit(data.train.users, data.train.items), data, guard, params.ranking.train.seed)
-    return (model, {**model.choices(), "selection": choice.summary()},
-            lambda: model.refit(both.train.users, both.train.items, choice))
+
+    def final_fit() -> nn.Module:
+        model.use_profiles(profiles)
+        return model.refit(both.train.users, both.train.items, choice)
+
+    return model, {**model.choices(), "selection": choice.summary()}, final_fit
 
 
 def measure(name: str, data: PreparedData, profiles: Profiles, params: Params) -> dict:
@@ -301,7 +308,8 @@ def main() -> None:
         results[dataset] = {}
         for level in args.levels:
             thinned = thin(data, LEVELS[level])
-            profiles = thinned_profiles(table, vectors, thinned, meta) if needs_text else None
+            lags = profiles_lag_history(thinned, params.ranking.train)
+            profiles = thinned_profiles(table, vectors, thinned, meta, lags) if needs_text else None
             row = {"train_per_user": len(thinned.train.users) / len(np.unique(thinned.train.users)),
                    "train_pairs": len(thinned.train.users), "models": {}}
             for name in args.models:

@@ -89,7 +89,8 @@ def main(
                 f"--embeddings: model {spec.model} needs an embedding cache folder "
                 "(or --embeddings-root with text_runs.NAME.embeddings set)"
             )
-        profiles = load_model_profiles(embeddings, data, config.ranking.section(spec.model), config.ranking.train)
+        profiles = load_model_profiles(embeddings, data, config.ranking.section(spec.model), config.ranking.train,
+                                       choosing=True)
     with process_group(resolve_device(config.ranking.train.device)) if sgd else nullcontext():
         result = train(spec, config.ranking, data, profiles, progress=progress)
     if not is_main_process():

@@ -25,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.embeddings.profiles import RECENCY_HALF_LIFE, TRAIN, RunningMeans, l2_normalize, recency_weights
+from pipeline.embeddings.profiles import (
+    RECENCY_HALF_LIFE, TRAIN, ProfileTables, RunningMeans, l2_normalize, user_view_weights,
+)
 from pipeline.io import DataError, read_json, read_table, write_table
 
 META_FILE = "meta.json"
@@ -101,6 +103,19 @@ class Profiles:
     meta: dict
     # (n_users, dim) float32: the same training reviews weighted by recency (`with_recent_users`); None until asked
     recent_users: np.ndarray | None = None
+    # the same profiles with each user's newest training review left out (`with_recent_users(..., lagged=True)`;
+    # items unchanged): what bert_rs chooses its text settings with when test lags the profiles (profiles.py)
+    lagged: "Profiles | None" = None
+
+    @classmethod
+    def from_tables(cls, tables: ProfileTables, meta: dict) -> "Profiles":
+        """The profiles of in-memory `ProfileTables` (`mean_profiles`), with their lagged view where they have one."""
+        lagged = None
+        if tables.lagged_users is not None:
+            lagged = cls(tables.lagged_users, tables.items, tables.user_counts > 0, tables.item_counts > 0, meta,
+                         tables.lagged_recent_users)
+        return cls(tables.users, tables.items, tables.user_counts > 0, tables.item_counts > 0, meta,
+                   tables.recent_users, lagged)
 
     @property
     def dim(self) -> int:
@@ -194,22 +209,25 @@ def load_profiles(
 
 
 def with_recent_users(profiles: Profiles, root: str | Path, reviews: pa.Table,
-                      half_life: float = RECENCY_HALF_LIFE) -> Profiles:
+                      half_life: float = RECENCY_HALF_LIFE, lagged: bool = False) -> Profiles:
     """`profiles` with `recent_users` filled in: each user's training reviews weighted by `recency_weights` (a
-    review without a time counts as the oldest), unit length where the cache's profiles are.
+    review without a time counts as the oldest), unit length where the cache's profiles are; with `lagged`, also
+    `lagged`: both user profiles one review behind (`lagged_user_weights`), from the same pass.
 
     `reviews` is the prepared data's (review_id, user_idx, time, split) table; the cache's review vectors are
     streamed in their stored order, one Parquet batch at a time (vector memory O(users x dim); the ids, times and
     weights are O(reviews) scalars), and must list the same review ids in the same order, as `embed` writes them."""
     root = Path(root)
     path, d = root / REVIEWS_FILE, int(profiles.meta["dim"])
-    split = reviews.column("split").to_numpy(zero_copy_only=False)
-    train = split == TRAIN
-    weights = np.zeros(reviews.num_rows)
-    weights[train] = recency_weights(reviews.column("user_idx").to_numpy()[train],
-                                     reviews.column("time").fill_null(0).to_numpy()[train], half_life)
+    train = reviews.column("split").to_numpy(zero_copy_only=False) == TRAIN
+    users = reviews.column("user_idx").to_numpy()[train]
+    times = reviews.column("time").fill_null(0).to_numpy()[train]
+    views = user_view_weights(users, times, lagged, half_life)
+    weights = {name: np.zeros(reviews.num_rows) for name in views}
+    for name, w in views.items():
+        weights[name][train] = w
     expected_ids = reviews.column("review_id").to_numpy()
-    recent_means = RunningMeans(len(profiles.users), d, "user")
+    means = {name: RunningMeans(len(profiles.users), d, "user") for name in views}
     if not path.is_file():
         raise DataError(f"{path}: file not found (has `bertrs embed` finished?)")
     start = 0
@@ -219,17 +237,22 @@ def with_recent_users(profiles: Profiles, root: str | Path, reviews: pa.Table,
         if stop > len(expected_ids) or not np.array_equal(ids, expected_ids[start:stop]):
             raise DataError(f"{path}: reviews differ from the prepared data's (review ids or their order, rows "
                             f"{start}..{stop}); rerun `bertrs embed` on this data")
-        keep = weights[start:stop] > 0
+        keep = train[start:stop]
         if keep.any():
-            vectors = arrow_to_vectors(batch.column(2), d)[keep]
-            recent_means.add(batch.column(1).to_numpy()[keep], vectors, weights[start:stop][keep])
+            vectors, batch_users = arrow_to_vectors(batch.column(2), d)[keep], batch.column(1).to_numpy()[keep]
+            for name, running in means.items():
+                running.add(batch_users, vectors, weights[name][start:stop][keep])
         start = stop
     if start != len(expected_ids):
         raise DataError(f"{path}: {start} reviews, the prepared data has {len(expected_ids)}; rerun `bertrs embed`")
-    recent = recent_means.means().astype(np.float32)
+    tables = {name: running.means().astype(np.float32) for name, running in means.items()}
     if profiles.meta.get("normalize_profiles"):
-        recent = l2_normalize(recent).astype(np.float32)
-    return dataclasses.replace(profiles, recent_users=recent)
+        tables = {name: l2_normalize(t).astype(np.float32) for name, t in tables.items()}
+    behind = None
+    if lagged:
+        behind = dataclasses.replace(profiles, users=tables["lagged_users"], recent_users=tables["lagged_recent_users"],
+                                     lagged=None)
+    return dataclasses.replace(profiles, recent_users=tables["recent_users"], lagged=behind)
 
 
 def load_review_embeddings(

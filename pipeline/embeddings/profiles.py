@@ -9,10 +9,15 @@ review vectors stream past shard by shard.
 
 A second user profile weighs the same training reviews by recency (`recency_weights`): where the next item is the
 user's next purchase (leave-one-out), what they reviewed last says more about it than what they reviewed years ago.
+
+Both user profiles also come one review behind (`lagged_user_weights`): each user's newest training review left out.
+The ranker chooses its text settings with them when test will be scored one interaction after the profiles' newest
+review (pipeline/ranking/registry.py, `profiles_lag_history`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +32,9 @@ class ProfileTables:
     user_counts: np.ndarray  # (n_users,) int64 training reviews pooled
     item_counts: np.ndarray  # (n_items,) int64
     recent_users: np.ndarray | None = None  # (n_users, dim) float32 recency-weighted, where times were given
+    # (n_users, dim) float32 each: the mean and recency-weighted profiles one review behind, where asked for
+    lagged_users: np.ndarray | None = None
+    lagged_recent_users: np.ndarray | None = None
 
 
 class RunningMeans:
@@ -98,21 +106,25 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 def mean_profiles(users: np.ndarray, items: np.ndarray, splits: np.ndarray, vectors: np.ndarray, n_users: int,
-                  n_items: int, normalize: bool = False, times: np.ndarray | None = None) -> ProfileTables:
+                  n_items: int, normalize: bool = False, times: np.ndarray | None = None,
+                  lagged: bool = False) -> ProfileTables:
     """All-in-memory convenience form of `ProfileAccumulator` (same result); with the reviews' `times`, also the
-    recency-weighted user profiles of the same training reviews."""
+    recency-weighted user profiles of the same training reviews, and with `lagged` both user profiles one review
+    behind (`lagged_user_weights`)."""
     acc = ProfileAccumulator(n_users, n_items, vectors.shape[1])
     acc.add(users, items, splits, vectors)
     tables = acc.finalize(normalize)
     if times is None:
+        if lagged:
+            raise ValueError("lagged profiles need the reviews' times (which review is each user's newest)")
         return tables
     train = np.asarray(splits) == TRAIN
-    users = np.asarray(users)[train]
-    recent = weighted_user_means(users, np.asarray(vectors)[train], recency_weights(users, np.asarray(times)[train]),
-                                 n_users)
+    users, vectors, times = np.asarray(users)[train], np.asarray(vectors)[train], np.asarray(times)[train]
+    views = user_view_weights(users, times, lagged)
+    means = {name: weighted_user_means(users, vectors, weights, n_users) for name, weights in views.items()}
     if normalize:
-        recent = l2_normalize(recent).astype(np.float32)
-    return ProfileTables(tables.users, tables.items, tables.user_counts, tables.item_counts, recent)
+        means = {name: l2_normalize(m).astype(np.float32) for name, m in means.items()}
+    return dataclasses.replace(tables, **means)
 
 
 RECENCY_HALF_LIFE = 1.0  # in reviews: the newest training review counts 1, the one before it 1/2, then 1/4, ...
@@ -141,3 +153,44 @@ def weighted_user_means(users: np.ndarray, vectors: np.ndarray, weights: np.ndar
     means = RunningMeans(n_users, vectors.shape[1], "user")
     means.add(users, vectors, weights)
     return means.means().astype(np.float32)
+
+
+def newest_of_each_user(users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(n,) bool: each user's newest review (equal times: the later row), for users with two reviews or more, so
+    that no user is left without one. Pass the training reviews only. (Leave-one-out breaks equal times by a seeded
+    random key, pipeline/data/splits.py; where several reviews share the newest time, the one left out here need
+    not be the one the split put just before the validation item.)"""
+    users, times = np.asarray(users, dtype=np.int64), np.asarray(times, dtype=np.int64)
+    order = np.lexsort((np.arange(len(users)), times, users))  # by user, then time, then row: newest last
+    last = np.r_[users[order][1:] != users[order][:-1], True] if len(users) else np.zeros(0, dtype=bool)
+    newest = np.zeros(len(users), dtype=bool)
+    newest[order[last]] = np.bincount(users, minlength=int(users.max(initial=-1)) + 1)[users[order[last]]] >= 2
+    return newest
+
+
+def lagged_user_weights(users: np.ndarray, times: np.ndarray, half_life: float = RECENCY_HALF_LIFE
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean weights, recency weights) of the training reviews for user profiles one review behind: each user's
+    newest training review weighs 0 (`newest_of_each_user`), the others as in the mean and in `recency_weights`
+    over what is left (the review before the newest counts 1).
+
+    Why: after the final fit, test scores a leave-one-out target from a history whose newest interaction is the
+    validation one, whose review is not in the profile (profiles are training-only), so the profile lags the
+    target by one interaction more than the history does. Choosing the text settings with profiles that lag the
+    validation target the same way keeps the choice from counting on a review adjacent to the target that test
+    never has. (n,) -> (n,) float64 each"""
+    users, times = np.asarray(users, dtype=np.int64), np.asarray(times, dtype=np.int64)
+    kept = ~newest_of_each_user(users, times)
+    recent = np.zeros(len(users))
+    recent[kept] = recency_weights(users[kept], times[kept], half_life)
+    return kept.astype(np.float64), recent
+
+
+def user_view_weights(users: np.ndarray, times: np.ndarray, lagged: bool, half_life: float = RECENCY_HALF_LIFE
+                      ) -> dict[str, np.ndarray]:
+    """The weights of the training reviews in each extra user profile, named as `ProfileTables` names them:
+    recent_users, and with `lagged` lagged_users and lagged_recent_users. (n,) -> {name: (n,) float64}"""
+    views = {"recent_users": recency_weights(users, times, half_life)}
+    if lagged:
+        views["lagged_users"], views["lagged_recent_users"] = lagged_user_weights(users, times, half_life)
+    return views

@@ -26,6 +26,11 @@ def shuffle_profiles(profiles: Profiles, seed: int) -> Profiles:
     rng = np.random.default_rng(seed)
     pu = rng.permutation(profiles.users.shape[0])
     pi = rng.permutation(profiles.items.shape[0])
+    return permuted(profiles, pu, pi)
+
+
+def permuted(profiles: Profiles, pu: np.ndarray, pi: np.ndarray) -> Profiles:
+    """Every table of `profiles` permuted by the same user and item orders (the lagged view too)."""
     return Profiles(
         users=profiles.users[pu],
         items=profiles.items[pi],
@@ -33,4 +38,5 @@ def shuffle_profiles(profiles: Profiles, seed: int) -> Profiles:
         item_has_reviews=profiles.item_has_reviews[pi],
         meta=profiles.meta,
         recent_users=profiles.recent_users[pu] if profiles.recent_users is not None else None,
+        lagged=permuted(profiles.lagged, pu, pi) if profiles.lagged is not None else None,
     )

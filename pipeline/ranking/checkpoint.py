@@ -5,7 +5,8 @@
     run.json            RunSpec, the shared train section and the model's own section (`model_settings`), data
                         fingerprint, cache path + fingerprint + provenance, best epoch, n_users, n_items, dim, the
                         settings the model chose on validation, the processes that trained it, and the pairs its
-                        weights were last fitted on ("fitted_on": "train", or "train+valid" after the final fit)
+                        weights were last fitted on ("fitted_on": "train", or "train+valid" after the final fit),
+                        and the user profiles a text model chose with ("chosen_with_profiles")
 
     save_checkpoint(out_dir, result, spec, config, data, profiles, cache_path, run_name)
     ckpt = load_checkpoint(out_dir, data)     # refuses other prepared data, another cache, or a run.json of an
@@ -89,8 +90,11 @@ def save_checkpoint(
         "dim": embeddings["dim"] if embeddings else None,
         "embeddings": embeddings,
         "best_epoch": result.best_epoch,
-        "best_valid": result.best_valid,  # measured on the training-only fit, before any final fit
+        # measured on the training-only fit, before any final fit, with the profiles in chosen_with_profiles
+        "best_valid": result.best_valid,
         "fitted_on": result.fitted_on,  # "train+valid": train.refit_with_validation refitted the choice
+        # the user profiles the text settings were chosen with (tested with the cache's training-review ones)
+        "chosen_with_profiles": result.chosen_with_profiles if profiles is not None else None,
         "processes": result.processes,  # trained together under torchrun (1: a plain run)
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices(),

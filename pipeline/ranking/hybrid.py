@@ -16,7 +16,9 @@ whitened first (ZCA fitted on the training item profiles: sentence embeddings ar
 dominated by a few shared directions; Su et al. 2021). x_u is the user's row of fitted pairs (training pairs, plus
 the validation pairs after the final fit, as are c, X and m), z_u standardises a user's scores over all items, and m
 is the mean number of fitted interactions per item, so that `a` reads as "the text gram counts as `a` average items'
-worth of co-occurrence" on any dataset. The profiles and F are training-review means whatever the pairs.
+worth of co-occurrence" on any dataset. The profiles and F are training-review means whatever the pairs; where the
+final fit will score test one interaction after the profile's newest review (leave-one-out), the settings are chosen
+with user profiles one review behind (`use_profiles`, pipeline/ranking/train.py), as test will read them.
 
 Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
     "ease":  B = I - P diag(1 / diag P)
@@ -150,13 +152,8 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.register_buffer("item_weight", torch.tensor(1.0))  # 0 at the popularity-alone point
         self.register_buffer("validation_looks", torch.tensor(0))
         self.register_buffer("log_counts", torch.zeros(n_items))  # (n_items,) log(1 + training interactions)
-        self.register_buffer("raw_u", centred_units(profiles.users), persistent=False)  # (n_users, dim)
         self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
-        recent = centred_units(profiles.recent_users) if profiles.recent_users is not None else None
-        self.register_buffer("raw_recent", recent, persistent=False)  # (n_users, dim), or None
-        self._profiles = profiles
-        self._white: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._white_recent: torch.Tensor | None = None
+        self.use_profiles(profiles)
 
     @classmethod
     def from_config(cls, n_users: int, n_items: int, profiles: Profiles, config) -> "ReviewAwareEASE":
@@ -189,6 +186,16 @@ class ReviewAwareEASE(ClosedFormRanker):
         if self._white_recent is None:
             self._white_recent = whitened_units(self._profiles, self._profiles.recent_users)[0].to(self.raw_u.device)
         return self._white_recent, self._white[1]
+
+    def use_profiles(self, profiles: Profiles) -> None:
+        """The user profiles the text match reads from here on (the items' stay the cache's)."""
+        device = self.raw_i.device
+        self.register_buffer("raw_u", centred_units(profiles.users).to(device), persistent=False)  # (n_users, dim)
+        recent = centred_units(profiles.recent_users).to(device) if profiles.recent_users is not None else None
+        self.register_buffer("raw_recent", recent, persistent=False)  # (n_users, dim), or None
+        self._profiles = profiles
+        self._white: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._white_recent: torch.Tensor | None = None
 
     @property
     def unit_u(self) -> torch.Tensor:

@@ -90,6 +90,11 @@ class ClosedFormRanker(Ranker):
         `choice.score` after `choice.looks` looks. Only called after `candidates` yielded something."""
         raise NotImplementedError(f"{type(self).__name__} offers candidates but cannot apply one")
 
+    def use_profiles(self, profiles: Any) -> None:
+        """Read the users' text from these profiles (pipeline.embeddings.cache.Profiles) from here on: the lagged
+        view while choosing, the cache's own for the final fit (pipeline/ranking/train.py). Text models only."""
+        raise NotImplementedError(f"{type(self).__name__} reads no profiles")
+
     def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice | None") -> "ClosedFormRanker":
         """Fit on other pairs (training + validation, `train.refit_with_validation`) and stand in the setting
         already chosen on validation: nothing is chosen again."""

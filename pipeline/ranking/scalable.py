@@ -117,6 +117,10 @@ class ScalableItemModel(ClosedFormRanker):
         self.register_buffer("unit_i", centred_units(profiles.items) if has_text else torch.zeros(n_items, 1),
                              persistent=False)  # (n_items, dim)
 
+    def use_profiles(self, profiles: Profiles) -> None:
+        """The user profiles the text match reads from here on (the items' stay the cache's)."""
+        self.unit_u = centred_units(profiles.users).to(self.unit_i.device)
+
     # ------------------------------------------------------------------------------------------------ fitting
 
     def fit(self, users: np.ndarray, items: np.ndarray, progress: bool = False) -> "ScalableItemModel":

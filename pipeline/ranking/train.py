@@ -15,7 +15,10 @@ model retrains from the same seed for exactly its chosen number of epochs. Nothi
 validation numbers of the result are those of the training-only fit; the test split is still unread. Why: at test
 time the validation interaction is part of what the user did before, and leave-one-out protocols score the held-out
 item from everything before it (every model gets the same history, so the comparison stays fair). Reviews,
-profiles and the text gram remain training-only (they come from the embedding cache).
+profiles and the text gram remain training-only (they come from the embedding cache). So under leave-one-out the
+test history ends one interaction after the profile's newest review, while at validation the two end together; bert_rs
+therefore chooses its text settings with user profiles one review behind (the cache's `lagged` view: each user's
+newest training review left out) and is tested with the whole training profiles (registry.profiles_lag_history).
 Under torchrun the SGD loop runs in every process on its part of each batch, inside `distributed.process_group`
 (pipeline/ranking/distributed.py).
 The checkpoint written from the result is pipeline/ranking/checkpoint.py's contract.
@@ -51,6 +54,10 @@ from pipeline.ranking.select import SELECTION_METRIC, Choice, KeepBest, select
 
 log = logging.getLogger(__name__)
 
+# TrainResult.chosen_with_profiles: the user profiles a text model's settings were chosen with
+WHOLE_PROFILES = "training reviews"
+LAGGED_PROFILES = "newest training review left out"  # registry.profiles_lag_history
+
 
 @dataclass
 class TrainResult:
@@ -61,6 +68,7 @@ class TrainResult:
     processes: int = 1  # processes that trained it together (torchrun)
     selection: Choice | None = None  # a closed-form model's choice among its candidates (select.py)
     fitted_on: str = "train"  # the pairs `model` was last fitted on: "train", or "train+valid" after the final fit
+    chosen_with_profiles: str = WHOLE_PROFILES  # or LAGGED_PROFILES, where test lags the profiles
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,8 +114,11 @@ def train(
     stopping, then (`train.refit_with_validation`) fit what was chosen on training + validation pairs.
     `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded, never
     used): an ablation that must hold its partner's epoch count instead of choosing its own."""
+    refit = config.train.refit_with_validation and len(data.valid) > 0
+    if not refit and profiles is not None and profiles.lagged is not None:
+        profiles = dataclasses.replace(profiles, lagged=None)  # tested as chosen: nothing lags
     result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs)
-    if config.train.refit_with_validation and len(data.valid) > 0:
+    if refit:
         result = refit_with_validation(result, spec, config, data, profiles, progress)
     return result
 
@@ -134,6 +145,8 @@ def refit_with_validation(
     in place (`result.model` is the refitted one afterwards); a neural model is trained anew."""
     history = with_validation_in_training(data)
     if isinstance(result.model, ClosedFormRanker):
+        if profiles is not None and profiles.lagged is not None:
+            result.model.use_profiles(model_profiles(spec, profiles, config.train.seed))  # chosen lagged, tested whole
         model = result.model.refit(history.train.users, history.train.items, result.selection)
     else:
         model = fit_on_training(spec, config, history, profiles, progress, fixed_epochs=result.best_epoch).model
@@ -148,11 +161,18 @@ def fit_on_training(
     progress: bool = True,
     fixed_epochs: int | None = None,
 ) -> TrainResult:
-    """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone."""
+    """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone. Given
+    profiles with a lagged view, a closed-form model is returned reading the lagged user profiles (as it chose):
+    `refit_with_validation` puts the whole ones back; score test only after it."""
     torch.manual_seed(config.train.seed)
     device = resolve_device(config.train.device)
     check_run_memory(spec, config, data, profiles)
-    model = build_model(spec, config, data.n_users, data.n_items, model_profiles(spec, profiles, config.train.seed))
+    seen = model_profiles(spec, profiles, config.train.seed)
+    model = build_model(spec, config, data.n_users, data.n_items, seen)
+    chosen_with = WHOLE_PROFILES
+    if isinstance(model, ClosedFormRanker) and seen is not None and seen.lagged is not None:
+        model.use_profiles(seen.lagged)  # test will lag the profiles by one review: choose as it will be
+        chosen_with = LAGGED_PROFILES
     settings = config.section(spec.model)
     has_valid = len(data.valid) > 0
     mask = full_ranking_mask(data, "valid") if has_valid else None
@@ -168,7 +188,7 @@ def fit_on_training(
         model.to(device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
-        return TrainResult(model.cpu(), [row], 0, valid, selection=choice)
+        return TrainResult(model.cpu(), [row], 0, valid, selection=choice, chosen_with_profiles=chosen_with)
 
     model.to(device)
     batch_loss = distributed.training_module(model)  # DDP over the processes' parts of each batch, under torchrun
