@@ -492,7 +492,9 @@ def markdown(results: dict, meta: dict) -> str:
              "test pairs; neural models early-stop on the same metric). "
              + ("Every row is then fitted once more, at its chosen settings and epoch count, on training + "
                 "validation pairs (`train.refit_with_validation`), so test is scored from the history before it; "
-                "reviews and profiles stay training-only. " if meta.get("refit_with_validation") else
+                "reviews and profiles stay training-only, so under leave-one-out bert_rs's rows choose with user "
+                "profiles one review behind (each user's newest training review left out), as test reads them. "
+                if meta.get("refit_with_validation") else
                 "Test is scored from the fit to the training pairs alone. ")
              + "Test metrics: mean ± std over seeds. "
              "`@cache` names the embedding cache; `+shuffled` permutes its profiles across users and items while "

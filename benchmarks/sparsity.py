@@ -223,7 +223,9 @@ def write_report(results: dict, out: Path, refit_with_validation: bool) -> None:
              "profiles from kept training reviews only; every choice on validation"
              + ("; then every model is fitted once more at its choices on the kept training pairs + the validation "
                 "pairs (train.refit_with_validation), so test is scored from that history (train/user counts the "
-                "kept training pairs only)." if refit_with_validation else "; test scored from the kept training "
+                "kept training pairs only); bert_rs chooses with user profiles one review behind (each user's "
+                "newest kept training review left out), as test reads them." if refit_with_validation else
+                "; test scored from the kept training "
                 "pairs alone."), ""]
     for dataset, levels in results.items():
         lines += [f"## {dataset}", "", "| level | train/user | " + " | ".join(MODELS)
