@@ -43,6 +43,7 @@ class SyntheticSpec:
     min_reviews: int = 4
     topic_affinity: float = 0.85  # share of a user's reviews about items of the user's preferred topics
     topic_words_per_review: int = 6
+    popularity_tail: float = 1.5  # Pareto shape of item popularity: smaller is a longer tail (fewer items kept by k-core)
     seed: int = 0
 
 
@@ -51,7 +52,7 @@ def generate_records(spec: SyntheticSpec, user_prefix: str = "U", item_prefix: s
     rng = np.random.default_rng(spec.seed)
     words_per_topic = max(3, len(TOPIC_WORDS) // spec.n_topics)
     item_topic = rng.integers(0, spec.n_topics, size=spec.n_items)
-    popularity = rng.pareto(1.5, size=spec.n_items) + 1.0  # long tail, as in real catalogues
+    popularity = rng.pareto(spec.popularity_tail, size=spec.n_items) + 1.0  # long tail, as in real catalogues
     by_topic = [np.flatnonzero(item_topic == t) for t in range(spec.n_topics)]
     for user in range(spec.n_users):
         liked = rng.choice(spec.n_topics, size=min(2, spec.n_topics), replace=False)

@@ -1,0 +1,179 @@
+"""The whole DAG at the paper's size on this machine: time and peak memory per stage.
+
+    python benchmarks/paper_scale.py                 # resumes where an interrupted run stopped
+    python benchmarks/paper_scale.py --fresh         # starts over (deletes --work)
+
+The data has about the paper's shape after the default 3/3 k-core (the paper: 3,764 users, 17,647 items, 83,599
+reviews): the generator's interactions (`pipeline/data/synthetic.py`: 50 topics, each user preferring two, a few
+planted topic words per review), 3,764 users with 24.2 reviews each on average over 22,000 items of a flattened
+popularity (Pareto shape 10), which the k-core cuts to roughly 84k reviews and 17k items (the generator's default
+long tail would leave only 11k items at this review count), with each review's text lengthened by a review of the bundled
+sample drawn at random, so that the encoder sees the sample's review lengths (about 200 words, cut at
+`embed.max_length` tokens) while the planted words keep a text signal. The DAG is this repository's own: a clone
+under --work whose params.yaml differs only in `prepare.input` (every other setting is the default), reproduced
+with `dvc repro --single-item` one stage at a time in `dvc stage list` order. After each stage its wall time and
+the peak RSS of its process tree are appended to <work>/stages.jsonl, so a run stopped at any point (kill -9
+included) resumes at the first stage not recorded (the fine-tune and embed stages also resume from their own
+checkpoints and shards). Results: benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
+from pipeline.io import atomic_path, write_json  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SAMPLE = ROOT / "data" / "sample"
+RESULTS = ROOT / "benchmarks" / "results"
+PAPER = {"users": 3764, "items": 17647, "reviews": 83599}
+TARGETS = {"minutes": 60, "peak_gb": 12}
+
+
+def paper_shaped_reviews(path: Path, seed: int = 0) -> Path:
+    """The generator's paper-shaped records, each review's text followed by a sample review drawn at random."""
+    texts = []
+    for file in sorted(SAMPLE.glob("*.json*")):
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rt", encoding="utf-8") as handle:
+            texts += [t for t in (json.loads(line).get("reviewText") for line in handle) if t]
+    if not texts:
+        raise SystemExit(f"{SAMPLE}: no review texts found to lengthen the generated reviews with")
+    spec = SyntheticSpec(n_users=PAPER["users"], n_items=22000, n_topics=50, reviews_per_user=24.2,
+                         popularity_tail=10.0, seed=seed)
+    rng = np.random.default_rng(seed)
+    with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
+        for record in generate_records(spec):
+            record["reviewText"] = f"{record['reviewText']} {texts[int(rng.integers(len(texts)))]}"
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def workspace(work: Path) -> Path:
+    """A clone of this repository's committed state whose prepare.input is the paper-shaped file."""
+    clone = work / "repo"
+    if not (clone / ".git").is_dir():
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    data = clone / "data" / "paper_scale" / "reviews.json.gz"
+    if not data.is_file():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        paper_shaped_reviews(data)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    if params["prepare"]["input"] != "data/paper_scale/reviews.json.gz":
+        text = (clone / "params.yaml").read_text().replace(
+            f"input: {params['prepare']['input']}", "input: data/paper_scale/reviews.json.gz", 1)
+        (clone / "params.yaml").write_text(text)
+    return clone
+
+
+def run_stage(clone: Path, stage: str, env: dict, log: Path) -> tuple[float, float]:
+    """`dvc repro --single-item STAGE`, polling its process tree's RSS; (seconds, peak GiB)."""
+    started = time.perf_counter()
+    with open(log, "a") as out:
+        process = subprocess.Popen([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=clone, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+        handle, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, handle.memory_info().rss
+                           + sum(c.memory_info().rss for c in handle.children(recursive=True)))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    if process.returncode:
+        raise SystemExit(f"stage {stage} failed (exit {process.returncode}); its output is in {log}")
+    return time.perf_counter() - started, peak / 2**30
+
+
+def stage_part(stage: str) -> str:
+    return "stage one" if stage.split("@")[0] in ("prepare", "finetune", "embed", "embed_shared") else "stage two"
+
+
+def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
+    stats_file = clone / "data" / "prepared" / "stats.json"
+    table1 = json.loads(stats_file.read_text())["table1"] if stats_file.is_file() else None
+    totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
+              for part in ("stage one", "stage two")}
+    peak = max((r["peak_gb"] for r in done.values()), default=None)
+    meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB)", "command": "python benchmarks/paper_scale.py",
+            "load_average": os.getloadavg(), "complete": len(done) == len(stages)}
+    write_json(out / "paper_scale.json", {"meta": meta, "prepared": table1, "stages": done,
+                                          "pending": [s for s in stages if s not in done], "totals": totals})
+    lines = ["# The whole DAG at the paper's size", "",
+             f"{meta['date']}, {meta['machine']}, `{meta['command']}` (resumable; see its docstring for the data). "
+             f"Target (issue: stage two at the paper's size): the DAG end to end in <= {TARGETS['minutes']} min and "
+             f"<= {TARGETS['peak_gb']} GB peak.", ""]
+    if table1:
+        lines += [f"Prepared: {table1['users']:,} users, {table1['items']:,} items, {table1['reviews']:,} reviews "
+                  f"(the paper: {PAPER['users']:,}, {PAPER['items']:,}, {PAPER['reviews']:,}).", ""]
+    lines += ["| stage | minutes | peak RSS (GB) |", "|---|---|---|"]
+    for stage in stages:
+        row = done.get(stage)
+        lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {row['peak_gb']:.2f} |" if row else
+                     f"| {stage} | not run yet | |")
+    lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
+              f"the stages run; peak {peak:.2f} GB." if peak is not None else "Nothing run yet.",
+              "" if meta["complete"] else f"Incomplete: {len(stages) - len(done)} of {len(stages)} stages not run "
+              "yet; rerun the command to resume.", ""]
+    comparison = clone / "reports" / "comparison.md"
+    if meta["complete"] and comparison.is_file():
+        lines += ["## The comparison table it produced", "", comparison.read_text()]
+    (out / "paper_scale.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default=str(ROOT / "build" / "paper_scale"))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--fresh", action="store_true", help="delete --work and start over")
+    args = parser.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    clone = workspace(work)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    listing = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=clone, env=env, check=True,
+                             capture_output=True, text=True)
+    stages = listing.stdout.split()
+    ledger = work / "stages.jsonl"
+    done = {}
+    if ledger.is_file():
+        for line in ledger.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["stage"]] = {"seconds": row["seconds"], "peak_gb": row["peak_gb"]}
+    for stage in stages:
+        if stage in done:
+            continue
+        print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
+        seconds, peak = run_stage(clone, stage, env, work / "dvc.log")
+        done[stage] = {"seconds": seconds, "peak_gb": peak}
+        with open(ledger, "a") as handle:
+            handle.write(json.dumps({"stage": stage, **done[stage]}) + "\n")
+        print(f"{time.strftime('%H:%M:%S')} {stage}: {seconds / 60:.1f} min, peak {peak:.2f} GB", flush=True)
+        report(clone, stages, done, out)
+    report(clone, stages, done, out)
+
+
+if __name__ == "__main__":
+    main()
