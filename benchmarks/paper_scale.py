@@ -14,7 +14,9 @@ under --work whose params.yaml differs only in `prepare.input` (every other sett
 with `dvc repro --single-item` one stage at a time in `dvc stage list` order. After each stage its wall time and
 the peak RSS of its process tree are appended to <work>/stages.jsonl, so a run stopped at any point (kill -9
 included) resumes at the first stage not recorded (the fine-tune and embed stages also resume from their own
-checkpoints and shards). Results: benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
+checkpoints and shards; such a stage is marked resumed, its times covering the last run only). CPU minutes are
+recorded beside wall minutes: they hardly move when other jobs share the cores. Results:
+benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -84,9 +87,10 @@ def workspace(work: Path) -> Path:
     return clone
 
 
-def run_stage(clone: Path, stage: str, env: dict, log: Path) -> tuple[float, float]:
-    """`dvc repro --single-item STAGE`, polling its process tree's RSS; (seconds, peak GiB)."""
-    started = time.perf_counter()
+def run_stage(clone: Path, stage: str, env: dict, log: Path) -> tuple[float, float, float]:
+    """`dvc repro --single-item STAGE`, polling its process tree's RSS; (wall seconds, CPU seconds of the tree,
+    peak GiB). CPU seconds hardly move when other jobs share the cores, wall seconds do."""
+    started, cpu_before = time.perf_counter(), children_cpu_seconds()
     with open(log, "a") as out:
         process = subprocess.Popen([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=clone, env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
@@ -100,7 +104,13 @@ def run_stage(clone: Path, stage: str, env: dict, log: Path) -> tuple[float, flo
             time.sleep(0.2)
     if process.returncode:
         raise SystemExit(f"stage {stage} failed (exit {process.returncode}); its output is in {log}")
-    return time.perf_counter() - started, peak / 2**30
+    return time.perf_counter() - started, children_cpu_seconds() - cpu_before, peak / 2**30
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of every finished child process tree of this process (dvc and the bertrs it waits for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def stage_part(stage: str) -> str:
@@ -125,11 +135,15 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
     if table1:
         lines += [f"Prepared: {table1['users']:,} users, {table1['items']:,} items, {table1['reviews']:,} reviews "
                   f"(the paper: {PAPER['users']:,}, {PAPER['items']:,}, {PAPER['reviews']:,}).", ""]
-    lines += ["| stage | minutes | peak RSS (GB) |", "|---|---|---|"]
+    lines += ["| stage | wall minutes | CPU minutes | peak RSS (GB) | note |", "|---|---|---|---|---|"]
     for stage in stages:
         row = done.get(stage)
-        lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {row['peak_gb']:.2f} |" if row else
-                     f"| {stage} | not run yet | |")
+        if not row:
+            lines.append(f"| {stage} | not run yet | | | |")
+            continue
+        cpu = f"{row['cpu_seconds'] / 60:.1f}" if row.get("cpu_seconds") is not None else "not recorded"
+        note = ("resumed after an interruption: the times cover the last run only" if row.get("resumed") else "")
+        lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {cpu} | {row['peak_gb']:.2f} | {note} |")
     lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
               f"the stages run; peak {peak:.2f} GB." if peak is not None else "Nothing run yet.",
               "" if meta["complete"] else f"Incomplete: {len(stages) - len(done)} of {len(stages)} stages not run "
@@ -156,18 +170,24 @@ def main() -> None:
                              capture_output=True, text=True)
     stages = listing.stdout.split()
     ledger = work / "stages.jsonl"
-    done = {}
+    done, started = {}, set()
     if ledger.is_file():
         for line in ledger.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                done[row["stage"]] = {"seconds": row["seconds"], "peak_gb": row["peak_gb"]}
+                if row.get("started"):
+                    started.add(row["stage"])
+                else:
+                    done[row["stage"]] = {k: v for k, v in row.items() if k != "stage"}
     for stage in stages:
         if stage in done:
             continue
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
-        seconds, peak = run_stage(clone, stage, env, work / "dvc.log")
-        done[stage] = {"seconds": seconds, "peak_gb": peak}
+        with open(ledger, "a") as handle:
+            handle.write(json.dumps({"stage": stage, "started": True}) + "\n")
+        seconds, cpu, peak = run_stage(clone, stage, env, work / "dvc.log")
+        done[stage] = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": stage in started,
+                       "load_average": os.getloadavg()}
         with open(ledger, "a") as handle:
             handle.write(json.dumps({"stage": stage, **done[stage]}) + "\n")
         print(f"{time.strftime('%H:%M:%S')} {stage}: {seconds / 60:.1f} min, peak {peak:.2f} GB", flush=True)
