@@ -24,8 +24,10 @@ Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
     "ease":  B = I - P diag(1 / diag P)
     "l3ae":  B~ = P (G_a + lambda S) = I - lambda P (I - S),   B = B~ - P diag(diag(B~) / diag(P))
 (the Lagrange multipliers of diag(B) = 0 enter as B~ - P diag(mu); mu is fixed by the constraint; with S = 0 the
-second is the first). One eigendecomposition G_a = V diag(s) V^T per side weight a turns every lambda into a diagonal
-rescale, P = V diag(1 / (s + lambda)) V^T, and validation scores x_u B are computed from x_u V without forming B.
+second is the first). One eigendecomposition X^T X = V diag(s) V^T serves the whole grid: every lambda is a
+diagonal rescale, Q = V diag(1 / (s + lambda)) V^T; the text gram a m F F^T is a rank-d update of it, folded into P
+by Woodbury's identity; S is applied in factored form (S = I - P_t diag(1 / diag P_t), P_t = (F F^T + nu I)^-1 of
+rank-d structure), and validation scores x_u B are computed from x_u V without forming B or S.
 
 The grid the model offers (`candidates`) and pipeline/ranking/select.py chooses from, on full-ranking NDCG@10 of
 the validation split only (test is never read): lambda, a, R, whitening, the text match, w and p jointly, plus the
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE, EigenGram, ease_weights, score_via_all
-from pipeline.ranking.protocol import ClosedFormRanker
+from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
 
 if TYPE_CHECKING:
     from pipeline.ranking.select import Choice
@@ -89,6 +91,50 @@ def whitened_units(profiles: Profiles, users: np.ndarray | None = None) -> tuple
     users = (users - users.mean(0)) @ w
     return (F.normalize(torch.tensor(users, dtype=torch.float32), dim=-1, eps=1e-8),
             F.normalize(torch.tensor(items, dtype=torch.float32), dim=-1, eps=1e-8))
+
+
+def with_side_gram(eig: EigenGram, ease_lambda: float, x_q: torch.Tensor, unit: torch.Tensor, v_f: torch.Tensor,
+                   scale: float, with_p_f: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """x P, diag P and (optionally) P F for P = (G + scale F F^T + lambda I)^-1, from Q = (G + lambda I)^-1 in its
+    eigenbasis and Woodbury's identity P = Q - scale Q F M^-1 F^T Q, M = I + scale F^T Q F (d x d): the rank-d text
+    gram never needs a decomposition of its own. x_q: x Q (b, n); unit: F (n, d); v_f: V^T F (n, d).
+    -> (b, n), (n,), (n, d) or None"""
+    q_diag = eig.inverse_diagonal(ease_lambda)
+    if not scale and not with_p_f:
+        return x_q, q_diag, None
+    q_f = eig.v @ (v_f / (eig.s + ease_lambda)[:, None])  # Q F (n, d)
+    if not scale:
+        return x_q, q_diag, q_f
+    m = torch.eye(unit.shape[1], dtype=unit.dtype) + scale * (unit.T @ q_f)
+    q_f_m = torch.linalg.solve(m, q_f.T).T  # Q F M^-1 (M symmetric)
+    x_p = x_q - scale * (x_q @ unit) @ q_f_m.T
+    p_diag = q_diag - scale * (q_f_m * q_f).sum(1)
+    p_f = q_f - scale * q_f_m @ (q_f.T @ unit) if with_p_f else None
+    return x_p, p_diag, p_f
+
+
+class LowRankPrior:
+    """L3AE's text prior S = I - P_t diag(1 / diag P_t) (EASE on the text gram, `ease_weights(F F^T, nu)`, zero
+    diagonal) in factored form: P_t = (F F^T + nu I)^-1 = (I - F K F^T) / nu with K = (nu I + F^T F)^-1 (d x d), so
+    neither S nor P_t is ever formed (n^2 memory, an n^3 inverse)."""
+
+    def __init__(self, unit: torch.Tensor, nu: float) -> None:
+        self.unit, self.nu = unit, nu  # F (n, d)
+        self.k = torch.linalg.inv(nu * torch.eye(unit.shape[1], dtype=unit.dtype) + unit.T @ unit)  # (d, d)
+        self.inverse_pt_diag = nu / (1.0 - ((unit @ self.k) * unit).sum(1))  # 1 / diag P_t (n,)
+
+    def times_pt(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows P_t. (b, n) -> (b, n)"""
+        return (rows - ((rows @ self.unit) @ self.k) @ self.unit.T) / self.nu
+
+    def complement_times(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (I - S) = rows P_t diag(1 / diag P_t). (b, n) -> (b, n)"""
+        return self.times_pt(rows) * self.inverse_pt_diag
+
+    def diagonal_of(self, p_diag: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
+        """diag(P S) for a symmetric P, from diag P and P F: diag P - diag(P P_t) / diag P_t. (n,)"""
+        p_pt_diag = (p_diag - ((p_f @ self.k) * self.unit).sum(1)) / self.nu
+        return p_diag - p_pt_diag * self.inverse_pt_diag
 
 
 class Setting(NamedTuple):
@@ -259,51 +305,58 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.whiten = torch.tensor(whiten)
 
     def item_model_grid(self, users: torch.Tensor):
-        """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users, from one
-        eigendecomposition per (whitening, side weight); B is never formed. (b, n_items) float64 each"""
+        """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users; B is never
+        formed. One eigendecomposition of X^T X serves the whole grid: the text gram a m F F^T is a rank-d update,
+        folded in by Woodbury's identity, and L3AE's prior S is EASE on the rank-d gram F F^T, applied in factored
+        form (`LowRankPrior`), so past the one n^3 decomposition every grid point costs O(n d^2 + b n d) and each
+        lambda one (b, n) x (n, n) product; a decomposition per (whitening, side weight) cost minutes each at 17k
+        items. (b, n_items) float64 each"""
         x = self.ease.rows(users).double()  # (b, n)
-        plain: EigenGram | None = None
+        eig = EigenGram(self._gram)
+        x_v = x @ eig.v  # (b, n)
+        x_q: dict[float, torch.Tensor] = {}  # lambda -> x (X^T X + lambda I)^-1, shared by every (whitening, side)
+        per_item = torch.diagonal(self._gram).mean()  # m
         for whiten in self.grid_whiten:
-            prior = self.text_prior(whiten) if "l3ae" in self.grid_regulariser else None
+            unit = self.units(whiten)[1].double()  # F (n, d)
+            v_f = eig.v.T @ unit  # V^T F (n, d)
+            prior = LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if "l3ae" in self.grid_regulariser else None
             for side in self.grid_side:
-                if side:
-                    eig = EigenGram(self._gram + side * self.side_gram(whiten))
-                else:
-                    plain = plain or EigenGram(self._gram)
-                    eig = plain
-                x_v = x @ eig.v
-                prior_v = eig.v.T @ prior if prior is not None else None  # (n, n): V^T S
                 for lam in self.grid_lambda:
-                    d = 1.0 / (eig.s + lam)
-                    x_p = eig.times_inverse(x_v, lam)  # x P
-                    p_diag = eig.inverse_diagonal(lam)
+                    if lam not in x_q:
+                        x_q[lam] = eig.times_inverse(x_v, lam)
+                    x_p, p_diag, p_f = with_side_gram(eig, lam, x_q[lam], unit, v_f, side * per_item,
+                                                      with_p_f=prior is not None)
                     for reg in self.grid_regulariser:
                         if reg == "ease":
                             yield (whiten, side, lam, reg), x - x_p / p_diag
                         else:
-                            ps_diag = (eig.v * prior_v.T) @ d  # diag(P S)
+                            x_p_minus_x_p_s, ps_diag = prior.complement_times(x_p), prior.diagonal_of(p_diag, p_f)
                             mu = (1.0 - lam * (p_diag - ps_diag)) / p_diag  # diag(B~) / diag(P)
-                            yield (whiten, side, lam, reg), x - lam * (x_p - x_p @ prior) - x_p * mu
+                            yield (whiten, side, lam, reg), x - lam * x_p_minus_x_p_s - x_p * mu
 
-    def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor]]:
+    def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone
         first (so that the simplest baseline wins ties) when p has a grid. Item-model and text parts are computed
-        once per setting, lazily (one eigendecomposition per (whitening, side weight)); only their weighted sums
-        differ per (w, p). (b, n_items) float64 each"""
-        pop = standardise(self.log_counts[None, :].double()).expand(len(users), -1)
+        once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
+        model come as one block of weighted sums of its parts, which the selector ranks a few users at a time.
+        (b, n_items) float64 parts"""
+        pop = standardise(self.log_counts[None, :].double())  # (1, n)
         text = {(wh, m): standardise(self.text_scores(users, m, wh).double())
                 for wh in self.grid_whiten for m in self.grid_match}
         if len(self.grid_pop) > 1:
-            yield Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0), pop
+            yield Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0), \
+                pop.expand(len(users), -1)
         for (whiten, side, lam, reg), item in self.item_model_grid(users):
-            item = standardise(item)
+            settings, weights = [], []
             for match in self.grid_match:
                 for w in self.grid_weight:
                     if w == 0.0 and match != self.grid_match[0]:
                         continue  # w = 0 ignores the match: offered once already
-                    with_text = item + w * text[(whiten, match)] if w else item
                     for p in self.grid_pop:
-                        yield Setting(whiten, side, lam, reg, match, w, p, 1.0), with_text + p * pop if p else with_text
+                        settings.append(Setting(whiten, side, lam, reg, match, w, p, 1.0))
+                        weights.append((1.0, *(w if m == match else 0.0 for m in self.grid_match), p))
+            parts = [standardise(item), *(text[(whiten, m)] for m in self.grid_match), pop]
+            yield WeightedSums(settings, parts, weights)
 
     @staticmethod
     def is_plain(setting: Setting) -> bool:

@@ -29,7 +29,7 @@ def rank_against(positive: torch.Tensor, competitors: torch.Tensor, valid: torch
     beats |= competitors.isnan() | positive.isnan()[:, None]
     if valid is not None:
         beats = beats & valid
-    return beats.sum(dim=1)
+    return beats.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()  # a bool sum is several times slower
 
 
 def hit_ratio(ranks: np.ndarray, k: int) -> float:

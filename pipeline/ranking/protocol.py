@@ -16,6 +16,7 @@ Abstract methods make a missing piece fail when the model is constructed, not wh
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -71,11 +72,12 @@ class ClosedFormRanker(Ranker):
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ClosedFormRanker":
         """Fit on the training pairs (user, item index arrays)."""
 
-    def candidates(self, users: torch.Tensor) -> Iterator[tuple[Any, torch.Tensor | None]]:
+    def candidates(self, users: torch.Tensor) -> Iterator["tuple[Any, torch.Tensor | None] | WeightedSums"]:
         """The settings this model can choose between, simplest first (ties keep the earlier), each with its scores
         for `users` (the sorted validation users: (b, n_items)), or with None: the model then stands in that
-        setting until the next one is asked for, and the selector ranks it as it stands. Lazy, so that a grid
-        shares its expensive parts; nothing yielded when there is nothing to choose (the default)."""
+        setting until the next one is asked for, and the selector ranks it as it stands; or a block of settings
+        whose scores are weighted sums of shared parts (`WeightedSums`). Lazy, so that a grid shares its expensive
+        parts; nothing yielded when there is nothing to choose (the default)."""
         return iter(())
 
     def is_plain(self, setting: Any) -> bool:
@@ -110,3 +112,28 @@ class TrainableRanker(Ranker):
     @abstractmethod
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """The training objective of one batch: users, pos (b,), sampled negatives neg (b, k) -> scalar."""
+
+
+@dataclass(frozen=True)
+class WeightedSums:
+    """A block of candidates whose validation scores are weighted sums of the same parts, in order:
+    scores_k = parts[0] * weights[k][0] + parts[1] * weights[k][1] + ..., zero weights skipped, a weight of 1 not
+    multiplied. The selector builds them a few users at a time, so the parts stay in cache: at 17k items and 3.7k
+    validation users one candidate's full matrix is half a gigabyte, and writing one per candidate made memory
+    traffic, not arithmetic, the cost of bert_rs's 2,000-point search."""
+
+    settings: list  # one per candidate, offered in this order
+    parts: list  # (b, n_items) tensors, or (1, n_items) rows shared by every user
+    weights: list  # one tuple per candidate, a weight per part
+
+    def scores(self, k: int, rows: list) -> torch.Tensor:
+        """Candidate k's scores from `rows`, the parts already cut to the users wanted. (r, n_items)"""
+        total = None
+        for part, weight in zip(rows, self.weights[k]):
+            if weight == 0.0:
+                continue
+            term = part if weight == 1.0 else weight * part
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError(f"candidate {self.settings[k]} has no non-zero weight")
+        return total

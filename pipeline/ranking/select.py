@@ -20,10 +20,11 @@ the search chose beat plain EASE on validation and lost to it on test. Cross-fit
 guessing a margin for it (a one-standard-error margin changed none of those choices).
 
 Models only offer candidates and apply the one chosen (`ClosedFormRanker.candidates` / `apply`). A candidate comes
-with its validation score matrix when the model can compute a whole grid cheaply from shared parts (bert_rs: one
-eigendecomposition per (whitening, side weight) serves every lambda and text weight, yielded lazily), or without
-one, the model then standing in that setting while its generator waits, and it is ranked chunked over items
-(bounded memory on large catalogues, as `rank_full` does for evaluation).
+with its validation score matrix when the model can compute a whole grid cheaply from shared parts; as a block of
+weighted sums of shared parts (`WeightedSums`: bert_rs's text and popularity weights for one item model), ranked a
+few users at a time so that no candidate's full matrix is ever written; or without scores, the model then standing
+in that setting while its generator waits, and it is ranked chunked over items (bounded memory on large catalogues,
+as `rank_full` does for evaluation).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Generic, Iterable, TypeVar
+from typing import Any, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -39,10 +40,11 @@ import torch
 from pipeline.data.prepared import PreparedData
 from pipeline.ranking.evaluate import full_ranking_mask, model_device, rank_full
 from pipeline.ranking.metrics import metrics_from_ranks, ndcg_per_positive, rank_against
-from pipeline.ranking.protocol import ClosedFormRanker
+from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
 
 SELECTION_METRIC = "ndcg@10"  # on the validation split, full-ranking protocol
 CROSS_FIT_SPLITS = 5  # random halvings of the validation users the guard averages over
+CACHE_ELEMENTS = 2**18  # scores per block when ranking weighted sums (2 MB of float64: stays in cache)
 
 Setting = TypeVar("Setting")
 
@@ -127,6 +129,33 @@ class ValidationLooks:
         scores = scores.float()[self.rows]
         return rank_against(scores[torch.arange(len(self.rows)), self.items], scores, self.competitors).numpy()
 
+    def ranks_of_sums(self, sums: WeightedSums) -> np.ndarray:
+        """Every candidate of the block ranked as `ranks` would rank its full score matrix (the same float64 sums,
+        the same float32 comparison), built CACHE_ELEMENTS scores at a time: a few users' parts are cut once and
+        serve every candidate. (candidates, p)"""
+        n_items = sums.parts[0].shape[-1]
+        step = max(1, CACHE_ELEMENTS // max(n_items, 1))
+        out = np.empty((len(sums.settings), len(self.rows)), dtype=np.int64)
+        for start in range(0, len(self.rows), step):
+            chunk = slice(start, start + step)
+            rows = self.rows[chunk]
+            parts = [part if part.shape[0] == 1 else part[rows] for part in sums.parts]
+            positives = torch.arange(len(rows))
+            items, competitors = self.items[chunk], self.competitors[chunk]
+            for k in range(len(sums.settings)):
+                scores = sums.scores(k, parts).float().expand(len(rows), -1)  # a row part alone: (1, n)
+                out[k, chunk] = rank_against(scores[positives, items], scores, competitors).numpy()
+        return out
+
+    def ranked(self, offered, model: torch.nn.Module) -> Iterator[tuple[Any, np.ndarray]]:
+        """(setting, ranks) for what `model.candidates` yielded: one setting with its scores, one to rank as the
+        model stands (scores None), or a block of weighted sums."""
+        if isinstance(offered, WeightedSums):
+            yield from zip(offered.settings, self.ranks_of_sums(offered))
+            return
+        setting, scores = offered
+        yield setting, (self.ranks(scores) if scores is not None else self.ranks_as_it_stands(model))
+
     def ranks_as_it_stands(self, model: torch.nn.Module) -> np.ndarray:
         """The model as it stands, ranked chunked over items by `rank_full` (same order as `ranks`)."""
         return rank_full(model, self.heldout, self.mask).ranks
@@ -174,8 +203,7 @@ def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = 
     guard = guard_additions and len(looks.users) >= 2
     halvings = looks.halves(seed, splits) if guard else []
     on_halves, plain_on_halves = [HalfBest(half) for half in halvings], [HalfBest(half) for half in halvings]
-    for setting, scores in model.candidates(users):
-        ranks = looks.ranks(scores) if scores is not None else looks.ranks_as_it_stands(model)
+    for setting, ranks in (ranked for offered in model.candidates(users) for ranked in looks.ranked(offered, model)):
         per_positive = ndcg_per_positive(ranks, 10)
         score = float(per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
         best.offer(setting, score)
