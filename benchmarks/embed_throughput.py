@@ -24,19 +24,18 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.measure import PeakRSS  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER  # noqa: E402
 from pipeline.text.encode import choose_backend, cosine_agreement, encode_texts, load_encoder  # noqa: E402
 from pipeline.text.encoders import resolve_encoder  # noqa: E402
@@ -52,27 +51,6 @@ def read_sample(path: Path, n: int, seed: int) -> dict[str, list[str]]:
         "reviews": [f"{r.get('summary', '')}. {r.get('reviewText', '')}".strip() for r in picked],
         "summaries": [r.get("summary", "") or "" for r in picked],
     }
-
-
-class PeakRSS:
-    """Samples this process's RSS in a thread; `peak_mb` is the growth over the level at start."""
-
-    def __enter__(self):
-        self.proc, self.stop = psutil.Process(), False
-        self.start = self.peak = self.proc.memory_info().rss
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-        self.peak_mb = (self.peak - self.start) / 2**20
 
 
 def flops(config, token_counts: list[int]) -> float:
@@ -99,11 +77,11 @@ def naive_encode(encoder, texts: list[str], batch_size: int, max_length: int) ->
 
 
 def timed(fn):
-    with PeakRSS() as mem:
+    with PeakRSS(interval=0.005) as mem:
         start = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - start
-    return result, seconds, mem.peak_mb
+    return result, seconds, mem.growth_mb
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:

@@ -26,7 +26,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.measure import run_measured  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 
@@ -88,29 +88,22 @@ def workspace(work: Path) -> Path:
 
 
 def run_stage(clone: Path, stage: str, env: dict, log: Path) -> tuple[float, float, float]:
-    """`dvc repro --single-item STAGE`, polling its process tree's RSS; (wall seconds, CPU seconds of the tree,
-    peak GiB). CPU seconds hardly move when other jobs share the cores, wall seconds do."""
-    started, cpu_before = time.perf_counter(), children_cpu_seconds()
-    with open(log, "a") as out:
-        process = subprocess.Popen([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=clone, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-        handle, peak = psutil.Process(process.pid), 0
-        while process.poll() is None:
-            try:
-                peak = max(peak, handle.memory_info().rss
-                           + sum(c.memory_info().rss for c in handle.children(recursive=True)))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-    if process.returncode:
-        raise SystemExit(f"stage {stage} failed (exit {process.returncode}); its output is in {log}")
-    return time.perf_counter() - started, children_cpu_seconds() - cpu_before, peak / 2**30
+    """`dvc repro --single-item STAGE` in the clone; (wall seconds, CPU seconds of its process tree, peak GiB)."""
+    try:
+        run = run_measured([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=clone, env=env, log=log,
+                           interval=0.2)
+    except RuntimeError as error:
+        raise SystemExit(f"stage {stage}: {error}") from None
+    return run.seconds, run.cpu_seconds, run.peak_gb
 
 
-def children_cpu_seconds() -> float:
-    """User + system CPU of every finished child process tree of this process (dvc and the bertrs it waits for)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def code_version(clone: Path) -> str:
+    """The clone's commit, and the code paths that differ from it (a later commit's stage-two code checked out into
+    a clone whose stage one had already run)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
+    changed = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", "pipeline", "stages"], cwd=clone,
+                             capture_output=True, text=True).stdout.split()
+    return head.strip() + (f" with {', '.join(changed)} changed" if changed else "")
 
 
 def stage_part(stage: str) -> str:
@@ -148,6 +141,12 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
               f"the stages run; peak {peak:.2f} GB." if peak is not None else "Nothing run yet.",
               "" if meta["complete"] else f"Incomplete: {len(stages) - len(done)} of {len(stages)} stages not run "
               "yet; rerun the command to resume.", ""]
+    codes: dict[str, list[str]] = {}
+    for stage, row in done.items():
+        codes.setdefault(row.get("code", "not recorded"), []).append(stage)
+    if len(codes) > 1:
+        lines += ["Code each stage ran with (the clone's commit; later fixes checked out into it between stages):", ""]
+        lines += [f"- {code}: {', '.join(names)}" for code, names in codes.items()] + [""]
     comparison = clone / "reports" / "comparison.md"
     if meta["complete"] and comparison.is_file():
         lines += ["## The comparison table it produced", "", comparison.read_text()]
@@ -187,7 +186,7 @@ def main() -> None:
             handle.write(json.dumps({"stage": stage, "started": True}) + "\n")
         seconds, cpu, peak = run_stage(clone, stage, env, work / "dvc.log")
         done[stage] = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": stage in started,
-                       "load_average": os.getloadavg()}
+                       "load_average": os.getloadavg(), "code": code_version(clone)}
         with open(ledger, "a") as handle:
             handle.write(json.dumps({"stage": stage, **done[stage]}) + "\n")
         print(f"{time.strftime('%H:%M:%S')} {stage}: {seconds / 60:.1f} min, peak {peak:.2f} GB", flush=True)

