@@ -19,6 +19,7 @@ from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.baselines import EASE, Popularity
 from pipeline.ranking.evaluate import evaluate, full_ranking_mask, rank_full
+import pipeline.ranking.hybrid as hybrid
 from pipeline.ranking.hybrid import ReviewAwareEASE, whitening_transform
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.sampling import PairSet
@@ -115,6 +116,27 @@ def test_a_single_value_grid_reproduces_that_fixed_configuration():
                             regularisers=["l3ae"], whitening=[True]).fit(data.train.users, data.train.items)
     fixed.solve(2.0, 7.0, "l3ae", True)
     torch.testing.assert_close(model.ease.B, fixed.ease.B)
+
+
+def test_each_candidate_scores_its_item_model_plus_w_times_its_own_text_match_plus_p_times_popularity():
+    """Built from the block's parts as the selector builds them, a candidate's scores are the standardised item
+    model, w times the standardised text match it names (once, even where the grid lists a match twice) and p times
+    standardised popularity."""
+    data, x, profiles = random_world(seed=5)
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 3.0, [0.0], ["item_neighbours", "user_profile",
+                            "user_profile"], [0.0, 0.5], pop_weights=[0.0, 0.25])
+    model.fit(data.train.users, data.train.items)
+    users = torch.arange(data.n_users)
+    block = next(offered for offered in model.candidates(users) if not isinstance(offered, tuple))
+    item = hybrid.standardise(EASE(data.n_users, data.n_items, 3.0).fit(*np.nonzero(x)).score_all(users).double())
+    pop = hybrid.standardise(model.log_counts[None, :].double())
+    seen = 0
+    for k, setting in enumerate(block.settings):
+        text = hybrid.standardise(model.text_scores(users, setting.text_match, False).double())
+        expected = item + setting.text_weight * text + setting.pop_weight * pop
+        torch.testing.assert_close(block.scores(k, block.parts).expand_as(expected), expected, atol=1e-5, rtol=0)
+        seen += setting.text_weight > 0
+    assert seen == 3 * 2  # three listed matches x two popularity weights at w = 0.5
 
 
 def test_the_search_covers_the_joint_grid_and_is_never_below_ease_or_popularity_on_validation():

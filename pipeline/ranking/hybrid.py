@@ -113,6 +113,15 @@ def with_side_gram(eig: EigenGram, ease_lambda: float, x_q: torch.Tensor, unit: 
     return x_p, p_diag, p_f
 
 
+def l3ae_scores(x: torch.Tensor, x_p: torch.Tensor, p_diag: torch.Tensor, p_f: torch.Tensor, prior: "LowRankPrior",
+                ease_lambda: float) -> torch.Tensor:
+    """x B for L3AE's B = B~ - P diag(diag(B~) / diag(P)), B~ = I - lambda P (I - S), from x P, diag P and P F (a
+    function of its own, so that its (b, n) temporaries are gone before the grid yields the result). (b, n)"""
+    ps_diag = prior.diagonal_of(p_diag, p_f)
+    mu = (1.0 - ease_lambda * (p_diag - ps_diag)) / p_diag  # diag(B~) / diag(P)
+    return x - ease_lambda * prior.complement_times(x_p) - x_p * mu
+
+
 class LowRankPrior:
     """L3AE's text prior S = I - P_t diag(1 / diag P_t) (EASE on the text gram, `ease_weights(F F^T, nu)`, zero
     diagonal) in factored form: P_t = (F F^T + nu I)^-1 = (I - F K F^T) / nu with K = (nu I + F^T F)^-1 (d x d), so
@@ -308,13 +317,13 @@ class ReviewAwareEASE(ClosedFormRanker):
         """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users; B is never
         formed. One eigendecomposition of X^T X serves the whole grid: the text gram a m F F^T is a rank-d update,
         folded in by Woodbury's identity, and L3AE's prior S is EASE on the rank-d gram F F^T, applied in factored
-        form (`LowRankPrior`), so past the one n^3 decomposition every grid point costs O(n d^2 + b n d) and each
-        lambda one (b, n) x (n, n) product; a decomposition per (whitening, side weight) cost minutes each at 17k
-        items. (b, n_items) float64 each"""
+        form (`LowRankPrior`), so past the one n^3 decomposition a grid point costs one (b, n) x (n, n) product and
+        O(n^2 d + b n d); a decomposition per (whitening, side weight) cost minutes each at 17k items. x Q is
+        recomputed for each (whitening, side weight) rather than kept per lambda: a (b, n) float64 matrix per
+        lambda would outgrow the n^2 ones on user-heavy data. (b, n_items) float64 each"""
         x = self.ease.rows(users).double()  # (b, n)
         eig = EigenGram(self._gram)
         x_v = x @ eig.v  # (b, n)
-        x_q: dict[float, torch.Tensor] = {}  # lambda -> x (X^T X + lambda I)^-1, shared by every (whitening, side)
         per_item = torch.diagonal(self._gram).mean()  # m
         for whiten in self.grid_whiten:
             unit = self.units(whiten)[1].double()  # F (n, d)
@@ -322,40 +331,38 @@ class ReviewAwareEASE(ClosedFormRanker):
             prior = LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if "l3ae" in self.grid_regulariser else None
             for side in self.grid_side:
                 for lam in self.grid_lambda:
-                    if lam not in x_q:
-                        x_q[lam] = eig.times_inverse(x_v, lam)
-                    x_p, p_diag, p_f = with_side_gram(eig, lam, x_q[lam], unit, v_f, side * per_item,
-                                                      with_p_f=prior is not None)
+                    x_p, p_diag, p_f = with_side_gram(eig, lam, eig.times_inverse(x_v, lam), unit, v_f,
+                                                      side * per_item, with_p_f=prior is not None)
                     for reg in self.grid_regulariser:
                         if reg == "ease":
                             yield (whiten, side, lam, reg), x - x_p / p_diag
                         else:
-                            x_p_minus_x_p_s, ps_diag = prior.complement_times(x_p), prior.diagonal_of(p_diag, p_f)
-                            mu = (1.0 - lam * (p_diag - ps_diag)) / p_diag  # diag(B~) / diag(P)
-                            yield (whiten, side, lam, reg), x - lam * x_p_minus_x_p_s - x_p * mu
+                            yield (whiten, side, lam, reg), l3ae_scores(x, x_p, p_diag, p_f, prior, lam)
 
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone
         first (so that the simplest baseline wins ties) when p has a grid. Item-model and text parts are computed
         once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
         model come as one block of weighted sums of its parts, which the selector ranks a few users at a time.
-        (b, n_items) float64 parts"""
+        (b, n_items) float64 parts, popularity (1, n_items)"""
         pop = standardise(self.log_counts[None, :].double())  # (1, n)
-        text = {(wh, m): standardise(self.text_scores(users, m, wh).double())
-                for wh in self.grid_whiten for m in self.grid_match}
+        text: dict[bool, list[torch.Tensor]] = {}  # the text parts of the whitening being searched only
         if len(self.grid_pop) > 1:
             yield Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0), \
                 pop.expand(len(users), -1)
         for (whiten, side, lam, reg), item in self.item_model_grid(users):
             settings, weights = [], []
-            for match in self.grid_match:
+            for position, match in enumerate(self.grid_match):
                 for w in self.grid_weight:
                     if w == 0.0 and match != self.grid_match[0]:
                         continue  # w = 0 ignores the match: offered once already
                     for p in self.grid_pop:
                         settings.append(Setting(whiten, side, lam, reg, match, w, p, 1.0))
-                        weights.append((1.0, *(w if m == match else 0.0 for m in self.grid_match), p))
-            parts = [standardise(item), *(text[(whiten, m)] for m in self.grid_match), pop]
+                        weights.append((1.0, *(w if m == position else 0.0 for m in range(len(self.grid_match))), p))
+            if whiten not in text:
+                text = {whiten: [standardise(self.text_scores(users, m, whiten).double()) for m in self.grid_match]}
+            parts = [standardise(item), *text[whiten], pop]
+            del item  # (b, n): only its standardised copy is needed while the block is ranked
             yield WeightedSums(settings, parts, weights)
 
     @staticmethod
