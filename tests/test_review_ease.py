@@ -1,7 +1,8 @@
 """The default bert_rs's closed forms and its joint validation search (pipeline/ranking/hybrid.py):
 
 - the eigendecomposition path equals the dense solve, for EASE and L3AE, with side information and whitening;
-- L3AE's closed form equals a direct per-column constrained least-squares solve;
+- L3AE's closed form equals a direct per-column constrained least-squares solve, and its text prior, applied in
+  factored form, equals EASE on the text gram;
 - whitening gives identity covariance;
 - the search covers plain EASE and popularity, so on validation it is never below either; it picks popularity when
   popularity is what predicts, and text when text is what predicts; it never reads the test split.
@@ -48,6 +49,14 @@ def random_world(seed: int = 0, n_users: int = 60, n_items: int = 25):
     return data, x, random_profiles(rng, n_users, n_items, 6)
 
 
+def dense_text_prior(unit: np.ndarray, nu: float = hybrid.TEXT_PRIOR_LAMBDA) -> np.ndarray:
+    """L3AE's S written out: EASE on the text gram F F^T, zero diagonal."""
+    p = np.linalg.inv(unit @ unit.T + nu * np.eye(len(unit)))
+    prior = -p / np.diag(p)[None, :]
+    np.fill_diagonal(prior, 0.0)
+    return prior
+
+
 # ------------------------------------------------------------------------------------------- closed forms
 
 
@@ -72,7 +81,7 @@ def test_l3ae_closed_form_equals_a_per_column_constrained_least_squares_solve():
     lam = 2.5
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, lam).fit(data.train.users, data.train.items)
     model.solve(0.0, lam, "l3ae", False)
-    s = model.text_prior(False).numpy()
+    s = dense_text_prior(model.unit_i.double().numpy())
     for j in range(data.n_items):
         others = [k for k in range(data.n_items) if k != j]
         design = np.vstack([x[:, others], np.sqrt(lam) * np.eye(len(others))])
@@ -82,14 +91,20 @@ def test_l3ae_closed_form_equals_a_per_column_constrained_least_squares_solve():
         assert model.ease.B[j, j] == 0
 
 
-def test_text_prior_is_ease_on_the_text_gram_with_a_zero_diagonal():
+def test_the_factored_text_prior_equals_ease_on_the_text_gram_with_a_zero_diagonal():
+    """L3AE's S is never formed (n^2 memory, an n^3 inverse); I - S and diag(P S) from its factors equal the dense S."""
     data, _, profiles = random_world()
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0).fit(data.train.users, data.train.items)
-    f = model.unit_i.double().numpy()
-    p = np.linalg.inv(f @ f.T + 1.0 * np.eye(data.n_items))
-    expected = -p / np.diag(p)[None, :]
-    np.fill_diagonal(expected, 0.0)
-    np.testing.assert_allclose(model.text_prior(False).numpy(), expected, atol=1e-8)
+    unit = model.unit_i.double()
+    s = dense_text_prior(unit.numpy())
+    prior = hybrid.LowRankPrior(unit, hybrid.TEXT_PRIOR_LAMBDA)
+    rows = torch.randn(7, data.n_items, dtype=torch.float64)
+    np.testing.assert_allclose(prior.complement_times(rows).numpy(), rows.numpy() @ (np.eye(data.n_items) - s),
+                               atol=1e-10)
+    a = torch.randn(data.n_items, data.n_items, dtype=torch.float64)
+    p = a @ a.T + torch.eye(data.n_items, dtype=torch.float64)  # any symmetric P
+    np.testing.assert_allclose(prior.diagonal_of(torch.diagonal(p), p @ unit).numpy(), np.diag(p.numpy() @ s),
+                               atol=1e-9)
 
 
 def test_whitening_gives_identity_covariance():

@@ -287,11 +287,6 @@ class ReviewAwareEASE(ClosedFormRanker):
         unit = self.units(whiten)[1].double()
         return torch.diagonal(self._gram).mean() * (unit @ unit.T)
 
-    def text_prior(self, whiten: bool | None = None) -> torch.Tensor:
-        """S of L3AE: EASE on the text gram F F^T, the item-item model the reviews alone imply. float64"""
-        unit = self.units(whiten)[1].double()
-        return ease_weights(unit @ unit.T, TEXT_PRIOR_LAMBDA)
-
     def solve(self, side_weight: float, ease_lambda: float | None = None, regulariser: str = "ease",
               whiten: bool | None = None) -> None:
         """Set B to the closed form at these settings (side_weight 0, "ease": plain EASE)."""
@@ -300,11 +295,13 @@ class ReviewAwareEASE(ClosedFormRanker):
         gram = self._gram + side_weight * self.side_gram(whiten) if side_weight else self._gram
         if regulariser == "ease":
             b = ease_weights(gram, ease_lambda)
-        else:
-            eye = torch.eye(self.n_items, dtype=torch.float64)
-            p = torch.linalg.inv(gram + ease_lambda * eye)
-            b_tilde = eye - ease_lambda * p @ (eye - self.text_prior(whiten))
-            b = b_tilde - p * (torch.diagonal(b_tilde) / torch.diagonal(p))[None, :]
+        else:  # B = B~ - P diag(diag(B~) / diag(P)), B~ = I - lambda P (I - S), with S in factored form
+            p = torch.linalg.inv(gram + ease_lambda * torch.eye(self.n_items, dtype=torch.float64))
+            del gram
+            prior = LowRankPrior(self.units(whiten)[1].double(), TEXT_PRIOR_LAMBDA)
+            b = prior.complement_times(p).mul_(-ease_lambda)  # B~ - I
+            b_tilde_diag = torch.diagonal(b) + 1.0
+            b.sub_(p * (b_tilde_diag / torch.diagonal(p))[None, :])
             b.fill_diagonal_(0.0)
         self.ease.B = b.float()
         self.ease.ease_lambda = ease_lambda

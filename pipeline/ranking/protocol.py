@@ -126,10 +126,10 @@ class WeightedSums:
     parts: list  # (b, n_items) tensors, or (1, n_items) rows shared by every user
     weights: list  # one tuple per candidate, a weight per part
 
-    def scores(self, k: int, rows: list) -> torch.Tensor:
-        """Candidate k's scores from `rows`, the parts already cut to the users wanted. (r, n_items)"""
+    def scores(self, k: int, cut_parts: list) -> torch.Tensor:
+        """Candidate k's scores from `cut_parts`, the parts already cut to the users wanted. (r, n_items)"""
         total = None
-        for part, weight in zip(rows, self.weights[k]):
+        for part, weight in zip(cut_parts, self.weights[k]):
             if weight == 0.0:
                 continue
             term = part if weight == 1.0 else weight * part

@@ -139,13 +139,18 @@ class ValidationLooks:
         for start in range(0, len(self.rows), step):
             chunk = slice(start, start + step)
             rows = self.rows[chunk]
-            parts = [part if part.shape[0] == 1 else part[rows] for part in sums.parts]
+            cut_parts = [part if part.shape[0] == 1 else part[rows] for part in sums.parts]
             positives = torch.arange(len(rows))
             items, competitors = self.items[chunk], self.competitors[chunk]
             for k in range(len(sums.settings)):
-                scores = sums.scores(k, parts).float().expand(len(rows), -1)  # a row part alone: (1, n)
+                scores = sums.scores(k, cut_parts).float().expand(len(rows), -1)  # a row part alone: (1, n)
                 out[k, chunk] = rank_against(scores[positives, items], scores, competitors).numpy()
         return out
+
+    def ranked_candidates(self, model: ClosedFormRanker, users: torch.Tensor) -> Iterator[tuple[Any, np.ndarray]]:
+        """(setting, ranks) for every candidate the model offers, in its order."""
+        for offered in model.candidates(users):
+            yield from self.ranked(offered, model)
 
     def ranked(self, offered, model: torch.nn.Module) -> Iterator[tuple[Any, np.ndarray]]:
         """(setting, ranks) for what `model.candidates` yielded: one setting with its scores, one to rank as the
@@ -203,7 +208,7 @@ def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = 
     guard = guard_additions and len(looks.users) >= 2
     halvings = looks.halves(seed, splits) if guard else []
     on_halves, plain_on_halves = [HalfBest(half) for half in halvings], [HalfBest(half) for half in halvings]
-    for setting, ranks in (ranked for offered in model.candidates(users) for ranked in looks.ranked(offered, model)):
+    for setting, ranks in looks.ranked_candidates(model, users):
         per_positive = ndcg_per_positive(ranks, 10)
         score = float(per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
         best.offer(setting, score)
