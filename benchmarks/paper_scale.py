@@ -17,6 +17,11 @@ included) resumes at the first stage not recorded (the fine-tune and embed stage
 checkpoints and shards; such a stage is marked resumed, its times covering the last run only). CPU minutes are
 recorded beside wall minutes: they hardly move when other jobs share the cores. Results:
 benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
+
+After the DAG, two steps beside it (recorded the same way, outside the DAG's totals) answer what the default would
+give up past its memory budget: bert_rs with `solver: scalable` (the low-rank model `auto` switches to) trained on
+the same prepared data and embedding cache as the DAG's dense bert_rs, then both evaluated by `bertrs evaluate` on
+the test split (<work>/scalable/).
 """
 
 from __future__ import annotations
@@ -87,13 +92,43 @@ def workspace(work: Path) -> Path:
     return clone
 
 
-def run_stage(clone: Path, stage: str, env: dict, log: Path) -> tuple[float, float, float]:
-    """`dvc repro --single-item STAGE` in the clone; (wall seconds, CPU seconds of its process tree, peak GiB)."""
+SCALABLE_TRAIN, SCALABLE_EVALUATE = "beside: train bert_rs (solver scalable)", "beside: evaluate scalable and dense"
+
+
+def dag_command(stage: str) -> list[str]:
+    return [str(BIN / "dvc"), "repro", "--single-item", stage]
+
+
+def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
+    """The steps that train bert_rs with the scalable solver on the DAG's own prepared data and embedding cache,
+    and evaluate it beside the DAG's dense bert_rs (hard links, not copies, of the dense run's files)."""
+    side = work / "scalable"
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["models"]["bert_rs"]["solver"] = "scalable"
+    side.mkdir(parents=True, exist_ok=True)
+    (side / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cache = clone / "data" / "embeddings" / params["text_runs"]["bert_rs"]["embeddings"]
+    dense, linked = clone / "data" / "models" / "bert_rs", side / "models" / "bert_rs"
+    if dense.is_dir():
+        shutil.rmtree(linked, ignore_errors=True)
+        linked.mkdir(parents=True)
+        for file in dense.iterdir():
+            os.link(file, linked / file.name)
+    bertrs = str(BIN / "bertrs")
+    return {SCALABLE_TRAIN: [bertrs, "train", "--prepared", "data/prepared", "--run", "bert_rs", "--embeddings",
+                             str(cache), "--out", str(side / "models" / "bert_rs_scalable"), "--curves",
+                             str(side / "curves.csv"), "--params", str(side / "params.yaml"), "--no-progress"],
+            SCALABLE_EVALUATE: [bertrs, "evaluate", "--prepared", "data/prepared", "--models", str(side / "models"),
+                                "--metrics", str(side / "metrics.json"), "--table", str(side / "comparison.md"),
+                                "--plots-dir", str(side / "at_k"), "--params", "params.yaml", "--every-folder"]}
+
+
+def run_step(clone: Path, name: str, command: list[str], env: dict, log: Path) -> tuple[float, float, float]:
+    """One command in the clone; (wall seconds, CPU seconds of its process tree, peak GiB)."""
     try:
-        run = run_measured([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=clone, env=env, log=log,
-                           interval=0.2)
+        run = run_measured(command, cwd=clone, env=env, log=log, interval=0.2)
     except RuntimeError as error:
-        raise SystemExit(f"stage {stage}: {error}") from None
+        raise SystemExit(f"{name}: {error}") from None
     return run.seconds, run.cpu_seconds, run.peak_gb
 
 
@@ -107,7 +142,30 @@ def code_version(clone: Path) -> str:
 
 
 def stage_part(stage: str) -> str:
+    if stage.startswith("beside:"):
+        return "beside the DAG"
     return "stage one" if stage.split("@")[0] in ("prepare", "finetune", "embed", "embed_shared") else "stage two"
+
+
+def scalable_table(work: Path) -> list[str]:
+    """bert_rs dense and scalable on the test split, from the step beside the DAG."""
+    metrics_file = work / "scalable" / "metrics.json"
+    if not metrics_file.is_file():
+        return []
+    metrics = json.loads(metrics_file.read_text())
+    lines = ["## The scalable solver beside dense bert_rs (test split)", "",
+             "Both trained on the DAG's prepared data and embedding cache, the scalable one with "
+             "`models.bert_rs.solver: scalable` and every other setting the default.", "",
+             "| run | full HR@10 | full NDCG@10 | sampled HR@10 | sampled NDCG@10 |", "|---|---|---|---|---|"]
+    for run in ("bert_rs", "bert_rs_scalable"):
+        if run in metrics:
+            full, sampled = metrics[run]["full"], metrics[run]["sampled"]
+            lines.append(f"| {run} | {full['hr@10']:.4f} | {full['ndcg@10']:.4f} | {sampled['hr@10']:.4f} | "
+                         f"{sampled['ndcg@10']:.4f} |")
+    if "bert_rs" in metrics and "bert_rs_scalable" in metrics:
+        dense, scalable = metrics["bert_rs"]["full"]["ndcg@10"], metrics["bert_rs_scalable"]["full"]["ndcg@10"]
+        lines += ["", f"Full-ranking NDCG@10 of the scalable solver relative to dense: {scalable / dense - 1:+.1%}."]
+    return lines + [""]
 
 
 def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
@@ -115,7 +173,7 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
     table1 = json.loads(stats_file.read_text())["table1"] if stats_file.is_file() else None
     totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
               for part in ("stage one", "stage two")}
-    peak = max((r["peak_gb"] for r in done.values()), default=None)
+    peak = max((r["peak_gb"] for s, r in done.items() if stage_part(s) != "beside the DAG"), default=None)
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB)", "command": "python benchmarks/paper_scale.py",
             "load_average": os.getloadavg(), "complete": len(done) == len(stages)}
@@ -138,7 +196,8 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
         note = ("resumed after an interruption: the times cover the last run only" if row.get("resumed") else "")
         lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {cpu} | {row['peak_gb']:.2f} | {note} |")
     lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
-              f"the stages run; peak {peak:.2f} GB." if peak is not None else "Nothing run yet.",
+              f"the DAG's stages run (the steps beside it not counted); peak {peak:.2f} GB."
+              if peak is not None else "Nothing run yet.",
               "" if meta["complete"] else f"Incomplete: {len(stages) - len(done)} of {len(stages)} stages not run "
               "yet; rerun the command to resume.", ""]
     codes: dict[str, list[str]] = {}
@@ -147,9 +206,10 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
     if len(codes) > 1:
         lines += ["Code each stage ran with (the clone's commit; later fixes checked out into it between stages):", ""]
         lines += [f"- {code}: {', '.join(names)}" for code, names in codes.items()] + [""]
+    lines += scalable_table(clone.parent)
     comparison = clone / "reports" / "comparison.md"
-    if meta["complete"] and comparison.is_file():
-        lines += ["## The comparison table it produced", "", comparison.read_text()]
+    if all(stage in done for stage in stages if stage_part(stage) != "beside the DAG") and comparison.is_file():
+        lines += ["## The comparison table the DAG produced", "", comparison.read_text()]
     (out / "paper_scale.md").write_text("\n".join(lines) + "\n")
 
 
@@ -167,7 +227,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     listing = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=clone, env=env, check=True,
                              capture_output=True, text=True)
-    stages = listing.stdout.split()
+    stages = listing.stdout.split() + [SCALABLE_TRAIN, SCALABLE_EVALUATE]
     ledger = work / "stages.jsonl"
     done, started = {}, set()
     if ledger.is_file():
@@ -184,7 +244,9 @@ def main() -> None:
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
         with open(ledger, "a") as handle:
             handle.write(json.dumps({"stage": stage, "started": True}) + "\n")
-        seconds, cpu, peak = run_stage(clone, stage, env, work / "dvc.log")
+        command = (scalable_beside_dense(clone, work)[stage] if stage_part(stage) == "beside the DAG"
+                   else dag_command(stage))
+        seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
         done[stage] = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": stage in started,
                        "load_average": os.getloadavg(), "code": code_version(clone)}
         with open(ledger, "a") as handle:
