@@ -147,6 +147,16 @@ def stage_part(stage: str) -> str:
     return "stage one" if stage.split("@")[0] in ("prepare", "finetune", "embed", "embed_shared") else "stage two"
 
 
+def solver_note(clone: Path, stage: str) -> str:
+    """Which solver a bert_rs run used: `auto` picks dense only while its estimate fits the memory available at the
+    start, so a run that shared the machine may have switched."""
+    run_file = clone / "data" / "models" / stage.partition("@")[2] / "run.json"
+    if not stage.startswith("train") or not run_file.is_file():
+        return ""
+    solver = json.loads(run_file.read_text()).get("bert_rs_solver")
+    return f"solver {solver}" if solver else ""
+
+
 def scalable_table(work: Path) -> list[str]:
     """bert_rs dense and scalable on the test split, from the step beside the DAG."""
     metrics_file = work / "scalable" / "metrics.json"
@@ -193,7 +203,8 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
             lines.append(f"| {stage} | not run yet | | | |")
             continue
         cpu = f"{row['cpu_seconds'] / 60:.1f}" if row.get("cpu_seconds") is not None else "not recorded"
-        note = ("resumed after an interruption: the times cover the last run only" if row.get("resumed") else "")
+        note = "; ".join(filter(None, ["resumed after an interruption: the times cover the last run only"
+                                       if row.get("resumed") else "", solver_note(clone, stage)]))
         lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {cpu} | {row['peak_gb']:.2f} | {note} |")
     lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
               f"the DAG's stages run (the steps beside it not counted); peak {peak:.2f} GB."
