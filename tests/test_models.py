@@ -7,6 +7,7 @@ import torch
 from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.ablation import shuffle_profiles
 from pipeline.ranking.fusion import VARIANTS, FusionRanker
+from pipeline.ranking.fusion.mlp import MLPBranch
 from pipeline.ranking.sampling import NegativeSampler, PairSet, sample_negatives
 from tests.ranking_fixtures import DIM, N_ITEMS, N_USERS, tiny_profiles
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 def tiny(variant: str) -> FusionRanker:
     torch.manual_seed(0)
     model = FusionRanker(variant, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
-                         mlp_item_chunk=4)
+                         mlp_pairs_per_block=2 * N_USERS + 1)  # score_all: 2-item chunks, a remainder
     with torch.no_grad():  # move u_s, i_s off their all-ones start so the formula test is not trivial
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -56,6 +57,21 @@ def test_score_parts_sum_to_the_logit(variant):
     users, items = torch.tensor([0, 2, 5]), torch.tensor([1, 1, 9])
     parts = model.score_parts(users, items)
     torch.testing.assert_close(sum(parts.values()), model(users, items))
+
+
+def test_the_mlp_tower_scores_the_catalogue_in_blocks_of_bounded_size():
+    """Full ranking hands score_all hundreds of users at once; the tower must still see small blocks (at 17k items
+    blocks of 4,096 items per user batch were 2 GB each and made validation memory-bound)."""
+    branch = MLPBranch(N_USERS, 50, [8, 6, 4], pairs_per_block=20)
+    seen = []
+    branch.layers[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[:2]))
+    with torch.no_grad():
+        expected = torch.stack([branch(torch.full((50,), u), torch.arange(50)) @ torch.ones(4) for u in range(N_USERS)])
+        seen.clear()
+        scores = branch.score_all(torch.arange(N_USERS), torch.ones(4))
+    torch.testing.assert_close(scores, expected)
+    assert max(users * items for users, items in seen) <= 20
+    assert sum(items for _, items in seen) == 50
 
 
 def test_semantic_branch_equals_eq8_by_hand():

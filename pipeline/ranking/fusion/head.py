@@ -22,7 +22,7 @@ from torch import nn
 
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.fusion.gmf import GMFBranch
-from pipeline.ranking.fusion.mlp import MLPBranch
+from pipeline.ranking.fusion.mlp import PAIRS_PER_BLOCK, MLPBranch
 from pipeline.ranking.fusion.semantic import PaperSemantic, ProjectedSemantic, TextSimilarity
 from pipeline.ranking.losses import pointwise_bce
 from pipeline.ranking.protocol import TrainableRanker
@@ -51,7 +51,7 @@ class FusionRanker(TrainableRanker):
         mlp_layers: Sequence[int] = (128, 64, 32),
         dropout: float = 0.0,
         profiles: Profiles | None = None,
-        mlp_item_chunk: int = 4096,
+        mlp_pairs_per_block: int = PAIRS_PER_BLOCK,
         semantic_form: str = "paper",
         text_similarity: bool = False,
         user_id_dropout: float = 0.0,
@@ -79,7 +79,7 @@ class FusionRanker(TrainableRanker):
         if "gmf" in wanted:
             branches["gmf"] = GMFBranch(n_users, n_items, factors)
         if "mlp" in wanted:
-            branches["mlp"] = MLPBranch(n_users, n_items, mlp_layers, dropout, mlp_item_chunk)
+            branches["mlp"] = MLPBranch(n_users, n_items, mlp_layers, dropout, mlp_pairs_per_block)
         self.branches = nn.ModuleDict(branches)  # fusion order: [l_s ; l_t ; l_g ; l_m]
         self.widths = {name: branch.width for name, branch in self.branches.items()}
         self.predict = nn.Linear(sum(self.widths.values()), 1)  # w, b of eq. 12
