@@ -10,7 +10,8 @@ from torch import nn
 
 # (user, item) pairs pushed through the tower at once by `score_all`: a (pairs, layers[0]) float32 block of 4 MB at
 # width 128 stays in cache. Blocks of 985 users x 4,096 items (2 GB each, what full ranking at 17k items asked for)
-# made scoring memory-bound: validation of an MLP head took ~90 s an epoch at the paper's size, about 3x this.
+# made scoring memory-bound: an MLP head's epoch, mostly its full-ranking validation, took ~100 s at the paper's
+# size, and ~40 s with these blocks (benchmarks/paper_scale.py).
 PAIRS_PER_BLOCK = 2**13
 
 
