@@ -1,22 +1,28 @@
 """The whole DAG at the paper's size on this machine: time and peak memory per stage.
 
     python benchmarks/paper_scale.py                 # resumes where an interrupted run stopped
+    python benchmarks/paper_scale.py --stages train_text@bert_rs   # these stages and the stages they need only
     python benchmarks/paper_scale.py --fresh         # starts over (deletes --work)
 
 The data has about the paper's shape after the default 3/3 k-core (the paper: 3,764 users, 17,647 items, 83,599
 reviews): the generator's interactions (`pipeline/data/synthetic.py`: 50 topics, each user preferring two, a few
 planted topic words per review), 3,764 users with 24.2 reviews each on average over 22,000 items of a flattened
 popularity (Pareto shape 10), which the k-core cuts to roughly 84k reviews and 17k items (the generator's default
-long tail would leave only 11k items at this review count), with each review's text lengthened by a review of the bundled
-sample drawn at random, so that the encoder sees the sample's review lengths (about 200 words, cut at
+long tail would leave only 11k items at this review count), with each review's text lengthened by a review of the
+bundled sample drawn at random, so that the encoder sees the sample's review lengths (about 200 words, cut at
 `embed.max_length` tokens) while the planted words keep a text signal. The DAG is this repository's own: a clone
 under --work whose params.yaml differs only in `prepare.input` (every other setting is the default), reproduced
 with `dvc repro --single-item` one stage at a time in `dvc stage list` order. After each stage its wall time and
-the peak RSS of its process tree are appended to <work>/stages.jsonl, so a run stopped at any point (kill -9
-included) resumes at the first stage not recorded (the fine-tune and embed stages also resume from their own
-checkpoints and shards; such a stage is marked resumed, its times covering the last run only). CPU minutes are
-recorded beside wall minutes: they hardly move when other jobs share the cores. Results:
+the peak RSS of its process tree are appended to <work>/stages.jsonl (`benchmarks/ledger.py`), so a run stopped
+at any point (kill -9 included) resumes at the first stage not recorded (the fine-tune and embed stages also resume
+from their own checkpoints and shards; such a stage is marked resumed, its times covering the last run only). CPU
+minutes are recorded beside wall minutes: they hardly move when other jobs share the cores. Results:
 benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
+
+The whole DAG takes hours on 2 cores, longer than one sitting may allow, and a workspace may not outlive it: the
+results file is itself a ledger. A stage recorded there by an earlier run keeps its row (with the date and code it
+ran with) until this run measures it again, so `--stages` can finish the table a few stages at a time: it runs the
+named stages and the stages they read from (`dvc dag`), each measured again where this workspace lacks its outputs.
 
 After the DAG, two steps beside it (recorded the same way, outside the DAG's totals) answer what the default would
 give up past its memory budget: bert_rs with `solver: scalable` (the low-rank model `auto` switches to) trained on
@@ -31,6 +37,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ledger import Ledger  # noqa: E402
 from benchmarks.measure import run_measured  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
@@ -97,6 +105,34 @@ SCALABLE_TRAIN, SCALABLE_EVALUATE = "beside: train bert_rs (solver scalable)", "
 
 def dag_command(stage: str) -> list[str]:
     return [str(BIN / "dvc"), "repro", "--single-item", stage]
+
+
+def needed_stages(clone: Path, env: dict, targets: list[str], stages: list[str]) -> list[str]:
+    """`targets` and every stage they read from, in `stages` order; a step beside the DAG needs dense bert_rs
+    (and the evaluation step the scalable run it trains)."""
+    unknown = [t for t in targets if t not in stages]
+    if unknown:
+        raise SystemExit(f"--stages: no stage named {', '.join(unknown)}; the stages are: {', '.join(stages)}")
+    needed = set()
+    for target in targets:
+        if stage_part(target) == "beside the DAG":
+            needed |= {SCALABLE_TRAIN, target}
+            target = "train_text@bert_rs"
+        graph = subprocess.run([str(BIN / "dvc"), "dag", "--dot", target], cwd=clone, env=env, check=True,
+                               capture_output=True, text=True).stdout
+        needed |= set(re.findall(r'^"([^"]+)";$', graph, flags=re.MULTILINE)) | {target}
+    return [stage for stage in stages if stage in needed]
+
+
+def earlier_rows(out: Path, stages: list[str]) -> dict[str, dict]:
+    """The stages an earlier run recorded in the results file (kept until measured again)."""
+    results = out / "paper_scale.json"
+    if not results.is_file():
+        return {}
+    recorded = json.loads(results.read_text())
+    fallback_date = f"on or before {recorded.get('meta', {}).get('date')}"
+    return {stage: {"date": fallback_date, **row} for stage, row in recorded.get("stages", {}).items()
+            if stage in stages}
 
 
 def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
@@ -213,9 +249,10 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
               "yet; rerun the command to resume.", ""]
     codes: dict[str, list[str]] = {}
     for stage, row in done.items():
-        codes.setdefault(row.get("code", "not recorded"), []).append(stage)
+        codes.setdefault(f"{row.get('date', 'undated')}, {row.get('code', 'code not recorded')}", []).append(stage)
     if len(codes) > 1:
-        lines += ["Code each stage ran with (the clone's commit; later fixes checked out into it between stages):", ""]
+        lines += ["When each stage was measured and the code it ran with (the clone's commit; later fixes checked "
+                  "out into it between stages):", ""]
         lines += [f"- {code}: {', '.join(names)}" for code, names in codes.items()] + [""]
     lines += scalable_table(clone.parent)
     comparison = clone / "reports" / "comparison.md"
@@ -229,6 +266,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "build" / "paper_scale"))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--fresh", action="store_true", help="delete --work and start over")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE",
+                        help="run these stages and the stages they read from only (default: every stage)")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     if args.fresh and work.exists():
@@ -239,30 +278,27 @@ def main() -> None:
     listing = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=clone, env=env, check=True,
                              capture_output=True, text=True)
     stages = listing.stdout.split() + [SCALABLE_TRAIN, SCALABLE_EVALUATE]
-    ledger = work / "stages.jsonl"
-    done, started = {}, set()
-    if ledger.is_file():
-        for line in ledger.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if row.get("started"):
-                    started.add(row["stage"])
-                else:
-                    done[row["stage"]] = {k: v for k, v in row.items() if k != "stage"}
-    for stage in stages:
-        if stage in done:
+    to_run = needed_stages(clone, env, args.stages, stages) if args.stages else stages
+    measured = Ledger(work / "stages.jsonl")  # one row per stage measured in this workspace
+    begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
+    done = {**earlier_rows(out, stages), **measured.rows}
+    for stage in to_run:
+        if stage in measured.rows:
             continue
+        resumed = stage in begun.rows
+        begun.get_or_run(stage, lambda: {"at": time.time()})
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
-        with open(ledger, "a") as handle:
-            handle.write(json.dumps({"stage": stage, "started": True}) + "\n")
         command = (scalable_beside_dense(clone, work)[stage] if stage_part(stage) == "beside the DAG"
                    else dag_command(stage))
-        seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
-        done[stage] = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": stage in started,
-                       "load_average": os.getloadavg(), "code": code_version(clone)}
-        with open(ledger, "a") as handle:
-            handle.write(json.dumps({"stage": stage, **done[stage]}) + "\n")
-        print(f"{time.strftime('%H:%M:%S')} {stage}: {seconds / 60:.1f} min, peak {peak:.2f} GB", flush=True)
+
+        def measure() -> dict:
+            seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
+            return {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": resumed,
+                    "load_average": os.getloadavg(), "code": code_version(clone), "date": date.today().isoformat()}
+
+        done[stage] = row = measured.get_or_run(stage, measure)
+        print(f"{time.strftime('%H:%M:%S')} {stage}: {row['seconds'] / 60:.1f} min, peak {row['peak_gb']:.2f} GB",
+              flush=True)
         report(clone, stages, done, out)
     report(clone, stages, done, out)
 
