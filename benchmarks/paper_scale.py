@@ -282,14 +282,16 @@ def main() -> None:
     measured = Ledger(work / "stages.jsonl")  # one row per stage measured in this workspace
     begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
     done = {**earlier_rows(out, stages), **measured.rows}
+    beside: dict[str, list[str]] = {}  # set up when the first step beside the DAG starts (dense bert_rs exists)
     for stage in to_run:
         if stage in measured.rows:
             continue
         resumed = stage in begun.rows
         begun.get_or_run(stage, lambda: {"at": time.time()})
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
-        command = (scalable_beside_dense(clone, work)[stage] if stage_part(stage) == "beside the DAG"
-                   else dag_command(stage))
+        if stage_part(stage) == "beside the DAG" and not beside:
+            beside = scalable_beside_dense(clone, work)
+        command = beside[stage] if stage_part(stage) == "beside the DAG" else dag_command(stage)
 
         def measure() -> dict:
             seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
