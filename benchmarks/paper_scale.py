@@ -246,7 +246,7 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
               f"the DAG's stages run (the steps beside it not counted); peak {peak:.2f} GB."
               if peak is not None else "Nothing run yet.",
               "" if meta["complete"] else f"Incomplete: {len(stages) - len(done)} of {len(stages)} stages not run "
-              "yet; rerun the command to resume.", ""]
+              "yet; rerun the command to resume, or name a few with `--stages`.", ""]
     codes: dict[str, list[str]] = {}
     for stage, row in done.items():
         codes.setdefault(f"{row.get('date', 'undated')}, {row.get('code', 'code not recorded')}", []).append(stage)
