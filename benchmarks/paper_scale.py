@@ -183,14 +183,16 @@ def stage_part(stage: str) -> str:
     return "stage one" if stage.split("@")[0] in ("prepare", "finetune", "embed", "embed_shared") else "stage two"
 
 
-def solver_note(clone: Path, stage: str) -> str:
-    """Which solver a bert_rs run used: `auto` picks dense only while its estimate fits the memory available at the
-    start, so a run that shared the machine may have switched."""
+def run_note(clone: Path, stage: str) -> str:
+    """Which solver a bert_rs run used (`auto` picks dense only while its estimate fits the memory available at the
+    start, so a run that shared the machine may have switched), or the epoch a neural run chose on validation."""
     run_file = clone / "data" / "models" / stage.partition("@")[2] / "run.json"
     if not stage.startswith("train") or not run_file.is_file():
         return ""
-    solver = json.loads(run_file.read_text()).get("bert_rs_solver")
-    return f"solver {solver}" if solver else ""
+    run = json.loads(run_file.read_text())
+    if run.get("bert_rs_solver"):
+        return f"solver {run['bert_rs_solver']}"
+    return f"best epoch on validation {run['best_epoch']}" if run.get("best_epoch") else ""
 
 
 def scalable_table(work: Path) -> list[str]:
@@ -240,7 +242,7 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
             continue
         cpu = f"{row['cpu_seconds'] / 60:.1f}" if row.get("cpu_seconds") is not None else "not recorded"
         note = "; ".join(filter(None, ["resumed after an interruption: the times cover the last run only"
-                                       if row.get("resumed") else "", solver_note(clone, stage)]))
+                                       if row.get("resumed") else "", run_note(clone, stage)]))
         lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {cpu} | {row['peak_gb']:.2f} | {note} |")
     lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
               f"the DAG's stages run (the steps beside it not counted); peak {peak:.2f} GB."
