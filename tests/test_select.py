@@ -1,7 +1,7 @@
 """Choosing settings on validation (pipeline/ranking/select.py): the first best candidate is kept (ties go to the
-earlier), every candidate scored is one look, both ways of scoring a candidate agree, and what each model with a
-grid picks on the planted world is pinned, so that a selection that keeps the wrong candidate, drops one or scores
-another metric fails here.
+earlier, or to the lower grid position where the model gives one), every candidate scored is one look, both ways of
+scoring a candidate agree, and what each model with a grid picks on the planted world is pinned, so that a selection
+that keeps the wrong candidate, drops one or scores another metric fails here.
 
 The pinned values were recorded by training through `train()` before selection moved out of the models; in every
 grid the winner is neither the first nor (except EASE's) the last candidate, so keeping the first, the last or an
@@ -18,7 +18,8 @@ import pipeline.ranking.hybrid as hybrid
 from pipeline.config import RunSpec
 import pipeline.ranking.select as select_module
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
-from pipeline.ranking.select import Choice, HalfBest, ValidationLooks, keep_best, select
+from pipeline.ranking.metrics import ndcg_per_positive
+from pipeline.ranking.select import Choice, HalfBest, KeepBest, ValidationLooks, keep_best, select
 from pipeline.ranking.train import train
 from tests.ranking_fixtures import in_memory_data, tiny_profiles
 
@@ -35,6 +36,16 @@ def test_the_first_best_is_kept_and_every_candidate_scored_is_a_look():
     assert keep_best([("c", 0.5), ("b", 0.5)]) == Choice("c", 0.5, 2)
     assert keep_best([("only", -math.inf)]) == Choice("only", -math.inf, 1)  # one candidate is always kept
     assert keep_best([]) is None
+
+
+def test_a_tie_goes_to_the_lower_grid_position_whatever_the_order_it_was_offered_in():
+    best = KeepBest()
+    assert best.offer("complex", 0.5, position=(1, 0)) and best.offer("simple", 0.5, position=(0, 3))
+    assert not best.offer("simpler but worse", 0.4, position=(0, 0))
+    assert not best.offer("complex again", 0.5, position=(1, 0))
+    assert best.choice() == Choice("simple", 0.5, 4)
+    unplaced = KeepBest()  # without positions the first offered keeps a tie
+    assert unplaced.offer("first", 0.5) and not unplaced.offer("second", 0.5)
 
 
 def test_a_candidate_that_scored_nan_gives_way_to_the_next_real_score():
@@ -151,6 +162,52 @@ def test_bert_rs_offers_its_whole_grid_from_one_eigendecomposition(monkeypatch):
     choice = select(model.fit(*np.nonzero(x)), data)
     assert decomposed == [(11, 11)]
     assert choice.looks == model.choices()["validation_looks"] == 2 * 3 * 3 * 2
+
+
+def bert_rs_world(seed: int):
+    """7 users x 11 items, one validation and one test positive each; so few positives that many settings tie."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((7, 11)) < 0.4
+    data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
+                          (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
+    model = hybrid.ReviewAwareEASE(7, 11, tiny_profiles(seed), 1.0, [0.0, 1.0, 4.0],
+                                   ["item_neighbours", "user_profile"], [0.0, 0.5], ease_lambdas=[1.0, 10.0, 100.0],
+                                   whitening=[False, True], regularisers=["ease", "l3ae"], pop_weights=[0.0, 1.0])
+    return data, model.fit(*np.nonzero(x))
+
+
+def test_bert_rs_computes_the_big_product_once_per_lambda(monkeypatch):
+    """x (X^T X + lambda I)^-1, a (users x items) x (items x items) product, is shared by every whitening, side
+    weight and regulariser at that lambda: computed for each of them it was two thirds of the search at 17k items."""
+    products = []
+    times_inverse = hybrid.EigenGram.times_inverse
+    monkeypatch.setattr(hybrid.EigenGram, "times_inverse", lambda self, rows, lam: products.append(lam) or
+                        times_inverse(self, rows, lam))
+    data, model = bert_rs_world(seed=9)
+    choice = select(model, data)
+    assert products == [1.0, 10.0, 100.0]
+    assert choice.looks == 1 + 2 * 3 * 3 * 2 * (1 + 2) * 2  # popularity alone; w = 0 once, w = 0.5 per match; 2 p
+
+
+def test_bert_rs_breaks_ties_by_its_order_of_simplicity_not_by_the_order_it_computes_in():
+    """The grid is computed lambda first (its expensive product is per lambda) but chosen as if offered whitening,
+    side weight, lambda, regulariser, match, w, p: the first best in that nested order, as before the reordering,
+    so that sharing the product moved no choice. This world has a tie that the computing order would settle the
+    other way."""
+    data, model = bert_rs_world(seed=9)
+    looks = ValidationLooks(data)
+    scored = [(setting, float(ndcg_per_positive(ranks, 10).mean()))
+              for setting, ranks in looks.ranked_candidates(model, torch.as_tensor(looks.users))]
+    simplest_first = [hybrid.Setting(False, 0.0, 1.0, "ease", "item_neighbours", 0.0, 1.0, 0.0)] + [
+        hybrid.Setting(whiten, side, lam, reg, match, w, p, 1.0)
+        for whiten in (False, True) for side in (0.0, 1.0, 4.0) for lam in (1.0, 10.0, 100.0)
+        for reg in ("ease", "l3ae") for match in ("item_neighbours", "user_profile") for w in (0.0, 0.5)
+        for p in (0.0, 1.0) if w or match == "item_neighbours"]
+    in_grid_order = sorted(scored, key=lambda offered: model.grid_position(offered[0]))
+    assert [setting for setting, _ in in_grid_order] == simplest_first
+    nested_first_best = keep_best(in_grid_order).setting
+    assert keep_best(scored).setting != nested_first_best  # the tie this world holds
+    assert select(model, data).setting == nested_first_best
 
 
 # ------------------------------------------------------------------------------------------- the guard

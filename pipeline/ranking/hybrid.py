@@ -93,18 +93,14 @@ def whitened_units(profiles: Profiles, users: np.ndarray | None = None) -> tuple
             F.normalize(torch.tensor(items, dtype=torch.float32), dim=-1, eps=1e-8))
 
 
-def with_side_gram(eig: EigenGram, ease_lambda: float, x_q: torch.Tensor, unit: torch.Tensor, v_f: torch.Tensor,
+def with_side_gram(x_q: torch.Tensor, q_diag: torch.Tensor, q_f: torch.Tensor | None, unit: torch.Tensor,
                    scale: float, with_p_f: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """x P, diag P and (optionally) P F for P = (G + scale F F^T + lambda I)^-1, from Q = (G + lambda I)^-1 in its
-    eigenbasis and Woodbury's identity P = Q - scale Q F M^-1 F^T Q, M = I + scale F^T Q F (d x d): the rank-d text
-    gram never needs a decomposition of its own. x_q: x Q (b, n); unit: F (n, d); v_f: V^T F (n, d).
-    -> (b, n), (n,), (n, d) or None"""
-    q_diag = eig.inverse_diagonal(ease_lambda)
-    if not scale and not with_p_f:
-        return x_q, q_diag, None
-    q_f = eig.v @ (v_f / (eig.s + ease_lambda)[:, None])  # Q F (n, d)
+    """x P, diag P and (optionally) P F for P = (G + scale F F^T + lambda I)^-1, from x Q, diag Q and Q F for
+    Q = (G + lambda I)^-1 and Woodbury's identity P = Q - scale Q F M^-1 F^T Q, M = I + scale F^T Q F (d x d): the
+    rank-d text gram never needs a decomposition of its own. x_q: (b, n); q_diag: (n,); q_f: (n, d), or None when
+    scale is 0 and P F is not asked for; unit: F (n, d). -> (b, n), (n,), (n, d) or None"""
     if not scale:
-        return x_q, q_diag, q_f
+        return x_q, q_diag, q_f if with_p_f else None
     m = torch.eye(unit.shape[1], dtype=unit.dtype) + scale * (unit.T @ q_f)
     q_f_m = torch.linalg.solve(m, q_f.T).T  # Q F M^-1 (M symmetric)
     x_p = x_q - scale * (x_q @ unit) @ q_f_m.T
@@ -314,36 +310,45 @@ class ReviewAwareEASE(ClosedFormRanker):
         """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users; B is never
         formed. One eigendecomposition of X^T X serves the whole grid: the text gram a m F F^T is a rank-d update,
         folded in by Woodbury's identity, and L3AE's prior S is EASE on the rank-d gram F F^T, applied in factored
-        form (`LowRankPrior`), so past the one n^3 decomposition a grid point costs one (b, n) x (n, n) product and
-        O(n^2 d + b n d); a decomposition per (whitening, side weight) cost minutes each at 17k items. x Q is
-        recomputed for each (whitening, side weight) rather than kept per lambda: a (b, n) float64 matrix per
-        lambda would outgrow the n^2 ones on user-heavy data. (b, n_items) float64 each"""
+        form (`LowRankPrior`), so past the one n^3 decomposition the grid costs one (b, n) x (n, n) product per
+        lambda (x Q, shared by every whitening, side weight and regulariser at that lambda) and O(n^2 d + b n d) per
+        point. Lambda is the outer loop because of that product: with it inside, x Q was computed again for every
+        (whitening, side weight), two thirds of bert_rs's search time at 17k items. The order the points come in is
+        therefore not the order of simplicity; ties are settled by `grid_position`. (b, n_items) float64 each"""
         x = self.ease.rows(users).double()  # (b, n)
         eig = EigenGram(self._gram)
         x_v = x @ eig.v  # (b, n)
         per_item = torch.diagonal(self._gram).mean()  # m
+        with_prior = "l3ae" in self.grid_regulariser
+        needs_q_f = with_prior or any(self.grid_side)
+        text = {}  # whitening -> F (n, d), V^T F (n, d), S (factored) or None
         for whiten in self.grid_whiten:
-            unit = self.units(whiten)[1].double()  # F (n, d)
-            v_f = eig.v.T @ unit  # V^T F (n, d)
-            prior = LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if "l3ae" in self.grid_regulariser else None
-            for side in self.grid_side:
-                for lam in self.grid_lambda:
-                    x_p, p_diag, p_f = with_side_gram(eig, lam, eig.times_inverse(x_v, lam), unit, v_f,
-                                                      side * per_item, with_p_f=prior is not None)
+            unit = self.units(whiten)[1].double()
+            text[whiten] = (unit, eig.v.T @ unit, LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if with_prior else None)
+        for lam in self.grid_lambda:
+            x_q, q_diag = eig.times_inverse(x_v, lam), eig.inverse_diagonal(lam)  # x Q (b, n), diag Q (n,)
+            for whiten in self.grid_whiten:
+                unit, v_f, prior = text[whiten]
+                q_f = eig.v @ (v_f / (eig.s + lam)[:, None]) if needs_q_f else None  # Q F (n, d)
+                for side in self.grid_side:
+                    x_p, p_diag, p_f = with_side_gram(x_q, q_diag, q_f, unit, side * per_item, with_p_f=with_prior)
                     for reg in self.grid_regulariser:
                         if reg == "ease":
                             yield (whiten, side, lam, reg), x - x_p / p_diag
                         else:
                             yield (whiten, side, lam, reg), l3ae_scores(x, x_p, p_diag, p_f, prior, lam)
+            del x_q
 
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone
-        first (so that the simplest baseline wins ties) when p has a grid. Item-model and text parts are computed
-        once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
-        model come as one block of weighted sums of its parts, which the selector ranks a few users at a time.
-        (b, n_items) float64 parts, popularity (1, n_items)"""
+        first when p has a grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model and text
+        parts are computed once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p)
+        points of one item model come as one block of weighted sums of its parts, which the selector ranks a few
+        users at a time. (b, n_items) float64 parts, popularity (1, n_items)"""
         pop = standardise(self.log_counts[None, :].double())  # (1, n)
-        text: dict[bool, list[torch.Tensor]] = {}  # the text parts of the whitening being searched only
+        # the text parts of one whitening at a time: recomputing them when the whitening changes is cheap beside
+        # keeping both (the matches x (b, n) float64 each)
+        text: dict[bool, list[torch.Tensor]] = {}
         if len(self.grid_pop) > 1:
             yield Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0), \
                 pop.expand(len(users), -1)
@@ -368,6 +373,17 @@ class ReviewAwareEASE(ClosedFormRanker):
         (whitening changes nothing when neither the gram, the prior nor the match reads the vectors)."""
         return setting.item_weight == 0.0 or (setting.side_weight == 0.0 and setting.text_weight == 0.0
                                               and setting.regulariser == "ease")
+
+    def grid_position(self, setting: Setting) -> tuple:
+        """The setting's place in the order of simplicity the selector breaks ties by: popularity alone, then
+        whitening, side weight, lambda, regulariser, text match, w and p, each in its params order (w = 0 is offered
+        with the first match only), so that of two settings that score the same the simpler is kept."""
+        if setting.item_weight == 0.0:
+            return (0,)
+        match = self.grid_match.index(setting.text_match) if setting.text_weight else 0
+        return (1, self.grid_whiten.index(setting.whiten), self.grid_side.index(setting.side_weight),
+                self.grid_lambda.index(setting.ease_lambda), self.grid_regulariser.index(setting.regulariser), match,
+                self.grid_weight.index(setting.text_weight), self.grid_pop.index(setting.pop_weight))
 
     def apply(self, choice: "Choice[Setting]") -> None:
         """Re-solve B at the chosen setting and record it, with the number of looks that chose it."""

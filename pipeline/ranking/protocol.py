@@ -73,11 +73,12 @@ class ClosedFormRanker(Ranker):
         """Fit on the training pairs (user, item index arrays)."""
 
     def candidates(self, users: torch.Tensor) -> Iterator["tuple[Any, torch.Tensor | None] | WeightedSums"]:
-        """The settings this model can choose between, simplest first (ties keep the earlier), each with its scores
-        for `users` (the sorted validation users: (b, n_items)), or with None: the model then stands in that
-        setting until the next one is asked for, and the selector ranks it as it stands; or a block of settings
-        whose scores are weighted sums of shared parts (`WeightedSums`). Lazy, so that a grid shares its expensive
-        parts; nothing yielded when there is nothing to choose (the default)."""
+        """The settings this model can choose between, simplest first (ties keep the earlier) unless
+        `grid_position` orders them, each with its scores for `users` (the sorted validation users: (b, n_items)),
+        or with None: the model then stands in that setting until the next one is asked for, and the selector ranks
+        it as it stands; or a block of settings whose scores are weighted sums of shared parts (`WeightedSums`).
+        Lazy, so that a grid shares its expensive parts; nothing yielded when there is nothing to choose (the
+        default)."""
         return iter(())
 
     def is_plain(self, setting: Any) -> bool:
@@ -86,6 +87,13 @@ class ClosedFormRanker(Ranker):
         setting survives cross-fitting on validation (select.py).
         Every setting, unless the model says otherwise."""
         return True
+
+    def grid_position(self, setting: Any) -> Any:
+        """Where `setting` stands in the model's order of simplicity, for settings that score the same on validation:
+        the lower is kept, whatever order `candidates` offered them in (a grid offers its points in the order that
+        shares its expensive parts best, which need not be the simplest first). None, the default: the one offered
+        first is kept."""
+        return None
 
     def apply(self, choice: "Choice") -> None:
         """Put the model in `choice.setting` (one that `candidates` offered), chosen on validation with

@@ -6,7 +6,9 @@
 The rule: every candidate is scored by full-ranking NDCG@10 on the VALIDATION split (the metric every model is
 compared on; training pairs and validation positives masked, the test split never read), the first best is kept
 (a later candidate must score strictly higher, so models list their simplest candidates first: popularity alone,
-text weight 0), and every candidate scored counts as one validation look.
+text weight 0; a model whose grid is cheapest in another order gives each setting its place in the order of
+simplicity instead, `ClosedFormRanker.grid_position`, and ties go to the lower place), and every candidate scored
+counts as one validation look.
 
 The guard (`train.guard_additions`). A model whose grid mixes its plain form (bert_rs: EASE at some lambda, or
 popularity; no text) with settings that add to it (`ClosedFormRanker.is_plain`) keeps an addition only when the
@@ -68,19 +70,23 @@ class Choice(Generic[Setting]):
 
 class KeepBest(Generic[Setting]):
     """The first best of candidates offered one at a time: a later one replaces it only by scoring strictly
-    higher; the first offered is kept whatever its score, until a later one scores a number where it scored NaN."""
+    higher, or the same from a lower grid position where both have one; the first offered is kept whatever its
+    score, until a later one scores a number where it scored NaN."""
 
     def __init__(self) -> None:
         self.setting: Setting | None = None
         self.score = -math.inf
         self.looks = 0
+        self.position: Any = None  # the best's place in the model's order of simplicity, where it has one
         self.evidence: Any = None  # what the best was scored from (select.py: its per-positive NDCG)
 
-    def offer(self, setting: Setting, score: float, evidence: Any = None) -> bool:
+    def offer(self, setting: Setting, score: float, evidence: Any = None, position: Any = None) -> bool:
         """Count the look; True when `setting` is the new best."""
         self.looks += 1
-        if self.looks == 1 or score > self.score or math.isnan(self.score):  # NaN (a diverged epoch) never stays
-            self.setting, self.score, self.evidence = setting, score, evidence
+        simpler_tie = (score == self.score and position is not None and self.position is not None
+                       and position < self.position)
+        if self.looks == 1 or score > self.score or simpler_tie or math.isnan(self.score):  # NaN never stays
+            self.setting, self.score, self.evidence, self.position = setting, score, evidence, position
             return True
         return False
 
@@ -180,9 +186,9 @@ class HalfBest:
         self.half = half
         self.best = (KeepBest(), KeepBest())
 
-    def offer(self, setting: Any, per_positive: np.ndarray) -> None:
+    def offer(self, setting: Any, per_positive: np.ndarray, position: Any = None) -> None:
         for h in (0, 1):
-            self.best[h].offer(setting, float(per_positive[self.half == h].mean()), per_positive)
+            self.best[h].offer(setting, float(per_positive[self.half == h].mean()), per_positive, position)
 
     def on_other_half(self, h: int) -> float:
         """NDCG@10 of the candidate chosen on half h, measured on the other half."""
@@ -211,13 +217,14 @@ def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = 
     for setting, ranks in looks.ranked_candidates(model, users):
         per_positive = ndcg_per_positive(ranks, 10)
         score = float(per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
-        best.offer(setting, score)
+        position = model.grid_position(setting)
+        best.offer(setting, score, position=position)
         is_plain = model.is_plain(setting)
         if is_plain:
-            best_plain.offer(setting, score)
+            best_plain.offer(setting, score, position=position)
         if guard:
             for split in on_halves + (plain_on_halves if is_plain else []):
-                split.offer(setting, per_positive)
+                split.offer(setting, per_positive, position)
     choice = best.choice()
     if choice is None:
         return None
