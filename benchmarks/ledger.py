@@ -61,11 +61,14 @@ class Ledger:
     def get_or_run(self, key: str, work: Callable[[], dict]) -> dict:
         """The recorded result for `key`, or `work()`'s, recorded before it is returned."""
         if key not in self.rows:
-            value = work()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps({"key": key, "value": value}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.rows[key] = value
+            self.put(key, work())
         return self.rows[key]
+
+    def put(self, key: str, value: dict) -> None:
+        """Record `value` for `key`, replacing an earlier row (the last line for a key is the one read back)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"key": key, "value": value}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows[key] = value

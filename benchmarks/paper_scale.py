@@ -2,6 +2,7 @@
 
     python benchmarks/paper_scale.py                 # resumes where an interrupted run stopped
     python benchmarks/paper_scale.py --stages train_text@bert_rs   # these stages and the stages they need only
+    python benchmarks/paper_scale.py --stages train_text@bert_rs --again   # measured again (after a code change)
     python benchmarks/paper_scale.py --fresh         # starts over (deletes --work)
 
 The data has about the paper's shape after the default 3/3 k-core (the paper: 3,764 users, 17,647 items, 83,599
@@ -23,6 +24,9 @@ The whole DAG takes hours on 2 cores, longer than one sitting may allow, and a w
 results file is itself a ledger. A stage recorded there by an earlier run keeps its row (with the date and code it
 ran with) until this run measures it again, so `--stages` can finish the table a few stages at a time: it runs the
 named stages and the stages they read from (`dvc dag`), each measured again where this workspace lacks its outputs.
+The workspace runs this repository's committed code: a clone whose commit is behind is moved to it first (its
+stage outputs stay; each row records the commit it ran with), and `--again` measures the named stages again although
+this workspace has measured them, as after a change to their code.
 
 After the DAG, two steps beside it (recorded the same way, outside the DAG's totals) answer what the default would
 give up past its memory budget: bert_rs with `solver: scalable` (the low-rank model `auto` switches to) trained on
@@ -88,6 +92,7 @@ def workspace(work: Path) -> Path:
     clone = work / "repo"
     if not (clone / ".git").is_dir():
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    follow_committed_code(clone)
     data = clone / "data" / "paper_scale" / "reviews.json.gz"
     if not data.is_file():
         data.parent.mkdir(parents=True, exist_ok=True)
@@ -100,11 +105,29 @@ def workspace(work: Path) -> Path:
     return clone
 
 
+def follow_committed_code(clone: Path) -> None:
+    """Move the clone to this repository's commit where it is behind. A hard reset: the clone's own edits (its
+    params.yaml input, dvc.lock, metrics) go back to the commit's and `workspace` sets the input again; the stage
+    outputs, ignored by git, stay, and a stage is only run again where this benchmark asks for it (its dvc.lock
+    entry no longer matches, so dvc runs it rather than skipping it)."""
+    def head(repo: Path) -> str:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    wanted = head(ROOT)
+    if head(clone) == wanted:
+        return
+    subprocess.run(["git", "fetch", "-q", str(ROOT), wanted], cwd=clone, check=True)
+    subprocess.run(["git", "reset", "-q", "--hard", wanted], cwd=clone, check=True)
+    print(f"workspace moved to this checkout's commit {wanted[:7]}", flush=True)
+
+
 SCALABLE_TRAIN, SCALABLE_EVALUATE = "beside: train bert_rs (solver scalable)", "beside: evaluate scalable and dense"
 
 
-def dag_command(stage: str) -> list[str]:
-    return [str(BIN / "dvc"), "repro", "--single-item", stage]
+def dag_command(stage: str, again: bool = False) -> list[str]:
+    """`again`: run it although dvc.lock says its outputs are up to date."""
+    return [str(BIN / "dvc"), "repro", "--single-item", *(["--force"] if again else []), stage]
 
 
 def needed_stages(clone: Path, env: dict, targets: list[str], stages: list[str]) -> list[str]:
@@ -270,7 +293,11 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="delete --work and start over")
     parser.add_argument("--stages", nargs="+", metavar="STAGE",
                         help="run these stages and the stages they read from only (default: every stage)")
+    parser.add_argument("--again", action="store_true",
+                        help="measure the --stages named again, although this workspace has measured them")
     args = parser.parse_args()
+    if args.again and not args.stages:
+        parser.error("--again measures the stages named by --stages again; name them")
     work, out = Path(args.work), Path(args.out)
     if args.fresh and work.exists():
         shutil.rmtree(work)
@@ -285,22 +312,24 @@ def main() -> None:
     begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
     done = {**earlier_rows(out, stages), **measured.rows}
     beside: dict[str, list[str]] = {}  # set up when the first step beside the DAG starts (dense bert_rs exists)
+    again = set(args.stages) if args.again else set()
     for stage in to_run:
-        if stage in measured.rows:
+        if stage in measured.rows and stage not in again:
             continue
-        resumed = stage in begun.rows
-        begun.get_or_run(stage, lambda: {"at": time.time()})
+        resumed = stage in begun.rows and stage not in measured.rows
+        begun.put(stage, {"at": time.time()})
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
         if stage_part(stage) == "beside the DAG" and not beside:
             beside = scalable_beside_dense(clone, work)
-        command = beside[stage] if stage_part(stage) == "beside the DAG" else dag_command(stage)
+        command = beside[stage] if stage_part(stage) == "beside the DAG" else dag_command(stage, stage in again)
 
         def measure() -> dict:
             seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
             return {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": resumed,
                     "load_average": os.getloadavg(), "code": code_version(clone), "date": date.today().isoformat()}
 
-        done[stage] = row = measured.get_or_run(stage, measure)
+        measured.put(stage, measure())
+        done[stage] = row = measured.rows[stage]
         print(f"{time.strftime('%H:%M:%S')} {stage}: {row['seconds'] / 60:.1f} min, peak {row['peak_gb']:.2f} GB",
               flush=True)
         report(clone, stages, done, out)

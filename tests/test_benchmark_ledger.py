@@ -52,3 +52,12 @@ def test_rows_written_in_the_older_flat_spelling_still_resume(tmp_path):
     work, calls = counting({})
     assert Ledger(path).get_or_run("bert_rs|c0|s0", work) == {"valid": 0.3, "seconds": 12.0}
     assert calls == []
+
+
+def test_a_unit_measured_again_replaces_its_row_for_every_later_reader(tmp_path):
+    ledger = Ledger(tmp_path / "runs.jsonl")
+    ledger.get_or_run("train_text@bert_rs", lambda: {"seconds": 4881.0})
+    ledger.put("train_text@bert_rs", {"seconds": 2400.0})
+    assert ledger.rows["train_text@bert_rs"] == {"seconds": 2400.0}
+    assert Ledger(tmp_path / "runs.jsonl").get_or_run("train_text@bert_rs", lambda: {"seconds": -1.0}) == {
+        "seconds": 2400.0}

@@ -1,13 +1,16 @@
 """The paper-scale benchmark finishes its table over several sittings: `--stages` runs a stage and exactly the
-stages it reads from, and a stage measured by an earlier sitting keeps its row until measured again."""
+stages it reads from, a stage measured by an earlier sitting keeps its row until measured again, and a workspace
+follows the checkout's committed code without losing the outputs it spent hours on."""
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import paper_scale
 from benchmarks.paper_scale import SCALABLE_EVALUATE, SCALABLE_TRAIN, earlier_rows, needed_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +54,33 @@ def test_rows_of_an_earlier_sitting_keep_their_date_and_drop_stages_the_dag_no_l
 
 def test_with_no_results_file_there_is_nothing_earlier(tmp_path):
     assert earlier_rows(tmp_path, STAGES) == {}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_workspace_behind_the_checkout_moves_to_its_commit_and_keeps_its_stage_outputs(tmp_path, monkeypatch):
+    root, clone = tmp_path / "root", tmp_path / "clone"
+    root.mkdir()
+    git(root, "init", "-q")
+    (root / ".gitignore").write_text("data/\n")
+    (root / "hybrid.py").write_text("old\n")
+    git(root, "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "old")
+    git(tmp_path, "clone", "-q", str(root), str(clone))
+    (clone / "data").mkdir()
+    (clone / "data" / "embeddings.parquet").write_text("an hour of embedding")  # a stage output, ignored by git
+    (clone / "hybrid.py").write_text("the workspace's own edit\n")
+    (root / "hybrid.py").write_text("new\n")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "new")
+    monkeypatch.setattr(paper_scale, "ROOT", root)
+    paper_scale.follow_committed_code(clone)
+    assert git(clone, "rev-parse", "HEAD") == git(root, "rev-parse", "HEAD")
+    assert (clone / "hybrid.py").read_text() == "new\n"
+    assert (clone / "data" / "embeddings.parquet").read_text() == "an hour of embedding"
+
+
+def test_a_stage_measured_again_is_run_although_dvc_thinks_it_up_to_date():
+    assert "--force" in paper_scale.dag_command("train_text@bert_rs", again=True)
+    assert "--force" not in paper_scale.dag_command("train_text@bert_rs")
