@@ -159,8 +159,7 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, Choice]:
     choice = keep_best((lam, looks.ndcg(eig.ease_scores(x, x_v, lam))) for lam in EASE_LAMBDAS)
     best = choice.setting
     model.ease_lambda = best
-    model.B = (torch.eye(data.n_items, dtype=torch.float64)
-               - eig.inverse(best) / eig.inverse_diagonal(best)[None, :]).fill_diagonal_(0.0).float()
+    model.B = eig.ease_weights(best)
     return model, choice
 
 

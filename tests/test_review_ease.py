@@ -1,6 +1,7 @@
 """The default bert_rs's closed forms and its joint validation search (pipeline/ranking/hybrid.py):
 
-- the eigendecomposition path equals the dense solve, for EASE and L3AE, with side information and whitening;
+- the eigendecomposition path equals the dense solve, for EASE and L3AE, with side information and whitening; the
+  solves done in place and by blocks of rows equal numpy's, and the whole fit holds at most four item-item matrices;
 - L3AE's closed form equals a direct per-column constrained least-squares solve, and its text prior, applied in
   factored form, equals EASE on the text gram;
 - whitening gives identity covariance;
@@ -11,6 +12,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ import torch
 
 from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.embeddings.cache import Profiles
+from pipeline.ranking import baselines
 from pipeline.ranking.baselines import EASE, Popularity
 from pipeline.ranking.evaluate import evaluate, full_ranking_mask, rank_full
 import pipeline.ranking.hybrid as hybrid
@@ -58,6 +64,39 @@ def dense_text_prior(unit: np.ndarray, nu: float = hybrid.TEXT_PRIOR_LAMBDA) -> 
 
 
 # ------------------------------------------------------------------------------------------- closed forms
+
+
+def test_the_solves_done_in_place_and_by_blocks_of_rows_equal_numpy(monkeypatch):
+    """The n_items^2 work runs in the matrices' own memory and a block of rows at a time (at 17k items each
+    matrix is 2.3 GB); with blocks of 3 rows on 25 items every block boundary is crossed."""
+    monkeypatch.setattr(baselines, "ROW_BLOCK", 3)
+    _, x, _ = random_world(seed=4)
+    gram, lam = torch.tensor(x.T @ x), 2.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(len(gram)))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(baselines.ridge_inverse_(gram.clone(), lam).numpy(), p, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(baselines.ease_weights(gram, lam).numpy(), b, rtol=1e-9, atol=1e-12)
+    assert torch.equal(gram, torch.tensor(x.T @ x))  # ease_weights leaves the gram as it was
+    eig = baselines.EigenGram(gram.clone())
+    np.testing.assert_allclose(eig.inverse_diagonal(lam).numpy(), np.diag(p), rtol=1e-9)
+    np.testing.assert_allclose(eig.ease_weights(lam).numpy(), b, rtol=1e-4, atol=1e-6)  # float32
+
+
+def test_a_gram_that_lambda_does_not_make_positive_definite_is_refused_naming_lambda():
+    singular = torch.ones(4, 4, dtype=torch.float64)  # rank one: X^T X of one user with every item
+    with pytest.raises(ValueError, match="not positive definite at lambda = 0.0"):
+        baselines.ridge_inverse_(singular, 0.0)
+
+
+def test_the_dense_fit_search_and_refit_hold_at_most_four_item_matrices_at_once():
+    """bert_rs's memory is a few n_items^2 float64 matrices (2.3 GB each at 17k items): building the gram, its
+    eigendecomposition, the inverse and B in each other's memory keeps the peak near three of them, where it was
+    above five; measured in a process of its own (tests/dense_peak_probe.py)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    run = subprocess.run([sys.executable, "-m", "tests.dense_peak_probe", "200", "2500"], env=env, check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert float(run.stdout) < 4.0
 
 
 def test_every_grid_point_scored_from_the_eigendecomposition_equals_the_dense_solve():

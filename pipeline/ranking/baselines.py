@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import nn
 
@@ -111,32 +112,75 @@ class MatrixFactorization(TrainableRanker):
         return {"mf": self.score_all(users)}
 
 
+ROW_BLOCK = 1024  # rows of an n_items^2 matrix built at a time (8 MB per 1k items in float64)
+
+
+def ridge_inverse_(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
+    """(G + lambda I)^-1, written over G (float64, row-major). G is PSD, so G + lambda I is positive definite for
+    lambda > 0: LAPACK's Cholesky factorisation and inverse (potrf, potri) run in G's own memory and the inverse's
+    triangle is mirrored a block of rows at a time, where `torch.linalg.inv(G + lambda I)` held the identity, the
+    sum, LAPACK's copy and the inverse beside G (at 17k items each is 2.3 GB). (n, n) -> the same tensor"""
+    if gram.dtype != torch.float64 or not gram.is_contiguous():
+        raise ValueError("ridge_inverse_ works in place on a contiguous float64 matrix")
+    gram.diagonal().add_(ease_lambda)
+    column_major = gram.numpy().T  # the same memory, as LAPACK reads it (G is symmetric: the same matrix)
+    factor, info = scipy.linalg.lapack.dpotrf(column_major, lower=False, overwrite_a=True)
+    if info == 0:
+        _, info = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"X^T X + lambda I is not positive definite at lambda = {ease_lambda} (LAPACK info {info}): "
+                         "lambda must be > 0")
+    for start in range(0, len(gram), ROW_BLOCK):  # LAPACK's upper triangle is this row-major matrix's lower one
+        stop = start + ROW_BLOCK
+        gram[start:stop, stop:] = gram[stop:, start:stop].T
+        block = gram[start:stop, start:stop]
+        block.copy_(block.tril() + block.tril(-1).T)
+    return gram
+
+
+def ease_from_inverse_(p: torch.Tensor) -> torch.Tensor:
+    """EASE's B = I - P diag(1 / diag P) with its zero diagonal, B_ij = -P_ij / P_jj, written over P."""
+    p.div_(torch.diagonal(p).clone()[None, :]).neg_()
+    return p.fill_diagonal_(0.0)
+
+
 def ease_weights(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
     """B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0 from G = X^T X (or any PSD item Gram):
-    P = (G + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. (n_items, n_items) -> (n_items, n_items)"""
-    p = torch.linalg.inv(gram + ease_lambda * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device))
-    b = -p / torch.diagonal(p)[None, :]
-    b.fill_diagonal_(0.0)
-    return b
+    P = (G + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. G is left as it was.
+    (n_items, n_items) -> (n_items, n_items)"""
+    return ease_from_inverse_(ridge_inverse_(gram.double().clone(memory_format=torch.contiguous_format), ease_lambda))
 
 
 class EigenGram:
     """One eigendecomposition G = V diag(s) V^T of a PSD item Gram, after which (G + lambda I)^-1 for any lambda is a
-    diagonal rescale, V diag(1 / (s + lambda)) V^T: a lambda grid costs one n^3 decomposition, not one per value."""
+    diagonal rescale, V diag(1 / (s + lambda)) V^T: a lambda grid costs one n^3 decomposition, not one per value.
+
+    The decomposition is LAPACK's MRRR driver (syevr) working in G's own memory, so G is overwritten: it holds V
+    and G (two n^2 matrices) at its peak, where torch.linalg.eigh (divide and conquer) held four: its copy of G, V
+    and a workspace of two more. Pass a Gram that is not needed afterwards."""
 
     def __init__(self, gram: torch.Tensor) -> None:
-        self.s, self.v = torch.linalg.eigh(gram.double())  # (n,), (n, n)
+        s, v = scipy.linalg.eigh(gram.double().numpy().T, overwrite_a=True, check_finite=False, driver="evr")
+        self.s, self.v = torch.from_numpy(s), torch.from_numpy(v)  # (n,), (n, n)
 
     def inverse_diagonal(self, ease_lambda: float) -> torch.Tensor:
-        """diag((G + lambda I)^-1) without forming it. (n,)"""
-        return (self.v * self.v) @ (1.0 / (self.s + ease_lambda))
+        """diag((G + lambda I)^-1) without forming it, nor V * V: a block of rows at a time. (n,)"""
+        weights = 1.0 / (self.s + ease_lambda)
+        return torch.cat([(rows * rows) @ weights for rows in self.v.split(ROW_BLOCK)])
+
+    def ease_weights(self, ease_lambda: float) -> torch.Tensor:
+        """EASE's B at this lambda, B_ij = -P_ij / P_jj with a zero diagonal, as float32, built a block of rows of P
+        at a time: the float64 inverse is never whole. (n, n) float32"""
+        scaled, inverse_diagonal = self.v / (self.s + ease_lambda), self.inverse_diagonal(ease_lambda)
+        b = torch.empty(self.v.shape, dtype=torch.float32)
+        for start in range(0, len(b), ROW_BLOCK):
+            rows = slice(start, start + ROW_BLOCK)
+            b[rows] = (scaled[rows] @ self.v.T).div_(inverse_diagonal[None, :]).neg_()
+        return b.fill_diagonal_(0.0)
 
     def times_inverse(self, rows_v: torch.Tensor, ease_lambda: float) -> torch.Tensor:
         """x (G + lambda I)^-1 from x V (precomputed once per Gram). (b, n) -> (b, n)"""
         return (rows_v / (self.s + ease_lambda)) @ self.v.T
-
-    def inverse(self, ease_lambda: float) -> torch.Tensor:
-        return self.times_inverse(self.v, ease_lambda)
 
     def ease_scores(self, x: torch.Tensor, rows_v: torch.Tensor, ease_lambda: float) -> torch.Tensor:
         """x B for EASE's B = I - P diag(1 / diag P) (the closed form of `ease_weights`), without forming B.
@@ -159,8 +203,13 @@ class EASE(ClosedFormRanker):
 
     def fit(self, users: np.ndarray, items: np.ndarray) -> "EASE":
         self.hold_pairs(users, items)
-        self.B = ease_weights(self.gram(), self.ease_lambda).float()
+        self.solve(self.ease_lambda)
         return self
+
+    def solve(self, ease_lambda: float) -> None:
+        """B at this lambda from the held pairs; the old B is let go first (one n^2 matrix less at the peak)."""
+        self.B = torch.empty(0)
+        self.B = ease_from_inverse_(ridge_inverse_(self.gram(), ease_lambda)).float()
 
     def hold_pairs(self, users: np.ndarray, items: np.ndarray) -> None:
         """Keep the pairs as the history matrix X (CSR): the rows x_u scores are read from, and the gram's source."""
@@ -178,16 +227,17 @@ class EASE(ClosedFormRanker):
         """With 2+ lambdas, each in grid order, B from one eigendecomposition of X^T X; ranked as the model stands."""
         if len(self.grid_lambda) < 2:
             return
+        self.B = torch.empty(0)  # each lambda's B replaces it
         eig = EigenGram(self.gram())
         for lam in self.grid_lambda:
-            self.B = (torch.eye(self.n_items, dtype=torch.float64) - eig.inverse(lam) / eig.inverse_diagonal(lam)[None, :]
-                      ).fill_diagonal_(0.0).float()
+            self.B = torch.empty(0)
+            self.B = eig.ease_weights(lam)
             yield lam, None
 
     def apply(self, choice: "Choice[float]") -> None:
         """The chosen lambda, B solved directly at it."""
         self.ease_lambda = choice.setting
-        self.B = ease_weights(self.gram(), self.ease_lambda).float()
+        self.solve(self.ease_lambda)
 
     def choices(self) -> dict | None:
         if len(self.grid_lambda) < 2:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.baselines import EASE, EigenGram, ease_weights, score_via_all
+from pipeline.ranking.baselines import EASE, EigenGram, ease_from_inverse_, ridge_inverse_, score_via_all
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
 
 if TYPE_CHECKING:
@@ -128,13 +128,11 @@ class LowRankPrior:
         self.k = torch.linalg.inv(nu * torch.eye(unit.shape[1], dtype=unit.dtype) + unit.T @ unit)  # (d, d)
         self.inverse_pt_diag = nu / (1.0 - ((unit @ self.k) * unit).sum(1))  # 1 / diag P_t (n,)
 
-    def times_pt(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows P_t. (b, n) -> (b, n)"""
-        return (rows - ((rows @ self.unit) @ self.k) @ self.unit.T) / self.nu
-
     def complement_times(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows (I - S) = rows P_t diag(1 / diag P_t). (b, n) -> (b, n)"""
-        return self.times_pt(rows) * self.inverse_pt_diag
+        """rows (I - S) = rows P_t diag(1 / diag P_t), P_t = (I - F K F^T) / nu, built in one new (b, n) matrix (the
+        final solve passes all n rows of P: each temporary is n^2). (b, n) -> (b, n)"""
+        out = ((rows @ self.unit) @ self.k) @ self.unit.T  # rows F K F^T
+        return out.neg_().add_(rows).div_(self.nu).mul_(self.inverse_pt_diag)
 
     def diagonal_of(self, p_diag: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
         """diag(P S) for a symmetric P, from diag P and P F: diag P - diag(P P_t) / diag P_t. (n,)"""
@@ -204,6 +202,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.register_buffer("validation_looks", torch.tensor(0))
         self.register_buffer("log_counts", torch.zeros(n_items))  # (n_items,) log(1 + training interactions)
         self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
+        self._gram: torch.Tensor | None = None  # X^T X of the pairs being fitted, while a search or solve needs it
         self.use_profiles(profiles)
 
     @classmethod
@@ -259,9 +258,11 @@ class ReviewAwareEASE(ClosedFormRanker):
     # ------------------------------------------------------------------------------------------------ fitting
 
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ReviewAwareEASE":
-        """EASE on the training matrix at the first lambda; `apply` re-solves at the setting chosen on validation."""
-        self.ease.fit(users, items)
+        """Hold the training pairs and solve plain EASE at the first lambda (what the model scores with where there is
+        no validation to choose on); `apply` re-solves at the setting chosen on validation."""
+        self.ease.hold_pairs(users, items)
         self._hold_counts(items)
+        self.solve(0.0, self.grid_lambda[0], "ease", self.grid_whiten[0])
         return self
 
     def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice[Setting] | None") -> "ReviewAwareEASE":
@@ -278,27 +279,42 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.log_counts = torch.log1p(torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32))
         self._gram = self.ease.gram()
 
-    def side_gram(self, whiten: bool | None = None) -> torch.Tensor:
-        """m F F^T: the text gram scaled by the mean training interactions per item. (n_items, n_items) float64"""
-        unit = self.units(whiten)[1].double()
-        return torch.diagonal(self._gram).mean() * (unit @ unit.T)
+    def gram(self) -> torch.Tensor:
+        """X^T X of the pairs being fitted, built again from them where the grid's eigendecomposition took it.
+        (n_items, n_items) float64"""
+        if self._gram is None:
+            self._gram = self.ease.gram()
+        return self._gram
 
     def solve(self, side_weight: float, ease_lambda: float | None = None, regulariser: str = "ease",
-              whiten: bool | None = None) -> None:
-        """Set B to the closed form at these settings (side_weight 0, "ease": plain EASE)."""
+              whiten: bool | None = None, keep_gram: bool = True) -> None:
+        """Set B to the closed form at these settings (side_weight 0, "ease": plain EASE). Memory: the old B is let
+        go first, P = (G_a + lambda I)^-1 is built in the memory of one copy of the gram, and B (L3AE: one more n^2
+        matrix) is formed from P in place; `keep_gram=False` lets the gram go once its copy is made (the final
+        solve). At most three n_items^2 float64 matrices at once, where forming G_a, the identity and inv() held five
+        or six."""
         ease_lambda = float(self.ease_lambda if ease_lambda is None else ease_lambda)
         whiten = bool(self.whiten) if whiten is None else whiten
-        gram = self._gram + side_weight * self.side_gram(whiten) if side_weight else self._gram
+        self.ease.B = torch.empty(0)
+        gram = self.gram()
+        system = gram.clone()
+        if side_weight:  # G_a = X^T X + a m F F^T
+            unit = self.units(whiten)[1].double()
+            system.addmm_(unit, unit.T, alpha=side_weight * float(torch.diagonal(gram).mean()))
+        del gram
+        if not keep_gram:
+            self._gram = None
+        p = ridge_inverse_(system, ease_lambda)  # in the system's memory
+        del system
         if regulariser == "ease":
-            b = ease_weights(gram, ease_lambda)
+            b = ease_from_inverse_(p)
         else:  # B = B~ - P diag(diag(B~) / diag(P)), B~ = I - lambda P (I - S), with S in factored form
-            p = torch.linalg.inv(gram + ease_lambda * torch.eye(self.n_items, dtype=torch.float64))
-            del gram
             prior = LowRankPrior(self.units(whiten)[1].double(), TEXT_PRIOR_LAMBDA)
             b = prior.complement_times(p).mul_(-ease_lambda)  # B~ - I
             b_tilde_diag = torch.diagonal(b) + 1.0
-            b.sub_(p * (b_tilde_diag / torch.diagonal(p))[None, :])
+            b.sub_(p.mul_((b_tilde_diag / torch.diagonal(p))[None, :]))
             b.fill_diagonal_(0.0)
+        del p
         self.ease.B = b.float()
         self.ease.ease_lambda = ease_lambda
         self.ease_lambda = torch.tensor(ease_lambda, dtype=torch.float64)
@@ -316,9 +332,12 @@ class ReviewAwareEASE(ClosedFormRanker):
         (whitening, side weight), two thirds of bert_rs's search time at 17k items. The order the points come in is
         therefore not the order of simplicity; ties are settled by `grid_position`. (b, n_items) float64 each"""
         x = self.ease.rows(users).double()  # (b, n)
-        eig = EigenGram(self._gram)
+        per_item = torch.diagonal(self.gram()).mean()  # m
+        self.ease.B = torch.empty(0)  # `apply` solves the chosen one
+        gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
+        eig = EigenGram(gram)
+        del gram
         x_v = x @ eig.v  # (b, n)
-        per_item = torch.diagonal(self._gram).mean()  # m
         with_prior = "l3ae" in self.grid_regulariser
         needs_q_f = with_prior or any(self.grid_side)
         text = {}  # whitening -> F (n, d), V^T F (n, d), S (factored) or None
@@ -388,8 +407,7 @@ class ReviewAwareEASE(ClosedFormRanker):
     def apply(self, choice: "Choice[Setting]") -> None:
         """Re-solve B at the chosen setting and record it, with the number of looks that chose it."""
         chosen = choice.setting
-        self.solve(chosen.side_weight, chosen.ease_lambda, chosen.regulariser, chosen.whiten)
-        self._gram = None  # n_items^2 float64, only needed while choosing
+        self.solve(chosen.side_weight, chosen.ease_lambda, chosen.regulariser, chosen.whiten, keep_gram=False)
         self.text_weight = torch.tensor(chosen.text_weight)
         self.match_index = torch.tensor(TEXT_MATCHES.index(chosen.text_match))
         self.pop_weight = torch.tensor(chosen.pop_weight)
