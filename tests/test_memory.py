@@ -13,10 +13,11 @@ def test_dense_estimate_grows_with_the_square_of_the_catalogue_and_matches_the_m
     small, double = Shape(0, 10_000, 0, 0), Shape(0, 20_000, 0, 0)
     growth = (fit_bytes("ease", double) - fit_bytes("ease", small)) / (fit_bytes("ease", small) - 0.4 * GB)
     assert growth == pytest.approx(3.0)  # twice the items: four times the item-item matrices
-    # issue 14 measured 10.3 GB (ease) and 12.8 GB (bert_rs) peak RSS at 16,631 items, 3,764 users
-    paper = Shape(3764, 16_631, 70_000, 384)
-    assert 9.0 * GB < fit_bytes("ease", paper) < 12.0 * GB
-    assert 11.5 * GB < fit_bytes("bert_rs", paper) < 14.5 * GB
+    # paper_scale.md measured 3.85 GB (ease) and 9.92 GB (bert_rs) peak RSS at 17,033 items, 3,764 users: the
+    # estimate stays above each, by less than half for bert_rs (ease's covers a lambda grid; the default has one)
+    paper = Shape(3764, 17_033, 70_000, 384)
+    assert 3.85 * GB < fit_bytes("ease", paper) < 6.0 * GB
+    assert 9.92 * GB < fit_bytes("bert_rs", paper) < 11.0 * GB
 
 
 def test_scalable_estimate_is_linear_in_items():
@@ -25,7 +26,7 @@ def test_scalable_estimate_is_linear_in_items():
     tenfold = fit_bytes("scalable", Shape(0, 1_000_000, 0, 64), rank=128) - fixed
     assert tenfold == pytest.approx(10 * base, rel=1e-9)
     assert fit_bytes("scalable", Shape(100_000, 1_000_000, 10_000_000, 384), rank=128) < 12 * GB  # issue 14: <= 12 GB
-    assert fit_bytes("ease", Shape(10_000, 1_000_000, 1_000_000, 64)) > 30_000 * GB
+    assert fit_bytes("ease", Shape(10_000, 1_000_000, 1_000_000, 64)) > 10_000 * GB  # dense: out of the question
 
 
 def test_evaluation_memory_is_bounded_by_the_chunk_not_the_catalogue():

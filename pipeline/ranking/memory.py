@@ -1,10 +1,13 @@
 """Peak-memory estimates for stage two, checked against a budget BEFORE anything large is allocated.
 
-Dense EASE and the default bert_rs hold several n_items x n_items float64 matrices at once (the Gram, the identity
-added to it, its inverse and LAPACK's copy, B), so their memory grows with the square of the catalogue: measured
-10.3 GB peak RSS for `train --run ease` and 12.8 GB for `train --run bert_rs` at 16,631 items (issue 14). Past the
-budget such a run would be killed by the OS half-way; this module lets it stop first, with a message naming the
-setting to change and the scalable alternative (pipeline/ranking/scalable.py, memory O(n_items x rank)).
+Dense EASE and the default bert_rs hold a few n_items x n_items float64 matrices at once (the gram, a copy it is
+solved in, B; the search's eigenvectors), so their memory grows with the square of the catalogue, and bert_rs's
+validation search adds a few users x items float64 matrices (the held-out users' rows, their products with the
+eigenvectors, each setting's scores and text parts). Measured at the paper's size (benchmarks/results/paper_scale.md,
+3,764 users and 17,033 items): `train --run ease` 3.85 GB peak RSS and `train --run bert_rs` 9.92 GB, since the
+solves work in place (pipeline/ranking/baselines.py: `ridge_inverse_`, `EigenGram`); before, 10.2 and 13.0 GB.
+Past the budget such a run would be killed by the OS half-way; this module lets it stop first, with a message
+naming the setting to change and the scalable alternative (pipeline/ranking/scalable.py, memory O(n_items x rank)).
 
 The estimates are upper-bound style (bytes of the largest arrays alive together plus a fixed interpreter
 overhead), not exact accounting; tests/test_memory.py checks their scaling, and benchmarks/scale.py measures
@@ -21,7 +24,12 @@ from pipeline.config import ConfigError
 
 GB = 1024**3
 BASE_BYTES = 0.4 * GB  # python + torch + numpy + the prepared data tables, measured ~0.35 GB on the sample
-DENSE_MATRICES = {"ease": 4.5, "bert_rs": 5.5}  # n_items^2 float64 matrices alive at the peak (fit + selection)
+# n_items^2 float64 matrices alive at the peak of fit + selection + final fit: ease's lambda grid holds the gram and
+# its eigenvectors (one lambda: 1.5); bert_rs's fit holds the gram, its solve copy and B
+DENSE_MATRICES = {"ease": 2.0, "bert_rs": 3.0}
+# bytes per user x item cell: the training rows the gram is built from (float32 + float64), and for bert_rs the
+# validation search's rows, products and score parts (about five float64 users x items matrices)
+USER_ITEM_BYTES = {"ease": 12.0, "bert_rs": 52.0}
 NEURAL_MODELS = ("mf", "gmf", "mlp", "neumf", "bert_rs_neural", "bert_rs_paper", "semantic_only")
 BUDGET_SETTING = "train.memory_budget_gb"
 
@@ -48,11 +56,12 @@ def budget_bytes(budget_gb: float | None) -> float:
 
 
 def dense_bytes(shape: Shape, model: str = "ease") -> float:
-    """Dense EASE / bert_rs fit: the n_items^2 float64 matrices plus the dense float32 + float64 training matrix
-    the Gram is built from, plus the text profiles."""
+    """Dense EASE / bert_rs fit: the n_items^2 float64 matrices, the users x items ones (the training matrix the
+    gram is built from; bert_rs's validation search), and the text profiles. Calibrated on the paper-size peaks
+    (module docstring): the estimates read 5.4 and 10.0 GB there."""
     matrices = DENSE_MATRICES.get(model, DENSE_MATRICES["ease"]) * 8.0 * shape.n_items**2
-    training_rows = 12.0 * shape.n_users * shape.n_items
-    return BASE_BYTES + matrices + training_rows + 4.0 * (shape.n_users + shape.n_items) * shape.dim
+    user_rows = USER_ITEM_BYTES.get(model, USER_ITEM_BYTES["ease"]) * shape.n_users * shape.n_items
+    return BASE_BYTES + matrices + user_rows + 4.0 * (shape.n_users + shape.n_items) * shape.dim
 
 
 def scalable_bytes(shape: Shape, rank: int) -> float:
