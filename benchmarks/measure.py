@@ -84,10 +84,31 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def stop_tree(process: psutil.Process, grace: float = 5.0) -> None:
+    """End `process` and every descendant (terminate, then kill what is left after `grace` seconds)."""
+    try:
+        members = [*process.children(recursive=True), process]
+    except psutil.Error:
+        return
+    for member in members:
+        try:
+            member.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(members, timeout=grace)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.Error:
+            pass
+
+
 def run_measured(command: list[str], *, cwd: Path | None = None, env: dict | None = None, log: Path | None = None,
                  interval: float = 0.1) -> Measured:
     """Run `command` to the end, sampling its tree's RSS. Its output goes to `log` (appended) or is kept for the
-    error: a non-zero exit raises RuntimeError naming the command and ending with its last output."""
+    error: a non-zero exit raises RuntimeError naming the command and ending with its last output. Interrupted
+    (Ctrl-C, or SIGTERM where the caller turns it into an exception), it stops the command's whole tree first: a
+    `dvc repro` left behind keeps training and shares the cores with whatever is measured next."""
     started, cpu_before = time.perf_counter(), children_cpu_seconds()
     out = open(log, "a") if log else subprocess.PIPE
     try:
@@ -98,9 +119,13 @@ def run_measured(command: list[str], *, cwd: Path | None = None, env: dict | Non
         if log is None:  # drain the pipe in a thread so a chatty command never blocks on a full pipe
             reader = threading.Thread(target=lambda: captured.extend(process.stdout), daemon=True)
             reader.start()
-        while process.poll() is None:
-            peak = max(peak, tree_rss(handle))
-            time.sleep(interval)
+        try:
+            while process.poll() is None:
+                peak = max(peak, tree_rss(handle))
+                time.sleep(interval)
+        except BaseException:
+            stop_tree(handle)
+            raise
         if reader is not None:
             reader.join()
     finally:

@@ -43,6 +43,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -287,6 +288,7 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` stops the stage being measured as well
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(ROOT / "build" / "paper_scale"))
     parser.add_argument("--out", default=str(RESULTS))

@@ -1,10 +1,12 @@
 """What the benchmarks' time and memory figures measure (benchmarks/measure.py): a command's whole process tree,
 CPU apart from wall time, and a failure that says what failed."""
 
+import signal
 import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from benchmarks.measure import PeakRSS, run_measured
@@ -46,3 +48,28 @@ def test_peak_rss_in_process_reports_the_work_s_growth_over_the_level_at_entry()
         time.sleep(0.1)
         del held
     assert 190 < rss.growth_mb < 260
+
+
+def test_an_interrupted_measurement_stops_the_command_and_its_descendants(tmp_path):
+    """A stopped benchmark must not leave a stage training behind it, sharing the cores with the next measurement."""
+    pid_file = tmp_path / "grandchild.pid"
+    command = [sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """)]
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_measured(command)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    grandchild = int(pid_file.read_text())
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
