@@ -61,6 +61,7 @@ from benchmarks.ledger import Ledger  # noqa: E402
 from benchmarks.measure import run_measured  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
+from pipeline.ranking.memory import DENSE_MATRICES, GB, Shape, fit_bytes  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLE = ROOT / "data" / "sample"
@@ -209,11 +210,17 @@ def stage_part(stage: str) -> str:
 
 def run_note(clone: Path, stage: str) -> str:
     """Which solver a bert_rs run used (`auto` picks dense only while its estimate fits the memory available at the
-    start, so a run that shared the machine may have switched), or the epoch a neural run chose on validation."""
+    start, so a run that shared the machine may have switched) and, for a dense solve, the memory estimate that
+    decides it (pipeline/ranking/memory.py, beside the measured peak); or the epoch a neural run chose."""
     run_file = clone / "data" / "models" / stage.partition("@")[2] / "run.json"
     if not stage.startswith("train") or not run_file.is_file():
         return ""
     run = json.loads(run_file.read_text())
+    model = run["spec"]["model"]
+    if model in DENSE_MATRICES and (run.get("bert_rs_solver") or "dense") == "dense":
+        estimate = fit_bytes(model, Shape(run["n_users"], run["n_items"], 0, run.get("dim") or 0)) / GB
+        return "; ".join(filter(None, [f"solver {run['bert_rs_solver']}" if run.get("bert_rs_solver") else "",
+                                       f"memory estimate {estimate:.1f} GB"]))
     if run.get("bert_rs_solver"):
         return f"solver {run['bert_rs_solver']}"
     return f"best epoch on validation {run['best_epoch']}" if run.get("best_epoch") else ""
@@ -325,13 +332,11 @@ def main() -> None:
             beside = scalable_beside_dense(clone, work)
         command = beside[stage] if stage_part(stage) == "beside the DAG" else dag_command(stage, stage in again)
 
-        def measure() -> dict:
-            seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
-            return {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": resumed,
-                    "load_average": os.getloadavg(), "code": code_version(clone), "date": date.today().isoformat()}
-
-        measured.put(stage, measure())
-        done[stage] = row = measured.rows[stage]
+        seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
+        done[stage] = row = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": resumed,
+                             "load_average": os.getloadavg(), "code": code_version(clone),
+                             "date": date.today().isoformat()}
+        measured.put(stage, row)
         print(f"{time.strftime('%H:%M:%S')} {stage}: {row['seconds'] / 60:.1f} min, peak {row['peak_gb']:.2f} GB",
               flush=True)
         report(clone, stages, done, out)
