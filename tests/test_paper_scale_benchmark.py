@@ -90,7 +90,8 @@ def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_
     """The README quotes the estimate next to each dense model's paper-size peak: the row carries it."""
     from pipeline.ranking.memory import GB, Shape, fit_bytes
 
-    for run, spec, extra in (("bert_rs", "bert_rs", {"bert_rs_solver": "dense", "dim": 384}), ("ease", "ease", {"bert_rs_solver": None})):
+    for run, spec, extra in (("bert_rs", "bert_rs", {"bert_rs_solver": "dense", "dim": 384}),
+                             ("ease", "ease", {"bert_rs_solver": None})):
         folder = tmp_path / "data" / "models" / run
         folder.mkdir(parents=True)
         (folder / "run.json").write_text(json.dumps({"spec": {"model": spec}, "n_users": 3764, "n_items": 17033,
