@@ -284,7 +284,8 @@ class BertRSConfig:
     # low-rank item model (n_items x rank), auto = dense while it fits train.memory_budget_gb; recorded in run.json
     solver: Literal["auto", "dense", "scalable"] = "auto"
     scalable_rank: int = 128  # columns of A in B = A A^T - I
-    scalable_epochs: int = 10  # passes over the users (more overfits the planted test world)
+    scalable_epochs: int = 10  # at most this many passes over the users; the pass kept is chosen on validation
+    scalable_patience: int = 3  # passes without a better validation NDCG@10 (item model alone) before stopping
     scalable_batch_users: int = 256  # users per Adam step (the loss is closed-form: memory does not grow with it)
     scalable_learning_rate: float = 0.01
     scalable_text_init: bool = True  # start A from the item profiles' principal directions (else random)
@@ -299,6 +300,7 @@ class BertRSConfig:
         _check(min(self.pop_weights) >= 0, f"{key}.pop_weights", "must be >= 0 (0: no popularity term)")
         _check(self.scalable_rank >= 1 and self.scalable_epochs >= 1 and self.scalable_batch_users >= 1,
                f"{key}.scalable_rank", "scalable_rank, scalable_epochs and scalable_batch_users must be >= 1")
+        _check(self.scalable_patience >= 1, f"{key}.scalable_patience", "must be >= 1")
 
 
 def _text(section: Any) -> Any:

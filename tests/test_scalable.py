@@ -1,6 +1,8 @@
 """The low-rank item model (ELSA-style, text-initialised): EASE-like quality on the planted world, the text start
-helps, its closed-form standardisation and loss equal the dense forms, and bert_rs switches to it visibly."""
+helps, its closed-form standardisation and loss equal the dense forms, its passes are chosen on validation, and
+bert_rs switches to it visibly."""
 
+import dataclasses
 import json
 
 import pytest
@@ -13,7 +15,8 @@ from pipeline.ranking.hybrid import standardise
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.scalable import ScalableItemModel, normalised_reconstruction_loss
 from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.ranking.train import train
+from pipeline.ranking.registry import build_model
+from pipeline.ranking.train import train, with_validation_in_training
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -71,6 +74,46 @@ def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_en
     assert isinstance(loaded.model, ScalableItemModel)
     users = torch.arange(20)
     torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
+
+
+def test_the_pass_kept_is_the_validation_best_and_training_stops_patience_passes_after_it(ranking_env):
+    data = ranking_env.data
+    scripted = iter([0.10, 0.30, 0.20, 0.25, 0.40, 0.50])  # best at pass 2, then two passes without a better one
+    model = ScalableItemModel(data.n_users, data.n_items, ranking_env.profiles(), rank=16, epochs=6, batch_users=64,
+                              patience=2, weights=(0.0, 0.5))
+    model.text_weight = torch.tensor(0.5)
+    seen_weights = []
+
+    def validation():
+        seen_weights.append(float(model.text_weight))
+        return {"hr@10": 0.0, "ndcg@10": next(scripted)}
+
+    curve, kept = model.fit_on_validation(data.train.users, data.train.items, validation)
+    assert kept == 2 and [row["epoch"] for row in curve] == [1, 2, 3, 4]  # passes 5 and 6 never trained
+    assert [row["valid_ndcg@10"] for row in curve] == [0.10, 0.30, 0.20, 0.25]
+    assert seen_weights == [0.0] * 4 and float(model.text_weight) == 0.5  # the item model alone was scored
+    assert model.epochs == 2 and model.choices()["epochs_scored_on_validation"] == 4
+    two_passes = ScalableItemModel(data.n_users, data.n_items, ranking_env.profiles(), rank=16, epochs=2,
+                                   batch_users=64).fit(data.train.users, data.train.items)
+    torch.testing.assert_close(model.A, two_passes.A, rtol=0, atol=0)  # stands in pass 2, not pass 4
+
+
+def test_train_chooses_the_passes_on_validation_and_the_final_fit_trains_as_many(ranking_env):
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    config = ranking_env.config.override("bert_rs", solver="scalable", scalable_rank=16, scalable_epochs=8,
+                                         scalable_patience=2, text_weights=[0.0, 0.5])
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, refit_with_validation=True))
+    spec = RunSpec(model="bert_rs", embeddings="synthetic")
+    result = train(spec, config, data, profiles, progress=False)
+    assert result.fitted_on == "train+valid"
+    scores = [row["valid_ndcg@10"] for row in result.curves]
+    assert result.best_epoch == scores.index(max(scores)) + 1 and result.model.choices()["epochs"] == result.best_epoch
+    assert len(scores) == min(8, result.best_epoch + 2)
+    history = with_validation_in_training(data)
+    again = build_model(spec, config.override("bert_rs", scalable_epochs=result.best_epoch), data.n_users,
+                        data.n_items, profiles)
+    again.fit(history.train.users, history.train.items)
+    torch.testing.assert_close(result.model.A, again.A, rtol=0, atol=0)
 
 
 def test_the_closed_form_loss_equals_elsas_dense_loss_and_its_gradient():

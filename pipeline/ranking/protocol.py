@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -71,6 +71,15 @@ class ClosedFormRanker(Ranker):
     @abstractmethod
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ClosedFormRanker":
         """Fit on the training pairs (user, item index arrays)."""
+
+    def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
+                          validation: Callable[[], dict] | None) -> tuple[list[dict], int]:
+        """`fit`, for a model whose fit is iterative: given `validation` (the validation HR@10 / NDCG@10 of the model
+        as it stands, as pipeline/ranking/train.py measures them), it chooses its number of passes there and returns
+        one curve row per pass scored and the pass kept. A solve has no passes to choose: the default fits and
+        returns ([], 0)."""
+        self.fit(users, items)
+        return [], 0
 
     def candidates(self, users: torch.Tensor) -> Iterator["tuple[Any, torch.Tensor | None] | WeightedSums"]:
         """The settings this model can choose between, simplest first (ties keep the earlier) unless

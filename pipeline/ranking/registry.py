@@ -54,7 +54,8 @@ def _bert_rs(section: BertRSConfig, shared: TrainConfig, n_users: int, n_items: 
     if bert_rs_solver(section, shared, n_items) == "scalable":
         return ScalableItemModel(n_users, n_items, profiles, section.scalable_rank, section.scalable_epochs,
                                  section.scalable_batch_users, section.scalable_learning_rate,
-                                 section.scalable_text_init, section.text_weights, shared.seed)
+                                 section.scalable_text_init, section.text_weights, shared.seed,
+                                 section.scalable_patience)
     return ReviewAwareEASE.from_config(n_users, n_items, profiles, section)
 
 

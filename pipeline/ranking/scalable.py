@@ -24,7 +24,7 @@ The review text enters twice, as in bert_rs (pipeline/ranking/hybrid.py):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.memory import dense_fits
 from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.sampling import PairSet
+from pipeline.ranking.select import SELECTION_METRIC, KeepBest
 
 if TYPE_CHECKING:
     from pipeline.ranking.select import Choice
@@ -102,10 +103,12 @@ class ScalableItemModel(ClosedFormRanker):
         text_init: bool = True,
         weights: Sequence[float] = (0.0,),
         seed: int = 0,
+        patience: int = 3,
     ) -> None:
         super().__init__()
         self.n_users, self.n_items, self.rank = n_users, n_items, rank
         self.epochs, self.batch_users, self.learning_rate = epochs, batch_users, learning_rate
+        self.patience, self.epochs_scored = patience, 0  # epochs_scored: passes scored on validation (0: none)
         self.text_init, self.grid_weight, self.seed = text_init and profiles is not None, [float(w) for w in weights], seed
         self.A = nn.Parameter(torch.zeros(n_items, rank), requires_grad=False)  # (n_items, rank), unit rows once fit
         self.register_buffer("text_weight", torch.tensor(0.0))
@@ -124,6 +127,41 @@ class ScalableItemModel(ClosedFormRanker):
     # ------------------------------------------------------------------------------------------------ fitting
 
     def fit(self, users: np.ndarray, items: np.ndarray, progress: bool = False) -> "ScalableItemModel":
+        """`epochs` passes over the users, the last kept (a refit trains the passes chosen on validation)."""
+        for _ in self._passes(users, items, progress):
+            pass
+        return self
+
+    def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
+                          validation: Callable[[], dict] | None) -> tuple[list[dict], int]:
+        """Up to `epochs` passes, scoring the item model alone (text weight 0) on validation after each: the pass
+        kept is the first best, training stops `patience` passes without a better one, and `epochs` becomes the
+        passes kept, so that the final fit on training + validation pairs trains as many. Why: how many passes
+        suit a catalogue depends on its density, and a fixed count chosen on one world overfits another."""
+        if validation is None:
+            return super().fit_on_validation(users, items, validation)
+        best: KeepBest[int] = KeepBest()
+        best_factors, curve, stale = None, [], 0
+        weight, self.text_weight = self.text_weight, torch.tensor(0.0)
+        for epoch, loss in self._passes(users, items):
+            valid = validation()
+            curve.append({"epoch": epoch, "loss": loss, "valid_hr@10": valid.get("hr@10", float("nan")),
+                          "valid_ndcg@10": valid.get(SELECTION_METRIC, float("nan"))})
+            if best.offer(epoch, valid.get(SELECTION_METRIC, float("nan"))):
+                best_factors, stale = self.A.detach().clone(), 0
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        self.A.data, self.epochs, self.text_weight = best_factors, best.setting, weight
+        self.epochs_scored = len(curve)
+        log.info("scalable item model: pass %d of %d kept (validation NDCG@10 %.4f)", best.setting, len(curve),
+                 best.score)
+        return curve, best.setting
+
+    def _passes(self, users: np.ndarray, items: np.ndarray, progress: bool = False) -> Iterator[tuple[int, float]]:
+        """Train from the start, standing in each pass's A (unit rows) when it yields (pass number, mean loss).
+        Seeded: the same pairs give the same A after n passes, whoever asks."""
         pairs = PairSet(users, items, self.n_users, self.n_items)
         self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64)
         self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64)
@@ -148,10 +186,11 @@ class ScalableItemModel(ClosedFormRanker):
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
+            mean_loss = total / max(len(active), 1)
             if progress or epoch == self.epochs - 1:
-                log.info("scalable item model epoch %d/%d: loss %.4f", epoch + 1, self.epochs, total / max(len(active), 1))
-        self.A.data = F.normalize(a.detach(), dim=-1)
-        return self
+                log.info("scalable item model epoch %d/%d: loss %.4f", epoch + 1, self.epochs, mean_loss)
+            self.A.data = F.normalize(a.detach(), dim=-1)
+            yield epoch + 1, mean_loss
 
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
         """Each text weight w in grid order, ranked as the model stands (chunked over items: bounded memory)."""
@@ -167,7 +206,8 @@ class ScalableItemModel(ClosedFormRanker):
         self.text_weight = torch.tensor(choice.setting)
 
     def choices(self) -> dict:
-        return {"solver": self.solver, "rank": self.rank, "text_init": self.text_init,
+        return {"solver": self.solver, "rank": self.rank, "text_init": self.text_init, "epochs": self.epochs,
+                "epochs_scored_on_validation": self.epochs_scored,
                 "text_match": "user_profile", "text_weight": round(float(self.text_weight), 6)}
 
     # ------------------------------------------------------------------------------------------------ scoring

@@ -182,13 +182,15 @@ def fit_on_training(
         raise ConfigError(f"fixed_epochs must be >= 1, got {fixed_epochs}")
 
     if isinstance(model, ClosedFormRanker):
-        model.fit(data.train.users, data.train.items)
+        # an iterative fit (the scalable solver) chooses its passes on validation; a solve just fits
+        passes, kept_pass = model.fit_on_validation(data.train.users, data.train.items,
+                                                    (lambda: valid_metrics(model, data, mask)) if has_valid else None)
         # among the candidates the model offers, on validation only
         choice = select(model, data, config.train.guard_additions, config.train.seed) if has_valid else None
         model.to(device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
-        row = {"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}
-        return TrainResult(model.cpu(), [row], 0, valid, selection=choice, chosen_with_profiles=chosen_with)
+        curves = passes or [{"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}]
+        return TrainResult(model.cpu(), curves, kept_pass, valid, selection=choice, chosen_with_profiles=chosen_with)
 
     model.to(device)
     batch_loss = distributed.training_module(model)  # DDP over the processes' parts of each batch, under torchrun
