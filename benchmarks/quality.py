@@ -118,7 +118,7 @@ CHOICE_GRIDS = {"side_weight": "text_side_weights", "text_match": "text_matches"
                 "whitening": "whitening", "pop_weight": "pop_weights"}
 # pop_only: a one-point popularity grid never offers "popularity alone"; a partner that chose it scores popularity,
 # which has no text to shuffle, so its ablation is the item model at the same settings (reported as such)
-NOT_A_SETTING = {"validation_looks", "pop_only"}
+NOT_A_SETTING = {"validation_looks", "pop_only", "epochs_scored_on_validation"}
 
 
 def mean_cache_of(params: Params) -> str:

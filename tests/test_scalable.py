@@ -72,13 +72,15 @@ def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_en
     save_checkpoint(tmp_path / "auto", result, spec, auto, data, profiles, ranking_env.cache)
     loaded = load_checkpoint(tmp_path / "auto", data)
     assert isinstance(loaded.model, ScalableItemModel)
+    assert loaded.model.choices() == info["chosen"] and info["chosen"]["epochs"] == result.best_epoch
     users = torch.arange(20)
     torch.testing.assert_close(loaded.model.score_all(users), result.model.score_all(users))
 
 
 def test_the_pass_kept_is_the_validation_best_and_training_stops_patience_passes_after_it(ranking_env):
     data = ranking_env.data
-    scripted = iter([0.10, 0.30, 0.20, 0.25, 0.40, 0.50])  # best at pass 2, then two passes without a better one
+    # the first best is pass 3 (pass 4 only ties it); the count of passes without a better one restarts at pass 3
+    scripted = iter([0.10, 0.05, 0.30, 0.30, 0.20, 0.50])
     model = ScalableItemModel(data.n_users, data.n_items, ranking_env.profiles(), rank=16, epochs=6, batch_users=64,
                               patience=2, weights=(0.0, 0.5))
     model.text_weight = torch.tensor(0.5)
@@ -89,13 +91,13 @@ def test_the_pass_kept_is_the_validation_best_and_training_stops_patience_passes
         return {"hr@10": 0.0, "ndcg@10": next(scripted)}
 
     curve, kept = model.fit_on_validation(data.train.users, data.train.items, validation)
-    assert kept == 2 and [row["epoch"] for row in curve] == [1, 2, 3, 4]  # passes 5 and 6 never trained
-    assert [row["valid_ndcg@10"] for row in curve] == [0.10, 0.30, 0.20, 0.25]
-    assert seen_weights == [0.0] * 4 and float(model.text_weight) == 0.5  # the item model alone was scored
-    assert model.epochs == 2 and model.choices()["epochs_scored_on_validation"] == 4
-    two_passes = ScalableItemModel(data.n_users, data.n_items, ranking_env.profiles(), rank=16, epochs=2,
-                                   batch_users=64).fit(data.train.users, data.train.items)
-    torch.testing.assert_close(model.A, two_passes.A, rtol=0, atol=0)  # stands in pass 2, not pass 4
+    assert kept == 3 and [row["epoch"] for row in curve] == [1, 2, 3, 4, 5]  # pass 6 never trained
+    assert [row["valid_ndcg@10"] for row in curve] == [0.10, 0.05, 0.30, 0.30, 0.20]
+    assert seen_weights == [0.0] * 5 and float(model.text_weight) == 0.5  # the item model alone was scored
+    assert model.epochs == 3 and model.choices()["epochs"] == 3 and model.choices()["epochs_scored_on_validation"] == 5
+    three_passes = ScalableItemModel(data.n_users, data.n_items, ranking_env.profiles(), rank=16, epochs=3,
+                                     batch_users=64).fit(data.train.users, data.train.items)
+    torch.testing.assert_close(model.A, three_passes.A, rtol=0, atol=0)  # stands in pass 3, not pass 5
 
 
 def test_train_chooses_the_passes_on_validation_and_the_final_fit_trains_as_many(ranking_env):

@@ -45,12 +45,14 @@ def test_validation_ranking_never_reads_the_test_split(ranking_env, trained_runs
         model, data, "valid", protocols=["full"])["full"]
 
 
-@pytest.mark.parametrize("model", ["ease", "bert_rs", "neumf"])
-def test_every_choice_and_validation_number_ignores_where_the_test_positives_are(ranking_env, model):
+@pytest.mark.parametrize("model,solver", [("ease", "auto"), ("bert_rs", "dense"), ("bert_rs", "scalable"),
+                                          ("neumf", "auto")])
+def test_every_choice_and_validation_number_ignores_where_the_test_positives_are(ranking_env, model, solver):
     data, profiles = ranking_env.data, ranking_env.profiles()
     moved = with_test_positives_moved(data)
     config = replace_config(ranking_env.config, epochs=4, patience=2, text_side_weights=[0.0, 1.0],
                             text_weights=[0.0, 0.5, 1.0])
+    config = config.override("bert_rs", solver=solver, scalable_rank=16, scalable_epochs=4, scalable_patience=2)
     spec = RunSpec(model=model, embeddings="x" if model == "bert_rs" else None)
     seen, blind = (train(spec, config, d, profiles, progress=False) for d in (data, moved))
     np.testing.assert_equal(blind.curves, seen.curves)  # NaN-aware: closed-form rows have no loss

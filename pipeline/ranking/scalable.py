@@ -108,10 +108,14 @@ class ScalableItemModel(ClosedFormRanker):
         super().__init__()
         self.n_users, self.n_items, self.rank = n_users, n_items, rank
         self.epochs, self.batch_users, self.learning_rate = epochs, batch_users, learning_rate
-        self.patience, self.epochs_scored = patience, 0  # epochs_scored: passes scored on validation (0: none)
+        self.patience = patience
         self.text_init, self.grid_weight, self.seed = text_init and profiles is not None, [float(w) for w in weights], seed
         self.A = nn.Parameter(torch.zeros(n_items, rank), requires_grad=False)  # (n_items, rank), unit rows once fit
         self.register_buffer("text_weight", torch.tensor(0.0))
+        # the passes A was trained for, and how many were scored on validation to choose them (0: none): saved with
+        # the weights, so a loaded run says what it was trained for
+        self.register_buffer("passes", torch.tensor(0))
+        self.register_buffer("passes_scored", torch.tensor(0))
         self.register_buffer("indptr", torch.zeros(n_users + 1, dtype=torch.int64))  # training matrix X, CSR
         self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
         has_text = profiles is not None
@@ -137,24 +141,32 @@ class ScalableItemModel(ClosedFormRanker):
         """Up to `epochs` passes, scoring the item model alone (text weight 0) on validation after each: the pass
         kept is the first best, training stops `patience` passes without a better one, and `epochs` becomes the
         passes kept, so that the final fit on training + validation pairs trains as many. Why: how many passes
-        suit a catalogue depends on its density, and a fixed count chosen on one world overfits another."""
+        suit a catalogue depends on its density, and a fixed count chosen on one world overfits another. The passes
+        are chosen on all the validation users, before the guard's halvings judge the text weight (select.py), so
+        the plain form's validation score carries that choice's luck on both halves: the guard leans, slightly,
+        towards keeping no text."""
         if validation is None:
             return super().fit_on_validation(users, items, validation)
         best: KeepBest[int] = KeepBest()
-        best_factors, curve, stale = None, [], 0
+        best_factors = torch.empty_like(self.A)  # written in place: one copy, however often the best moves
+        curve, stale = [], 0
         weight, self.text_weight = self.text_weight, torch.tensor(0.0)
-        for epoch, loss in self._passes(users, items):
-            valid = validation()
-            curve.append({"epoch": epoch, "loss": loss, "valid_hr@10": valid.get("hr@10", float("nan")),
-                          "valid_ndcg@10": valid.get(SELECTION_METRIC, float("nan"))})
-            if best.offer(epoch, valid.get(SELECTION_METRIC, float("nan"))):
-                best_factors, stale = self.A.detach().clone(), 0
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        self.A.data, self.epochs, self.text_weight = best_factors, best.setting, weight
-        self.epochs_scored = len(curve)
+        try:
+            for epoch, loss in self._passes(users, items):
+                valid = validation()
+                curve.append({"epoch": epoch, "loss": loss, "valid_hr@10": valid.get("hr@10", float("nan")),
+                              "valid_ndcg@10": valid.get(SELECTION_METRIC, float("nan"))})
+                if best.offer(epoch, valid.get(SELECTION_METRIC, float("nan"))):
+                    best_factors.copy_(self.A)
+                    stale = 0
+                else:
+                    stale += 1
+                    if stale >= self.patience:
+                        break
+        finally:
+            self.text_weight = weight
+        self.A.data, self.epochs = best_factors, best.setting
+        self.passes, self.passes_scored = torch.tensor(best.setting), torch.tensor(len(curve))
         log.info("scalable item model: pass %d of %d kept (validation NDCG@10 %.4f)", best.setting, len(curve),
                  best.score)
         return curve, best.setting
@@ -190,6 +202,7 @@ class ScalableItemModel(ClosedFormRanker):
             if progress or epoch == self.epochs - 1:
                 log.info("scalable item model epoch %d/%d: loss %.4f", epoch + 1, self.epochs, mean_loss)
             self.A.data = F.normalize(a.detach(), dim=-1)
+            self.passes = torch.tensor(epoch + 1)
             yield epoch + 1, mean_loss
 
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
@@ -206,8 +219,8 @@ class ScalableItemModel(ClosedFormRanker):
         self.text_weight = torch.tensor(choice.setting)
 
     def choices(self) -> dict:
-        return {"solver": self.solver, "rank": self.rank, "text_init": self.text_init, "epochs": self.epochs,
-                "epochs_scored_on_validation": self.epochs_scored,
+        return {"solver": self.solver, "rank": self.rank, "text_init": self.text_init, "epochs": int(self.passes),
+                "epochs_scored_on_validation": int(self.passes_scored),
                 "text_match": "user_profile", "text_weight": round(float(self.text_weight), 6)}
 
     # ------------------------------------------------------------------------------------------------ scoring

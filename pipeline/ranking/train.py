@@ -62,7 +62,9 @@ LAGGED_PROFILES = "newest training review left out"  # registry.profiles_lag_his
 @dataclass
 class TrainResult:
     model: Ranker
-    curves: list[dict]  # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10 (full ranking)
+    # one row per epoch: epoch, loss, valid_hr@10, valid_ndcg@10 (full ranking); the scalable solver's rows are its
+    # passes, scored as the item model alone (its text weight is chosen afterwards: best_valid includes it)
+    curves: list[dict]
     best_epoch: int
     best_valid: dict  # validation metrics of the selected epoch
     processes: int = 1  # processes that trained it together (torchrun)
@@ -187,6 +189,8 @@ def fit_on_training(
                                                     (lambda: valid_metrics(model, data, mask)) if has_valid else None)
         # among the candidates the model offers, on validation only
         choice = select(model, data, config.train.guard_additions, config.train.seed) if has_valid else None
+        if choice is not None and passes:  # every pass scored was a validation look as well
+            choice = dataclasses.replace(choice, looks=choice.looks + len(passes))
         model.to(device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
         curves = passes or [{"epoch": 0, "loss": float("nan"), **_curve_metrics(valid)}]
