@@ -68,7 +68,7 @@ def scalable_bytes(shape: Shape, rank: int) -> float:
     """Low-rank item model, calibrated on peaks measured from 50k to 1M items, ranks 32-128, profile widths 32-384
     and 2k-20k users (benchmarks/results/scale.md sets each measured peak beside it): A with its unit rows, gradient
     and Adam moments (4.5 copies of n_items x rank), one more copy where the passes are chosen on validation (the
-    best pass's A, kept while later passes train; scale.md's fits, without validation, did not hold it), the profiles as read plus their centred unit copy, about 3 KB per
+    best pass's A, kept while later passes train), the profiles as read plus their centred unit copy, about 3 KB per
     item of text-start SVD and index work, the CSR training matrix and 0.1 GB of workspace. The loss is computed in
     closed form from (batch_users, rank) products, so the batch size does not change the peak."""
     factors = 5.5 * 4 * shape.n_items * rank
