@@ -216,13 +216,13 @@ def run_note(clone: Path, stage: str) -> str:
     if not stage.startswith("train") or not run_file.is_file():
         return ""
     run = json.loads(run_file.read_text())
-    model = run["spec"]["model"]
-    if model in DENSE_MATRICES and (run.get("bert_rs_solver") or "dense") == "dense":
+    model, solver = run["spec"]["model"], run.get("bert_rs_solver")
+    notes = [f"solver {solver}"] if solver else []
+    if model in DENSE_MATRICES and (solver or "dense") == "dense":
         estimate = fit_bytes(model, Shape(run["n_users"], run["n_items"], 0, run.get("dim") or 0)) / GB
-        return "; ".join(filter(None, [f"solver {run['bert_rs_solver']}" if run.get("bert_rs_solver") else "",
-                                       f"memory estimate {estimate:.1f} GB"]))
-    if run.get("bert_rs_solver"):
-        return f"solver {run['bert_rs_solver']}"
+        notes.append(f"memory estimate {estimate:.1f} GB")
+    if notes:
+        return "; ".join(notes)
     return f"best epoch on validation {run['best_epoch']}" if run.get("best_epoch") else ""
 
 

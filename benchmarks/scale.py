@@ -115,7 +115,7 @@ profiles = SimpleNamespace(users=rng.standard_normal((n_users, 32)).astype(np.fl
 t0 = time.perf_counter()
 model = ScalableItemModel(n_users, n_items, profiles, rank=rank, epochs=PASSES, batch_users=batch)
 rising = itertools.count()  # a stand-in validation that improves every pass, so each pass's A is copied as the best
-model.fit_on_validation(users, items, lambda: {"ndcg@10": float(next(rising))})
+model.fit_on_validation(users, items, lambda: {"valid_ndcg@10": float(next(rising))})
 fit = (time.perf_counter() - t0) / PASSES
 t0 = time.perf_counter()
 scores = model.score_items(torch.arange(256), slice(0, min(n_items, 65536)))

@@ -88,7 +88,7 @@ def test_the_pass_kept_is_the_validation_best_and_training_stops_patience_passes
 
     def validation():
         seen_weights.append(float(model.text_weight))
-        return {"hr@10": 0.0, "ndcg@10": next(scripted)}
+        return {"valid_hr@10": 0.0, "valid_ndcg@10": next(scripted)}
 
     curve, kept = model.fit_on_validation(data.train.users, data.train.items, validation)
     assert kept == 3 and [row["epoch"] for row in curve] == [1, 2, 3, 4, 5]  # pass 6 never trained

@@ -74,10 +74,10 @@ class ClosedFormRanker(Ranker):
 
     def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
                           validation: Callable[[], dict] | None) -> tuple[list[dict], int]:
-        """`fit`, for a model whose fit is iterative: given `validation` (the validation HR@10 / NDCG@10 of the model
-        as it stands, as pipeline/ranking/train.py measures them), it chooses its number of passes there and returns
-        one curve row per pass scored and the pass kept. A solve has no passes to choose: the default fits and
-        returns ([], 0)."""
+        """`fit`, for a model whose fit is iterative: given `validation` (the model's curve metrics as it stands,
+        `valid_hr@10` and `valid_ndcg@10`, as pipeline/ranking/train.py measures them), it chooses its number of
+        passes there and returns one curve row per pass scored and the pass kept. A solve has no passes to choose:
+        the default fits and returns ([], 0)."""
         self.fit(users, items)
         return [], 0
 

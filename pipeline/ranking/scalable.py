@@ -35,7 +35,7 @@ from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.memory import dense_fits
 from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.sampling import PairSet
-from pipeline.ranking.select import SELECTION_METRIC, KeepBest
+from pipeline.ranking.select import SELECTION_METRIC, EarlyStop
 
 if TYPE_CHECKING:
     from pipeline.ranking.select import Choice
@@ -147,22 +147,17 @@ class ScalableItemModel(ClosedFormRanker):
         towards keeping no text."""
         if validation is None:
             return super().fit_on_validation(users, items, validation)
-        best: KeepBest[int] = KeepBest()
+        best = EarlyStop(self.patience)
         best_factors = torch.empty_like(self.A)  # written in place: one copy, however often the best moves
-        curve, stale = [], 0
+        curve = []
         weight, self.text_weight = self.text_weight, torch.tensor(0.0)
         try:
             for epoch, loss in self._passes(users, items):
-                valid = validation()
-                curve.append({"epoch": epoch, "loss": loss, "valid_hr@10": valid.get("hr@10", float("nan")),
-                              "valid_ndcg@10": valid.get(SELECTION_METRIC, float("nan"))})
-                if best.offer(epoch, valid.get(SELECTION_METRIC, float("nan"))):
+                curve.append({"epoch": epoch, "loss": loss, **validation()})
+                if best.offer(epoch, curve[-1][f"valid_{SELECTION_METRIC}"]):
                     best_factors.copy_(self.A)
-                    stale = 0
-                else:
-                    stale += 1
-                    if stale >= self.patience:
-                        break
+                elif best.spent:
+                    break
         finally:
             self.text_weight = weight
         self.A.data, self.epochs = best_factors, best.setting

@@ -95,6 +95,24 @@ class KeepBest(Generic[Setting]):
         return Choice(self.setting, self.score, self.looks) if self.looks else None
 
 
+class EarlyStop(KeepBest[int]):
+    """KeepBest over training epochs (or passes) that also says when to stop: after `patience` offered in a row
+    without a new best. One rule for the neural heads' epochs and the scalable solver's passes."""
+
+    def __init__(self, patience: int) -> None:
+        super().__init__()
+        self.patience, self.stale = patience, 0
+
+    def offer(self, setting: int, score: float, evidence: Any = None, position: Any = None) -> bool:
+        better = super().offer(setting, score, evidence, position)
+        self.stale = 0 if better else self.stale + 1
+        return better
+
+    @property
+    def spent(self) -> bool:
+        return self.stale >= self.patience
+
+
 def keep_best(scored: Iterable[tuple[Setting, float]]) -> Choice[Setting] | None:
     """The first best of (setting, validation score) pairs, scored lazily when `scored` is a generator."""
     best: KeepBest[Setting] = KeepBest()

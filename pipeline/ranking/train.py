@@ -6,7 +6,8 @@ Model selection and early stopping look at the VALIDATION split's full-ranking N
 every model is chosen and compared on); the validation ranking masks training pairs and validation positives only,
 so the test split is never touched here. Negatives are redrawn every epoch. Closed-form models (pop, ease, bert_rs)
 "train" through the same entry point: one fit, the choice among their candidates (pipeline/ranking/select.py), one
-validation pass, one row of curves. The epoch is kept by the same first-best rule (select.py's KeepBest).
+validation pass, one row of curves. The epoch is kept by the same first-best rule (select.py's KeepBest, as
+EarlyStop, which the scalable solver's passes share).
 
 The final fit (`train.refit_with_validation`, the default). Once everything is chosen on the fit to the training
 pairs, the chosen form is fitted once more on training + validation pairs: a closed-form model refits its chosen
@@ -50,7 +51,7 @@ from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker
 from pipeline.ranking.registry import bert_rs_solver, build_model
 from pipeline.ranking.sampling import NegativeSampler, PairSet
-from pipeline.ranking.select import SELECTION_METRIC, Choice, KeepBest, select
+from pipeline.ranking.select import SELECTION_METRIC, Choice, EarlyStop, select
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,8 @@ def fit_on_training(
 
     if isinstance(model, ClosedFormRanker):
         # an iterative fit (the scalable solver) chooses its passes on validation; a solve just fits
-        passes, kept_pass = model.fit_on_validation(data.train.users, data.train.items,
-                                                    (lambda: valid_metrics(model, data, mask)) if has_valid else None)
+        validation = (lambda: _curve_metrics(valid_metrics(model, data, mask))) if has_valid else None
+        passes, kept_pass = model.fit_on_validation(data.train.users, data.train.items, validation)
         # among the candidates the model offers, on validation only
         choice = select(model, data, config.train.guard_additions, config.train.seed) if has_valid else None
         if choice is not None and passes:  # every pass scored was a validation look as well
@@ -201,8 +202,8 @@ def fit_on_training(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.train.seed)
     curves: list[dict] = []
-    best: KeepBest[int] = KeepBest()
-    best_state, best_valid, stale = None, {}, 0
+    best = EarlyStop(settings.patience)
+    best_state, best_valid = None, {}
     epochs = settings.epochs if fixed_epochs is None else fixed_epochs
     show = progress and is_main_process()
     bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not show, unit="epoch")
@@ -214,12 +215,10 @@ def fit_on_training(
         # without validation, or with the epoch count fixed from outside: the latest epoch wins
         score = epoch if fixed_epochs is not None else valid.get(SELECTION_METRIC, epoch)
         if best.offer(epoch, score):
-            best_valid, best_state, stale = valid, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
-                break
+            best_valid, best_state = valid, copy.deepcopy(model.state_dict())
+        elif best.spent:
+            log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
+            break
     model.load_state_dict(best_state)
     return TrainResult(model.cpu(), curves, best.setting, best_valid, distributed.processes())
 
