@@ -148,7 +148,8 @@ def ease_weights(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
     """B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0 from G = X^T X (or any PSD item Gram):
     P = (G + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. G is left as it was.
     (n_items, n_items) -> (n_items, n_items)"""
-    return ease_from_inverse_(ridge_inverse_(gram.double().clone(memory_format=torch.contiguous_format), ease_lambda))
+    own_copy = gram.to(torch.float64, copy=True, memory_format=torch.contiguous_format)  # one copy, float32 or not
+    return ease_from_inverse_(ridge_inverse_(own_copy, ease_lambda))
 
 
 class EigenGram:

@@ -93,6 +93,12 @@ def whitened_units(profiles: Profiles, users: np.ndarray | None = None) -> tuple
             F.normalize(torch.tensor(items, dtype=torch.float32), dim=-1, eps=1e-8))
 
 
+def per_item_count(gram: torch.Tensor) -> torch.Tensor:
+    """m, the mean number of fitted interactions per item (the mean of X^T X's diagonal): the unit the text gram's
+    side weight is counted in, read from the gram the solve or the grid is about to use."""
+    return torch.diagonal(gram).mean()
+
+
 def with_side_gram(x_q: torch.Tensor, q_diag: torch.Tensor, q_f: torch.Tensor | None, unit: torch.Tensor,
                    scale: float, with_p_f: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x P, diag P and (optionally) P F for P = (G + scale F F^T + lambda I)^-1, from x Q, diag Q and Q F for
@@ -300,7 +306,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         system = gram.clone()
         if side_weight:  # G_a = X^T X + a m F F^T
             unit = self.units(whiten)[1].double()
-            system.addmm_(unit, unit.T, alpha=side_weight * float(torch.diagonal(gram).mean()))
+            system.addmm_(unit, unit.T, alpha=side_weight * float(per_item_count(gram)))
         del gram
         if not keep_gram:
             self._gram = None
@@ -332,9 +338,9 @@ class ReviewAwareEASE(ClosedFormRanker):
         (whitening, side weight), two thirds of bert_rs's search time at 17k items. The order the points come in is
         therefore not the order of simplicity; ties are settled by `grid_position`. (b, n_items) float64 each"""
         x = self.ease.rows(users).double()  # (b, n)
-        per_item = torch.diagonal(self.gram()).mean()  # m
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
         gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
+        per_item = per_item_count(gram)  # m
         eig = EigenGram(gram)
         del gram
         x_v = x @ eig.v  # (b, n)
