@@ -3,12 +3,15 @@ a tiny local BERT and a small generated dataset.
 
 Specifies that `dvc repro` builds every output, that a second run does nothing, that a change reruns exactly the
 stages that read it (a shared train setting: every run; one model's setting: that model's runs; one encoder: its
-stages and the runs that read its cache), and that swapping a run's embedding cache changes the table's cache
-column and its metrics. Every test starts from the same reproduced state, whatever ran before it.
+stages and the runs that read its cache; the code of one stage family's settings: that family's stages), and that
+swapping a run's embedding cache changes the table's cache column and its metrics. Every test starts from the same
+reproduced state, whatever ran before it. Without DVC: every project module a stage's command imports is one of the
+stage's deps, so a code change cannot leave an output stale.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -30,11 +33,17 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def dvc(repo: Path, *args: str) -> str:
+# the settings module of each stage family; a stage loads the others only to validate params.yaml, so they are not
+# its deps (a new model setting must not re-run the encoders)
+SETTINGS_MODULES = {"prepare": "data", "finetune": "text", "embed": "text", "embed_shared": "text",
+                    "train": "ranking", "train_text": "ranking", "evaluate": "ranking"}
+
+
+def dvc(repo: Path, *args: str, stdout_only: bool = False) -> str:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
+    return done.stdout if stdout_only else done.stdout + done.stderr
 
 
 def ran(output: str) -> set[str]:
@@ -160,3 +169,95 @@ def test_swapping_the_cache_changes_the_table_and_the_metrics(built):
     assert before["cache_fingerprint"] != after["cache_fingerprint"]
     assert before["full"] != after["full"] or before["sampled"] != after["sampled"]
     assert "data/embeddings/tiny_ft" in (built / "reports" / "comparison.md").read_text()
+
+
+def test_a_change_to_one_stage_familys_settings_code_leaves_the_other_stages_up_to_date(built):
+    """Fine-tuning and encoding take hours at the paper's size: editing the ranking settings' module must not
+    invalidate them, and editing the encoders' settings module must not invalidate a model that reads no text."""
+    for module, expected in (("ranking", {"train@pop", "train@neumf", "train_text@text", "train_text@text_ft",
+                                          "evaluate"}),
+                             ("text", {"finetune@tiny", "finetune@tiny_ft", "embed@tiny", "embed@tiny_ft"}),
+                             ("data", {"prepare"})):
+        path = built / "pipeline" / "config" / f"{module}.py"
+        source = path.read_text()
+        try:
+            path.write_text(source + "\n# an edit\n")
+            changed = json.loads(dvc(built, "status", "--json", stdout_only=True))
+        finally:
+            path.write_text(source)
+        assert set(changed) == expected, module  # `dvc status` lists the stages whose own deps changed
+
+
+CONFIG = REPO / "pipeline" / "config"
+
+
+def _settings_defined_in() -> dict[str, Path]:
+    """Each name pipeline.config exports -> the module of pipeline/config/ that defines it."""
+    where = {}
+    for module in CONFIG.glob("*.py"):
+        if module.name == "__init__.py":
+            continue
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                where[node.name] = module
+            elif isinstance(node, ast.Assign):
+                where.update({target.id: module for target in node.targets if isinstance(target, ast.Name)})
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                where[node.target.id] = module
+    return where
+
+
+def _project_modules_imported(path: Path) -> tuple[set[Path], set[Path]]:
+    """Every pipeline/ and stages/ file `path` imports, directly or through another, read from the source (an
+    import inside a function counts: it runs when the function does); and the settings modules whose names those
+    files outside pipeline/config/ import (`from pipeline.config import EmbedConfig` reads text.py)."""
+    defined_in = _settings_defined_in()
+    seen, settings_read, todo = set(), set(), [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        package = current.parent.relative_to(REPO).parts
+        for node in ast.walk(ast.parse(current.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module if not node.level else ".".join(
+                    package[:len(package) - node.level + 1] + ((node.module,) if node.module else ()))
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+                if base == "pipeline.config" and CONFIG not in current.parents:
+                    settings_read |= {defined_in[alias.name] for alias in node.names}
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                for end in range(1, len(parts) + 1):
+                    candidate = REPO.joinpath(*parts[:end])
+                    for file in (candidate / "__init__.py", candidate.with_suffix(".py")):
+                        if parts[0] in ("pipeline", "stages") and file.is_file():
+                            todo.append(file)
+    return seen, settings_read
+
+
+def _only_a_docstring(path: Path) -> bool:
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+@pytest.mark.parametrize("stage", sorted(SETTINGS_MODULES))
+def test_every_module_a_stage_imports_is_one_of_its_deps(stage):
+    """`bertrs <command>` runs stages/<command>.py (stages/cli.py only dispatches to it). The settings modules of
+    the other stage families come in through pipeline.config's validation of the whole file: they are not deps,
+    and no module the stage runs may read a setting from them."""
+    body = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    body = body.get("do", body)
+    deps = {REPO / dep for dep in body["deps"] if dep.startswith(("pipeline", "stages"))}
+    command = body["cmd"].split()[1]
+    own = CONFIG / f"{SETTINGS_MODULES[stage]}.py"
+    others = {CONFIG / f"{family}.py" for family in SETTINGS_MODULES.values()} - {own}
+    imported, settings_read = _project_modules_imported(REPO / "stages" / f"{command}.py")
+    not_deps = {file for file in (imported - others) | settings_read
+                if not any(file == dep or dep in file.parents for dep in deps) and not _only_a_docstring(file)}
+    assert not not_deps, f"{stage} imports {sorted(str(f.relative_to(REPO)) for f in not_deps)}, not among its deps"
+    assert own in deps and not deps & others, stage
