@@ -32,6 +32,15 @@ After the DAG, two steps beside it (recorded the same way, outside the DAG's tot
 give up past its memory budget: bert_rs with `solver: scalable` (the low-rank model `auto` switches to) trained on
 the same prepared data and embedding cache as the DAG's dense bert_rs, then both evaluated by `bertrs evaluate` on
 the test split (<work>/scalable/).
+
+`--floor` measures why the 60 minutes are out of reach on a machine like this one: the arithmetic of the DAG's
+encoder passes (torch's FlopCounterMode on one forward pass at each truncated review length, times the prepared
+reviews of that length; padding not counted, so a lower bound) against the machine's fastest fp32 matrix product
+(`torch.mm` of 2048 x 2048, best of five), which no encoder layer can beat. Their ratio is the least time stage one can
+take here; it is recorded in the results file beside the measured passes and kept until measured again.
+
+The comparison table the DAG's `evaluate` wrote is copied to <work>/comparison.md as soon as that stage is measured:
+the clone's reports/ are tracked by git, so moving the clone to a later commit puts the bundled sample's table back.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +78,8 @@ SAMPLE = ROOT / "data" / "sample"
 RESULTS = ROOT / "benchmarks" / "results"
 PAPER = {"users": 3764, "items": 17647, "reviews": 83599}
 TARGETS = {"minutes": 60, "peak_gb": 12}
+DAG_TABLE = "comparison.md"  # the DAG's comparison table, kept in the work folder (see the docstring)
+MATMUL_SIDE = 2048
 
 
 def paper_shaped_reviews(path: Path, seed: int = 0) -> Path:
@@ -160,6 +172,12 @@ def earlier_rows(out: Path, stages: list[str]) -> dict[str, dict]:
             if stage in stages}
 
 
+def earlier_floor(out: Path) -> dict | None:
+    """Stage one's floor as an earlier run measured it (kept until measured again)."""
+    results = out / "paper_scale.json"
+    return json.loads(results.read_text()).get("floor") if results.is_file() else None
+
+
 def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
     """The steps that train bert_rs with the scalable solver on the DAG's own prepared data and embedding cache,
     and evaluate it beside the DAG's dense bert_rs (hard links, not copies, of the dense run's files)."""
@@ -182,6 +200,93 @@ def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
             SCALABLE_EVALUATE: [bertrs, "evaluate", "--prepared", "data/prepared", "--models", str(side / "models"),
                                 "--metrics", str(side / "metrics.json"), "--table", str(side / "comparison.md"),
                                 "--plots-dir", str(side / "at_k"), "--params", "params.yaml", "--every-folder"]}
+
+
+def encoder_pass_flops(clone: Path, encoder_spec: str, max_length: int) -> dict:
+    """The floating-point operations of one forward pass of this encoder over every prepared review, truncated as
+    `embed` truncates them: FlopCounterMode on one review of each length present, times the reviews of that length
+    (padding to a batch's longest review is not counted, so the figure is a lower bound). The reviews are read from
+    <clone>/data/prepared."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.data.prepared import load_reviews
+    from pipeline.text.encode import load_encoder
+    from pipeline.text.encoders import resolve_encoder
+
+    encoder = load_encoder(resolve_encoder(encoder_spec), pooling="mean", max_length=max_length)
+    encoder.model.set_attn_implementation("eager")  # the same arithmetic; the counter does not see CPU SDPA's kernel
+    texts = [t or "" for t in load_reviews(clone / "data" / "prepared", ["text"]).column("text").to_pylist()]
+    ids = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
+    reviews_of_length = np.bincount([len(t) for t in ids])
+    flops = 0
+    with torch.inference_mode():
+        for length in np.flatnonzero(reviews_of_length):
+            with FlopCounterMode(display=False) as counter:
+                encoder.model(input_ids=torch.ones(1, int(length), dtype=torch.long))
+            flops += counter.get_total_flops() * int(reviews_of_length[length])
+    return {"flops": float(flops), "reviews": len(texts), "max_length": encoder.max_length,
+            "tokens": int((np.arange(len(reviews_of_length)) * reviews_of_length).sum())}
+
+
+def matmul_gflops(side: int = MATMUL_SIDE, repeats: int = 5) -> float:
+    """This machine's fastest fp32 dense matrix product on all its cores, in GFLOP/s: the rate an encoder layer
+    (matrix products, plus element-wise work that only lowers it) cannot exceed."""
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * side**3 / best / 1e9
+
+
+def stage_one_floor(clone: Path) -> dict:
+    """The least time the DAG's encoder passes can take on this machine (see the module docstring)."""
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    embed = params["embed"]
+    passes = [*embed.get("shared_passes", {}), *embed.get("single_passes", [])]
+    per_spec: dict[str, dict] = {}
+    for name in passes:
+        spec = params["encoders"][name]["model"]
+        if spec not in per_spec:
+            print(f"{time.strftime('%H:%M:%S')} counting the arithmetic of {spec} ...", flush=True)
+            per_spec[spec] = encoder_pass_flops(clone, spec, embed["max_length"])
+    rate = matmul_gflops()
+    flops = sum(per_spec[params["encoders"][name]["model"]]["flops"] for name in passes)
+    return {"date": date.today().isoformat(), "threads": torch.get_num_threads(), "matmul_gflops": rate,
+            "passes": passes, "per_encoder": per_spec, "flops": flops, "minutes": flops / (rate * 1e9) / 60}
+
+
+def floor_lines(floor: dict | None, done: dict) -> list[str]:
+    """The floor beside the measured encoder passes and what the target would leave stage two."""
+    if not floor:
+        return []
+    one = next(iter(floor["per_encoder"].values()))
+    embeds = [s for s in done if s.split("@")[0] in ("embed", "embed_shared")]
+    measured = sum(done[s]["seconds"] for s in embeds) / 60
+    stage_two = [r for s, r in done.items() if stage_part(s) == "stage two"]
+    lines = ["## Stage one's arithmetic floor on this machine", "",
+             f"{floor['date']}, `python benchmarks/paper_scale.py --floor`. One encoder pass over the "
+             f"{one['reviews']:,} prepared reviews ({one['tokens']:,} tokens after truncation at {one['max_length']}) "
+             f"is {one['flops'] / 1e12:.1f} TFLOP (FlopCounterMode; padding not counted). This machine's fastest "
+             f"fp32 matrix product runs at {floor['matmul_gflops']:.0f} GFLOP/s on {floor['threads']} threads. The "
+             f"DAG makes {len(floor['passes'])} passes ({', '.join(floor['passes'])}), so stage one cannot take less "
+             f"than **{floor['minutes']:.1f} min** here, at that peak throughout."]
+    if embeds:
+        lines[-1] += (f" Measured, the stages that make them ({', '.join(embeds)}; tokenising, writing shards and "
+                      f"building profiles and the index included) took {measured:.1f} wall min: "
+                      f"{floor['minutes'] / measured:.0%} of that peak.")
+    if stage_two:
+        left = TARGETS["minutes"] - floor["minutes"]
+        wall = sum(r["seconds"] for r in stage_two) / 60
+        lines[-1] += (f" With stage one at its floor, the {TARGETS['minutes']}-minute target would leave stage two's "
+                      f"{len(stage_two)} stages {left:.1f} min, where they measured {wall:.0f} wall min "
+                      f"({sum(r.get('cpu_seconds') or 0 for r in stage_two) / 60:.0f} CPU min): "
+                      f"{wall / left:.0f} times as long. On this machine the target is out of reach with the DAG as it "
+                      "stands (every encoder pass, fp32, these truncation lengths); the same commands run on more "
+                      "cores and on GPUs (README: Scale: beyond one process, beyond the sample).")
+    return lines + [""]
 
 
 def run_step(clone: Path, name: str, command: list[str], env: dict, log: Path) -> tuple[float, float, float]:
@@ -247,7 +352,7 @@ def scalable_table(work: Path) -> list[str]:
     return lines + [""]
 
 
-def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
+def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | None = None) -> None:
     stats_file = clone / "data" / "prepared" / "stats.json"
     table1 = json.loads(stats_file.read_text())["table1"] if stats_file.is_file() else None
     totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
@@ -257,7 +362,8 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB)", "command": "python benchmarks/paper_scale.py",
             "load_average": os.getloadavg(), "complete": len(done) == len(stages)}
     write_json(out / "paper_scale.json", {"meta": meta, "prepared": table1, "stages": done,
-                                          "pending": [s for s in stages if s not in done], "totals": totals})
+                                          "pending": [s for s in stages if s not in done], "totals": totals,
+                                          "floor": floor})
     lines = ["# The whole DAG at the paper's size", "",
              f"{meta['date']}, {meta['machine']}, `{meta['command']}` (resumable; see its docstring for the data). "
              f"Target (issue: stage two at the paper's size): the DAG end to end in <= {TARGETS['minutes']} min and "
@@ -287,8 +393,9 @@ def report(clone: Path, stages: list[str], done: dict, out: Path) -> None:
         lines += ["When each stage was measured and the code it ran with (the clone's commit; later fixes checked "
                   "out into it between stages):", ""]
         lines += [f"- {code}: {', '.join(names)}" for code, names in codes.items()] + [""]
+    lines += floor_lines(floor, done)
     lines += scalable_table(clone.parent)
-    comparison = clone / "reports" / "comparison.md"
+    comparison = clone.parent / DAG_TABLE
     if all(stage in done for stage in stages if stage_part(stage) != "beside the DAG") and comparison.is_file():
         lines += ["## The comparison table the DAG produced", "", comparison.read_text()]
     (out / "paper_scale.md").write_text("\n".join(lines) + "\n")
@@ -304,6 +411,9 @@ def main() -> None:
                         help="run these stages and the stages they read from only (default: every stage)")
     parser.add_argument("--again", action="store_true",
                         help="measure the --stages named again, although this workspace has measured them")
+    parser.add_argument("--floor", action="store_true",
+                        help="measure stage one's arithmetic floor on this machine (a few minutes; kept until "
+                             "measured again)")
     args = parser.parse_args()
     if args.again and not args.stages:
         parser.error("--again measures the stages named by --stages again; name them")
@@ -320,6 +430,7 @@ def main() -> None:
     measured = Ledger(work / "stages.jsonl")  # one row per stage measured in this workspace
     begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
     done = {**earlier_rows(out, stages), **measured.rows}
+    floor = earlier_floor(out)
     beside: dict[str, list[str]] = {}  # set up when the first step beside the DAG starts (dense bert_rs exists)
     again = set(args.stages) if args.again else set()
     for stage in to_run:
@@ -337,10 +448,14 @@ def main() -> None:
                              "load_average": os.getloadavg(), "code": code_version(clone),
                              "date": date.today().isoformat()}
         measured.put(stage, row)
+        if stage == "evaluate":
+            shutil.copyfile(clone / "reports" / "comparison.md", work / DAG_TABLE)
         print(f"{time.strftime('%H:%M:%S')} {stage}: {row['seconds'] / 60:.1f} min, peak {row['peak_gb']:.2f} GB",
               flush=True)
-        report(clone, stages, done, out)
-    report(clone, stages, done, out)
+        report(clone, stages, done, out, floor)
+    if args.floor:
+        floor = stage_one_floor(clone)
+    report(clone, stages, done, out, floor)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks import paper_scale
-from benchmarks.paper_scale import SCALABLE_EVALUATE, SCALABLE_TRAIN, earlier_rows, needed_stages
+from benchmarks.paper_scale import (
+    SCALABLE_EVALUATE,
+    SCALABLE_TRAIN,
+    earlier_rows,
+    needed_stages,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).parent / "dvc"
@@ -100,3 +105,42 @@ def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_
     assert paper_scale.run_note(tmp_path, "train_text@bert_rs") == f"solver dense; memory estimate {dense:.1f} GB"
     ease = fit_bytes("ease", Shape(3764, 17033, 0, 0)) / GB
     assert paper_scale.run_note(tmp_path, "train@ease") == f"memory estimate {ease:.1f} GB"
+
+
+def test_an_encoder_pass_counts_each_reviews_arithmetic_at_the_length_embed_truncates_it_to(tmp_path,
+                                                                                            tiny_encoder_dir):
+    """Per layer, the four attention projections and the two feed-forward products cost 2 L h (4 h + 2 I) for a
+    review of L tokens, attention itself 4 L^2 h; the pooler 2 h^2 once. Reviews longer than max_length count at
+    max_length, and padding to a batch's longest review is not counted."""
+    from pipeline.text.encode import load_encoder
+    from tests.text_fixtures import tiny_bert_config, write_prepared
+
+    texts = ["good album", "good album", "the best band " * 30]  # two reviews of one length, one truncated
+    write_prepared(tmp_path / "data" / "prepared", [(0, 0, "train", texts[0]), (1, 0, "train", texts[1]),
+                                                    (1, 1, "test", texts[2])], n_users=2, n_items=2)
+    encoder = load_encoder(tiny_encoder_dir, pooling="mean", max_length=16)
+    lengths = [len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=16)["input_ids"]]
+    assert lengths[0] < 16 and lengths[2] == 16
+    config = tiny_bert_config(encoder.tokenizer.vocab_size)
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+
+    def review(length: int) -> int:
+        return layers * (2 * length * h * (4 * h + 2 * inner) + 4 * length**2 * h) + 2 * h * h
+
+    counted = paper_scale.encoder_pass_flops(tmp_path, str(tiny_encoder_dir), max_length=16)
+    assert counted == {"flops": 2 * review(lengths[0]) + review(16), "reviews": 3, "max_length": 16,
+                       "tokens": sum(lengths)}
+
+
+def test_the_report_quotes_the_dags_own_table_when_the_clone_holds_the_samples_again(tmp_path):
+    """Moving the workspace to a later commit restores the clone's git-tracked reports/ to the bundled sample's;
+    the paper-size table is the copy kept in the work folder."""
+    clone = tmp_path / "repo"
+    (clone / "reports").mkdir(parents=True)
+    (clone / "reports" / "comparison.md").write_text("the bundled sample's table\n")
+    (tmp_path / paper_scale.DAG_TABLE).write_text("the paper-size table\n")
+    stages = ["prepare", "evaluate"]
+    done = {s: {"seconds": 60.0, "cpu_seconds": 60.0, "peak_gb": 1.0} for s in stages}
+    paper_scale.report(clone, stages, done, tmp_path)
+    written = (tmp_path / "paper_scale.md").read_text()
+    assert "the paper-size table" in written and "the bundled sample's table" not in written
