@@ -71,6 +71,7 @@ DATASETS = {
 DEFAULT_DATASETS = ("digital_music", "gift_cards", "all_beauty")
 LEVELS = {"100%": 1.0, "50%": 0.5, "25%": 0.25, "cap3": 3, "cap2": 2, "cap1": 1}  # share kept, or a per-user cap
 MODELS = ("pop", "ease", "neumf", "text", "bert_rs", "bert_rs_unguarded")
+TEXT_MODELS = ("text", "bert_rs", "bert_rs_unguarded")  # the rows that read review vectors
 EASE_LAMBDAS = tuple(float(x) for x in np.geomspace(1.0, 1e5, 90))
 NEUMF_EPOCHS = 15
 ENCODER = "minilm_mean"
@@ -300,7 +301,7 @@ def main() -> None:
         if args.report_only and not any(key.startswith(f"{dataset}|") for key in ledger.rows):
             continue
         data = prepared_for(work, dataset, params)
-        needs_text = bool(set(args.models) & {"text", "bert_rs"}) and not args.report_only
+        needs_text = bool(set(args.models) & set(TEXT_MODELS)) and not args.report_only
         if needs_text:
             cache = cache_for(work, dataset, params, data)
             table, vectors = load_review_embeddings(cache, data_fingerprint=data.fingerprint)

@@ -15,7 +15,8 @@ from pipeline.io import DataError
 
 F = TypeVar("F", bound=Callable)
 
-PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read (one section per stage)")
+DEFAULT_PARAMS = Path("params.yaml")
+PARAMS_OPTION = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read (one section per stage)")
 
 
 def user_errors(func: F) -> F:
@@ -39,3 +40,4 @@ def user_errors(func: F) -> F:
 
 def read_params(path: Path) -> Params:
     return load_params(path)
+

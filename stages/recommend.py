@@ -24,9 +24,22 @@ from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, write_table
 from pipeline.ranking.recommend import check_k, read_index, recommend, resolve_prepared_path, user_indices
 from pipeline.ranking.checkpoint import RUN_FILE, load_checkpoint, resolve_cache_path
-from stages.common import PARAMS_OPTION, read_params, user_errors
+from stages.common import DEFAULT_PARAMS, read_params, user_errors
 
 log = logging.getLogger(__name__)
+
+SERVING_PARAMS_OPTION = typer.Option(
+    None, "--params", help="params.yaml to read the recommend section from [default: ./params.yaml where there is "
+    "one, else the section's defaults]")
+
+
+def recommend_settings(params: Path | None) -> RecommendConfig:
+    """The recommend section for `recommend` and `serve`, which run from any folder a model folder is served from:
+    the file `--params` names (missing: the usual error), else ./params.yaml where there is one, else the defaults.
+    A mistyped --params is an error, never a silent fall back to the defaults."""
+    if params is None:
+        return read_params(DEFAULT_PARAMS).recommend if DEFAULT_PARAMS.is_file() else RecommendConfig()
+    return read_params(params).recommend
 
 
 @user_errors
@@ -40,10 +53,10 @@ def main(
     users_file: Optional[Path] = typer.Option(None, help="batch mode: file with one raw user id per line"),
     out: Optional[Path] = typer.Option(None, help="Parquet output (batch mode)"),
     embeddings: Optional[Path] = typer.Option(None, help="override the cache folder recorded in the checkpoint"),
-    params: Path = PARAMS_OPTION,
+    params: Optional[Path] = SERVING_PARAMS_OPTION,
 ) -> None:
     """Recommend K items per user, never one the user already has, with each pick's score parts."""
-    config = read_params(params).recommend if params.is_file() else RecommendConfig()
+    config = recommend_settings(params)
     k = check_k(config.k if k is None else k)
     modes = sum([user is not None, all_users, users_file is not None])
     if modes != 1:

@@ -22,9 +22,9 @@ from typing import Optional
 
 import typer
 
-from pipeline.config import RecommendConfig
 from pipeline.io import DataError
-from stages.common import PARAMS_OPTION, read_params, user_errors
+from stages.common import user_errors
+from stages.recommend import SERVING_PARAMS_OPTION, recommend_settings
 
 SERVE_SETTINGS = "BERTRS_SERVE_SETTINGS"  # JSON: load_served's arguments and torch threads, for each worker
 WORKER_HEALTHCHECK_S = 300  # how long a worker may take to load the model or to answer a ping before it is replaced
@@ -51,7 +51,7 @@ def main(
     search: bool = typer.Option(True, "--search/--no-search", help="load the encoder for /search"),
     threads: int = typer.Option(1, help="torch threads per request (small models answer fastest with 1)"),
     workers: int = typer.Option(1, help="server processes, each with its own copy of the model (about one per core)"),
-    params: Path = PARAMS_OPTION,
+    params: Optional[Path] = SERVING_PARAMS_OPTION,
 ) -> None:
     """Serve /recommend, /similar, /search, /health, OpenAPI docs at /docs and a page at /."""
     require_serve_extra()
@@ -63,7 +63,7 @@ def main(
         raise DataError(f"--workers: must be >= 1, got {workers}")
     if not 0 < port < 65536:
         raise DataError(f"--port: must lie in 1..65535, got {port}")
-    config = read_params(params).recommend if params.is_file() else RecommendConfig()
+    config = recommend_settings(params)
     settings = {"model_dir": str(model_dir), "prepared": str(prepared) if prepared else None,
                 "cache": str(embeddings) if embeddings else None, "encoder_dir": encoder_dir,
                 "search": search, "candidates": config.candidates, "popular_fallback": config.popular_fallback,

@@ -3,6 +3,7 @@ Resume after a kill is specified in tests/test_finetune_resume.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -36,6 +37,30 @@ def test_pairs_are_deterministic_and_can_be_limited_to_some_users(toy_prepared):
     assert ct.user_item_pairs(reviews, seed=3).to_dict() == ct.user_item_pairs(reviews, seed=3).to_dict()
     only = ct.user_item_pairs(reviews, seed=3, users=[4])
     assert only.num_rows > 0 and all(WHO_WROTE[a][0] == 4 for a in only["anchor"])
+
+
+def test_gradient_accumulation_applies_to_the_contrastive_objective_too(tmp_path):
+    config = dataclasses.replace(CONFIG, grad_accum_steps=3)
+    args = ct.training_arguments(config, tmp_path, n_pairs=64)
+    assert args.gradient_accumulation_steps == 3
+    assert args.per_device_train_batch_size == config.contrastive_batch_size  # one process
+
+
+def test_retrieval_accuracy_is_the_share_of_anchors_whose_own_positive_is_nearest():
+    """Four held-out pairs; the encoder places anchor 3 nearer positive 1 than its own: accuracy 3 / 4."""
+    from datasets import Dataset
+
+    place = {"a0": [1, 0, 0, 0], "a1": [0, 1, 0, 0], "a2": [0, 0, 1, 0], "a3": [0, 0, 0, 1],
+             "p0": [1, 0, 0, 0], "p1": [0, 1, 0, 0.5], "p2": [0, 0, 1, 0], "p3": [0.9, 0, 0, 0.1]}
+
+    class PlacedEncoder:
+        def encode(self, texts, batch_size, convert_to_tensor, normalize_embeddings):
+            vectors = torch.tensor([place[t] for t in texts], dtype=torch.float32)
+            return torch.nn.functional.normalize(vectors, dim=-1) if normalize_embeddings else vectors
+
+    pairs = Dataset.from_dict({"anchor": ["a0", "a1", "a2", "a3"], "positive": ["p0", "p1", "p2", "p3"]})
+    assert ct.retrieval_accuracy(PlacedEncoder(), pairs, batch_size=2) == {"accuracy@1": 0.75, "pairs": 4,
+                                                                          "chance": 0.25}
 
 
 def test_contrastive_finetune_saves_a_bertmodel_and_reports_retrieval(toy_prepared, tiny_encoder_dir, tmp_path):

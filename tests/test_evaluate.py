@@ -83,7 +83,15 @@ def test_activity_buckets_and_result_layout(ranking_env):
     out = evaluate(ItemIndexScorer(data.n_items), data, "test", ks=[1, 10])
     assert set(out) == {"sampled", "full", "buckets"}
     assert out["sampled"]["n"] == len(data.test) == out["full"]["n"]
-    assert sum(b["n"] for b in out["buckets"]["full"].values()) == len(data.test)
+    # each test user is counted in the bucket of their number of training interactions
+    per_user = {u: int((data.train.users == u).sum()) for u in np.unique(data.test.users)}
+    expected: dict[str, int] = {}
+    for user in data.test.users:
+        label = activity_bucket(np.array([per_user[user]]))[0]
+        expected[label] = expected.get(label, 0) + 1
+    for protocol in ("sampled", "full"):
+        assert {name: bucket["n"] for name, bucket in out["buckets"][protocol].items()} == expected
+    assert len(expected) > 1  # the planted world spreads its users over several buckets
 
 
 def test_evaluate_cli_writes_metrics_table_and_plots(ranking_env, trained_runs, tmp_path):

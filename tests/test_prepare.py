@@ -276,12 +276,18 @@ def test_review_text_is_streamed_not_held_in_memory(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------- real data
 
 
-def test_bundled_sample_prepares_with_default_params(tmp_path):
+def test_bundled_sample_prepares_with_default_params_into_the_3_core_the_readme_describes(tmp_path):
     from pipeline.config import load_params
+    from pipeline.data.prepared import load_reviews
 
     config = load_params(Path(__file__).resolve().parents[1] / "params.yaml").prepare
     stats = prepare_dataset(config, [BUNDLED_SAMPLE], tmp_path / "p")
-    assert stats["table1"]["reviews"] > 3000 and stats["candidates"]["truncated"] == 0
+    table1 = stats["table1"]
+    assert (table1["reviews"], table1["users"], table1["items"]) == (4566, 756, 361)  # README: The bundled sample
+    assert stats["candidates"]["truncated"] == 0
+    reviews = load_reviews(tmp_path / "p", ["user_idx", "item_idx"])
+    for column, least in (("user_idx", config.min_user_reviews), ("item_idx", config.min_item_reviews)):
+        assert np.bincount(reviews.column(column).to_numpy()).min() >= least  # k-core: every one of them
 
 
 @pytest.mark.shared

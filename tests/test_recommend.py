@@ -36,6 +36,29 @@ def test_never_recommends_a_known_item_and_parts_explain_the_score(ranking_env, 
         assert {"part_semantic", "part_gmf", "part_mlp", "part_bias"} <= set(recs.column_names)
 
 
+def test_a_model_that_reads_profiles_picks_among_the_items_nearest_the_users_profile(ranking_env, trained_runs):
+    """The FAISS pool is what a request ranks: without a popular fallback, each pick of a user whose pool holds k
+    new items is one of the `candidates` items whose profiles are nearest the user's (cosine, by brute force here),
+    although scoring the whole catalogue would pick others."""
+    data, profiles = ranking_env.data, ranking_env.profiles()
+    model = trained_runs["bert_rs_neural"][1].model
+    users, k, candidates = np.arange(data.n_users), 5, 30
+    recs = recommend(model, data, users, k=k, candidates=candidates, popular_fallback=0, profiles=profiles,
+                     index=read_index(ranking_env.cache))
+    picks = recs.column("item_idx").to_numpy().reshape(len(users), k)
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    cosine = unit(profiles.users) @ unit(profiles.items).T
+    threshold = np.sort(cosine, axis=1)[:, -candidates][:, None] - 1e-5  # the candidates-th nearest
+    known = known_pairs(data).dense_mask(users).numpy()
+    full_pool = ((cosine >= threshold) & ~known).sum(axis=1) >= k
+    assert full_pool.sum() > len(users) // 2
+    picked_cosine = np.take_along_axis(cosine, picks, axis=1)
+    assert (picked_cosine[full_pool] >= threshold[full_pool]).all()
+    whole = model.score_all(torch.as_tensor(users)).masked_fill(known_pairs(data).dense_mask(users), -torch.inf)
+    whole_picks = whole.topk(k, dim=1).indices.numpy()
+    assert (np.take_along_axis(cosine, whole_picks, axis=1)[full_pool] < threshold[full_pool]).any()
+
+
 def test_default_bert_rs_recommends_the_top_of_its_whole_catalogue_ranking(ranking_env, trained_runs):
     """Its collaborative picks need not be near the user's profile, so FAISS candidates must not cut them off."""
     data, profiles = ranking_env.data, ranking_env.profiles()

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.config import MODELS, TEXT_MODELS, RankingConfig, RunSpec, TrainConfig
+from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RankingConfig, RunSpec, TrainConfig
 from pipeline.ranking import registry
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker, TrainableRanker
 from pipeline.ranking.registry import build_model
@@ -23,6 +23,49 @@ def test_every_model_name_builds_a_ranker_from_its_own_section():
         assert isinstance(model, Ranker), name
         assert model.trainable == isinstance(model, TrainableRanker) != isinstance(model, ClosedFormRanker), name
         assert model.score_all(torch.arange(N_USERS)).shape == (N_USERS, N_ITEMS), name
+
+
+def mlp_widths(model) -> list[int]:
+    return [layer.out_features for layer in model.branches["mlp"].layers if isinstance(layer, torch.nn.Linear)]
+
+
+def dropout_rates(model) -> list[float]:
+    return [layer.p for layer in model.branches["mlp"].layers if isinstance(layer, torch.nn.Dropout)]
+
+
+# a setting changed in one model's section, and where the built model shows it
+SECTION_REACHES_MODEL = {
+    "mf": ({"factors": 7, "loss": "bce"}, lambda m: (m.p.embedding_dim, m.loss_name), (7, "bce")),
+    "ease": ({"lambdas": [123.0, 45.0]}, lambda m: (m.ease_lambda, m.grid_lambda), (123.0, [123.0, 45.0])),
+    "gmf": ({"factors": 6, "mlp_layers": [12, 6]}, lambda m: m.widths["gmf"], 6),  # (the shared NCF knobs)
+    "mlp": ({"factors": 6, "mlp_layers": [12, 6], "dropout": 0.25},
+            lambda m: (mlp_widths(m), dropout_rates(m)), ([12, 6], [0.25, 0.25])),
+    "neumf": ({"factors": 6, "mlp_layers": [12, 6]}, lambda m: (m.widths["gmf"], mlp_widths(m)), (6, [12, 6])),
+    "bert_rs_paper": ({"factors": 6, "mlp_layers": [12, 6]}, lambda m: (m.widths["gmf"], mlp_widths(m)),
+                      (6, [12, 6])),
+    "bert_rs_neural": ({"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.4},
+                       lambda m: (m.semantic_form, "similarity" in m.branches, m.user_id_dropout),
+                       ("projected", True, 0.4)),
+    "semantic_only": ({"semantic_form": "projected", "factors": 6, "mlp_layers": [12, 6]},
+                      lambda m: (m.semantic_form, m.widths["semantic"]), ("projected", 6)),
+    "bert_rs": ({"lambdas": [7.0, 70.0], "text_weights": [0.0, 2.0], "solver": "dense"},
+                lambda m: (m.grid_lambda, m.grid_weight), ([7.0, 70.0], [0.0, 2.0])),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_setting_in_a_models_own_section_reaches_the_model_it_builds(name):
+    if name == "pop":
+        pytest.skip("pop has no settings")
+    changes, shown, expected = SECTION_REACHES_MODEL[name]
+    config = RankingConfig(TrainConfig(device="cpu", seed=0)).override(name, **changes)
+    profiles = tiny_profiles() if name in TEXT_MODELS else None
+    assert shown(build_model(RunSpec(model=name), config, N_USERS, N_ITEMS, profiles)) == expected
+
+
+def test_a_user_id_dropout_for_a_model_without_user_ids_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="models.semantic_only.user_id_dropout: semantic_only has no user ID"):
+        RankingConfig().override("semantic_only", user_id_dropout=0.3)
 
 
 def test_a_model_missing_from_the_registry_is_named_at_import(monkeypatch):

@@ -261,6 +261,26 @@ def test_recommend_cli_refuses_k_below_one(serve_project, tmp_path, monkeypatch,
     assert res.exit_code == 2 and f"--k: must lie in 1..1000, got {k}" in res.output
 
 
+@pytest.mark.parametrize("command", ["recommend", "serve"])
+def test_a_params_file_named_but_missing_is_an_error_not_the_defaults(serve_project, tmp_path, monkeypatch,
+                                                                       command):
+    monkeypatch.chdir(tmp_path)
+    model = ["--model-dir", str(serve_project.model("pop"))]
+    extra = ["--user", "any"] if command == "recommend" else ["--no-search"]
+    res = CliRunner().invoke(cli, [command, *model, *extra, "--params", str(tmp_path / "params.yml")])
+    assert res.exit_code == 2 and f"{tmp_path / 'params.yml'}: params file not found" in res.output
+
+
+def test_recommend_reads_the_list_length_from_the_params_file_it_is_given(serve_project, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("recommend: {k: 2}\n")
+    user = load_served(serve_project.model("pop"), serve_project.prepared, search=False).data.user_ids[0]
+    res = CliRunner().invoke(cli, ["recommend", "--model-dir", str(serve_project.model("pop")), "--user", user,
+                                   "--params", str(tmp_path / "mine.yaml")])
+    assert res.exit_code == 0, res.output
+    assert len(res.output.strip().splitlines()) == 3  # a header and two picks
+
+
 def test_recommend_cli_runs_from_another_folder(serve_project, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     user = load_served(serve_project.model("pop"), serve_project.prepared, search=False).data.user_ids[0]

@@ -59,7 +59,9 @@ class MFConfig(SGDConfig):
 
 @dataclass(frozen=True)
 class NCFConfig(SGDConfig):
-    """gmf, mlp, neumf and the literal paper model (bert_rs_paper): the fusion head's shared knobs."""
+    """gmf, mlp, neumf and the literal paper model (bert_rs_paper): the fusion head's shared knobs. gmf (and
+    semantic_only) have no MLP tower, so they read neither `mlp_layers` nor `dropout`; the knobs stay one shared set
+    (params.yaml's anchor), checked alike, so that one edit moves every head."""
 
     mlp_layers: list[int] = field(default_factory=lambda: [128, 64, 32])  # 3 ReLU layers; input is 2 x 64
     dropout: float = 0.0  # after each MLP layer
@@ -83,6 +85,9 @@ class FusionConfig(NCFConfig):
     def validate(self, key: str) -> None:
         super().validate(key)
         check(0.0 <= self.user_id_dropout < 1.0, f"{key}.user_id_dropout", "must lie in [0, 1)")
+        # a setting the model would silently ignore is refused (the text-only head has no ID embeddings)
+        check(not (key == "models.semantic_only" and self.user_id_dropout), f"{key}.user_id_dropout",
+              "semantic_only has no user ID embeddings to drop (the setting is bert_rs_neural's)")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class FinetuneConfig:
     max_steps: int = 200  # > 0 overrides epochs
     epochs: float = 1.0
     batch_size: int = 16  # global batch: split evenly over the processes of a torchrun / accelerate launch
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # micro-batches per optimiser step (contrastive: each keeps its own in-batch negatives)
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06

@@ -125,7 +125,8 @@ def training_arguments(config: FinetuneConfig, output_dir: Path, n_pairs: int):
 
     return SentenceTransformerTrainingArguments(
         **trainer_settings(config, output_dir, n_pairs,
-                           per_process_batch(config.contrastive_batch_size, "finetune.contrastive_batch_size")),
+                           per_process_batch(config.contrastive_batch_size, "finetune.contrastive_batch_size"),
+                           config.grad_accum_steps),
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a repeated text in a batch would be a false negative
     )
 
