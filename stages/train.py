@@ -21,6 +21,7 @@ Only the first process writes; a closed-form model (pop, ease, bert_rs) is fitte
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.launch import is_main_process
 from pipeline.ranking.distributed import process_group, trains_by_sgd
 from pipeline.ranking.registry import load_model_profiles
+from pipeline.ranking.resume import work_dir
 from pipeline.ranking.train import resolve_device, train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
@@ -91,12 +93,13 @@ def main(
             )
         profiles = load_model_profiles(embeddings, data, config.ranking.section(spec.model), config.ranking.train,
                                        choosing=True)
+    out = out or Path("data/models") / run
     with process_group(resolve_device(config.ranking.train.device)) if sgd else nullcontext():
-        result = train(spec, config.ranking, data, profiles, progress=progress)
+        result = train(spec, config.ranking, data, profiles, progress=progress, resume_dir=work_dir(out))
     if not is_main_process():
         return
-    out = out or Path("data/models") / run
     save_checkpoint(out, result, spec, config.ranking, data, profiles, embeddings, run_name=run)
+    shutil.rmtree(work_dir(out), ignore_errors=True)  # the epoch states a rerun would have resumed from
     write_curves(curves or Path("metrics/curves") / f"{run}.csv", result.curves)
     chosen = f", chosen on validation {result.model.choices()}" if result.model.choices() is not None else ""
     typer.echo(f"{run}: best epoch {result.best_epoch}, valid {result.best_valid}{chosen} -> {out}")

@@ -97,7 +97,7 @@ def test_user_id_dropout_drops_whole_user_rows_in_training_only():
 
 
 def test_user_id_dropout_reaches_the_neural_text_head_only(ranking_env):
-    config = replace_config(ranking_env.config, user_id_dropout=0.3)
+    config = ranking_env.config.override("bert_rs_neural", user_id_dropout=0.3)  # (semantic_only refuses it)
     data, profiles = ranking_env.data, ranking_env.profiles()
     for model, expected in (("bert_rs_neural", 0.3), ("bert_rs_paper", 0.0), ("neumf", 0.0), ("gmf", 0.0)):
         built = build_model(RunSpec(model=model, embeddings="x" if "bert" in model else None), config, data.n_users,

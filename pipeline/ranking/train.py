@@ -50,6 +50,7 @@ from pipeline.ranking.memory import Shape, check_fit
 from pipeline.ranking.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker
 from pipeline.ranking.registry import bert_rs_solver, build_model
+from pipeline.ranking.resume import EpochStates, LoopState, loop_key
 from pipeline.ranking.sampling import NegativeSampler, PairSet
 from pipeline.ranking.select import SELECTION_METRIC, Choice, EarlyStop, select
 
@@ -112,17 +113,19 @@ def train(
     profiles: Profiles | None = None,
     progress: bool = True,
     fixed_epochs: int | None = None,
+    resume_dir: Path | None = None,
 ) -> TrainResult:
     """Fit one run's model on `data.train`, selecting the epoch by validation full-ranking NDCG@10 with early
     stopping, then (`train.refit_with_validation`) fit what was chosen on training + validation pairs.
     `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded, never
-    used): an ablation that must hold its partner's epoch count instead of choosing its own."""
+    used): an ablation that must hold its partner's epoch count instead of choosing its own. `resume_dir`: where a
+    neural model's loop writes its state after every epoch and a rerun takes it up (pipeline/ranking/resume.py)."""
     refit = config.train.refit_with_validation and len(data.valid) > 0
     if not refit and profiles is not None and profiles.lagged is not None:
         profiles = dataclasses.replace(profiles, lagged=None)  # tested as chosen: nothing lags
-    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs)
+    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs, resume_dir)
     if refit:
-        result = refit_with_validation(result, spec, config, data, profiles, progress)
+        result = refit_with_validation(result, spec, config, data, profiles, progress, resume_dir)
     return result
 
 
@@ -142,6 +145,7 @@ def refit_with_validation(
     data: PreparedData,
     profiles: Profiles | None = None,
     progress: bool = True,
+    resume_dir: Path | None = None,
 ) -> TrainResult:
     """The final fit (see the module docstring): `result`'s chosen form fitted on training + validation pairs,
     with `result`'s validation record, curves and choice kept as they were measured. A closed-form model is refitted
@@ -152,7 +156,7 @@ def refit_with_validation(
             result.model.use_profiles(model_profiles(spec, profiles, config.train.seed))  # chosen lagged, tested whole
         model = result.model.refit(history.train.users, history.train.items, result.selection)
     else:
-        model = fit_on_training(spec, config, history, profiles, progress, fixed_epochs=result.best_epoch).model
+        model = fit_on_training(spec, config, history, profiles, progress, result.best_epoch, resume_dir).model
     return dataclasses.replace(result, model=model, fitted_on="train+valid")
 
 
@@ -163,6 +167,7 @@ def fit_on_training(
     profiles: Profiles | None = None,
     progress: bool = True,
     fixed_epochs: int | None = None,
+    resume_dir: Path | None = None,
 ) -> TrainResult:
     """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone. Given
     profiles with a lagged view, a closed-form model is returned reading the lagged user profiles (as it chose):
@@ -201,26 +206,34 @@ def fit_on_training(
     batch_loss = distributed.training_module(model)  # DDP over the processes' parts of each batch, under torchrun
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.train.seed)
-    curves: list[dict] = []
     best = EarlyStop(settings.patience)
-    best_state, best_valid = None, {}
     epochs = settings.epochs if fixed_epochs is None else fixed_epochs
+    key = loop_key(spec, settings, config.train, data.train.users, data.train.items, seen, epochs,
+                   fixed=fixed_epochs is not None)
+    states = EpochStates(resume_dir, key)
+    state = states.restore(model, optimizer, sampler, best) or LoopState(0, False, [], best, None, {})
     show = progress and is_main_process()
-    bar = tqdm(range(1, epochs + 1), desc=f"train {spec.model}", disable=not show, unit="epoch")
-    for epoch in bar:
+    bar = tqdm(range(state.epoch + 1, epochs + 1), initial=state.epoch, total=epochs, desc=f"train {spec.model}",
+               disable=not show, unit="epoch")
+    for epoch in bar if not state.finished else ():
         loss = _train_epoch(model, batch_loss, optimizer, sampler, settings, device)
         valid = valid_metrics(model, data, mask) if has_valid else {}
-        curves.append({"epoch": epoch, "loss": loss, **_curve_metrics(valid)})
+        state.curves.append({"epoch": epoch, "loss": loss, **_curve_metrics(valid)})
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
         # without validation, or with the epoch count fixed from outside: the latest epoch wins
         score = epoch if fixed_epochs is not None else valid.get(SELECTION_METRIC, epoch)
+        stop = False
         if best.offer(epoch, score):
-            best_valid, best_state = valid, copy.deepcopy(model.state_dict())
+            state.best_valid, state.best_state = valid, copy.deepcopy(model.state_dict())
         elif best.spent:
             log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
+            stop = True
+        state.epoch, state.finished = epoch, stop or epoch == epochs
+        states.save(state, model, optimizer, sampler)  # a rerun after an interruption continues from here
+        if stop:
             break
-    model.load_state_dict(best_state)
-    return TrainResult(model.cpu(), curves, best.setting, best_valid, distributed.processes())
+    model.load_state_dict(state.best_state)
+    return TrainResult(model.cpu(), state.curves, best.setting, state.best_valid, distributed.processes())
 
 
 def _train_epoch(
