@@ -27,6 +27,10 @@ def uninterrupted_and_resumed(tmp_path: Path, objective: str, config: dict, prep
     kill_after_checkpoint(entry_command(objective, prepared, base, resumed, config, processes,
                                         pause_after_step=2, flag=flag, port=29512), flag)
     assert not resumed.exists() and any(Path(f"{resumed}.work").rglob("checkpoint-2"))
+    # and a later checkpoint a kill in the middle of saving left without its trainer state: passed over
+    run_dir = next(Path(f"{resumed}.work").rglob("checkpoint-2")).parent
+    (run_dir / "checkpoint-4").mkdir()
+    (run_dir / "checkpoint-4" / "model.safetensors").write_bytes(b"half")
     run_to_completion(entry_command(objective, prepared, base, resumed, config, processes))
     assert metrics_of(resumed)["resumed_from"] == "checkpoint-2" and metrics_of(whole)["resumed_from"] is None
     return whole, resumed

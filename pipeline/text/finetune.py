@@ -260,11 +260,26 @@ def fresh_run_dir(work: Path, name: str) -> Path:
     return run_dir
 
 
-def train_resuming(trainer, run_dir: Path):
-    """`trainer.train()`, resumed from the newest checkpoint in `run_dir` if there is one. -> (result, checkpoint)"""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint-N in `run_dir` that the Trainer finished writing. It writes a checkpoint's files one by
+    one, trainer_state.json last, so a folder without that file is what a kill during a save left behind: resuming
+    from it fails, and it is passed over for the one before."""
+    from transformers.trainer import TRAINER_STATE_NAME
 
-    resume = get_last_checkpoint(str(run_dir))
+    numbered = [(int(p.name.split("-", 1)[1]), p) for p in Path(run_dir).glob("checkpoint-*")
+                if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    for _, folder in sorted(numbered, reverse=True):
+        if (folder / TRAINER_STATE_NAME).is_file():
+            return str(folder)
+        log.warning("%s: a checkpoint left half-written (no %s); resuming from an earlier one", folder,
+                    TRAINER_STATE_NAME)
+    return None
+
+
+def train_resuming(trainer, run_dir: Path):
+    """`trainer.train()`, resumed from the newest complete checkpoint in `run_dir` if there is one.
+    -> (result, checkpoint)"""
+    resume = last_complete_checkpoint(run_dir)
     if resume:
         log.info("resuming from %s", resume)
     return trainer.train(resume_from_checkpoint=resume), resume
