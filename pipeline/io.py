@@ -26,6 +26,32 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_stale(path: Path) -> None:
+    """Remove what a killed writer of `path` left beside it (`.NAME.tmp-PID`, `.NAME.old-PID` of a process that no
+    longer runs): hidden, so never taken for a finished output, but a whole embedding cache can sit in one."""
+    for left in path.parent.glob(f".{path.name}.*-*") if path.parent.is_dir() else ():
+        kind, _, pid = left.name[len(path.name) + 2:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(left)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
@@ -36,10 +62,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 
@@ -48,8 +71,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces the folder `path` as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
     tmp = _tmp_name(path)
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove(tmp)
     tmp.mkdir()
     try:
         yield tmp
@@ -57,9 +81,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
 
 
@@ -100,7 +124,10 @@ def read_table(path: str | Path, schema: pa.Schema | None = None, columns: list[
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found (has the stage that writes it run?)")
-    table = pq.read_table(path, columns=columns)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error}); rerun the stage that writes it") from None
     if schema is not None:
         expected = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         table = conform(table, expected, str(path)).replace_schema_metadata(table.schema.metadata)

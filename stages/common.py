@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import pyarrow as pa
 import typer
 
 from pipeline.config import ConfigError, Params, load_params
@@ -30,6 +31,9 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (ConfigError, DataError, FileNotFoundError) as error:
             typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        except pa.ArrowException as error:  # a damaged Parquet file read where no reader above names it
+            typer.echo(f"error: a Parquet file could not be read ({error}); rerun the stage that writes it", err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished outputs are kept; rerun the same command to resume", err=True)

@@ -24,9 +24,10 @@ import typer
 
 from pipeline.config import ConfigError
 from pipeline.data.prepared import load_reviews
-from pipeline.io import write_json
+from pipeline.io import DataError, write_json
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune
 from pipeline.launch import is_main_process
+from pipeline.text.encoders import resolve_encoder
 from pipeline.text.finetune import finetune_encoder, pass_through
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
@@ -44,6 +45,10 @@ def main(
     if encoder not in config.encoders:
         raise ConfigError(f"encoders.{encoder}: not defined in {params} (known: {sorted(config.encoders)})")
     spec = config.encoders[encoder]
+    try:  # a mistyped model is named by its setting, before any data is read
+        resolve_encoder(spec.model)
+    except DataError as error:
+        raise DataError(f"{params}: encoders.{encoder}.model: {error}") from None
     reason = config.finetune_reason(encoder)
     if reason is not None:
         if not is_main_process():

@@ -81,7 +81,13 @@ def main(
     else:
         if not users_file.is_file():
             raise DataError(f"{users_file}: users file not found")
-        ids = [line.strip() for line in users_file.read_text().splitlines() if line.strip()]
+        lines = [(n, line.strip()) for n, line in enumerate(users_file.read_text().splitlines(), 1) if line.strip()]
+        known = set(data.user_ids)
+        unknown = [(n, uid) for n, uid in lines if uid not in known]
+        if unknown:
+            raise DataError(f"{users_file}:{unknown[0][0]}: unknown user id {unknown[0][1]!r} ({len(unknown)} unknown "
+                            f"in all): not in {data.root / 'users.parquet'}")
+        ids = [uid for _, uid in lines]
     users = user_indices(data, ids)
     recs = recommend(
         ckpt.model, data, users, k, config.candidates, config.popular_fallback, ckpt.profiles, index

@@ -54,3 +54,62 @@ def test_a_missing_input_is_one_line_naming_the_file(tmp_path):
                                  "--params", str(params)])
     assert result.exit_code == 2
     assert "absent.json: input file not found" in result.output
+
+
+def test_a_damaged_prepared_file_is_one_line_naming_it_and_the_stage_to_rerun(prepared_dir, tmp_path):
+    import shutil
+
+    prepared = shutil.copytree(prepared_dir, tmp_path / "prepared")
+    train_file = prepared / "train.parquet"
+    train_file.write_bytes(train_file.read_bytes()[: train_file.stat().st_size // 2])  # a copy cut short
+    params = tmp_path / "params.yaml"
+    params.write_text("runs:\n  pop: {model: pop}\n")
+    result = runner.invoke(app, ["train", "--prepared", str(prepared), "--run", "pop", "--out", str(tmp_path / "m"),
+                                 "--params", str(params), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"{train_file}: not a readable Parquet file" in result.output and "rerun the stage" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_review_dump_in_parquet_that_is_damaged_is_named(tmp_path):
+    dump = tmp_path / "reviews.parquet"
+    dump.write_bytes(b"PAR1 not really parquet")
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {}\n")
+    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params",
+                                 str(params)])
+    assert result.exit_code == 2, result.output
+    assert f"{dump}: not a readable Parquet file" in result.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_output_folder_that_holds_the_input_is_refused_and_the_input_kept(tmp_path):
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    assert runner.invoke(app, ["generate", str(dumps / "raw.json.gz"), "--users", "30", "--items", "20"]).exit_code == 0
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  min_user_reviews: 3\n  min_item_reviews: 2\n  eval_negatives: 5\n")
+    result = runner.invoke(app, ["prepare", "--input", str(dumps), "--out", str(dumps), "--params", str(params)])
+    assert result.exit_code == 2, result.output
+    assert f"--out {dumps}: holds the input {dumps / 'raw.json.gz'}" in result.output
+    assert (dumps / "raw.json.gz").is_file()
+
+
+def test_an_unreadable_first_record_is_named_by_its_own_line(tmp_path):
+    dump = tmp_path / "late.json"
+    dump.write_text("\n\n\nthis is not a review\n")
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {}\n")
+    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params",
+                                 str(params)])
+    assert result.exit_code == 2 and f"{dump}:4: cannot detect the format" in result.output
+
+
+def test_an_empty_csv_is_called_empty(tmp_path):
+    dump = tmp_path / "reviews.csv"
+    dump.write_text("")
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {}\n")
+    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params",
+                                 str(params)])
+    assert result.exit_code == 2 and f"{dump}: empty file" in result.output

@@ -231,3 +231,13 @@ def test_finetune_stage_unknown_encoder_is_a_clear_error(toy_prepared, tiny_enco
             "--metrics", str(tmp_path / "m.json"), "--params", str(params)]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 2 and "encoders.nope" in result.output
+
+
+def test_finetune_stage_names_the_setting_of_a_model_it_cannot_find(toy_prepared, tmp_path):
+    params = _params(tmp_path / "params.yaml", tmp_path / "no-such-encoder")
+    args = ["finetune", "--prepared", str(toy_prepared), "--encoder", "tiny", "--out", str(tmp_path / "enc"),
+            "--metrics", str(tmp_path / "m.json"), "--params", str(params)]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2, result.output
+    assert f"{params}: encoders.tiny.model: {tmp_path / 'no-such-encoder'}" in result.output
+    assert not (tmp_path / "enc").exists()

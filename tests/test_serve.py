@@ -281,6 +281,17 @@ def test_recommend_reads_the_list_length_from_the_params_file_it_is_given(serve_
     assert len(res.output.strip().splitlines()) == 3  # a header and two picks
 
 
+def test_an_unknown_id_in_a_users_file_is_named_with_its_line(serve_project, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    user = load_served(serve_project.model("pop"), serve_project.prepared, search=False).data.user_ids[0]
+    users = tmp_path / "users.txt"
+    users.write_text(f"{user}\n\nnobody\n{user}\n")
+    res = CliRunner().invoke(cli, ["recommend", "--model-dir", str(serve_project.model("pop")), "--users-file",
+                                   str(users), "--out", str(tmp_path / "recs.parquet")])
+    assert res.exit_code == 2 and f"{users}:3: unknown user id 'nobody' (1 unknown in all)" in res.output
+    assert not (tmp_path / "recs.parquet").exists()
+
+
 def test_recommend_cli_runs_from_another_folder(serve_project, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     user = load_served(serve_project.model("pop"), serve_project.prepared, search=False).data.user_ids[0]

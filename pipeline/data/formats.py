@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import ColumnMapping
@@ -105,7 +106,7 @@ def detect_format(path: Path, columns: ColumnMapping | None = None) -> str:
         return "parquet"
     if name.endswith(".csv"):
         return "csv"
-    for raw in open_text_lines(path):
+    for number, raw in enumerate(open_text_lines(path), start=1):
         line = raw.decode("utf-8", errors="replace").strip()
         if not line:
             continue
@@ -115,7 +116,8 @@ def detect_format(path: Path, columns: ColumnMapping | None = None) -> str:
             try:
                 record = ast.literal_eval(line)
             except (ValueError, SyntaxError):
-                raise DataError(f"{path}:1: cannot detect the format (neither JSON nor a Python dict literal)") from None
+                raise DataError(f"{path}:{number}: cannot detect the format (neither JSON nor a Python dict "
+                                "literal)") from None
             if isinstance(record, dict) and "reviewerID" in record:
                 return "python_literal"
             if isinstance(record, dict) and columns is not None and columns.user in record and columns.item in record:
@@ -271,6 +273,8 @@ def read_csv(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -
         header = reader.fieldnames or []
     except csv.Error as error:
         raise DataError(f"{path}:1: unreadable CSV header ({error})") from None
+    if not header:
+        raise DataError(f"{path}: empty file (no header line, no records)")
     missing = [c for c in [*keys.values(), *text_keys] if c not in header and c != keys["rating"]]
     if missing:
         where = "prepare.columns.names" if not columns.header else "prepare.columns (or columns.header: false " \
@@ -293,7 +297,10 @@ def _decode_or_report(path: Path, bad: BadRecords) -> Iterator[str]:
 
 def read_parquet(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
     keys, text_keys = _column_keys(columns)
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
     names = parquet.schema_arrow.names
     missing = [c for c in [keys["user"], keys["item"], keys["time"], *text_keys] if c not in names]
     if missing:

@@ -126,6 +126,10 @@ def _index(codes: np.ndarray, raw_ids: list[str]) -> tuple[np.ndarray, list[str]
 def prepare_dataset(config: PrepareConfig, inputs: list[str | Path], out_dir: str | Path) -> dict:
     """Run the whole stage into `out_dir` (replaced atomically) and return the stats written to stats.json."""
     files = expand_inputs(inputs)
+    out = Path(out_dir).resolve()
+    inside = [f for f in files if Path(f).resolve() == out or out in Path(f).resolve().parents]
+    if inside:  # replacing the output folder would delete the reviews it is made from
+        raise DataError(f"--out {out_dir}: holds the input {inside[0]}; write the prepared data elsewhere")
     data = scan(files, config)
     keep, steps = select(data, config)
     rows = np.flatnonzero(keep)

@@ -164,7 +164,7 @@ def load_served(
         index = read_index(cache_path)
         if index.ntotal != data.n_items:
             raise DataError(f"{cache_path}/items.faiss: {index.ntotal} items, the prepared data has {data.n_items}")
-        search_note = "/search is off (started with --no-search)"
+        search_note = "started with --no-search"
         if search:
             encode, search_note = load_query_encoder(profiles.meta, cache_path, encoder_dir)
             if encode is None:
