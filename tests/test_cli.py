@@ -11,6 +11,13 @@ from stages.cli import app
 runner = CliRunner()
 
 
+def prepare_with_defaults(tmp_path, dump):
+    """`bertrs prepare` of `dump` with params.yaml's defaults, into tmp_path/p."""
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {}\n")
+    return runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params", str(params)])
+
+
 # each command with an option only it takes: its own --help must show it
 OWN_OPTION = {"prepare": "--input", "generate": "--users", "finetune": "--encoder", "embed": "--encoder-dir",
               "train": "--run", "evaluate": "--models", "recommend": "--user"}
@@ -48,10 +55,7 @@ def test_a_bad_parameter_is_one_line_naming_the_key(tmp_path):
 
 
 def test_a_missing_input_is_one_line_naming_the_file(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("prepare: {}\n")
-    result = runner.invoke(app, ["prepare", "--input", str(tmp_path / "absent.json"), "--out", str(tmp_path / "p"),
-                                 "--params", str(params)])
+    result = prepare_with_defaults(tmp_path, tmp_path / "absent.json")
     assert result.exit_code == 2
     assert "absent.json: input file not found" in result.output
 
@@ -74,10 +78,7 @@ def test_a_damaged_prepared_file_is_one_line_naming_it_and_the_stage_to_rerun(pr
 def test_a_review_dump_in_parquet_that_is_damaged_is_named(tmp_path):
     dump = tmp_path / "reviews.parquet"
     dump.write_bytes(b"PAR1 not really parquet")
-    params = tmp_path / "params.yaml"
-    params.write_text("prepare: {}\n")
-    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params",
-                                 str(params)])
+    result = prepare_with_defaults(tmp_path, dump)
     assert result.exit_code == 2, result.output
     assert f"{dump}: not a readable Parquet file" in result.output
     assert not (tmp_path / "p").exists()
@@ -98,18 +99,12 @@ def test_an_output_folder_that_holds_the_input_is_refused_and_the_input_kept(tmp
 def test_an_unreadable_first_record_is_named_by_its_own_line(tmp_path):
     dump = tmp_path / "late.json"
     dump.write_text("\n\n\nthis is not a review\n")
-    params = tmp_path / "params.yaml"
-    params.write_text("prepare: {}\n")
-    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params",
-                                 str(params)])
+    result = prepare_with_defaults(tmp_path, dump)
     assert result.exit_code == 2 and f"{dump}:4: cannot detect the format" in result.output
 
 
 def test_an_empty_csv_is_called_empty(tmp_path):
     dump = tmp_path / "reviews.csv"
     dump.write_text("")
-    params = tmp_path / "params.yaml"
-    params.write_text("prepare: {}\n")
-    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(tmp_path / "p"), "--params",
-                                 str(params)])
+    result = prepare_with_defaults(tmp_path, dump)
     assert result.exit_code == 2 and f"{dump}: empty file" in result.output
