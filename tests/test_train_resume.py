@@ -121,3 +121,29 @@ def test_a_train_stage_killed_with_sigkill_resumes_to_the_bytes_of_an_uninterrup
     assert folder_bytes(resumed) == folder_bytes(whole)
     assert Path(f"{resumed}.csv").read_bytes() == Path(f"{whole}.csv").read_bytes()
     assert not work_dir(resumed).exists() and not work_dir(whole).exists()
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_killed_with_sigkill_resume_to_the_bytes_of_an_uninterrupted_launch(ranking_env,
+                                                                                                  tmp_path):
+    """Each process's torch generator is kept (their dropout draws differ), so the launch resumes exactly too."""
+    from tests.finetune_fixtures import TORCHRUN
+
+    entry = tmp_path / "pausing_train.py"
+    entry.write_text(PAUSING_ENTRY)
+    params = tmp_path / "params.yaml"
+    params.write_text("runs:\n  neumf: {model: neumf}\ntrain: {device: cpu}\nmodels:\n  neumf:\n    factors: 8\n"
+                      "    mlp_layers: [16, 8]\n    dropout: 0.2\n    epochs: 4\n    patience: 4\n"
+                      "    batch_size: 127\n    learning_rate: 0.01\n")
+    whole, resumed, flag = tmp_path / "whole", tmp_path / "resumed", tmp_path / "epoch-saved"
+
+    def launch(out: Path, pause_after: int = 0, port: int = 29531) -> list[str]:
+        command = train_command(ranking_env, params, out, flag, pause_after)
+        return [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port), "--", str(entry), *command[3:]]
+
+    run_to_completion(launch(whole))
+    kill_after_checkpoint(launch(resumed, pause_after=2, port=29532), flag)
+    assert not resumed.exists() and any(work_dir(resumed).glob("epochs-*.pt"))
+    run_to_completion(launch(resumed, port=29533))
+    assert folder_bytes(resumed) == folder_bytes(whole)
+    assert Path(f"{resumed}.csv").read_bytes() == Path(f"{whole}.csv").read_bytes()
