@@ -187,6 +187,14 @@ def test_bad_requests_get_a_4xx_json_message_saying_what_is_wrong(client, served
     assert isinstance(detail, str) and message in detail
 
 
+@pytest.mark.parametrize(("path", "params"), [("/search", {"q": "great album " * 1_500}),
+                                              ("/recommend", {"user": "u" * 20_000, "k": 3})])
+def test_a_rejected_value_is_quoted_back_cut_short_not_whole(client, path, params):
+    response = client.get(path, params=params)
+    assert response.status_code in (404, 422)
+    assert len(response.content) < 500 and "characters)" in response.json()["detail"]
+
+
 def test_a_model_without_review_text_refuses_similar_and_search_with_409(pop_client, served):
     for path, params in (("/similar", {"item": served.data.item_ids[0]}), ("/search", {"q": "jazz"})):
         response = pop_client.get(path, params=params)

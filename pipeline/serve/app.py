@@ -141,12 +141,21 @@ def _rating(value: float) -> Optional[float]:
     return None if np.isnan(value) else float(value)
 
 
+ECHO_CHARS = 80  # of a rejected value, quoted back in an error: enough to recognise it, never the whole payload
+
+
+def echo(value: object) -> str:
+    """repr of a rejected request value, cut to ECHO_CHARS (a 100 KB query is not sent back whole)."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(str(value)):,} characters)"
+
+
 def _validation_message(error: RequestValidationError) -> str:
     parts = []
     for e in error.errors():
         where = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
         got = e.get("input")
-        parts.append(f"{where}: {e.get('msg', 'invalid')}" + (f" (got {got!r})" if got is not None else ""))
+        parts.append(f"{where}: {e.get('msg', 'invalid')}" + (f" (got {echo(got)})" if got is not None else ""))
     return "; ".join(parts)
 
 
@@ -181,13 +190,13 @@ def create_app(served: ServedModel) -> FastAPI:
     def user_index(user: str) -> int:
         u = served.user_lookup.get(user.strip())
         if u is None:
-            raise HTTPException(404, f"unknown user {user!r}: not among the {data.n_users} users of the prepared data")
+            raise HTTPException(404, f"unknown user {echo(user)}: not among the {data.n_users} users of the prepared data")
         return u
 
     def item_idx(item: str) -> int:
         i = served.item_lookup.get(item.strip())
         if i is None:
-            raise HTTPException(404, f"unknown item {item!r}: not among the {data.n_items} items of the prepared data")
+            raise HTTPException(404, f"unknown item {echo(item)}: not among the {data.n_items} items of the prepared data")
         return i
 
     def review(row: int) -> dict:
