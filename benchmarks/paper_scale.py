@@ -316,16 +316,28 @@ def stage_part(stage: str) -> str:
 def run_note(clone: Path, stage: str) -> str:
     """Which solver a bert_rs run used (`auto` picks dense only while its estimate fits the memory available at the
     start, so a run that shared the machine may have switched) and, for a dense solve, the memory estimate that
-    decides it (pipeline/ranking/memory.py, beside the measured peak); or the epoch a neural run chose."""
+    decides it (pipeline/ranking/memory.py, beside the measured peak) and what its search chose; for the scalable
+    solver the passes kept and scored; or the epoch a neural run chose."""
     run_file = clone / "data" / "models" / stage.partition("@")[2] / "run.json"
-    if not stage.startswith("train") or not run_file.is_file():
+    if stage == SCALABLE_TRAIN:
+        run_file = clone.parent / "scalable" / "models" / "bert_rs_scalable" / "run.json"
+    if not stage.startswith(("train", SCALABLE_TRAIN)) or not run_file.is_file():
         return ""
     run = json.loads(run_file.read_text())
     model, solver = run["spec"]["model"], run.get("bert_rs_solver")
+    chosen, selection = run.get("chosen") or {}, run.get("selection") or {}
     notes = [f"solver {solver}"] if solver else []
     if model in DENSE_MATRICES and (solver or "dense") == "dense":
         estimate = fit_bytes(model, Shape(run["n_users"], run["n_items"], 0, run.get("dim") or 0)) / GB
         notes.append(f"memory estimate {estimate:.1f} GB")
+    if model == "bert_rs" and "text_match" in chosen and (solver or "dense") == "dense":
+        notes.append(f"chose lambda {chosen['ease_lambda']:g}, side weight {chosen['side_weight']:g}, "
+                     f"{chosen['regulariser']}, {chosen['text_match']} w {chosen['text_weight']:g}, popularity "
+                     f"{chosen['pop_weight']:g}; validation NDCG@10 {selection.get('valid_ndcg@10')}, cross-fitted "
+                     f"gain {selection.get('cross_fitted_gain')}")
+    if solver == "scalable" and "epochs" in chosen:
+        notes.append(f"passes kept {chosen['epochs']} of {chosen['epochs_scored_on_validation']} scored on "
+                     "validation")
     if notes:
         return "; ".join(notes)
     return f"best epoch on validation {run['best_epoch']}" if run.get("best_epoch") else ""

@@ -144,3 +144,24 @@ def test_the_report_quotes_the_dags_own_table_when_the_clone_holds_the_samples_a
     paper_scale.report(clone, stages, done, tmp_path)
     written = (tmp_path / "paper_scale.md").read_text()
     assert "the paper-size table" in written and "the bundled sample's table" not in written
+
+
+def test_a_bert_rs_row_says_what_its_search_chose_and_the_scalable_one_its_passes(tmp_path):
+    """The README quotes the shuffled run's choice and the scalable step's passes from the results file."""
+    dense = tmp_path / "repo" / "data" / "models" / "bert_rs_shuffled"
+    dense.mkdir(parents=True)
+    (dense / "run.json").write_text(json.dumps({
+        "spec": {"model": "bert_rs"}, "n_users": 30, "n_items": 20, "dim": 8, "bert_rs_solver": "dense",
+        "chosen": {"ease_lambda": 1000.0, "side_weight": 0.0, "regulariser": "ease", "text_match":
+                   "user_profile_recent", "text_weight": 0.5, "pop_weight": 0.0},
+        "selection": {"valid_ndcg@10": 0.005428, "cross_fitted_gain": 0.000547}}))
+    note = paper_scale.run_note(tmp_path / "repo", "train_text@bert_rs_shuffled")
+    assert "chose lambda 1000, side weight 0, ease, user_profile_recent w 0.5, popularity 0" in note
+    assert "validation NDCG@10 0.005428, cross-fitted gain 0.000547" in note
+    scalable = tmp_path / "scalable" / "models" / "bert_rs_scalable"
+    scalable.mkdir(parents=True)
+    (scalable / "run.json").write_text(json.dumps({
+        "spec": {"model": "bert_rs"}, "bert_rs_solver": "scalable",
+        "chosen": {"solver": "scalable", "epochs": 9, "epochs_scored_on_validation": 10}}))
+    assert paper_scale.run_note(tmp_path / "repo", SCALABLE_TRAIN) == \
+        "solver scalable; passes kept 9 of 10 scored on validation"
