@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from typer.testing import CliRunner
 
+from pipeline.data.prepared import load_reviews
 from stages.cli import app
 
 runner = CliRunner()
@@ -41,7 +43,12 @@ def test_generate_then_prepare_from_the_command_line(tmp_path):
     result = runner.invoke(app, ["prepare", "--input", str(raw), "--out", str(tmp_path / "p"), "--params", str(params)])
     assert result.exit_code == 0, result.output
     assert "prepared" in result.output
-    assert json.loads((tmp_path / "p" / "stats.json").read_text())["table1"]["users"] > 0
+    table1 = json.loads((tmp_path / "p" / "stats.json").read_text())["table1"]
+    reviews = load_reviews(tmp_path / "p", ["user_idx", "item_idx"])
+    per_user = np.bincount(reviews.column("user_idx").to_numpy())
+    per_item = np.bincount(reviews.column("item_idx").to_numpy())
+    assert (table1["users"], table1["items"], table1["reviews"]) == (len(per_user), len(per_item), reviews.num_rows)
+    assert 0 < table1["users"] <= 30 and per_user.min() >= 3 and per_item.min() >= 2  # the settings it was given
 
 
 def test_a_bad_parameter_is_one_line_naming_the_key(tmp_path):
