@@ -161,21 +161,20 @@ def needed_stages(clone: Path, env: dict, targets: list[str], stages: list[str])
     return [stage for stage in stages if stage in needed]
 
 
+def earlier_results(out: Path) -> dict:
+    """The results file an earlier run wrote (the ledger of what this workspace may no longer hold), or {}."""
+    results = out / "paper_scale.json"
+    return json.loads(results.read_text()) if results.is_file() else {}
+
+
 def earlier_rows(out: Path, stages: list[str]) -> dict[str, dict]:
     """The stages an earlier run recorded in the results file (kept until measured again)."""
-    results = out / "paper_scale.json"
-    if not results.is_file():
+    recorded = earlier_results(out)
+    if not recorded:
         return {}
-    recorded = json.loads(results.read_text())
     fallback_date = f"on or before {recorded.get('meta', {}).get('date')}"
     return {stage: {"date": fallback_date, **row} for stage, row in recorded.get("stages", {}).items()
             if stage in stages}
-
-
-def earlier_floor(out: Path) -> dict | None:
-    """Stage one's floor as an earlier run measured it (kept until measured again)."""
-    results = out / "paper_scale.json"
-    return json.loads(results.read_text()).get("floor") if results.is_file() else None
 
 
 def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
@@ -442,7 +441,7 @@ def main() -> None:
     measured = Ledger(work / "stages.jsonl")  # one row per stage measured in this workspace
     begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
     done = {**earlier_rows(out, stages), **measured.rows}
-    floor = earlier_floor(out)
+    floor = earlier_results(out).get("floor")  # stage one's floor, kept until measured again
     beside: dict[str, list[str]] = {}  # set up when the first step beside the DAG starts (dense bert_rs exists)
     again = set(args.stages) if args.again else set()
     for stage in to_run:

@@ -26,6 +26,12 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def default_work_dir(out: Path) -> Path:
+    """Where a long step keeps what it resumes from (checkpoints, epoch states) while it writes `out`: beside it,
+    so that a rerun of the same command finds it, and removed once `out` is whole."""
+    return out.with_name(f"{out.name}.work")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

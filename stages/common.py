@@ -44,4 +44,3 @@ def user_errors(func: F) -> F:
 
 def read_params(path: Path) -> Params:
     return load_params(path)
-

@@ -75,20 +75,14 @@ def main(
         except DataError as error:
             log.warning("%s; ranking every item instead", error)
     if user is not None:
-        ids = [user]
+        users = user_indices(data, [user])
     elif all_users:
-        ids = list(data.user_ids)
+        users = user_indices(data, list(data.user_ids))
     else:
         if not users_file.is_file():
             raise DataError(f"{users_file}: users file not found")
-        lines = [(n, line.strip()) for n, line in enumerate(users_file.read_text().splitlines(), 1) if line.strip()]
-        known = set(data.user_ids)
-        unknown = [(n, uid) for n, uid in lines if uid not in known]
-        if unknown:
-            raise DataError(f"{users_file}:{unknown[0][0]}: unknown user id {unknown[0][1]!r} ({len(unknown)} unknown "
-                            f"in all): not in {data.root / 'users.parquet'}")
-        ids = [uid for _, uid in lines]
-    users = user_indices(data, ids)
+        numbered = [(n, line.strip()) for n, line in enumerate(users_file.read_text().splitlines(), 1) if line.strip()]
+        users = user_indices(data, [uid for _, uid in numbered], users_file, [n for n, _ in numbered])
     recs = recommend(
         ckpt.model, data, users, k, config.candidates, config.popular_fallback, ckpt.profiles, index
     )

@@ -30,11 +30,11 @@ import typer
 
 from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RunSpec
 from pipeline.data.prepared import load_prepared
+from pipeline.io import default_work_dir
 from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.launch import is_main_process
 from pipeline.ranking.distributed import process_group, trains_by_sgd
 from pipeline.ranking.registry import load_model_profiles
-from pipeline.ranking.resume import work_dir
 from pipeline.ranking.train import resolve_device, train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
@@ -95,11 +95,11 @@ def main(
                                        choosing=True)
     out = out or Path("data/models") / run
     with process_group(resolve_device(config.ranking.train.device)) if sgd else nullcontext():
-        result = train(spec, config.ranking, data, profiles, progress=progress, resume_dir=work_dir(out))
+        result = train(spec, config.ranking, data, profiles, progress=progress, resume_dir=default_work_dir(out))
     if not is_main_process():
         return
     save_checkpoint(out, result, spec, config.ranking, data, profiles, embeddings, run_name=run)
-    shutil.rmtree(work_dir(out), ignore_errors=True)  # the epoch states a rerun would have resumed from
+    shutil.rmtree(default_work_dir(out), ignore_errors=True)  # the epoch states a rerun would have resumed from
     write_curves(curves or Path("metrics/curves") / f"{run}.csv", result.curves)
     chosen = f", chosen on validation {result.model.choices()}" if result.model.choices() is not None else ""
     typer.echo(f"{run}: best epoch {result.best_epoch}, valid {result.best_valid}{chosen} -> {out}")

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import RunSpec
 from pipeline.ranking import train as training
-from pipeline.ranking.resume import work_dir
+from pipeline.io import default_work_dir as work_dir
 from tests.finetune_fixtures import ROOT, environment, folder_bytes, kill_after_checkpoint, run_to_completion
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -67,14 +67,16 @@ def resolve_prepared_path(model_dir: str | Path, default: str | Path, override: 
     )
 
 
-def user_indices(data: PreparedData, user_ids: Sequence[str]) -> np.ndarray:
-    """Raw user ids -> indices; an unknown id is a `DataError` naming it."""
+def user_indices(data: PreparedData, user_ids: Sequence[str], source: str | Path | None = None,
+                 lines: Sequence[int] | None = None) -> np.ndarray:
+    """Raw user ids -> indices; an unknown id is a `DataError` naming it, and the file and line it came from where
+    the ids were read from one (`source`, `lines`: each id's line number)."""
     lookup = {uid: i for i, uid in enumerate(data.user_ids)}
-    missing = [u for u in user_ids if u not in lookup]
+    missing = [n for n, u in enumerate(user_ids) if u not in lookup]
     if missing:
-        raise DataError(
-            f"unknown user id {missing[0]!r} ({len(missing)} unknown in all): not in {data.root / 'users.parquet'}"
-        )
+        where = f"{source}:{lines[missing[0]]}: " if source is not None and lines is not None else ""
+        raise DataError(f"{where}unknown user id {user_ids[missing[0]]!r} ({len(missing)} unknown in all): not in "
+                        f"{data.root / 'users.parquet'}")
     return np.asarray([lookup[u] for u in user_ids], dtype=np.int64)
 
 

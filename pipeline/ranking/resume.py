@@ -9,7 +9,8 @@ never interrupted: what it would have drawn next it draws next.
 A state is taken up only by the loop that wrote it: the file is named by a key over everything the loop's result
 depends on (the run, its model's settings, the shared train section, the pairs it fits, the profiles it reads and its
 epoch budget), so a changed setting, a different split or the final fit's longer history each start afresh. The
-folder is the checkpoint folder's sibling `<out>.work/` (as fine-tuning's), removed once the checkpoint is written.
+folder is the checkpoint folder's sibling (`pipeline.io.default_work_dir`, as fine-tuning's), removed once the
+checkpoint is written.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ from pipeline.ranking.sampling import NegativeSampler
 from pipeline.ranking.select import EarlyStop
 
 log = logging.getLogger(__name__)
-
-
-def work_dir(out: Path) -> Path:
-    """Where a run's epoch states live while it trains: beside its checkpoint folder."""
-    return out.with_name(f"{out.name}.work")
 
 
 def loop_key(spec: RunSpec, settings: Any, shared: Any, users: np.ndarray, items: np.ndarray,

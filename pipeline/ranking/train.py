@@ -222,15 +222,14 @@ def fit_on_training(
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{valid.get(SELECTION_METRIC, float('nan')):.4f}")
         # without validation, or with the epoch count fixed from outside: the latest epoch wins
         score = epoch if fixed_epochs is not None else valid.get(SELECTION_METRIC, epoch)
-        stop = False
-        if best.offer(epoch, score):
+        improved = best.offer(epoch, score)
+        if improved:
             state.best_valid, state.best_state = valid, copy.deepcopy(model.state_dict())
-        elif best.spent:
-            log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
-            stop = True
+        stop = best.spent and not improved
         state.epoch, state.finished = epoch, stop or epoch == epochs
         states.save(state, model, optimizer, sampler)  # a rerun after an interruption continues from here
         if stop:
+            log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
             break
     model.load_state_dict(state.best_state)
     return TrainResult(model.cpu(), state.curves, best.setting, state.best_valid, distributed.processes())

@@ -36,7 +36,7 @@ import torch
 from datasets import Dataset
 
 from pipeline.config import ConfigError, FinetuneConfig, to_dict
-from pipeline.io import DataError, atomic_dir, write_json
+from pipeline.io import DataError, atomic_dir, default_work_dir, write_json
 from pipeline.launch import is_main_process, launched_processes
 from pipeline.text.encoder_dir import SOURCE_FILE, encoder_module, normalize_tokenizer_config
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
@@ -169,10 +169,6 @@ def run_key(config: FinetuneConfig, base_fingerprint: str, texts: Dataset) -> st
     for text in texts["text"]:
         digest.update(text.encode())
     return digest.hexdigest()[:16]
-
-
-def default_work_dir(out: Path) -> Path:
-    return out.with_name(f"{out.name}.work")
 
 
 def cpu_has_native_bf16() -> bool:
