@@ -8,6 +8,7 @@ helpers to launch it plainly or under torchrun and to compare output folders byt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -62,7 +65,8 @@ def run_to_completion(command: list[str], timeout: float = 300) -> None:
 
 
 def kill_after_checkpoint(command: list[str], flag: Path, timeout: float = 300) -> None:
-    """Start `command` in its own process group, wait until it has saved a checkpoint, then SIGKILL the group."""
+    """Start `command` in its own process group, wait until it has saved a checkpoint, then SIGKILL the group and
+    every process under it (torchrun starts its workers in sessions of their own, out of the group's reach)."""
     proc = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + timeout
@@ -74,7 +78,11 @@ def kill_after_checkpoint(command: list[str], flag: Path, timeout: float = 300) 
                 raise AssertionError("no checkpoint within the timeout")
             time.sleep(0.2)
     finally:
+        workers = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
