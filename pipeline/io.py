@@ -72,10 +72,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def refuse_file_as_folder(path: str | Path, setting: str = "the output folder") -> None:
+    """Raise `DataError` when `path`, where a folder is to be written, is an existing file.
+
+    Parameters
+    ----------
+    path
+        Where an output folder will go.
+    setting
+        How the user named it (``--out``, a params key), quoted in the message.
+
+    Raises
+    ------
+    DataError
+        `path` is a file (or a link to one): every output this project writes there is a folder, so the file is not
+        one of ours, and replacing it would lose it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{setting} {path}: is an existing file, not a folder; outputs are folders and this one would "
+                        "replace the file. Move the file away or choose another path. Nothing was written.")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it replaces the folder `path` as a whole."""
+    """Yield a temporary folder to fill; on success it replaces the folder `path` as a whole (never a file: see
+    `refuse_file_as_folder`)."""
     path = Path(path)
+    refuse_file_as_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     tmp = _tmp_name(path)

@@ -103,6 +103,19 @@ def test_an_output_folder_that_holds_the_input_is_refused_and_the_input_kept(tmp
     assert (dumps / "raw.json.gz").is_file()
 
 
+def test_an_output_path_that_is_an_existing_file_is_refused_and_the_file_kept(tmp_path):
+    dump = tmp_path / "raw.json.gz"
+    assert runner.invoke(app, ["generate", str(dump), "--users", "30", "--items", "20"]).exit_code == 0
+    afile = tmp_path / "notes.txt"
+    afile.write_text("a user's own file")
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {}\n")
+    result = runner.invoke(app, ["prepare", "--input", str(dump), "--out", str(afile), "--params", str(params)])
+    assert result.exit_code == 2, result.output
+    assert f"--out {afile}: is an existing file, not a folder" in result.output
+    assert afile.read_text() == "a user's own file"
+
+
 def test_an_unreadable_first_record_is_named_by_its_own_line(tmp_path):
     dump = tmp_path / "late.json"
     dump.write_text("\n\n\nthis is not a review\n")

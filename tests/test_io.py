@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.io import atomic_dir
+from pipeline.io import DataError, atomic_dir
 
 
 def test_a_folder_written_in_a_failing_block_leaves_the_old_output_and_no_trace(tmp_path):
@@ -22,12 +22,12 @@ def test_a_folder_written_in_a_failing_block_leaves_the_old_output_and_no_trace(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_a_folder_replaces_a_file_of_the_same_name_without_leaving_it_beside(tmp_path):
+def test_a_folder_never_replaces_a_file_of_the_same_name(tmp_path):
     out = tmp_path / "out"
     out.write_text("a file where the folder goes")
-    with atomic_dir(out) as tmp:
+    with pytest.raises(DataError, match="existing file, not a folder"), atomic_dir(out) as tmp:
         (tmp / "a.txt").write_text("new")
-    assert (out / "a.txt").read_text() == "new"
+    assert out.read_text() == "a file where the folder goes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

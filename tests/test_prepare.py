@@ -426,3 +426,23 @@ def test_item_metadata_gives_names_without_changing_the_data_fingerprint(tmp_pat
     bad = write_lines(tmp_path / "meta_bad.json", ['{"title": "no id"}'])
     with pytest.raises(DataError, match=r"meta_bad.json:1: item metadata has no asin"):
         prepare_dataset(small_prepare_config(metadata=[str(bad)]), [synthetic_dump], tmp_path / "named")
+
+
+def test_a_csv_with_a_byte_order_mark_and_semicolons_is_read_and_its_separator_named(tmp_path, caplog):
+    (tmp_path / "r.csv").write_text("\ufeffuser_id;item_id;rating;text;timestamp\nu1;i1;4;Fine, really;10\n"
+                                    "u2;i2;5;Great;11\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger="pipeline.data.formats"):
+        reviews = list(read_reviews([tmp_path / "r.csv"], "auto", [], ColumnMapping(), BadRecords()))
+    assert [(r.user, r.item, r.rating, r.text, r.time) for r in reviews] == [
+        ("u1", "i1", 4.0, "Fine, really", 10), ("u2", "i2", 5.0, "Great", 11)]
+    assert f"{tmp_path / 'r.csv'}: CSV separated by ';'" in caplog.text
+
+
+def test_tab_separated_and_headerless_csv_files_are_sniffed_too(tmp_path):
+    (tmp_path / "t.csv").write_text("user_id\titem_id\trating\ttext\ttimestamp\nu1\ti1\t4\tFine; fine, yes\t10\n")
+    (tmp_path / "h.csv").write_text("u1;i1;5;Great, yes;10\nu2;i2;3;Fine;11\n")
+    tabbed = list(read_reviews([tmp_path / "t.csv"], "auto", [], ColumnMapping(), BadRecords()))
+    assert [r.text for r in tabbed] == ["Fine; fine, yes"]
+    headerless = ColumnMapping(header=False, names=["user_id", "item_id", "rating", "text", "timestamp"])
+    assert [r.text for r in read_reviews([tmp_path / "h.csv"], "auto", [], headerless, BadRecords())] == [
+        "Great, yes", "Fine"]

@@ -12,7 +12,9 @@ import ast
 import csv
 import datetime as dt
 import gzip
+import itertools
 import json
+import logging
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ColumnMapping
 from pipeline.io import DataError
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("amazon2014", "amazon2018", "amazon2023", "python_literal", "json", "csv", "parquet")
 
@@ -266,10 +270,43 @@ def _column_keys(columns: ColumnMapping) -> tuple[dict[str, str], list[str]]:
     return keys, [c.strip() for c in columns.text.split(",")]
 
 
+# separators a CSV export uses (spreadsheets in locales with a decimal comma write ';'); sniffed per file
+CSV_DELIMITERS = ",;\t|"
+BYTE_ORDER_MARK = "\ufeff"
+
+
+def sniff_delimiter(first_line: str, n_fields: int | None = None) -> str:
+    """The separator of a CSV file, judged from its first line (the header, or the first record).
+
+    Parameters
+    ----------
+    first_line
+        The file's first line, decoded, without a byte-order mark.
+    n_fields
+        For a file without a header line, how many columns `prepare.columns.names` gives it.
+
+    Returns
+    -------
+    str
+        Of `CSV_DELIMITERS` (first wins a tie, so ',' when nothing tells them apart): the one that splits the line
+        into `n_fields` fields when that is given and one does, else the one that splits it into the most fields.
+        Quoted fields count as one, as the reader will read them.
+    """
+    fields = {d: len(next(csv.reader([first_line], delimiter=d), [])) for d in CSV_DELIMITERS}
+    exact = [d for d in CSV_DELIMITERS if n_fields is not None and fields[d] == n_fields]
+    return exact[0] if exact else max(CSV_DELIMITERS, key=fields.__getitem__)
+
+
 def read_csv(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
     keys, text_keys = _column_keys(columns)
+    lines = _decode_or_report(path, bad)
+    first = next(lines, "").removeprefix(BYTE_ORDER_MARK)  # Excel's "CSV UTF-8" starts with one
+    delimiter = sniff_delimiter(first, None if columns.header else len(columns.names))
+    if first:
+        log.info("%s: CSV separated by %r", path, delimiter)
     try:
-        reader = csv.DictReader(_decode_or_report(path, bad), fieldnames=None if columns.header else columns.names)
+        reader = csv.DictReader(itertools.chain([first] if first else [], lines), delimiter=delimiter,
+                                fieldnames=None if columns.header else columns.names)
         header = reader.fieldnames or []
     except csv.Error as error:
         raise DataError(f"{path}:1: unreadable CSV header ({error})") from None

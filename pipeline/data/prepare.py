@@ -33,7 +33,7 @@ from pipeline.data.prepared import (
     STATS_FILE,
     USERS_SCHEMA,
 )
-from pipeline.io import DataError, atomic_dir, fingerprint_files, write_json, write_table
+from pipeline.io import DataError, atomic_dir, fingerprint_files, refuse_file_as_folder, write_json, write_table
 
 log = logging.getLogger(__name__)
 TEXT_BATCH = 8192  # reviews per row group of reviews.parquet
@@ -125,6 +125,7 @@ def _index(codes: np.ndarray, raw_ids: list[str]) -> tuple[np.ndarray, list[str]
 
 def prepare_dataset(config: PrepareConfig, inputs: list[str | Path], out_dir: str | Path) -> dict:
     """Run the whole stage into `out_dir` (replaced atomically) and return the stats written to stats.json."""
+    refuse_file_as_folder(out_dir, "--out")
     files = expand_inputs(inputs)
     out = Path(out_dir).resolve()
     inside = [f for f in files if Path(f).resolve() == out or out in Path(f).resolve().parents]
