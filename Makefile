@@ -1,23 +1,34 @@
-# Two entry points for a fresh machine (Python >= 3.10 and make):
-#   make repro   set up .venv and run the whole DVC pipeline on the bundled sample, then print the comparison table
-#   make test    set up .venv and run the test suite
+# Two entry points for a fresh machine (Python 3.11 and make):
+#   make repro   set up .venv from the lock and run the whole DVC pipeline on the bundled sample, then print the
+#                comparison table
+#   make test    set up .venv from the lock and run the test suite
+# and one for maintainers:
+#   make lock    re-resolve requirements.lock from pyproject.toml (+ requirements/torch-cpu.in), with hashes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch 2.13.0 is pinned in the setup step only so that pip takes the CPU build already on this kind of machine
-# instead of a multi-GB CUDA build; the project itself accepts any torch in pyproject.toml's range.
-TORCH ?= torch==2.13.0
+LOCK := requirements.lock
 
-.PHONY: setup test test-all repro bench clean
+.PHONY: setup test test-all repro lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every library comes from the lock, hash-checked, so a fresh machine runs the versions that wrote dvc.lock; the
+# project itself is installed on top without resolving anything.
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# pyproject.toml keeps ranges; the lock pins the whole environment (all extras, for Python 3.11 on Linux x86_64).
+# The project's own line (the dev extra names bert-rs[serve,ray]) is dropped: `setup` installs it editable.
+lock: setup
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		--extra dev --extra bench --extra docs -o $(LOCK) pyproject.toml requirements/torch-cpu.in
+	sed -i -e '/^# WARNING: pip install will require/,/^# Consider using a hashable URL/d' \
+		-e '/^bert-rs @ /,/^    # via bert-rs/d' $(LOCK)
 
 test: setup
 	$(BIN)/pytest -q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,25 @@ def test_packaged_encoder_resolves_offline():
     path = resolve_encoder(PACKAGED_ENCODER)
     assert (__import__("pathlib").Path(path) / "model.safetensors").is_file()
     assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_weights_fingerprint_is_blind_to_the_saving_library_version(tiny_encoder_dir):
+    config_path = tiny_encoder_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    fp = weights_fingerprint(tiny_encoder_dir)
+    config_path.write_text(json.dumps({**config, "transformers_version": "99.0.0"}, indent=4))
+    assert weights_fingerprint(tiny_encoder_dir) == fp  # another release, another layout: same encoder
+    config_path.write_text(json.dumps({**config, "num_attention_heads": 1}))
+    assert weights_fingerprint(tiny_encoder_dir) != fp  # the architecture is part of it
+
+
+def test_saved_encoder_config_names_no_library_version(tiny_encoder_dir, tmp_path):
+    from transformers import AutoTokenizer, BertModel
+
+    from pipeline.text.finetune import save_encoder
+
+    out = tmp_path / "saved"
+    save_encoder(BertModel.from_pretrained(str(tiny_encoder_dir)), AutoTokenizer.from_pretrained(str(tiny_encoder_dir)),
+                 out, {"base": "tiny"})
+    assert "transformers_version" not in json.loads((out / "config.json").read_text())
+    assert weights_fingerprint(out) == weights_fingerprint(tiny_encoder_dir)

@@ -30,6 +30,9 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # tokenizer_config.json, where they would make two saves of one tokenizer differ
 LOAD_TIME_TOKENIZER_KEYS = ("local_files_only", "cache_dir", "force_download", "proxies", "token", "revision",
                             "_commit_hash", "name_or_path")
+# keys of config.json that record which library version saved it, not what the model is: left out of the saved
+# folder and of the weights fingerprint, so another transformers release writes the same bytes
+WRITER_VERSION_KEYS = ("transformers_version",)
 # keys of a `BertForPreTraining` state dict that an encoder folder never holds
 PRETRAINING_HEAD_PREFIXES = ("cls.",)
 
@@ -49,6 +52,32 @@ def normalize_tokenizer_config(folder: str | Path) -> None:
     for key in LOAD_TIME_TOKENIZER_KEYS:
         config.pop(key, None)
     path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def model_settings(folder: str | Path) -> dict[str, Any]:
+    """config.json's settings without the keys that name the library version which saved it.
+
+    Parameters
+    ----------
+    folder
+        An encoder folder, or any checkpoint folder holding a config.json.
+
+    Returns
+    -------
+    dict
+        The parsed config.json minus `WRITER_VERSION_KEYS`.
+    """
+    config = read_json(Path(folder) / CONFIG_FILE)
+    for key in WRITER_VERSION_KEYS:
+        config.pop(key, None)
+    return config
+
+
+def normalize_model_config(folder: str | Path) -> None:
+    """Rewrite the saved config.json without the writer's version and with sorted keys."""
+    path = Path(folder) / CONFIG_FILE
+    if path.is_file():
+        path.write_text(json.dumps(model_settings(folder), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def encoder_module(model):

@@ -12,13 +12,15 @@ the current one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 
 from pipeline.config import PACKAGED_ENCODER
 from pipeline.io import DataError, fingerprint_files
-from pipeline.text.encoder_dir import CONFIG_FILE
+from pipeline.text.encoder_dir import CONFIG_FILE, model_settings
 
 log = logging.getLogger(__name__)
 
@@ -77,5 +79,21 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def weights_fingerprint(resolved: str | Path) -> str:
-    """Hash of the weight files and config.json (not tokenizer or README), so re-saving a tokenizer keeps it."""
-    return fingerprint_files(weight_files(local_model_dir(str(resolved))))
+    """Hash of an encoder's tensors and architecture, blind to how and by which library release it was saved.
+
+    Parameters
+    ----------
+    resolved
+        A spec as `resolve_encoder` returns it (a local folder or a hub id).
+
+    Returns
+    -------
+    str
+        16 hex digits over the weight files' names and bytes and config.json's settings (sorted, without
+        `encoder_dir.WRITER_VERSION_KEYS`). Tokenizer files and README are not part of it, so re-saving a
+        tokenizer, or saving the same weights with another transformers release, keeps it.
+    """
+    folder = local_model_dir(str(resolved))
+    tensors = [p for p in weight_files(folder) if p.name != CONFIG_FILE]
+    settings = json.dumps(model_settings(folder), sort_keys=True) if (folder / CONFIG_FILE).is_file() else ""
+    return hashlib.sha256(f"{fingerprint_files(tensors)}:{settings}".encode()).hexdigest()[:16]

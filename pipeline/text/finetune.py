@@ -38,7 +38,7 @@ from datasets import Dataset
 from pipeline.config import ConfigError, FinetuneConfig, to_dict
 from pipeline.io import DataError, atomic_dir, default_work_dir, write_json
 from pipeline.launch import is_main_process, launched_processes
-from pipeline.text.encoder_dir import SOURCE_FILE, encoder_module, normalize_tokenizer_config
+from pipeline.text.encoder_dir import SOURCE_FILE, encoder_module, normalize_model_config, normalize_tokenizer_config
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 from pipeline.text.nsp import build_nsp_dataset, tokenize_pairs
 
@@ -288,6 +288,7 @@ def save_encoder(model, tokenizer, out: Path, source: dict) -> None:
         encoder_module(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         normalize_tokenizer_config(tmp)
+        normalize_model_config(tmp)
         write_json(tmp / SOURCE_FILE, source)
 
 
