@@ -284,7 +284,7 @@ def floor_lines(floor: dict | None, done: dict) -> list[str]:
                       f"({sum(r.get('cpu_seconds') or 0 for r in stage_two) / 60:.0f} CPU min): "
                       f"{wall / left:.0f} times as long. On this machine the target is out of reach with the DAG as it "
                       "stands (every encoder pass, fp32, these truncation lengths); the same commands run on more "
-                      "cores and on GPUs (README: Scale: beyond one process, beyond the sample).")
+                      "cores and on GPUs (docs/scale.md).")
     return lines + [""]
 
 

@@ -580,7 +580,7 @@ NAMES = {"digital_music": "Digital Music (bundled)", "all_beauty": "All Beauty (
 
 
 def summary(results: dict) -> list[str]:
-    """One line per dataset and protocol: the README's results table."""
+    """One line per dataset and protocol: the results table of README.md and docs/results.md."""
     def cell(row: dict) -> str:
         mean, std = row["full"]["ndcg@10"]
         return f"{mean:.3f}" if std < 5e-4 else f"{mean:.3f} ± {std:.3f}"

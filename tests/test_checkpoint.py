@@ -1,6 +1,6 @@
 """The run.json contract (pipeline/ranking/checkpoint.py) against runs this version cannot rebuild: a run trained
 before per-model settings existed stops `evaluate`, `recommend` and `serve` with one line naming the file, the
-missing key and the fix, exit code 2 (README, "Errors a user can meet"), instead of a KeyError traceback."""
+missing key and the fix, exit code 2 (docs/errors.md), instead of a KeyError traceback."""
 
 from __future__ import annotations
 

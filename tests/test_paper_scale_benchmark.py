@@ -92,7 +92,7 @@ def test_a_stage_measured_again_is_run_although_dvc_thinks_it_up_to_date():
 
 
 def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_path):
-    """The README quotes the estimate next to each dense model's paper-size peak: the row carries it."""
+    """docs/scale.md quotes the estimate next to each dense model's paper-size peak: the row carries it."""
     from pipeline.ranking.memory import GB, Shape, fit_bytes
 
     for run, spec, extra in (("bert_rs", "bert_rs", {"bert_rs_solver": "dense", "dim": 384}),
@@ -147,7 +147,7 @@ def test_the_report_quotes_the_dags_own_table_when_the_clone_holds_the_samples_a
 
 
 def test_a_bert_rs_row_says_what_its_search_chose_and_the_scalable_one_its_passes(tmp_path):
-    """The README quotes the shuffled run's choice and the scalable step's passes from the results file."""
+    """docs/scale.md quotes the shuffled run's choice and the scalable step's passes from the results file."""
     dense = tmp_path / "repo" / "data" / "models" / "bert_rs_shuffled"
     dense.mkdir(parents=True)
     (dense / "run.json").write_text(json.dumps({

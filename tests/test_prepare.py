@@ -283,7 +283,7 @@ def test_bundled_sample_prepares_with_default_params_into_the_3_core_the_readme_
     config = load_params(Path(__file__).resolve().parents[1] / "params.yaml").prepare
     stats = prepare_dataset(config, [BUNDLED_SAMPLE], tmp_path / "p")
     table1 = stats["table1"]
-    assert (table1["reviews"], table1["users"], table1["items"]) == (4566, 756, 361)  # README: The bundled sample
+    assert (table1["reviews"], table1["users"], table1["items"]) == (4566, 756, 361)  # docs/data.md: The bundled sample
     assert stats["candidates"]["truncated"] == 0
     reviews = load_reviews(tmp_path / "p", ["user_idx", "item_idx"])
     for column, least in (("user_idx", config.min_user_reviews), ("item_idx", config.min_item_reviews)):
