@@ -74,14 +74,14 @@ from pipeline.embeddings.build import build_caches  # noqa: E402
 from pipeline.embeddings.cache import Profiles, load_review_embeddings  # noqa: E402
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full  # noqa: E402
-from pipeline.ranking.fusion import FusionRanker  # noqa: E402
-from pipeline.ranking.hybrid import ReviewAwareEASE, standardise  # noqa: E402
-from pipeline.ranking.metrics import metrics_from_ranks  # noqa: E402
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full  # noqa: E402
+from pipeline.ranking.models.fusion import FusionRanker  # noqa: E402
+from pipeline.ranking.models.review_ease import ReviewAwareEASE, standardise  # noqa: E402
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.registry import build_model, load_model_profiles  # noqa: E402
-from pipeline.ranking.sampling import NegativeSampler  # noqa: E402
-from pipeline.ranking.train import SELECTION_METRIC, train, valid_metrics  # noqa: E402
+from pipeline.ranking.training.sampling import NegativeSampler  # noqa: E402
+from pipeline.ranking.training.train import SELECTION_METRIC, train, valid_metrics  # noqa: E402
 
 ENCODER = "minilm_mean"
 SAMPLE = REPO / "data" / "sample"

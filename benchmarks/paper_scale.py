@@ -71,7 +71,7 @@ from benchmarks.ledger import Ledger  # noqa: E402
 from benchmarks.measure import run_measured  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
-from pipeline.ranking.memory import DENSE_MATRICES, GB, Shape, fit_bytes  # noqa: E402
+from pipeline.ranking.training.memory import DENSE_MATRICES, GB, Shape, fit_bytes  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLE = ROOT / "data" / "sample"
@@ -315,7 +315,7 @@ def stage_part(stage: str) -> str:
 def run_note(clone: Path, stage: str) -> str:
     """Which solver a bert_rs run used (`auto` picks dense only while its estimate fits the memory available at the
     start, so a run that shared the machine may have switched) and, for a dense solve, the memory estimate that
-    decides it (pipeline/ranking/memory.py, beside the measured peak) and what its search chose; for the scalable
+    decides it (pipeline/ranking/training/memory.py, beside the measured peak) and what its search chose; for the scalable
     solver the passes kept and scored; or the epoch a neural run chose."""
     run_file = clone / "data" / "models" / stage.partition("@")[2] / "run.json"
     if stage == SCALABLE_TRAIN:

@@ -36,7 +36,7 @@ gain is marginal, one seed may keep it and another fall back to plain EASE. The 
 paired bootstrap over test users (each user resampled with all of their test positives), which gives a 95% interval
 for the gain of the best text model over the best non-text model. With `train.refit_with_validation` (the default)
 every row, once its settings and epoch count are chosen, is fitted once more on training + validation pairs before
-test is scored (pipeline/ranking/train.py), text rows and non-text rows alike; the validation numbers printed are those
+test is scored (pipeline/ranking/training/train.py), text rows and non-text rows alike; the validation numbers printed are those
 measured before that fit.
 
 Leakage audit: the mean-pooled bert_rs and bert_rs_neural rows are also trained once with profiles pooled over *all*
@@ -74,12 +74,12 @@ from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # 
 from pipeline.embeddings.build import build_caches  # noqa: E402
 from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings  # noqa: E402
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
-from pipeline.embeddings.writer import write_embedding_cache  # noqa: E402
+from pipeline.embeddings.engines.local import write_embedding_cache  # noqa: E402
 from pipeline.io import read_json, write_json  # noqa: E402
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
-from pipeline.ranking.hybrid import ReviewAwareEASE, Setting  # noqa: E402
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
+from pipeline.ranking.models.review_ease import ReviewAwareEASE, Setting  # noqa: E402
 from pipeline.ranking.registry import load_model_profiles  # noqa: E402
-from pipeline.ranking.train import train  # noqa: E402
+from pipeline.ranking.training.train import train  # noqa: E402
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
 

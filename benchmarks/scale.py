@@ -7,10 +7,10 @@
    fresh user and item ids, so users, items and interactions all grow by the factor), run through `bertrs prepare`,
    `bertrs train --run pop|ease|neumf` and `bertrs evaluate` (sampled + full ranking), each command in its own
    process so its peak RSS (`/usr/bin/time`'s maximum resident set) is its own.
-2. The scalable item model (pipeline/ranking/scalable.py) alone at 100k and 1M items on generated power-law
+2. The scalable item model (pipeline/ranking/models/scalable.py) alone at 100k and 1M items on generated power-law
    interactions with random 32-d item/user profiles: two passes as `train` makes them, holding the best pass's copy
    of A (a stand-in validation score that rises every pass; ranking itself is timed separately), the time per pass
-   and peak RSS next to the memory estimate of pipeline/ranking/memory.py and the dense-EASE estimate for the same
+   and peak RSS next to the memory estimate of pipeline/ranking/training/memory.py and the dense-EASE estimate for the same
    catalogue.
 
 Writes benchmarks/results/scale.{json,md}.
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.io import write_json  # noqa: E402
-from pipeline.ranking.memory import GB, Shape, fit_bytes  # noqa: E402
+from pipeline.ranking.training.memory import GB, Shape, fit_bytes  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PARAMS = """prepare:
@@ -103,7 +103,7 @@ SCALABLE_PASSES = 2
 SCALABLE_ONE = f"PASSES = {SCALABLE_PASSES}\n" + """
 import itertools, sys, time, numpy as np, torch
 from types import SimpleNamespace
-from pipeline.ranking.scalable import ScalableItemModel
+from pipeline.ranking.models.scalable import ScalableItemModel
 n_users, n_items, per_user, rank, batch = (int(a) for a in sys.argv[1:6])
 rng = np.random.default_rng(0)
 popularity = rng.pareto(1.5, n_items) + 1.0

@@ -52,13 +52,14 @@ from pipeline.embeddings.build import build_cache  # noqa: E402
 from pipeline.embeddings.cache import Profiles, load_review_embeddings, read_meta  # noqa: E402
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
-from pipeline.ranking.baselines import EASE, EigenGram  # noqa: E402
+from pipeline.ranking.models.baselines import EASE, EigenGram  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
-from pipeline.ranking.evaluate import evaluate  # noqa: E402
-from pipeline.ranking.hybrid import ReviewAwareEASE, centred_units  # noqa: E402
+from pipeline.ranking.evaluation.evaluate import evaluate  # noqa: E402
+from pipeline.ranking.models.review_ease import ReviewAwareEASE, centred_units  # noqa: E402
 from pipeline.ranking.registry import profiles_lag_history  # noqa: E402
-from pipeline.ranking.select import Choice, ValidationLooks, keep_best, select  # noqa: E402
-from pipeline.ranking.train import refit_with_validation, train, with_validation_in_training  # noqa: E402
+from pipeline.ranking.selection.choice import Choice  # noqa: E402
+from pipeline.ranking.selection.select import ValidationLooks, keep_best, select  # noqa: E402
+from pipeline.ranking.training.train import refit_with_validation, train, with_validation_in_training  # noqa: E402
 
 # the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
 SHARED = Path(os.environ.get("BERTRS_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -43,9 +43,9 @@ from pipeline.config import RunSpec, load_params  # noqa: E402
 from pipeline.data.prepared import Interactions, load_prepared  # noqa: E402
 from pipeline.embeddings.cache import load_profiles  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full  # noqa: E402
-from pipeline.ranking.metrics import metrics_from_ranks, rank_against  # noqa: E402
-from pipeline.ranking.train import fit_on_training  # noqa: E402
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full  # noqa: E402
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks, rank_against  # noqa: E402
+from pipeline.ranking.training.train import fit_on_training  # noqa: E402
 
 SAMPLE = REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz"
 BIN = Path(sys.executable).parent

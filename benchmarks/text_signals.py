@@ -25,7 +25,7 @@ The signals:
                           first lever; "with EASE" adds it to plain EASE like the others
 
 EASE's lambda is picked on validation from the quality benchmark's grid (its first 3 values, the default budget).
-The winners here are the two levers the default bert_rs model combines (pipeline/ranking/hybrid.py); the quality benchmark then tests that model properly,
+The winners here are the two levers the default bert_rs model combines (pipeline/ranking/models/review_ease.py); the quality benchmark then tests that model properly,
 with seeds, shuffles and the other baselines.
 """
 
@@ -47,10 +47,10 @@ BUDGET = 3  # the quality benchmark's default: the first 3 lambdas
 from pipeline.data.prepared import load_prepared, load_reviews  # noqa: E402
 from pipeline.embeddings.cache import load_review_embeddings  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
-from pipeline.ranking.baselines import ease_weights  # noqa: E402
-from pipeline.ranking.evaluate import activity_bucket, full_ranking_mask, rank_full  # noqa: E402
+from pipeline.ranking.models.baselines import ease_weights  # noqa: E402
+from pipeline.ranking.evaluation.evaluate import activity_bucket, full_ranking_mask, rank_full  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
-from pipeline.ranking.hybrid import centred_units, standardise  # noqa: E402
+from pipeline.ranking.models.review_ease import centred_units, standardise  # noqa: E402
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SIDE_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 5.0)

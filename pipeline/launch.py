@@ -1,6 +1,6 @@
 """Which process of a multi-process launch this is, read from the launcher's environment (torchrun and
 `accelerate launch` both set WORLD_SIZE and RANK): fine-tuning (pipeline/text) and neural training
-(pipeline/ranking/distributed.py) ask the same two questions, and only the main process writes outputs."""
+(pipeline/ranking/training/distributed.py) ask the same two questions, and only the main process writes outputs."""
 
 from __future__ import annotations
 

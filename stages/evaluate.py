@@ -18,8 +18,8 @@ import typer
 
 from pipeline.data.prepared import load_prepared
 from pipeline.io import DataError, atomic_dir, atomic_path, write_json
-from pipeline.ranking.evaluate import evaluate
-from pipeline.ranking.report import at_k_rows, comparison_markdown
+from pipeline.ranking.evaluation.evaluate import evaluate
+from pipeline.ranking.evaluation.report import at_k_rows, comparison_markdown
 from pipeline.ranking.checkpoint import RUN_FILE, check_split_unseen, learned_from, load_checkpoint
 from stages.common import PARAMS_OPTION, read_params, user_errors
 

@@ -9,7 +9,7 @@
 The run comes from `params.yaml` `runs.<NAME>` or `text_runs.<NAME>`; `--model` / `--shuffle` override it or define
 an ad-hoc run. The training parameters come from the shared `train` section and the model's `models.<MODEL>`.
 
-The same command trains a neural model on several processes (pipeline/ranking/distributed.py):
+The same command trains a neural model on several processes (pipeline/ranking/training/distributed.py):
 
     torchrun --standalone --nproc_per_node 2 -- $(which bertrs) train --prepared data/prepared --run neumf ...
 
@@ -33,9 +33,9 @@ from pipeline.data.prepared import load_prepared
 from pipeline.io import default_work_dir
 from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.launch import is_main_process
-from pipeline.ranking.distributed import process_group, trains_by_sgd
+from pipeline.ranking.training.distributed import process_group, trains_by_sgd
 from pipeline.ranking.registry import load_model_profiles
-from pipeline.ranking.train import resolve_device, train, write_curves
+from pipeline.ranking.training.train import resolve_device, train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 

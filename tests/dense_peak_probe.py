@@ -16,8 +16,8 @@ import psutil
 import torch
 
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.hybrid import ReviewAwareEASE
-from pipeline.ranking.select import select
+from pipeline.ranking.models.review_ease import ReviewAwareEASE
+from pipeline.ranking.selection.select import select
 from tests.ranking_fixtures import in_memory_data
 
 PROFILE_WIDTH = 16  # narrow, so that the (items x width) arrays stay small beside n_items^2 even at a few thousand

@@ -236,7 +236,7 @@ def trained_runs(ranking_env):
     """The neural bert_rs, neumf, the neural bert_rs on shuffled profiles and the default (EASE-based) bert_rs,
     trained once per session on the planted world."""
     from pipeline.config import RunSpec
-    from pipeline.ranking.train import train
+    from pipeline.ranking.training.train import train
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -16,7 +16,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.build import build_cache
 from pipeline.embeddings.cache import load_profiles
 from pipeline.ranking.checkpoint import save_checkpoint
-from pipeline.ranking.train import train
+from pipeline.ranking.training.train import train
 
 SERVE_TRAIN = RankingConfig(TrainConfig(device="cpu", seed=0)).override(
     factors=8, mlp_layers=[16, 8], epochs=2, batch_size=256).override(

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.ranking.baselines import EASE, Popularity
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.models.baselines import EASE, Popularity
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

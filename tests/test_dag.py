@@ -26,7 +26,7 @@ import yaml
 from pipeline.data.synthetic import SyntheticSpec, write_synthetic
 from pipeline.data.prepared import load_prepared
 from pipeline.embeddings.cache import load_profiles
-from pipeline.ranking.evaluate import evaluate
+from pipeline.ranking.evaluation.evaluate import evaluate
 from pipeline.ranking.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

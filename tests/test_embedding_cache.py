@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.embeddings import cache, writer
+from pipeline.embeddings.engines.local import write_embedding_cache
 from pipeline.embeddings.index import build_index, read_index, search, write_index
 from pipeline.embeddings.profiles import ProfileAccumulator, mean_profiles, weighted_user_means
 from pipeline.io import DataError
@@ -31,7 +32,7 @@ def _meta(data_fingerprint="toyfp01"):
 
 def _write(prepared, out, **kwargs):
     kwargs.setdefault("shard_size", 4)
-    return writer.write_embedding_cache(out, prepared / "reviews.parquet", kwargs.pop("encode", fake_encode),
+    return write_embedding_cache(out, prepared / "reviews.parquet", kwargs.pop("encode", fake_encode),
                                        meta=_meta(), n_users=6, n_items=5, progress=False, **kwargs)
 
 
@@ -145,7 +146,7 @@ def test_changed_config_does_not_resume_stale_shards(toy_prepared, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _write(toy_prepared, out, on_shard=lambda k: (_ for _ in ()).throw(KeyboardInterrupt))
     calls = []
-    writer.write_embedding_cache(out, toy_prepared / "reviews.parquet", lambda t: calls.append(1) or fake_encode(t),
+    write_embedding_cache(out, toy_prepared / "reviews.parquet", lambda t: calls.append(1) or fake_encode(t),
                                 meta=_meta() | {"pooling": "mean"}, n_users=6, n_items=5, shard_size=4, progress=False)
     assert len(calls) == 4  # every shard re-encoded
 

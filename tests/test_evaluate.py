@@ -10,11 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.data.prepared import Candidates
-from pipeline.ranking.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
+from pipeline.ranking.evaluation.evaluate import activity_bucket, evaluate, full_ranking_mask, rank_full, rank_sampled
 from pipeline.ranking.protocol import Scorer
 from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.config import RunSpec
-from pipeline.ranking.train import train
+from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import write_train_params
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from pipeline.config import RunSpec
-from pipeline.ranking.evaluate import evaluate
-from pipeline.ranking.baselines import EASE
-from pipeline.ranking.hybrid import ReviewAwareEASE, standardise
-from pipeline.ranking.fusion import FusionRanker
+from pipeline.ranking.evaluation.evaluate import evaluate
+from pipeline.ranking.models.baselines import EASE
+from pipeline.ranking.models.review_ease import ReviewAwareEASE, standardise
+from pipeline.ranking.models.fusion import FusionRanker
 from pipeline.ranking.registry import build_model
-from pipeline.ranking.train import train
+from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import N_ITEMS, N_USERS, replace_config, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -18,7 +18,7 @@ from benchmarks.fusion_head import (
     stack_examples, validation_winner, verdict_line,
 )
 from pipeline.data.prepared import Interactions
-from pipeline.ranking.sampling import NegativeSampler
+from pipeline.ranking.training.sampling import NegativeSampler
 
 N_USERS, N_ITEMS, N_FOLDS = 6, 9, 3
 

@@ -19,11 +19,11 @@ import torch
 from pipeline.config import BertRSConfig, RankingConfig, RunSpec, TrainConfig
 from pipeline.embeddings.cache import Profiles, with_recent_users
 from pipeline.embeddings.profiles import lagged_user_weights, mean_profiles, newest_of_each_user, weighted_user_means
-from pipeline.ranking.ablation import shuffle_profiles
-from pipeline.ranking.evaluate import evaluate
-from pipeline.ranking.hybrid import centred_units
+from pipeline.ranking.evaluation.ablation import shuffle_profiles
+from pipeline.ranking.evaluation.evaluate import evaluate
+from pipeline.ranking.models.review_ease import centred_units
 from pipeline.ranking.registry import load_model_profiles, profiles_lag_history
-from pipeline.ranking.train import LAGGED_PROFILES, WHOLE_PROFILES, train
+from pipeline.ranking.training.train import LAGGED_PROFILES, WHOLE_PROFILES, train
 from tests.ranking_fixtures import in_memory_data
 from tests.test_recency import write_review_cache
 

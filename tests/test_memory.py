@@ -5,8 +5,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.ranking.memory import GB, MemoryBudgetError, Shape, check_fit, dense_fits, fit_bytes, evaluate_bytes
-from pipeline.ranking.scalable import resolve_solver
+from pipeline.ranking.training.memory import GB, MemoryBudgetError, Shape, check_fit, dense_fits, fit_bytes, evaluate_bytes
+from pipeline.ranking.models.scalable import resolve_solver
 
 
 def test_dense_estimate_grows_with_the_square_of_the_catalogue_and_matches_the_measured_peak():
@@ -53,7 +53,7 @@ def test_check_fit_names_the_setting_and_the_alternative():
 
 
 def test_train_over_budget_stops_before_fitting_and_writes_nothing(ranking_env, tmp_path, monkeypatch):
-    from pipeline.ranking import baselines
+    from pipeline.ranking.models import baselines
     from stages.train import main
 
     def no_fit(*args, **kwargs):

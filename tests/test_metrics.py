@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ranking.metrics import hit_ratio, metrics_from_ranks, ndcg, rank_against
+from pipeline.ranking.evaluation.metrics import hit_ratio, metrics_from_ranks, ndcg, rank_against
 
 
 def test_ranks_by_hand_with_ties_counted_against_the_positive():

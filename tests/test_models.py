@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
-from pipeline.ranking.ablation import shuffle_profiles
-from pipeline.ranking.fusion import VARIANTS, FusionRanker
-from pipeline.ranking.fusion.mlp import MLPBranch
-from pipeline.ranking.sampling import NegativeSampler, PairSet, sample_negatives
+from pipeline.ranking.models.baselines import EASE, MatrixFactorization, Popularity
+from pipeline.ranking.evaluation.ablation import shuffle_profiles
+from pipeline.ranking.models.fusion import VARIANTS, FusionRanker
+from pipeline.ranking.models.fusion.mlp import MLPBranch
+from pipeline.ranking.training.sampling import NegativeSampler, PairSet, sample_negatives
 from tests.ranking_fixtures import DIM, N_ITEMS, N_USERS, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -93,7 +93,7 @@ def test_a_stage_measured_again_is_run_although_dvc_thinks_it_up_to_date():
 
 def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_path):
     """docs/scale.md quotes the estimate next to each dense model's paper-size peak: the row carries it."""
-    from pipeline.ranking.memory import GB, Shape, fit_bytes
+    from pipeline.ranking.training.memory import GB, Shape, fit_bytes
 
     for run, spec, extra in (("bert_rs", "bert_rs", {"bert_rs_solver": "dense", "dim": 384}),
                              ("ease", "ease", {"bert_rs_solver": None})):

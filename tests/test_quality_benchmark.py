@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.quality import fixed_choices, user_bootstrap
 from pipeline.config import RunSpec
-from pipeline.ranking.train import train
+from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import replace_config
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -74,7 +74,7 @@ def test_a_row_is_chosen_by_the_validation_score_measured_before_its_final_fit(r
     """After the final fit the model has learned the validation pairs; choosing a configuration by a validation score
     measured then would choose by memorisation."""
     from benchmarks.quality import fit_and_score
-    from pipeline.ranking.evaluate import evaluate
+    from pipeline.ranking.evaluation.evaluate import evaluate
 
     data = ranking_env.data
     config = replace_config(ranking_env.config, epochs=3, lambdas=[50.0])

@@ -26,12 +26,12 @@ from pipeline.embeddings.cache import (
 )
 from pipeline.embeddings.profiles import mean_profiles, recency_weights, weighted_user_means
 from pipeline.io import DataError
-from pipeline.ranking.ablation import shuffle_profiles
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
-from pipeline.ranking.hybrid import ReviewAwareEASE, whitened_units
-from pipeline.ranking.metrics import metrics_from_ranks
-from pipeline.ranking.select import select
-from pipeline.ranking.train import train
+from pipeline.ranking.evaluation.ablation import shuffle_profiles
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.models.review_ease import ReviewAwareEASE, whitened_units
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks
+from pipeline.ranking.selection.select import select
+from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import in_memory_data
 
 

@@ -1,4 +1,4 @@
-"""The default bert_rs's closed forms and its joint validation search (pipeline/ranking/hybrid.py):
+"""The default bert_rs's closed forms and its joint validation search (pipeline/ranking/models/review_ease.py):
 
 - the eigendecomposition path equals the dense solve, for EASE and L3AE, with side information and whitening; the
   solves done in place and by blocks of rows equal numpy's, and the whole fit holds at most four item-item matrices;
@@ -23,14 +23,14 @@ import torch
 
 from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking import baselines
-from pipeline.ranking.baselines import EASE, Popularity
-from pipeline.ranking.evaluate import evaluate, full_ranking_mask, rank_full
-import pipeline.ranking.hybrid as hybrid
-from pipeline.ranking.hybrid import ReviewAwareEASE, whitening_transform
-from pipeline.ranking.metrics import metrics_from_ranks
-from pipeline.ranking.sampling import PairSet
-from pipeline.ranking.select import select
+from pipeline.ranking.models import baselines
+from pipeline.ranking.models.baselines import EASE, Popularity
+from pipeline.ranking.evaluation.evaluate import evaluate, full_ranking_mask, rank_full
+import pipeline.ranking.models.review_ease as review_ease
+from pipeline.ranking.models.review_ease import ReviewAwareEASE, whitening_transform
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks
+from pipeline.ranking.training.sampling import PairSet
+from pipeline.ranking.selection.select import select
 from tests.ranking_fixtures import in_memory_data
 
 
@@ -55,7 +55,7 @@ def random_world(seed: int = 0, n_users: int = 60, n_items: int = 25):
     return data, x, random_profiles(rng, n_users, n_items, 6)
 
 
-def dense_text_prior(unit: np.ndarray, nu: float = hybrid.TEXT_PRIOR_LAMBDA) -> np.ndarray:
+def dense_text_prior(unit: np.ndarray, nu: float = review_ease.TEXT_PRIOR_LAMBDA) -> np.ndarray:
     """L3AE's S written out: EASE on the text gram F F^T, zero diagonal."""
     p = np.linalg.inv(unit @ unit.T + nu * np.eye(len(unit)))
     prior = -p / np.diag(p)[None, :]
@@ -136,7 +136,7 @@ def test_the_factored_text_prior_equals_ease_on_the_text_gram_with_a_zero_diagon
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0).fit(data.train.users, data.train.items)
     unit = model.unit_i.double()
     s = dense_text_prior(unit.numpy())
-    prior = hybrid.LowRankPrior(unit, hybrid.TEXT_PRIOR_LAMBDA)
+    prior = review_ease.LowRankPrior(unit, review_ease.TEXT_PRIOR_LAMBDA)
     rows = torch.randn(7, data.n_items, dtype=torch.float64)
     np.testing.assert_allclose(prior.complement_times(rows).numpy(), rows.numpy() @ (np.eye(data.n_items) - s),
                                atol=1e-10)
@@ -182,11 +182,11 @@ def test_each_candidate_scores_its_item_model_plus_w_times_its_own_text_match_pl
     model.fit(data.train.users, data.train.items)
     users = torch.arange(data.n_users)
     block = next(offered for offered in model.candidates(users) if not isinstance(offered, tuple))
-    item = hybrid.standardise(EASE(data.n_users, data.n_items, 3.0).fit(*np.nonzero(x)).score_all(users).double())
-    pop = hybrid.standardise(model.log_counts[None, :].double())
+    item = review_ease.standardise(EASE(data.n_users, data.n_items, 3.0).fit(*np.nonzero(x)).score_all(users).double())
+    pop = review_ease.standardise(model.log_counts[None, :].double())
     seen = 0
     for k, setting in enumerate(block.settings):
-        text = hybrid.standardise(model.text_scores(users, setting.text_match, False).double())
+        text = review_ease.standardise(model.text_scores(users, setting.text_match, False).double())
         expected = item + setting.text_weight * text + setting.pop_weight * pop
         torch.testing.assert_close(block.scores(k, block.parts).expand_as(expected), expected, atol=1e-5, rtol=0)
         seen += setting.text_weight > 0
@@ -273,7 +273,7 @@ def test_when_text_predicts_the_search_uses_it_and_beats_ease_and_popularity_on_
 def test_choices_never_read_the_test_split(monkeypatch):
     """Test positives moved to other items: the choices stay the same. Which held-out pairs the validation mask
     holds is evaluate.py's contract, so it is pinned here to training + validation pairs for both runs."""
-    import pipeline.ranking.select as selection
+    import pipeline.ranking.selection.select as selection
 
     def train_and_valid_pairs(data, split):
         return PairSet(np.concatenate([data.train.users, data.valid.users]),

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from pipeline.config import RunSpec
-from pipeline.ranking.baselines import EASE
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
-from pipeline.ranking.hybrid import standardise
-from pipeline.ranking.metrics import metrics_from_ranks
-from pipeline.ranking.scalable import ScalableItemModel, normalised_reconstruction_loss
+from pipeline.ranking.models.baselines import EASE
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.models.review_ease import standardise
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks
+from pipeline.ranking.models.scalable import ScalableItemModel, normalised_reconstruction_loss
 from pipeline.ranking.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.ranking.registry import build_model
-from pipeline.ranking.train import train, with_validation_in_training
+from pipeline.ranking.training.train import train, with_validation_in_training
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

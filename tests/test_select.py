@@ -1,4 +1,4 @@
-"""Choosing settings on validation (pipeline/ranking/select.py): the first best candidate is kept (ties go to the
+"""Choosing settings on validation (pipeline/ranking/selection/select.py): the first best candidate is kept (ties go to the
 earlier, or to the lower grid position where the model gives one), every candidate scored is one look, both ways of
 scoring a candidate agree, and what each model with a grid picks on the planted world is pinned, so that a selection
 that keeps the wrong candidate, drops one or scores another metric fails here.
@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.ranking.hybrid as hybrid
+import pipeline.ranking.models.review_ease as review_ease
 from pipeline.config import RunSpec
-import pipeline.ranking.select as select_module
+import pipeline.ranking.selection.select as select_module
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
-from pipeline.ranking.metrics import ndcg_per_positive
-from pipeline.ranking.select import Choice, HalfBest, KeepBest, ValidationLooks, keep_best, select
-from pipeline.ranking.train import train
+from pipeline.ranking.evaluation.metrics import ndcg_per_positive
+from pipeline.ranking.selection.choice import Choice
+from pipeline.ranking.selection.select import HalfBest, KeepBest, ValidationLooks, keep_best, select
+from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import in_memory_data, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -147,17 +148,17 @@ def test_bert_rs_offers_its_whole_grid_from_one_eigendecomposition(monkeypatch):
     again: at 17k items each decomposition took minutes."""
     decomposed = []
 
-    class Counted(hybrid.EigenGram):
+    class Counted(review_ease.EigenGram):
         def __init__(self, gram):
             decomposed.append(gram.shape)
             super().__init__(gram)
 
-    monkeypatch.setattr(hybrid, "EigenGram", Counted)
+    monkeypatch.setattr(review_ease, "EigenGram", Counted)
     rng = np.random.default_rng(0)
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
                           (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
-    model = hybrid.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0, [0.0, 1.0, 4.0], ["user_profile"], [0.0, 0.5],
+    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0, [0.0, 1.0, 4.0], ["user_profile"], [0.0, 0.5],
                                    ease_lambdas=[1.0, 10.0, 100.0], whitening=[False, True])
     choice = select(model.fit(*np.nonzero(x)), data)
     assert decomposed == [(11, 11)]
@@ -170,7 +171,7 @@ def bert_rs_world(seed: int):
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
                           (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
-    model = hybrid.ReviewAwareEASE(7, 11, tiny_profiles(seed), 1.0, [0.0, 1.0, 4.0],
+    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(seed), 1.0, [0.0, 1.0, 4.0],
                                    ["item_neighbours", "user_profile"], [0.0, 0.5], ease_lambdas=[1.0, 10.0, 100.0],
                                    whitening=[False, True], regularisers=["ease", "l3ae"], pop_weights=[0.0, 1.0])
     return data, model.fit(*np.nonzero(x))
@@ -180,8 +181,8 @@ def test_bert_rs_computes_the_big_product_once_per_lambda(monkeypatch):
     """x (X^T X + lambda I)^-1, a (users x items) x (items x items) product, is shared by every whitening, side
     weight and regulariser at that lambda: computed for each of them it was two thirds of the search at 17k items."""
     products = []
-    times_inverse = hybrid.EigenGram.times_inverse
-    monkeypatch.setattr(hybrid.EigenGram, "times_inverse", lambda self, rows, lam: products.append(lam) or
+    times_inverse = review_ease.EigenGram.times_inverse
+    monkeypatch.setattr(review_ease.EigenGram, "times_inverse", lambda self, rows, lam: products.append(lam) or
                         times_inverse(self, rows, lam))
     data, model = bert_rs_world(seed=9)
     choice = select(model, data)
@@ -198,8 +199,8 @@ def test_bert_rs_breaks_ties_by_its_order_of_simplicity_not_by_the_order_it_comp
     looks = ValidationLooks(data)
     scored = [(setting, float(ndcg_per_positive(ranks, 10).mean()))
               for setting, ranks in looks.ranked_candidates(model, torch.as_tensor(looks.users))]
-    simplest_first = [hybrid.Setting(False, 0.0, 1.0, "ease", "item_neighbours", 0.0, 1.0, 0.0)] + [
-        hybrid.Setting(whiten, side, lam, reg, match, w, p, 1.0)
+    simplest_first = [review_ease.Setting(False, 0.0, 1.0, "ease", "item_neighbours", 0.0, 1.0, 0.0)] + [
+        review_ease.Setting(whiten, side, lam, reg, match, w, p, 1.0)
         for whiten in (False, True) for side in (0.0, 1.0, 4.0) for lam in (1.0, 10.0, 100.0)
         for reg in ("ease", "l3ae") for match in ("item_neighbours", "user_profile") for w in (0.0, 0.5)
         for p in (0.0, 1.0) if w or match == "item_neighbours"]
@@ -348,7 +349,7 @@ def test_the_halves_split_users_not_positives_and_follow_the_seed():
 
 
 def test_bert_rs_counts_only_text_free_settings_as_plain():
-    plain_ease = hybrid.Setting(True, 0.0, 100.0, "ease", "user_profile", 0.0, 0.25, 1.0)  # whitening reads nothing here
+    plain_ease = review_ease.Setting(True, 0.0, 100.0, "ease", "user_profile", 0.0, 0.25, 1.0)  # whitening reads nothing here
     assert tiny_bert_rs().is_plain(plain_ease)
     assert tiny_bert_rs().is_plain(plain_ease._replace(item_weight=0.0, pop_weight=1.0))  # popularity alone
     for text in ({"side_weight": 0.5}, {"text_weight": 0.25}, {"regulariser": "l3ae"}):
@@ -356,7 +357,7 @@ def test_bert_rs_counts_only_text_free_settings_as_plain():
 
 
 def tiny_bert_rs():
-    return hybrid.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0)
+    return review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0)
 
 
 # ------------------------------------------------------------------------------------------- pinned choices

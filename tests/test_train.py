@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from pipeline.config import RunSpec
 from pipeline.io import DataError
-from pipeline.ranking.evaluate import evaluate, full_ranking_mask
+from pipeline.ranking.evaluation.evaluate import evaluate, full_ranking_mask
 from pipeline.ranking.checkpoint import check_split_unseen, load_checkpoint, save_checkpoint
 from pipeline.ranking.registry import build_model
-from pipeline.ranking.train import fit_on_training, train, with_validation_in_training
+from pipeline.ranking.training.train import fit_on_training, train, with_validation_in_training
 from tests.ranking_fixtures import Untouchable, replace_config, with_test_positives_moved, write_train_params
 
 

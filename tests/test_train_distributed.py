@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.config import RankingConfig, RunSpec, TrainConfig
-from pipeline.ranking import distributed
+from pipeline.ranking.training import distributed
 from pipeline.ranking.checkpoint import load_checkpoint
 from pipeline.ranking.registry import build_model
 from tests.finetune_fixtures import ROOT, TORCHRUN, environment

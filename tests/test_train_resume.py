@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import RunSpec
-from pipeline.ranking import train as training
+from pipeline.ranking.training import train as training
 from pipeline.io import default_work_dir as work_dir
 from tests.finetune_fixtures import ROOT, environment, folder_bytes, kill_after_checkpoint, run_to_completion
 
@@ -84,7 +84,7 @@ def test_a_state_written_under_other_settings_is_not_taken_up(ranking_env, tmp_p
 
 PAUSING_ENTRY = """
 import pathlib, sys, time
-from pipeline.ranking import resume
+from pipeline.ranking.training import resume
 flag, pause_after = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 save = resume.EpochStates.save
 def save_then_wait(self, state, *args):

@@ -34,7 +34,7 @@ class EASEConfig:
 
 @dataclass(frozen=True)
 class SGDConfig:
-    """What every minibatch-trained ranker reads (pipeline/ranking/train.py's loop)."""
+    """What every minibatch-trained ranker reads (pipeline/ranking/training/train.py's loop)."""
 
     factors: int = 32  # embedding size; for NCF, the GMF size and the MLP's last layer (paper: 32 predictive factors)
     num_negatives: int = 1  # sampled negatives per positive, redrawn every epoch (paper: 1)
@@ -92,7 +92,7 @@ class FusionConfig(NCFConfig):
 
 @dataclass(frozen=True)
 class BertRSConfig:
-    """The default model (pipeline/ranking/hybrid.py): EASE on X^T X + a m F F^T, plus w times a text match, both
+    """The default model (pipeline/ranking/models/review_ease.py): EASE on X^T X + a m F F^T, plus w times a text match, both
     standardised per user; every grid below is searched jointly on validation."""
 
     text_side_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0])  # a, in mean interactions per item
@@ -107,7 +107,7 @@ class BertRSConfig:
     whitening: list[bool] = field(default_factory=lambda: [False, True])  # ZCA whitening of the review vectors
     # the weight p of a popularity term (a grid of 2+ values also adds "popularity alone")
     pop_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 1.0])
-    # past the memory budget (pipeline/ranking/scalable.py): dense = EASE solves (n_items^2 memory), scalable = a
+    # past the memory budget (pipeline/ranking/models/scalable.py): dense = EASE solves (n_items^2 memory), scalable = a
     # low-rank item model (n_items x rank), auto = dense while it fits train.memory_budget_gb; recorded in run.json
     solver: Literal["auto", "dense", "scalable"] = "auto"
     scalable_rank: int = 128  # columns of A in B = A A^T - I
@@ -180,14 +180,14 @@ class TrainConfig:
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
-    # memory (pipeline/ranking/memory.py): a fit whose estimated peak exceeds this stops before allocating
+    # memory (pipeline/ranking/training/memory.py): a fit whose estimated peak exceeds this stops before allocating
     memory_budget_gb: Optional[float] = None  # null = the memory available when the run starts
     # keep a setting beyond a model's plain form (bert_rs: text) only when its validation gain survives
-    # cross-fitting over seeded halvings of the validation users (pipeline/ranking/select.py)
+    # cross-fitting over seeded halvings of the validation users (pipeline/ranking/selection/select.py)
     guard_additions: bool = True
     # once every choice is made on a fit to the training pairs, fit the chosen settings (a closed-form model's
     # grid point, a neural model's epoch count) once more on training + validation pairs, so that test and
-    # recommendations are scored from every interaction known before test (pipeline/ranking/train.py). Reviews,
+    # recommendations are scored from every interaction known before test (pipeline/ranking/training/train.py). Reviews,
     # profiles and text grams stay training-only either way; a run fitted so cannot be evaluated on validation
     refit_with_validation: bool = True
 

@@ -252,16 +252,3 @@ def write_embedding_caches(
                                index_choice=index_choice, progress=progress) for p in poolings}
     shutil.rmtree(partial, ignore_errors=True)
     return final
-
-
-def write_embedding_cache(out: str | Path, reviews_path: str | Path, encode: EncodeFn, *, meta: dict,
-                          on_shard: Callable[[int], None] | None = None, engine=None, **kwargs) -> dict:
-    """One cache, one pooling: `encode(texts) -> (n, dim) float32`, run here unless another `engine` is given.
-
-    `on_shard(k)` is called after shard k is safely on disk (tests use it to simulate a kill).
-    """
-    from pipeline.embeddings.engines.local import LocalEngine
-
-    engine = engine if engine is not None else LocalEngine(encode, on_shard)
-    pooling = meta["pooling"]
-    return write_embedding_caches({pooling: out}, reviews_path, engine, metas={pooling: meta}, **kwargs)[pooling]

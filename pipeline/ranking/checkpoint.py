@@ -33,12 +33,12 @@ from pipeline.config import TEXT_MODELS, ConfigError, ModelsConfig, RankingConfi
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import META_FILE, Profiles
 from pipeline.io import DataError, atomic_dir, read_json
-from pipeline.ranking.ablation import model_profiles
+from pipeline.ranking.evaluation.ablation import model_profiles
 from pipeline.ranking.protocol import Ranker
 from pipeline.ranking.registry import build_model, load_model_profiles, section_type
 
 if TYPE_CHECKING:
-    from pipeline.ranking.train import TrainResult
+    from pipeline.ranking.training.train import TrainResult
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
@@ -98,7 +98,7 @@ def save_checkpoint(
         "processes": result.processes,  # trained together under torchrun (1: a plain run)
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices(),
-        # how the choice was made (pipeline/ranking/select.py): looks, its validation score, the guard's measurement
+        # how the choice was made (pipeline/ranking/selection/select.py): looks, its validation score, the guard's measurement
         "selection": result.selection.summary() if result.selection is not None else None,
         # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it
         "bert_rs_solver": result.model.solver if spec.model == "bert_rs" else None,

@@ -33,8 +33,8 @@ from pipeline.data.prepared import PreparedData
 from pipeline.embeddings import index as item_index
 from pipeline.embeddings.cache import INDEX_FILE, Profiles
 from pipeline.io import DataError
-from pipeline.ranking.evaluate import model_device
-from pipeline.ranking.sampling import PairSet
+from pipeline.ranking.evaluation.evaluate import model_device
+from pipeline.ranking.training.sampling import PairSet
 
 
 MAX_K = 1000  # a list longer than this is a mistake, not a recommendation

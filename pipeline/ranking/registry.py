@@ -18,11 +18,11 @@ from pipeline.config import (
 )
 from pipeline.data.prepared import PreparedData, load_reviews
 from pipeline.embeddings.cache import Profiles, load_profiles, with_recent_users
-from pipeline.ranking.baselines import EASE, MatrixFactorization, Popularity
-from pipeline.ranking.hybrid import ReviewAwareEASE
-from pipeline.ranking.fusion import FusionRanker
+from pipeline.ranking.models.baselines import EASE, MatrixFactorization, Popularity
+from pipeline.ranking.models.review_ease import ReviewAwareEASE
+from pipeline.ranking.models.fusion import FusionRanker
 from pipeline.ranking.protocol import Ranker
-from pipeline.ranking.scalable import ScalableItemModel, resolve_solver
+from pipeline.ranking.models.scalable import ScalableItemModel, resolve_solver
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from pipeline.embeddings import index as item_index
-from pipeline.ranking.evaluate import model_device
+from pipeline.ranking.evaluation.evaluate import model_device
 from pipeline.ranking.recommend import top_k
 from pipeline.serve.model import SNIPPET_CHARS, ServedModel
 

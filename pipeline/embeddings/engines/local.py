@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.embeddings.writer import EncodeFn, ShardPlan, encode_and_write_shard
+from pipeline.embeddings.writer import EncodeFn, ShardPlan, encode_and_write_shard, write_embedding_caches
 
 
 class LocalEngine:
@@ -22,3 +22,14 @@ class LocalEngine:
             bar.update(encode_and_write_shard(plan, run_dir, k, self.encode, poolings, dim))
             if self.on_shard is not None:
                 self.on_shard(k)
+
+
+def write_embedding_cache(out: str | Path, reviews_path: str | Path, encode: EncodeFn, *, meta: dict,
+                          on_shard: Callable[[int], None] | None = None, engine=None, **kwargs) -> dict:
+    """One cache, one pooling: `encode(texts) -> (n, dim) float32`, run here unless another `engine` is given.
+
+    `on_shard(k)` is called after shard k is safely on disk (tests use it to simulate a kill).
+    """
+    engine = engine if engine is not None else LocalEngine(encode, on_shard)
+    pooling = meta["pooling"]
+    return write_embedding_caches({pooling: out}, reviews_path, engine, metas={pooling: meta}, **kwargs)[pooling]

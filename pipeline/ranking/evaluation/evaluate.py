@@ -11,7 +11,7 @@ of the competitors (never counted above the positive):
     positives by the time the test split is read.
 Ranking VALIDATION never reads the test split: masking a user's test item there would take it out of the
 competition, and every choice made on validation would then have seen the test positives.
-Ranks use the pessimistic tie rule of `pipeline.ranking.metrics`.
+Ranks use the pessimistic tie rule of `pipeline.ranking.evaluation.metrics`.
 
 Which split is evaluated is the caller's choice: training calls this on "valid" only; reported numbers use "test".
 """
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from pipeline.data.prepared import Candidates, Interactions, PreparedData
-from pipeline.ranking.metrics import metrics_from_ranks, rank_against
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks, rank_against
 from pipeline.ranking.protocol import Scorer
-from pipeline.ranking.sampling import PairSet
+from pipeline.ranking.training.sampling import PairSet
 
 BUCKETS = (("0", 0, 0), ("1-3", 1, 3), ("4-10", 4, 10), (">10", 11, None))  # training interactions per user
 

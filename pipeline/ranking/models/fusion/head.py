@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.fusion.gmf import GMFBranch
-from pipeline.ranking.fusion.mlp import PAIRS_PER_BLOCK, MLPBranch
-from pipeline.ranking.fusion.semantic import PaperSemantic, ProjectedSemantic, TextSimilarity
-from pipeline.ranking.losses import pointwise_bce
+from pipeline.ranking.models.fusion.gmf import GMFBranch
+from pipeline.ranking.models.fusion.mlp import PAIRS_PER_BLOCK, MLPBranch
+from pipeline.ranking.models.fusion.semantic import PaperSemantic, ProjectedSemantic, TextSimilarity
+from pipeline.ranking.training.losses import pointwise_bce
 from pipeline.ranking.protocol import TrainableRanker
 
 VARIANTS: dict[str, tuple[str, ...]] = {

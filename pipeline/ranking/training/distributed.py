@@ -110,7 +110,7 @@ def training_module(model: nn.Module) -> nn.Module:
     the first reseed torch so their dropout masks differ from the first one's."""
     if launched_processes() > 1 and not active():
         raise ConfigError(f"this process is one of {launched_processes()} launched by torchrun but has not joined "
-                          "their process group: train inside pipeline.ranking.distributed.process_group "
+                          "their process group: train inside pipeline.ranking.training.distributed.process_group "
                           "(bertrs train does)")
     module = BatchShareLoss(model)
     if not active():

@@ -31,9 +31,9 @@ from pipeline.config import RunSpec
 from pipeline.embeddings.cache import Profiles
 from pipeline.io import atomic_path
 from pipeline.launch import is_main_process
-from pipeline.ranking import distributed
-from pipeline.ranking.sampling import NegativeSampler
-from pipeline.ranking.select import EarlyStop
+from pipeline.ranking.training import distributed
+from pipeline.ranking.training.sampling import NegativeSampler
+from pipeline.ranking.selection.select import EarlyStop
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ O(nnz x rank + n_items x rank^2) and memory is O(n_items x rank) for A, its grad
 batch: the dense form kept about ten (batch_users, n_items) float32 arrays alive for autograd, ~10 GB at 1M items
 and 256 users per batch. Dense EASE there would need ~36 TB.
 
-The review text enters twice, as in bert_rs (pipeline/ranking/hybrid.py):
+The review text enters twice, as in bert_rs (pipeline/ranking/models/review_ease.py):
   - A starts from the leading principal directions of the centred unit item profiles F (text_init), so items
     whose reviews read alike start out as neighbours and sparse items keep that similarity where X says little;
   - score = z_u(x_u B) + w z_u(cos(b_u - mu_u, b_i - mu_i)), with w picked on validation (full-ranking NDCG@10),
@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.memory import dense_fits
+from pipeline.ranking.training.memory import dense_fits
 from pipeline.ranking.protocol import ClosedFormRanker
-from pipeline.ranking.sampling import PairSet
-from pipeline.ranking.select import SELECTION_METRIC, EarlyStop
+from pipeline.ranking.training.sampling import PairSet
+from pipeline.ranking.selection.select import SELECTION_METRIC, EarlyStop
 
 if TYPE_CHECKING:
-    from pipeline.ranking.select import Choice
+    from pipeline.ranking.selection.choice import Choice
 
 log = logging.getLogger(__name__)
 

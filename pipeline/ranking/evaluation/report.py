@@ -1,13 +1,13 @@
 """Turning evaluation results into the comparison table (the paper's Table 2 layout) and per-K plot points.
 
-`results` maps a run name to what `pipeline.ranking.evaluate.evaluate` returned, plus "model" and "cache" keys.
+`results` maps a run name to what `pipeline.ranking.evaluation.evaluate.evaluate` returned, plus "model" and "cache" keys.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from pipeline.ranking.evaluate import BUCKETS
+from pipeline.ranking.evaluation.evaluate import BUCKETS
 
 
 def _fmt(value) -> str:

@@ -34,38 +34,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Generic, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from pipeline.data.prepared import PreparedData
-from pipeline.ranking.evaluate import full_ranking_mask, model_device, rank_full
-from pipeline.ranking.metrics import metrics_from_ranks, ndcg_per_positive, rank_against
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, model_device, rank_full
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks, ndcg_per_positive, rank_against
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
+from pipeline.ranking.selection.choice import Choice, Setting
 
 SELECTION_METRIC = "ndcg@10"  # on the validation split, full-ranking protocol
 CROSS_FIT_SPLITS = 5  # random halvings of the validation users the guard averages over
 CACHE_ELEMENTS = 2**18  # scores per block when ranking weighted sums: 2 MB per float64 part (measured fastest)
 
-Setting = TypeVar("Setting")
-
-
-@dataclass(frozen=True)
-class Choice(Generic[Setting]):
-    setting: Setting  # the candidate kept
-    score: float  # its validation full-ranking NDCG@10
-    looks: int  # candidates scored to choose it
-    # the guard's measurement, where the best setting was not plain: the gain over the best plain setting of the
-    # search's winner on users it was not chosen on (NDCG@10; the plain setting is kept when it is <= 0)
-    cross_fitted_gain: float | None = None
-    overruled: bool = False  # the guard kept the best plain setting instead of the validation best
-
-    def summary(self) -> dict:
-        """What run.json records of the choice (the setting itself is the model's `choices()`)."""
-        return {"validation_looks": self.looks, "valid_ndcg@10": round(self.score, 6),
-                "cross_fitted_gain": None if self.cross_fitted_gain is None else round(self.cross_fitted_gain, 6),
-                "kept_plain_over_best": self.overruled}
 
 
 class KeepBest(Generic[Setting]):

@@ -5,7 +5,7 @@
 Model selection and early stopping look at the VALIDATION split's full-ranking NDCG@10 and nothing else (the metric
 every model is chosen and compared on); the validation ranking masks training pairs and validation positives only,
 so the test split is never touched here. Negatives are redrawn every epoch. Closed-form models (pop, ease, bert_rs)
-"train" through the same entry point: one fit, the choice among their candidates (pipeline/ranking/select.py), one
+"train" through the same entry point: one fit, the choice among their candidates (pipeline/ranking/selection/select.py), one
 validation pass, one row of curves. The epoch is kept by the same first-best rule (select.py's KeepBest, as
 EarlyStop, which the scalable solver's passes share).
 
@@ -21,7 +21,7 @@ test history ends one interaction after the profile's newest review, while at va
 therefore chooses its text settings with user profiles one review behind (the cache's `lagged` view: each user's
 newest training review left out) and is tested with the whole training profiles (registry.profiles_lag_history).
 Under torchrun the SGD loop runs in every process on its part of each batch, inside `distributed.process_group`
-(pipeline/ranking/distributed.py).
+(pipeline/ranking/training/distributed.py).
 The checkpoint written from the result is pipeline/ranking/checkpoint.py's contract.
 """
 
@@ -43,16 +43,17 @@ from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.embeddings.cache import Profiles
 from pipeline.io import atomic_path
 from pipeline.launch import is_main_process
-from pipeline.ranking import distributed
-from pipeline.ranking.ablation import model_profiles
-from pipeline.ranking.evaluate import full_ranking_mask, rank_full
-from pipeline.ranking.memory import Shape, check_fit
-from pipeline.ranking.metrics import metrics_from_ranks
+from pipeline.ranking.training import distributed
+from pipeline.ranking.evaluation.ablation import model_profiles
+from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full
+from pipeline.ranking.training.memory import Shape, check_fit
+from pipeline.ranking.evaluation.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker
 from pipeline.ranking.registry import bert_rs_solver, build_model
-from pipeline.ranking.resume import EpochStates, LoopState, loop_key
-from pipeline.ranking.sampling import NegativeSampler, PairSet
-from pipeline.ranking.select import SELECTION_METRIC, Choice, EarlyStop, select
+from pipeline.ranking.training.resume import EpochStates, LoopState, loop_key
+from pipeline.ranking.training.sampling import NegativeSampler, PairSet
+from pipeline.ranking.selection.choice import Choice
+from pipeline.ranking.selection.select import SELECTION_METRIC, EarlyStop, select
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def train(
     stopping, then (`train.refit_with_validation`) fit what was chosen on training + validation pairs.
     `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded, never
     used): an ablation that must hold its partner's epoch count instead of choosing its own. `resume_dir`: where a
-    neural model's loop writes its state after every epoch and a rerun takes it up (pipeline/ranking/resume.py)."""
+    neural model's loop writes its state after every epoch and a rerun takes it up (pipeline/ranking/training/resume.py)."""
     refit = config.train.refit_with_validation and len(data.valid) > 0
     if not refit and profiles is not None and profiles.lagged is not None:
         profiles = dataclasses.replace(profiles, lagged=None)  # tested as chosen: nothing lags

@@ -18,12 +18,12 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from pipeline.ranking.losses import bpr, pointwise_bce
+from pipeline.ranking.training.losses import bpr, pointwise_bce
 from pipeline.ranking.protocol import ClosedFormRanker, TrainableRanker
-from pipeline.ranking.sampling import PairSet
+from pipeline.ranking.training.sampling import PairSet
 
 if TYPE_CHECKING:
-    from pipeline.ranking.select import Choice
+    from pipeline.ranking.selection.choice import Choice
 
 
 def csr_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, n_items: int) -> torch.Tensor:

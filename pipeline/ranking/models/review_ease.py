@@ -18,7 +18,7 @@ the validation pairs after the final fit, as are c, X and m), z_u standardises a
 is the mean number of fitted interactions per item, so that `a` reads as "the text gram counts as `a` average items'
 worth of co-occurrence" on any dataset. The profiles and F are training-review means whatever the pairs; where the
 final fit will score test one interaction after the profile's newest review (leave-one-out), the settings are chosen
-with user profiles one review behind (`use_profiles`, pipeline/ranking/train.py), as test will read them.
+with user profiles one review behind (`use_profiles`, pipeline/ranking/training/train.py), as test will read them.
 
 Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
     "ease":  B = I - P diag(1 / diag P)
@@ -29,7 +29,7 @@ diagonal rescale, Q = V diag(1 / (s + lambda)) V^T; the text gram a m F F^T is a
 by Woodbury's identity; S is applied in factored form (S = I - P_t diag(1 / diag P_t), P_t = (F F^T + nu I)^-1 of
 rank-d structure), and validation scores x_u B are computed from x_u V without forming B or S.
 
-The grid the model offers (`candidates`) and pipeline/ranking/select.py chooses from, on full-ranking NDCG@10 of
+The grid the model offers (`candidates`) and pipeline/ranking/selection/select.py chooses from, on full-ranking NDCG@10 of
 the validation split only (test is never read): lambda, a, R, whitening, the text match, w and p jointly, plus the
 popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that lambda, and popularity is a point of its own,
 so on validation the model matches or beats both. Leakage: F and b_u are pooled from training reviews only (the
@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.baselines import EASE, EigenGram, ease_from_inverse_, ridge_inverse_, score_via_all
+from pipeline.ranking.models.baselines import EASE, EigenGram, ease_from_inverse_, ridge_inverse_, score_via_all
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
 
 if TYPE_CHECKING:
-    from pipeline.ranking.select import Choice
+    from pipeline.ranking.selection.choice import Choice
 
 TEXT_MATCHES = ("item_neighbours", "user_profile", "user_profile_recent")
 REGULARISERS = ("ease", "l3ae")
@@ -160,7 +160,7 @@ class Setting(NamedTuple):
 
 
 class ReviewAwareEASE(ClosedFormRanker):
-    solver = "dense"  # the EASE solves; pipeline/ranking/scalable.py is the other bert_rs solver
+    solver = "dense"  # the EASE solves; pipeline/ranking/models/scalable.py is the other bert_rs solver
     ranks_whole_catalogue = True  # scores come from full rows; profile-nearest candidates would drop EASE's picks
 
     def __init__(

@@ -1,0 +1,1 @@
+"""Choosing on validation: the one rule every model's choices go through."""
