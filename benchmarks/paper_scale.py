@@ -369,8 +369,9 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
     totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
               for part in ("stage one", "stage two")}
     peak = max((r["peak_gb"] for s, r in done.items() if stage_part(s) != "beside the DAG"), default=None)
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB)", "command": "python benchmarks/paper_scale.py",
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu})", "command": "python benchmarks/paper_scale.py",
             "load_average": os.getloadavg(), "complete": len(done) == len(stages)}
     write_json(out / "paper_scale.json", {"meta": meta, "prepared": table1, "stages": done,
                                           "pending": [s for s in stages if s not in done], "totals": totals,

@@ -1,13 +1,13 @@
 """The `bertrs` command: one sub-command per pipeline stage (each defined in its own module here).
 
-    bertrs prepare | generate | finetune | embed | cache info | train | evaluate | recommend | serve
+    bertrs prepare | generate | finetune | embed | cache info | gram | train | evaluate | recommend | serve
 """
 
 from __future__ import annotations
 
 import typer
 
-from stages import embed, evaluate, finetune, generate, prepare, recommend, serve, train
+from stages import embed, evaluate, finetune, generate, gram, prepare, recommend, serve, train
 
 app = typer.Typer(
     name="bertrs",
@@ -19,6 +19,7 @@ app.command("prepare")(prepare.main)
 app.command("generate")(generate.main)
 app.command("finetune")(finetune.main)
 app.command("embed")(embed.main)
+app.command("gram")(gram.main)
 app.command("train")(train.main)
 app.command("evaluate")(evaluate.main)
 app.command("recommend")(recommend.main)

@@ -73,6 +73,8 @@ def main(
     model: Optional[str] = typer.Option(None, help=f"override the run's model: {', '.join(MODELS)}"),
     shuffle: Optional[bool] = typer.Option(None, "--shuffle/--no-shuffle", help="ablation: shuffle the profiles"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    gram: Optional[Path] = typer.Option(
+        None, help="shared-gram folder (`bertrs gram`): closed-form searches start from its decomposition"),
 ) -> None:
     """Train one run, selecting the epoch on validation NDCG@10; write the checkpoint and curves."""
     config = read_params(params)
@@ -95,7 +97,8 @@ def main(
                                        choosing=True)
     out = out or Path("data/models") / run
     with process_group(resolve_device(config.ranking.train.device)) if sgd else nullcontext():
-        result = train(spec, config.ranking, data, profiles, progress=progress, resume_dir=default_work_dir(out))
+        result = train(spec, config.ranking, data, profiles, progress=progress, resume_dir=default_work_dir(out),
+                       shared_gram=gram)
     if not is_main_process():
         return
     save_checkpoint(out, result, spec, config.ranking, data, profiles, embeddings, run_name=run)

@@ -36,7 +36,7 @@ BIN = Path(sys.executable).parent
 # the settings module of each stage family; a stage loads the others only to validate params.yaml, so they are not
 # its deps (a new model setting must not re-run the encoders)
 SETTINGS_MODULES = {"prepare": "data", "finetune": "text", "embed": "text", "embed_shared": "text",
-                    "train": "ranking", "train_text": "ranking", "evaluate": "ranking"}
+                    "gram": "ranking", "train": "ranking", "train_text": "ranking", "evaluate": "ranking"}
 
 
 def dvc(repo: Path, *args: str, stdout_only: bool = False) -> str:
@@ -109,7 +109,7 @@ def built(dag_repo, first_repro) -> Path:
 
 
 def test_repro_builds_every_stage_and_valid_outputs(dag_repo, first_repro):
-    assert ran(first_repro) == {"prepare", "finetune@tiny", "finetune@tiny_ft", "embed@tiny", "embed@tiny_ft",
+    assert ran(first_repro) == {"prepare", "finetune@tiny", "finetune@tiny_ft", "embed@tiny", "embed@tiny_ft", "gram",
                                 "train@pop", "train@neumf", "train_text@text", "train_text@text_ft", "evaluate"}
     data = load_prepared(dag_repo / "data" / "prepared")
     for name in ("tiny", "tiny_ft"):
@@ -174,7 +174,7 @@ def test_swapping_the_cache_changes_the_table_and_the_metrics(built):
 def test_a_change_to_one_stage_familys_settings_code_leaves_the_other_stages_up_to_date(built):
     """Fine-tuning and encoding take hours at the paper's size: editing the ranking settings' module must not
     invalidate them, and editing the encoders' settings module must not invalidate a model that reads no text."""
-    for module, expected in (("ranking", {"train@pop", "train@neumf", "train_text@text", "train_text@text_ft",
+    for module, expected in (("ranking", {"gram", "train@pop", "train@neumf", "train_text@text", "train_text@text_ft",
                                           "evaluate"}),
                              ("text", {"finetune@tiny", "finetune@tiny_ft", "embed@tiny", "embed@tiny_ft"}),
                              ("data", {"prepare"})):

@@ -67,6 +67,9 @@ class Ranker(Scorer):
 
 class ClosedFormRanker(Ranker):
     trainable = False
+    # whether `fit`, the search and the final fit run where the model is put (`train.device`: decompositions,
+    # solves and scoring on a GPU when there is one); a model without it is fitted on the CPU and moved afterwards
+    fits_on_device = False
 
     @abstractmethod
     def fit(self, users: np.ndarray, items: np.ndarray) -> "ClosedFormRanker":
@@ -89,6 +92,16 @@ class ClosedFormRanker(Ranker):
         Lazy, so that a grid shares its expensive parts; nothing yielded when there is nothing to choose (the
         default)."""
         return iter(())
+
+    def use_shared_eigen(self, eigen: Any) -> None:
+        """Search from this decomposition of the training pairs' Gram (`EigenGram`, made once per prepared data by
+        `bertrs gram`) instead of taking one, or from its own again (None). Models whose search decomposes the Gram
+        (ease with a lambda grid, dense bert_rs) use it; the default ignores it."""
+
+    def candidate_count(self) -> int | None:
+        """How many settings `candidates` will offer (the search's progress total), or None when the model cannot
+        tell before offering them. None, the default."""
+        return None
 
     def is_plain(self, setting: Any) -> bool:
         """Whether `setting` is the model's plain form (bert_rs: EASE or popularity, no text) rather than an

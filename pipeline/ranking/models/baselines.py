@@ -48,6 +48,8 @@ def score_via_all(model: nn.Module, users: torch.Tensor, items: torch.Tensor) ->
 class Popularity(ClosedFormRanker):
     """Most-popular: every user gets the items with the most training interactions."""
 
+    fits_on_device = True
+
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
@@ -115,6 +117,24 @@ class MatrixFactorization(TrainableRanker):
 ROW_BLOCK = 1024  # rows of an n_items^2 matrix built at a time (8 MB per 1k items in float64)
 
 
+def on_accelerator(matrix: torch.Tensor) -> bool:
+    """Whether the closed forms take torch's linear algebra on the matrix's own device (CUDA, MPS) rather than
+    LAPACK in place on the CPU: the one switch between the two code paths (tests set it to run the accelerator's
+    path on the CPU).
+
+    Parameters
+    ----------
+    matrix
+        The Gram (or any matrix) a closed form is about to decompose or invert.
+
+    Returns
+    -------
+    bool
+        True when `matrix` lives on a device other than the CPU.
+    """
+    return matrix.device.type != "cpu"
+
+
 def ridge_inverse_(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
     """(G + lambda I)^-1, written over G (float64, row-major). G is PSD, so G + lambda I is positive definite for
     lambda > 0: LAPACK's Cholesky factorisation and inverse (potrf, potri) run in G's own memory and the inverse's
@@ -123,6 +143,12 @@ def ridge_inverse_(gram: torch.Tensor, ease_lambda: float) -> torch.Tensor:
     if gram.dtype != torch.float64 or not gram.is_contiguous():
         raise ValueError("ridge_inverse_ works in place on a contiguous float64 matrix")
     gram.diagonal().add_(ease_lambda)
+    if on_accelerator(gram):  # the device's Cholesky: two n^2 matrices for a moment, in the device's memory
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if int(info):
+            raise ValueError(f"X^T X + lambda I is not positive definite at lambda = {ease_lambda} (info {int(info)}): "
+                             "lambda must be > 0")
+        return gram.copy_(torch.cholesky_inverse(factor))
     column_major = gram.numpy().T  # the same memory, as LAPACK reads it (G is symmetric: the same matrix)
     factor, info = scipy.linalg.lapack.dpotrf(column_major, lower=False, overwrite_a=True)
     if info == 0:
@@ -161,8 +187,22 @@ class EigenGram:
     and a workspace of two more. Pass a Gram that is not needed afterwards."""
 
     def __init__(self, gram: torch.Tensor) -> None:
+        if on_accelerator(gram):  # on the device: torch's eigh (four n^2 matrices, in the device's memory)
+            self.s, self.v = torch.linalg.eigh(gram.double())
+            return
         s, v = scipy.linalg.eigh(gram.double().numpy().T, overwrite_a=True, check_finite=False, driver="evr")
         self.s, self.v = torch.from_numpy(s), torch.from_numpy(v)  # (n,), (n, n)
+
+    @classmethod
+    def from_parts(cls, s: torch.Tensor, v: torch.Tensor) -> "EigenGram":
+        """A decomposition made before (`pipeline/ranking/shared/gram.py`): eigenvalues (n,) and vectors (n, n)."""
+        eigen = cls.__new__(cls)
+        eigen.s, eigen.v = s, v
+        return eigen
+
+    def to(self, device: torch.device) -> "EigenGram":
+        """The decomposition on `device` (itself where it already is)."""
+        return self if self.v.device == device else EigenGram.from_parts(self.s.to(device), self.v.to(device))
 
     def inverse_diagonal(self, ease_lambda: float) -> torch.Tensor:
         """diag((G + lambda I)^-1) without forming it, nor V * V: a block of rows at a time. (n,)"""
@@ -173,7 +213,7 @@ class EigenGram:
         """EASE's B at this lambda, B_ij = -P_ij / P_jj with a zero diagonal, as float32, built a block of rows of P
         at a time: the float64 inverse is never whole. (n, n) float32"""
         scaled, inverse_diagonal = self.v / (self.s + ease_lambda), self.inverse_diagonal(ease_lambda)
-        b = torch.empty(self.v.shape, dtype=torch.float32)
+        b = torch.empty(self.v.shape, dtype=torch.float32, device=self.v.device)
         for start in range(0, len(b), ROW_BLOCK):
             rows = slice(start, start + ROW_BLOCK)
             b[rows] = (scaled[rows] @ self.v.T).div_(inverse_diagonal[None, :]).neg_()
@@ -193,6 +233,8 @@ class EASE(ClosedFormRanker):
     """EASE^R (Steck 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 s.t. diag(B) = 0, in closed form:
     P = (X^T X + lambda I)^-1, B_ij = -P_ij / P_jj, B_jj = 0. Memory is n_items^2: fine up to ~20k items."""
 
+    fits_on_device = True
+
     def __init__(self, n_users: int, n_items: int, ease_lambda: float = 500.0,
                  lambdas: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -201,6 +243,10 @@ class EASE(ClosedFormRanker):
         self.register_buffer("B", torch.zeros(n_items, n_items))  # (n_items, n_items)
         self.register_buffer("indptr", torch.zeros(n_users + 1, dtype=torch.int64))  # training matrix X, CSR
         self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
+        self._shared_eigen: EigenGram | None = None  # the training Gram's decomposition, made once per data
+
+    def use_shared_eigen(self, eigen: EigenGram | None) -> None:
+        self._shared_eigen = eigen
 
     def fit(self, users: np.ndarray, items: np.ndarray) -> "EASE":
         self.hold_pairs(users, items)
@@ -215,8 +261,9 @@ class EASE(ClosedFormRanker):
     def hold_pairs(self, users: np.ndarray, items: np.ndarray) -> None:
         """Keep the pairs as the history matrix X (CSR): the rows x_u scores are read from, and the gram's source."""
         pairs = PairSet(users, items, self.n_users, self.n_items)
-        self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64)
-        self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64)
+        device = self.indptr.device  # where the model was put (train.device), kept across refits
+        self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64, device=device)
+        self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64, device=device)
 
     def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice[float] | None") -> "EASE":
         """One solve, at the chosen lambda."""
@@ -224,12 +271,16 @@ class EASE(ClosedFormRanker):
             self.ease_lambda = choice.setting
         return self.fit(users, items)
 
+    def candidate_count(self) -> int:
+        return len(self.grid_lambda) if len(self.grid_lambda) > 1 else 0
+
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
         """With 2+ lambdas, each in grid order, B from one eigendecomposition of X^T X; ranked as the model stands."""
         if len(self.grid_lambda) < 2:
             return
         self.B = torch.empty(0)  # each lambda's B replaces it
-        eig = EigenGram(self.gram())
+        shared = self._shared_eigen
+        eig = shared.to(self.indptr.device) if shared is not None else EigenGram(self.gram())
         for lam in self.grid_lambda:
             self.B = torch.empty(0)
             self.B = eig.ease_weights(lam)
@@ -247,7 +298,8 @@ class EASE(ClosedFormRanker):
 
     def gram(self) -> torch.Tensor:
         """X^T X of the fitted pairs (training, or training + validation after the final fit), float64."""
-        x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users), self.n_items).double()
+        x = csr_rows(self.indptr, self.indices, torch.arange(self.n_users, device=self.indptr.device), self.n_items)
+        x = x.double()
         return x.T @ x
 
     def rows(self, users: torch.Tensor) -> torch.Tensor:

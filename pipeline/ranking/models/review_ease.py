@@ -107,7 +107,7 @@ def with_side_gram(x_q: torch.Tensor, q_diag: torch.Tensor, q_f: torch.Tensor | 
     scale is 0 and P F is not asked for; unit: F (n, d). -> (b, n), (n,), (n, d) or None"""
     if not scale:
         return x_q, q_diag, q_f if with_p_f else None
-    m = torch.eye(unit.shape[1], dtype=unit.dtype) + scale * (unit.T @ q_f)
+    m = torch.eye(unit.shape[1], dtype=unit.dtype, device=unit.device) + scale * (unit.T @ q_f)
     q_f_m = torch.linalg.solve(m, q_f.T).T  # Q F M^-1 (M symmetric)
     x_p = x_q - scale * (x_q @ unit) @ q_f_m.T
     p_diag = q_diag - scale * (q_f_m * q_f).sum(1)
@@ -131,7 +131,8 @@ class LowRankPrior:
 
     def __init__(self, unit: torch.Tensor, nu: float) -> None:
         self.unit, self.nu = unit, nu  # F (n, d)
-        self.k = torch.linalg.inv(nu * torch.eye(unit.shape[1], dtype=unit.dtype) + unit.T @ unit)  # (d, d)
+        identity = torch.eye(unit.shape[1], dtype=unit.dtype, device=unit.device)
+        self.k = torch.linalg.inv(nu * identity + unit.T @ unit)  # (d, d)
         self.inverse_pt_diag = nu / (1.0 - ((unit @ self.k) * unit).sum(1))  # 1 / diag P_t (n,)
 
     def complement_times(self, rows: torch.Tensor) -> torch.Tensor:
@@ -161,6 +162,7 @@ class Setting(NamedTuple):
 
 class ReviewAwareEASE(ClosedFormRanker):
     solver = "dense"  # the EASE solves; pipeline/ranking/models/scalable.py is the other bert_rs solver
+    fits_on_device = True
     ranks_whole_catalogue = True  # scores come from full rows; profile-nearest candidates would drop EASE's picks
 
     def __init__(
@@ -282,7 +284,8 @@ class ReviewAwareEASE(ClosedFormRanker):
 
     def _hold_counts(self, items: np.ndarray) -> None:
         """The popularity term's log counts and the gram X^T X of the pairs being fitted."""
-        self.log_counts = torch.log1p(torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32))
+        counts = torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32)
+        self.log_counts = torch.log1p(counts).to(self.raw_i.device)
         self._gram = self.ease.gram()
 
     def gram(self) -> torch.Tensor:
@@ -341,7 +344,8 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
         gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
         per_item = per_item_count(gram)  # m
-        eig = EigenGram(gram)
+        shared = self.ease._shared_eigen
+        eig = shared.to(x.device) if shared is not None else EigenGram(gram)
         del gram
         x_v = x @ eig.v  # (b, n)
         with_prior = "l3ae" in self.grid_regulariser
@@ -363,6 +367,18 @@ class ReviewAwareEASE(ClosedFormRanker):
                         else:
                             yield (whiten, side, lam, reg), l3ae_scores(x, x_p, p_diag, p_f, prior, lam)
             del x_q
+
+    def use_shared_eigen(self, eigen: EigenGram | None) -> None:
+        self.ease.use_shared_eigen(eigen)
+
+    def candidate_count(self) -> int:
+        """The settings `candidates` offers: popularity alone (with a p grid), then for each item model (whitening,
+        side weight, lambda, regulariser) every (text match, w, p), w = 0 once whatever the match."""
+        zero_weights = sum(w == 0.0 for w in self.grid_weight)
+        per_item_model = ((len(self.grid_weight) - zero_weights) * len(self.grid_match) + zero_weights) \
+            * len(self.grid_pop)
+        item_models = len(self.grid_whiten) * len(self.grid_side) * len(self.grid_lambda) * len(self.grid_regulariser)
+        return (len(self.grid_pop) > 1) + item_models * per_item_model
 
     def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone

@@ -38,6 +38,7 @@ from typing import Any, Generic, Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pipeline.data.prepared import PreparedData
 from pipeline.ranking.evaluation.evaluate import full_ranking_mask, model_device, rank_full
@@ -120,6 +121,7 @@ class ValidationLooks:
         self.rows = torch.as_tensor(np.searchsorted(self.users, self.heldout.users))  # (p,)
         self.items = torch.as_tensor(self.heldout.items)  # (p,)
         self._competitors: torch.Tensor | None = None  # (p, n_items), built at the first `ndcg`
+        self._on_device: tuple[torch.device, tuple[torch.Tensor, ...]] | None = None  # `on`'s copies
 
     @property
     def competitors(self) -> torch.Tensor:
@@ -127,31 +129,43 @@ class ValidationLooks:
             self._competitors = ~self.mask.dense_mask(self.users)[self.rows]
         return self._competitors
 
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, items, competitors) where the scores are: the positives' rows and items (p,) and the competitor
+        mask (p, n_items), built once per device (a model fitted on a GPU is ranked there)."""
+        if device.type == "cpu":
+            return self.rows, self.items, self.competitors
+        if self._on_device is None or self._on_device[0] != device:
+            self._on_device = (device, tuple(t.to(device) for t in (self.rows, self.items, self.competitors)))
+        return self._on_device[1]
+
     def ndcg(self, scores: torch.Tensor) -> float:
         """scores: (b, n_items) rows for `self.users`."""
         return metrics_from_ranks(self.ranks(scores), [10])[SELECTION_METRIC]
 
     def ranks(self, scores: torch.Tensor) -> np.ndarray:
         """Each held-out positive's rank among its competitors. scores: (b, n_items) rows for `self.users`."""
-        scores = scores.float()[self.rows]
-        return rank_against(scores[torch.arange(len(self.rows)), self.items], scores, self.competitors).numpy()
+        rows, items, competitors = self.on(scores.device)
+        scores = scores.float()[rows]
+        positives = torch.arange(len(rows), device=scores.device)
+        return rank_against(scores[positives, items], scores, competitors).cpu().numpy()
 
     def ranks_of_sums(self, sums: WeightedSums) -> np.ndarray:
         """Every candidate of the block ranked as `ranks` would rank its full score matrix (the same float64 sums,
         the same float32 comparison), built CACHE_ELEMENTS scores at a time: a few users' parts are cut once and
         serve every candidate. (candidates, p)"""
         n_items = sums.parts[0].shape[-1]
+        all_rows, all_items, all_competitors = self.on(sums.parts[0].device)
         step = max(1, CACHE_ELEMENTS // max(n_items, 1))
-        out = np.empty((len(sums.settings), len(self.rows)), dtype=np.int64)
-        for start in range(0, len(self.rows), step):
+        out = np.empty((len(sums.settings), len(all_rows)), dtype=np.int64)
+        for start in range(0, len(all_rows), step):
             chunk = slice(start, start + step)
-            rows = self.rows[chunk]
+            rows = all_rows[chunk]
             cut_parts = [part if part.shape[0] == 1 else part[rows] for part in sums.parts]
-            positives = torch.arange(len(rows))
-            items, competitors = self.items[chunk], self.competitors[chunk]
+            positives = torch.arange(len(rows), device=rows.device)
+            items, competitors = all_items[chunk], all_competitors[chunk]
             for k in range(len(sums.settings)):
                 scores = sums.scores(k, cut_parts).float().expand(len(rows), -1)  # a row part alone: (1, n)
-                out[k, chunk] = rank_against(scores[positives, items], scores, competitors).numpy()
+                out[k, chunk] = rank_against(scores[positives, items], scores, competitors).cpu().numpy()
         return out
 
     def ranked_candidates(self, model: ClosedFormRanker, users: torch.Tensor) -> Iterator[tuple[Any, np.ndarray]]:
@@ -203,11 +217,27 @@ class HalfBest:
 
 
 def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = False, seed: int = 0,
-           splits: int = CROSS_FIT_SPLITS) -> Choice[Any] | None:
-    """Score every candidate the model offers on validation, keep the first best and apply it to the model; with
-    `guard_additions`, the best plain setting instead when the best's gain does not survive cross-fitting over
-    `splits` halvings drawn with `seed` (see the module docstring). None (the model untouched) when it offers
-    nothing to choose."""
+           splits: int = CROSS_FIT_SPLITS, progress: bool = False) -> Choice[Any] | None:
+    """Score every candidate the model offers on validation and keep the first best (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        A closed-form model, fitted on the training pairs; its `candidates` are scored where it lives.
+    data
+        The prepared data: its validation split is scored, its test split never read.
+    guard_additions
+        Keep the best plain setting instead when the best's gain does not survive cross-fitting.
+    seed, splits
+        The halvings of the validation users the guard averages over.
+    progress
+        Show the candidates scored of the total (`model.candidate_count()`), their rate and the time left.
+
+    Returns
+    -------
+    Choice or None
+        The choice, already applied to the model; None (the model untouched) when it offers nothing to choose.
+    """
     looks = ValidationLooks(data, "valid")
     users = torch.as_tensor(looks.users, device=model_device(model))
     best: KeepBest[Any] = KeepBest()
@@ -215,7 +245,9 @@ def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = 
     guard = guard_additions and len(looks.users) >= 2
     halvings = looks.halves(seed, splits) if guard else []
     on_halves, plain_on_halves = [HalfBest(half) for half in halvings], [HalfBest(half) for half in halvings]
-    for setting, ranks in looks.ranked_candidates(model, users):
+    scored = tqdm(looks.ranked_candidates(model, users), total=model.candidate_count(), unit=" candidates",
+                  desc=f"choosing {type(model).__name__} on validation", disable=not progress, mininterval=2.0)
+    for setting, ranks in scored:
         per_positive = ndcg_per_positive(ranks, 10)
         score = float(per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
         position = model.grid_position(setting)

@@ -53,6 +53,7 @@ from pipeline.ranking.registry import bert_rs_solver, build_model
 from pipeline.ranking.training.resume import EpochStates, LoopState, loop_key
 from pipeline.ranking.training.sampling import NegativeSampler, PairSet
 from pipeline.ranking.selection.choice import Choice
+from pipeline.ranking.shared.gram import read_shared_eigen
 from pipeline.ranking.selection.select import SELECTION_METRIC, EarlyStop, select
 
 log = logging.getLogger(__name__)
@@ -115,16 +116,19 @@ def train(
     progress: bool = True,
     fixed_epochs: int | None = None,
     resume_dir: Path | None = None,
+    shared_gram: Path | None = None,
 ) -> TrainResult:
     """Fit one run's model on `data.train`, selecting the epoch by validation full-ranking NDCG@10 with early
     stopping, then (`train.refit_with_validation`) fit what was chosen on training + validation pairs.
     `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded, never
     used): an ablation that must hold its partner's epoch count instead of choosing its own. `resume_dir`: where a
-    neural model's loop writes its state after every epoch and a rerun takes it up (pipeline/ranking/training/resume.py)."""
+    neural model's loop writes its state after every epoch and a rerun takes it up (pipeline/ranking/training/resume.py).
+    `shared_gram`: a `data/gram` folder (pipeline/ranking/shared/gram.py) whose decomposition of the training Gram a
+    closed-form search starts from instead of taking its own."""
     refit = config.train.refit_with_validation and len(data.valid) > 0
     if not refit and profiles is not None and profiles.lagged is not None:
         profiles = dataclasses.replace(profiles, lagged=None)  # tested as chosen: nothing lags
-    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs, resume_dir)
+    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs, resume_dir, shared_gram)
     if refit:
         result = refit_with_validation(result, spec, config, data, profiles, progress, resume_dir)
     return result
@@ -153,9 +157,11 @@ def refit_with_validation(
     in place (`result.model` is the refitted one afterwards); a neural model is trained anew."""
     history = with_validation_in_training(data)
     if isinstance(result.model, ClosedFormRanker):
+        if result.model.fits_on_device:
+            result.model.to(resolve_device(config.train.device))  # the final solve where the search ran
         if profiles is not None and profiles.lagged is not None:
             result.model.use_profiles(model_profiles(spec, profiles, config.train.seed))  # chosen lagged, tested whole
-        model = result.model.refit(history.train.users, history.train.items, result.selection)
+        model = result.model.refit(history.train.users, history.train.items, result.selection).cpu()
     else:
         model = fit_on_training(spec, config, history, profiles, progress, result.best_epoch, resume_dir).model
     return dataclasses.replace(result, model=model, fitted_on="train+valid")
@@ -169,6 +175,7 @@ def fit_on_training(
     progress: bool = True,
     fixed_epochs: int | None = None,
     resume_dir: Path | None = None,
+    shared_gram: Path | None = None,
 ) -> TrainResult:
     """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone. Given
     profiles with a lagged view, a closed-form model is returned reading the lagged user profiles (as it chose):
@@ -191,11 +198,17 @@ def fit_on_training(
         raise ConfigError(f"fixed_epochs must be >= 1, got {fixed_epochs}")
 
     if isinstance(model, ClosedFormRanker):
+        if model.fits_on_device:
+            model.to(device)  # solves, decompositions and the search where train.device says
         # an iterative fit (the scalable solver) chooses its passes on validation; a solve just fits
         validation = (lambda: _curve_metrics(valid_metrics(model, data, mask))) if has_valid else None
         passes, kept_pass = model.fit_on_validation(data.train.users, data.train.items, validation)
+        if shared_gram is not None and has_valid and model.candidate_count():
+            model.use_shared_eigen(read_shared_eigen(shared_gram, data, data.train.users, data.train.items))
         # among the candidates the model offers, on validation only
-        choice = select(model, data, config.train.guard_additions, config.train.seed) if has_valid else None
+        choice = select(model, data, config.train.guard_additions, config.train.seed,
+                        progress=progress) if has_valid else None
+        model.use_shared_eigen(None)  # n_items^2 floats the final fit does not need
         if choice is not None and passes:  # every pass scored was a validation look as well
             choice = dataclasses.replace(choice, looks=choice.looks + len(passes))
         model.to(device)
