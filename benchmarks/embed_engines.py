@@ -35,8 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import PeakRSS  # noqa: E402
-from benchmarks.stage_one_scale import repeat_reviews  # noqa: E402
+from benchmarks.common import PeakRSS, repeat_reviews  # noqa: E402
 from pipeline.config import RayEngineConfig, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.embeddings.build import build_cache  # noqa: E402

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import PeakRSS  # noqa: E402
+from benchmarks.common import PeakRSS  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER  # noqa: E402
 from pipeline.text.encode import choose_backend, cosine_agreement, encode_texts, load_encoder  # noqa: E402
 from pipeline.text.encoders import resolve_encoder  # noqa: E402

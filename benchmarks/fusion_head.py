@@ -65,8 +65,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ledger import Ledger, with_refit  # noqa: E402
-from benchmarks.quality import fixed_choices, review_times, user_bootstrap  # noqa: E402
+from benchmarks.common import Ledger, fixed_choices, review_times, user_bootstrap, with_refit  # noqa: E402
 from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402

@@ -14,7 +14,7 @@ bundled sample drawn at random, so that the encoder sees the sample's review len
 `embed.max_length` tokens) while the planted words keep a text signal. The DAG is this repository's own: a clone
 under --work whose params.yaml differs only in `prepare.input` (every other setting is the default), reproduced
 with `dvc repro --single-item` one stage at a time in `dvc stage list` order. After each stage its wall time and
-the peak RSS of its process tree are appended to <work>/stages.jsonl (`benchmarks/ledger.py`), so a run stopped
+the peak RSS of its process tree are appended to <work>/stages.jsonl (`benchmarks/common.py`, Ledger), so a run stopped
 at any point (kill -9 included) resumes at the first stage not recorded (the fine-tune and embed stages also resume
 from their own checkpoints and shards; such a stage is marked resumed, its times covering the last run only). CPU
 minutes are recorded beside wall minutes: they hardly move when other jobs share the cores. Results:
@@ -67,11 +67,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.measure import run_measured  # noqa: E402
+from benchmarks.common import Ledger, run_measured  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
-from pipeline.ranking.training.memory import DENSE_MATRICES, GB, Shape, fit_bytes  # noqa: E402
+from pipeline.config import RankingConfig  # noqa: E402
+from pipeline.ranking.registry import fit_memory  # noqa: E402
+from pipeline.ranking.training.memory import GB, Shape  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLE = ROOT / "data" / "sample"
@@ -326,8 +327,9 @@ def run_note(clone: Path, stage: str) -> str:
     model, solver = run["spec"]["model"], run.get("bert_rs_solver")
     chosen, selection = run.get("chosen") or {}, run.get("selection") or {}
     notes = [f"solver {solver}"] if solver else []
-    if model in DENSE_MATRICES and (solver or "dense") == "dense":
-        estimate = fit_bytes(model, Shape(run["n_users"], run["n_items"], 0, run.get("dim") or 0)) / GB
+    if model in ("ease", "bert_rs") and (solver or "dense") == "dense":
+        dense = RankingConfig().override("bert_rs", solver="dense")
+        estimate = fit_memory(model, Shape(run["n_users"], run["n_items"], 0, run.get("dim") or 0), dense)[0] / GB
         notes.append(f"memory estimate {estimate:.1f} GB")
     if model == "bert_rs" and "text_match" in chosen and (solver or "dense") == "dense":
         notes.append(f"chose lambda {chosen['ease_lambda']:g}, side weight {chosen['side_weight']:g}, "

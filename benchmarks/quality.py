@@ -67,8 +67,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ledger import Ledger, ledger_file, with_refit  # noqa: E402
-from pipeline.config import BertRSConfig, Params, RankingConfig, RunSpec, load_params  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    EASE_SEARCH, Ledger, fixed_choices, ledger_file, pct, review_times, user_bootstrap, with_refit,
+)
+from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
 from pipeline.embeddings.build import build_caches  # noqa: E402
@@ -102,7 +104,6 @@ SEARCH = (
     {"learning_rate": 3e-3, "factors": 64, "mlp_layers": [256, 128, 64], "weight_decay": 1e-6, "dropout": 0.2},
     {"learning_rate": 1e-2, "factors": 16, "mlp_layers": [64, 32, 16], "weight_decay": 1e-6, "dropout": 0.0},
 )
-EASE_SEARCH = (500.0, 100.0, 2000.0, 50.0)
 # The default neural text head as params.yaml configures it.
 NEURAL_FORM = {"semantic_form": "projected", "text_similarity": True, "user_id_dropout": 0.3}
 # The two text levers of the default bert_rs, each alone (issue 7: which one carries the gain?).
@@ -112,13 +113,6 @@ LEVERS = {
 }
 FIXED_SHUFFLE = "+shuffled"  # the headline ablation: partner's choices held, profiles permuted
 RESEARCHED_SHUFFLE = "+shuffled_researched"  # the text search rerun on permuted profiles
-# bert_rs's choices (Model.choices()) -> the models.bert_rs grid that offered them; a one-point grid fixes the choice
-CHOICE_GRIDS = {"side_weight": "text_side_weights", "text_match": "text_matches", "text_weight": "text_weights",
-                "ease_lambda": "lambdas", "regulariser": "regularisers",
-                "whitening": "whitening", "pop_weight": "pop_weights"}
-# pop_only: a one-point popularity grid never offers "popularity alone"; a partner that chose it scores popularity,
-# which has no text to shuffle, so its ablation is the item model at the same settings (reported as such)
-NOT_A_SETTING = {"validation_looks", "pop_only", "epochs_scored_on_validation"}
 
 
 def mean_cache_of(params: Params) -> str:
@@ -146,24 +140,6 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
         out[partner + FIXED_SHUFFLE] = (dataclasses.replace(spec, shuffle=True), overrides)
     spec, overrides = out[f"bert_rs@{mean_cache}"]
     out[f"bert_rs@{mean_cache}{RESEARCHED_SHUFFLE}"] = (dataclasses.replace(spec, shuffle=True), overrides)
-    return out
-
-
-def fixed_choices(choices: dict | None) -> dict:
-    """models.bert_rs overrides that leave the closed-form text model exactly one option per setting: the one its
-    partner chose (so the ablation cannot re-search). Unknown choice names stop the run rather than be ignored."""
-    fields = {f.name for f in dataclasses.fields(BertRSConfig)}
-    out = {}
-    for key, value in (choices or {}).items():
-        if key in NOT_A_SETTING:
-            continue
-        grid = CHOICE_GRIDS.get(key, f"{key}s")
-        if grid not in fields and key not in fields:
-            raise KeyError(f"choice {key!r} maps to no models.bert_rs setting; add it to CHOICE_GRIDS")
-        if grid in fields:
-            out[grid] = [value]
-        elif key in fields:
-            out[key] = value
     return out
 
 
@@ -243,14 +219,6 @@ def reuse_review_vectors(donor: Path, data: PreparedData, config, out: Path) -> 
                           meta=meta, n_users=data.n_users, n_items=data.n_items, shard_size=config.shard_size,
                           normalize_profiles=config.normalize_profiles, index_metric=config.index_metric,
                           progress=False)
-
-
-def review_times(table, data: PreparedData) -> np.ndarray:
-    """The prepared reviews' times, in the order of a cache's review table (checked to be the same reviews)."""
-    reviews = load_reviews(data.root, columns=["review_id", "time"])
-    if not np.array_equal(reviews.column("review_id").to_numpy(), table.column("review_id").to_numpy()):
-        raise RuntimeError(f"{data.root}: the cache's reviews are not the prepared data's, in its order")
-    return reviews.column("time").fill_null(0).to_numpy()
 
 
 def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:
@@ -442,20 +410,6 @@ def _relative(a, b):
     return None if a is None or b is None or b == 0 else float(a / b - 1.0)
 
 
-def user_bootstrap(a: list[float], b: list[float], users: np.ndarray, rounds: int = 2000, seed: int = 0
-                   ) -> tuple[float, float]:
-    """95% interval of the mean per-positive gain a - b when USERS are resampled with replacement, each bringing
-    all of their positives: under the random split a user holds several, and they are not independent."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    _, user_of = np.unique(np.asarray(users), return_inverse=True)
-    gain_sum = np.bincount(user_of, weights=diff)  # (n_users,)
-    positives = np.bincount(user_of).astype(np.float64)  # (n_users,)
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, len(gain_sum), size=(rounds, len(gain_sum)))
-    means = gain_sum[drawn].sum(1) / positives[drawn].sum(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -> dict:
     """Train the chosen configs of the mean-pooled text models once more on leaky profiles; report inflation."""
     out = {}
@@ -529,17 +483,17 @@ def markdown(results: dict, meta: dict) -> str:
                   f"- best text model: **{v['best_text']}** {v['text_full_ndcg@10'][0]:.4f} ± "
                   f"{v['text_full_ndcg@10'][1]:.4f}; best non-text: **{v['best_non_text']}** "
                   f"{v['non_text_full_ndcg@10'][0]:.4f} ± {v['non_text_full_ndcg@10'][1]:.4f}",
-                  f"- gain {v['gain_over_best_non_text']:+.4f} ({_pct(v['relative_gain_over_best_non_text'])}); "
+                  f"- gain {v['gain_over_best_non_text']:+.4f} ({pct(v['relative_gain_over_best_non_text'])}); "
                   + (f"more than twice the seed std ({v['seed_std']:.4f}): "
                    f"{'yes' if v['beats_by_more_than_two_std'] else 'no'}; " if v["beats_by_more_than_two_std"]
                    is not None else "seed spread 0 (both closed-form): the user bootstrap is the evidence; ")
                   + f"paired bootstrap over test users, 95% CI of the gain [{v['bootstrap_95ci_gain'][0]:+.4f}, "
                   f"{v['bootstrap_95ci_gain'][1]:+.4f}]",
-                  f"- over neumf: {_pct(v['relative_gain_over_neumf'])}; text also ahead on validation: "
+                  f"- over neumf: {pct(v['relative_gain_over_neumf'])}; text also ahead on validation: "
                   f"{'yes' if v['text_wins_on_validation'] else 'no'}",
                   f"- shuffled ablation of the best text model (its choices held, profiles permuted): "
                   f"{v['shuffled_full_ndcg@10'][0]:.4f} (loses the gain: {v['shuffle_loses_gain']})",
-                  f"- users with 1-3 training interactions: {_pct(v['sparsest_bucket_relative_gain'])} relative",
+                  f"- users with 1-3 training interactions: {pct(v['sparsest_bucket_relative_gain'])} relative",
                   *([f"- its text settings, chosen on validation: {choices}"]
                     if (choices := res["rows"][v["best_text"]].get("text_choices")) else []),
                   ""]
@@ -557,7 +511,7 @@ def markdown(results: dict, meta: dict) -> str:
                       "", "| model | honest | leaky | inflation |", "|---|---|---|---|"]
             for name, a in res["leakage_audit"].items():
                 lines.append(f"| {name} | {a['honest_full_ndcg@10']:.4f} | {a['leaky_full_ndcg@10']:.4f} | "
-                             f"{_pct(a['inflation'])} |")
+                             f"{pct(a['inflation'])} |")
             lines.append("")
         if res["finetune"]:
             lines += ["### Encoder adaptation (held-out training reviews / training users)", "",
@@ -607,13 +561,9 @@ def summary(results: dict) -> list[str]:
             f"{cell(rows['neumf'])} | {v['best_non_text']} {cell(rows[v['best_non_text']])} | {cell(rows[paper])} | "
             f"{cell(rows[neural])} | {cell(rows[default]) if default else 'n/a'}"
             f"{'' if not default or rows[default]['uses_text'] else ' (no text used)'} | {v['best_text']} "
-            f"{cell(rows[v['best_text']])} | {_pct(v['relative_gain_over_best_non_text'])} [{low:+.3f}, {high:+.3f}]"
-            f" | {shuffled} | {_pct(v['sparsest_bucket_relative_gain'])} |")
+            f"{cell(rows[v['best_text']])} | {pct(v['relative_gain_over_best_non_text'])} [{low:+.3f}, {high:+.3f}]"
+            f" | {shuffled} | {pct(v['sparsest_bucket_relative_gain'])} |")
     return lines
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:+.1f}%"
 
 
 def main() -> None:

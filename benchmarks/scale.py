@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.io import write_json  # noqa: E402
-from pipeline.ranking.training.memory import GB, Shape, fit_bytes  # noqa: E402
+from pipeline.ranking.training.memory import GB, Shape, dense_bytes, scalable_bytes  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PARAMS = """prepare:
@@ -133,8 +133,8 @@ def catalogue(sizes: list[tuple[int, int]], per_user: int, rank: int, batch: int
         shape = Shape(n_users, n_items, int(nnz), 32)
         row.update(users=n_users, items=n_items, interactions=int(nnz), rank=rank, batch_users=batch,
                    epoch_s=float(fit_s), score_256_users_x_65536_items_s=float(score_s),
-                   estimate_mb=round(fit_bytes("scalable", shape, rank=rank) / 2**20),
-                   dense_ease_estimate_gb=round(fit_bytes("ease", shape) / GB))
+                   estimate_mb=round(scalable_bytes(shape, rank) / 2**20),
+                   dense_ease_estimate_gb=round(dense_bytes(shape) / GB))
         print(row, flush=True)
         rows.append(row)
     return rows

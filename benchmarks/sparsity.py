@@ -43,8 +43,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ledger import Ledger, ledger_file, with_refit  # noqa: E402
-from benchmarks.quality import review_times  # noqa: E402
+from benchmarks.common import Ledger, ledger_file, review_times, with_refit  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402

@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.measure import run_measured  # noqa: E402
+from benchmarks.common import run_measured  # noqa: E402
 from pipeline.config import RunSpec, load_params  # noqa: E402
 from pipeline.data.prepared import Interactions, load_prepared  # noqa: E402
 from pipeline.embeddings.cache import load_profiles  # noqa: E402

@@ -33,23 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import PeakRSS  # noqa: E402
+from benchmarks.common import PeakRSS, repeat_reviews  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.embeddings.build import build_cache  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
-
-
-def repeat_reviews(prepared: Path, n: int) -> None:
-    """Grow reviews.parquet to n rows by repeating it with fresh review ids (same users, items and splits)."""
-    path = prepared / "reviews.parquet"
-    table = pq.read_table(path)
-    reps = -(-n // table.num_rows)
-    grown = pa.concat_tables([table] * reps).slice(0, n)
-    ids = pa.array(np.arange(n, dtype=np.int64))
-    grown = grown.set_column(grown.schema.get_field_index("review_id"), grown.schema.field("review_id"), ids)
-    pq.write_table(grown.replace_schema_metadata(table.schema.metadata), path, row_group_size=8192)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import EASE_SEARCH, _pct, user_bootstrap  # noqa: E402
+from benchmarks.common import EASE_SEARCH, pct, user_bootstrap  # noqa: E402
 
 BUDGET = 3  # the quality benchmark's default: the first 3 lambdas
 from pipeline.data.prepared import load_prepared, load_reviews  # noqa: E402
@@ -180,8 +180,8 @@ def markdown(results: dict) -> str:
             if name == "ease":
                 continue
             lines.append(f"| {name} | {r['alone_valid']:.4f} | {r['weight']:g} | "
-                         f"{r['fused_valid']:.4f} | {_pct(r['gain'])} | [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | "
-                         f"{_pct(r['sparsest_gain'])} |")
+                         f"{r['fused_valid']:.4f} | {pct(r['gain'])} | [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | "
+                         f"{pct(r['sparsest_gain'])} |")
         lines.append("")
     return "\n".join(lines)
 

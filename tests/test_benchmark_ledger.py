@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.ledger import Ledger
+from benchmarks.common import Ledger
 
 
 def counting(value):

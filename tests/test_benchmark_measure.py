@@ -1,4 +1,4 @@
-"""What the benchmarks' time and memory figures measure (benchmarks/measure.py): a command's whole process tree,
+"""What the benchmarks' time and memory figures measure (benchmarks/common.py): a command's whole process tree,
 CPU apart from wall time, and a failure that says what failed."""
 
 import signal
@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from benchmarks.measure import PeakRSS, run_measured
+from benchmarks.common import PeakRSS, run_measured
 
 MB = 2**20
 

@@ -23,9 +23,9 @@ from tests.ranking_fixtures import N_ITEMS, N_USERS, replace_config, tiny_profil
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def fused(form: str, similarity: bool, variant: str = "bert_rs_neural") -> FusionRanker:
+def fused(form: str, similarity: bool, branches: tuple[str, ...] = ("semantic", "gmf", "mlp")) -> FusionRanker:
     torch.manual_seed(0)
-    return FusionRanker(variant, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
+    return FusionRanker(branches, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
                         semantic_form=form, text_similarity=similarity)
 
 
@@ -72,7 +72,7 @@ def test_every_form_scores_all_items_like_pairwise_forward_and_explains_itself(f
 
 def test_user_id_dropout_drops_whole_user_rows_in_training_only():
     torch.manual_seed(0)
-    model = FusionRanker("bert_rs_neural", N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4],
+    model = FusionRanker(("semantic", "gmf", "mlp"), N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4],
                          profiles=tiny_profiles(), semantic_form="projected", text_similarity=True,
                          user_id_dropout=0.5)
     users, items = torch.arange(N_USERS).repeat(20), torch.arange(N_ITEMS).repeat(20)[: N_USERS * 20]
@@ -93,7 +93,7 @@ def test_user_id_dropout_drops_whole_user_rows_in_training_only():
     torch.testing.assert_close(vectors["gmf"][dropped], without_user[dropped])
     torch.testing.assert_close(vectors["semantic"], model.branches["semantic"](users, items))  # the text branch is untouched
     with pytest.raises(ValueError, match="user_id_dropout"):
-        FusionRanker("neumf", N_USERS, N_ITEMS, user_id_dropout=1.0)
+        FusionRanker(("gmf", "mlp"), N_USERS, N_ITEMS, user_id_dropout=1.0)
 
 
 def test_user_id_dropout_reaches_the_neural_text_head_only(ranking_env):
@@ -105,10 +105,15 @@ def test_user_id_dropout_reaches_the_neural_text_head_only(ranking_env):
         assert built.user_id_dropout == expected, model
 
 
-def test_bert_rs_paper_stays_literal_whatever_the_configuration():
-    model = fused("projected", True, variant="bert_rs_paper")
+def test_bert_rs_paper_stays_literal_whatever_the_configuration(ranking_env):
+    data = ranking_env.data
+    model = build_model(RunSpec(model="bert_rs_paper", embeddings="x"), ranking_env.config, data.n_users,
+                        data.n_items, ranking_env.profiles())
     assert model.semantic_form == "paper" and "similarity" not in model.branches
-    assert model.widths["semantic"] == tiny_profiles().dim
+    literal = FusionRanker(("semantic",), N_USERS, N_ITEMS, profiles=tiny_profiles(), semantic_form="projected",
+                           text_similarity=True, literal_paper=True)
+    assert literal.semantic_form == "paper" and "similarity" not in literal.branches
+    assert literal.widths["semantic"] == tiny_profiles().dim
 
 
 def unit_rows(a: np.ndarray) -> np.ndarray:

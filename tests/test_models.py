@@ -6,7 +6,7 @@ import torch
 
 from pipeline.ranking.models.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.evaluation.ablation import shuffle_profiles
-from pipeline.ranking.models.fusion import VARIANTS, FusionRanker
+from pipeline.ranking.models.fusion import FusionRanker
 from pipeline.ranking.models.fusion.mlp import MLPBranch
 from pipeline.ranking.training.sampling import NegativeSampler, PairSet, sample_negatives
 from tests.ranking_fixtures import DIM, N_ITEMS, N_USERS, tiny_profiles
@@ -16,9 +16,14 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 
+# the branch sets the registry's fusion models switch on (tests/test_registry.py: which model has which)
+BRANCH_SETS = {"gmf": ("gmf",), "mlp": ("mlp",), "neumf": ("gmf", "mlp"), "text_and_ids": ("semantic", "gmf", "mlp"),
+               "text": ("semantic",)}
+
+
 def tiny(variant: str) -> FusionRanker:
     torch.manual_seed(0)
-    model = FusionRanker(variant, N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
+    model = FusionRanker(BRANCH_SETS[variant], N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
                          mlp_pairs_per_block=2 * N_USERS + 1)  # score_all: 2-item chunks, a remainder
     with torch.no_grad():  # move u_s, i_s off their all-ones start so the formula test is not trivial
         for p in model.parameters():
@@ -26,7 +31,7 @@ def tiny(variant: str) -> FusionRanker:
     return model
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(BRANCH_SETS))
 def test_forward_shapes_and_interface(variant):
     model = tiny(variant)
     users, items = torch.tensor([0, 1, 6]), torch.tensor([3, 10, 0])
@@ -36,12 +41,12 @@ def test_forward_shapes_and_interface(variant):
     loss = model.loss(users, items, torch.tensor([[1, 2], [3, 4], [5, 6]]))
     assert loss.ndim == 0 and torch.isfinite(loss)
     vectors = model.branch_vectors(users, items)
-    assert list(vectors) == [b for b in ("semantic", "gmf", "mlp") if b in VARIANTS[variant]]
+    assert list(vectors) == [b for b in ("semantic", "gmf", "mlp") if b in BRANCH_SETS[variant]]
     widths = {"semantic": DIM, "gmf": 4, "mlp": 4}
     assert all(v.shape == (3, widths[name]) for name, v in vectors.items())
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(BRANCH_SETS))
 def test_score_all_equals_pairwise_forward(variant):
     model = tiny(variant)
     users = torch.arange(N_USERS)
@@ -51,7 +56,7 @@ def test_score_all_equals_pairwise_forward(variant):
     torch.testing.assert_close(model.score_all(users), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(BRANCH_SETS))
 def test_score_parts_sum_to_the_logit(variant):
     model = tiny(variant)
     users, items = torch.tensor([0, 2, 5]), torch.tensor([1, 1, 9])
@@ -75,7 +80,7 @@ def test_the_mlp_tower_scores_the_catalogue_in_blocks_of_bounded_size():
 
 
 def test_semantic_branch_equals_eq8_by_hand():
-    model = tiny("semantic_only")
+    model = tiny("text")
     prof = tiny_profiles()
     u, i = 3, 7
     semantic = model.branches["semantic"]
@@ -92,7 +97,7 @@ def test_semantic_branch_equals_eq8_by_hand():
 
 
 def test_profiles_are_fixed_buffers_not_parameters_nor_checkpointed():
-    model = tiny("bert_rs_neural")
+    model = tiny("text_and_ids")
     profile_names = {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1] in ("b_u", "b_i")}
     assert profile_names == {"branches.semantic.b_u", "branches.semantic.b_i"}
     assert not profile_names & {n for n, _ in model.named_parameters()}
@@ -106,7 +111,7 @@ def test_profiles_are_fixed_buffers_not_parameters_nor_checkpointed():
 
 def test_text_variant_without_profiles_is_refused():
     with pytest.raises(ValueError, match="profiles"):
-        FusionRanker("bert_rs_neural", N_USERS, N_ITEMS)
+        FusionRanker(("semantic", "gmf", "mlp"), N_USERS, N_ITEMS)
 
 
 def test_shuffle_permutes_rows_seeded():

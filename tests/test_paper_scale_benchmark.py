@@ -93,7 +93,9 @@ def test_a_stage_measured_again_is_run_although_dvc_thinks_it_up_to_date():
 
 def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_path):
     """docs/scale.md quotes the estimate next to each dense model's paper-size peak: the row carries it."""
-    from pipeline.ranking.training.memory import GB, Shape, fit_bytes
+    from pipeline.config import RankingConfig
+    from pipeline.ranking.registry import fit_memory
+    from pipeline.ranking.training.memory import GB, Shape
 
     for run, spec, extra in (("bert_rs", "bert_rs", {"bert_rs_solver": "dense", "dim": 384}),
                              ("ease", "ease", {"bert_rs_solver": None})):
@@ -101,9 +103,9 @@ def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_
         folder.mkdir(parents=True)
         (folder / "run.json").write_text(json.dumps({"spec": {"model": spec}, "n_users": 3764, "n_items": 17033,
                                                      **extra}))
-    dense = fit_bytes("bert_rs", Shape(3764, 17033, 0, 384)) / GB
+    dense = fit_memory("bert_rs", Shape(3764, 17033, 0, 384), RankingConfig().override("bert_rs", solver="dense"))[0] / GB
     assert paper_scale.run_note(tmp_path, "train_text@bert_rs") == f"solver dense; memory estimate {dense:.1f} GB"
-    ease = fit_bytes("ease", Shape(3764, 17033, 0, 0)) / GB
+    ease = fit_memory("ease", Shape(3764, 17033, 0, 0))[0] / GB
     assert paper_scale.run_note(tmp_path, "train@ease") == f"memory estimate {ease:.1f} GB"
 
 

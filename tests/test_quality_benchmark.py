@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import fixed_choices, user_bootstrap
+from benchmarks.common import fixed_choices, user_bootstrap
 from pipeline.config import RunSpec
 from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import replace_config

@@ -101,3 +101,14 @@ def test_one_model_section_changes_only_that_model():
     changed = base.override("neumf", epochs=3)
     assert changed.section("neumf").epochs == 3
     assert all(changed.section(n) == base.section(n) for n in MODELS if n != "neumf")
+
+
+def test_each_fusion_model_switches_on_the_branches_of_its_paper(ranking_env):
+    """NCF's GMF, MLP and NeuMF (He et al. 2017); BERT-RS's semantic branch beside both (eq. 12); text alone."""
+    data = ranking_env.data
+    expected = {"gmf": ["gmf"], "mlp": ["mlp"], "neumf": ["gmf", "mlp"], "bert_rs_paper": ["semantic", "gmf", "mlp"],
+                "bert_rs_neural": ["semantic", "gmf", "mlp"], "semantic_only": ["semantic"]}
+    for name, branches in expected.items():
+        spec = RunSpec(model=name, embeddings="x" if name in TEXT_MODELS else None)
+        model = build_model(spec, ranking_env.config, data.n_users, data.n_items, ranking_env.profiles())
+        assert [b for b in model.branches if b != "similarity"] == branches, name

@@ -101,7 +101,7 @@ def save_checkpoint(
         # how the choice was made (pipeline/ranking/selection/select.py): looks, its validation score, the guard's measurement
         "selection": result.selection.summary() if result.selection is not None else None,
         # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it
-        "bert_rs_solver": result.model.solver if spec.model == "bert_rs" else None,
+        "bert_rs_solver": getattr(result.model, "solver", None),
         "weights": WEIGHTS_FILE,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }

@@ -1,8 +1,10 @@
-"""Model name -> how to build it and which `models.<name>` section configures it: the one table of models.
+"""Model name -> everything the library knows of that model: the one table of models.
 
-The names themselves are the fields of `pipeline.config.ModelsConfig` (which `params.yaml` is validated against,
-without importing torch); `check_registry` below ties this table to them at import, so a model added in one place
-and not the other fails at once, naming the difference.
+Each entry holds how to build the model from its `models.<name>` section, the section's dataclass, whether it reads
+an embedding cache, and its memory estimate with the settings that shrink it. No other module of the library
+branches on a model's name. The names themselves are the fields of `pipeline.config.ModelsConfig` (which
+`params.yaml` is validated against, without importing torch); `check_registry` below ties this table to them at
+import, so a model added in one place and not the other fails at once, naming the difference.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from pipeline.config import (
 from pipeline.data.prepared import PreparedData, load_reviews
 from pipeline.embeddings.cache import Profiles, load_profiles, with_recent_users
 from pipeline.ranking.models.baselines import EASE, MatrixFactorization, Popularity
-from pipeline.ranking.models.review_ease import ReviewAwareEASE
 from pipeline.ranking.models.fusion import FusionRanker
-from pipeline.ranking.protocol import Ranker
+from pipeline.ranking.models.review_ease import ReviewAwareEASE
 from pipeline.ranking.models.scalable import ScalableItemModel, resolve_solver
+from pipeline.ranking.protocol import Ranker
+from pipeline.ranking.training.memory import (
+    EASE_FOOTPRINT, REVIEW_EASE_FOOTPRINT, Shape, counts_bytes, dense_bytes, neural_bytes, scalable_bytes,
+)
+
+# (its section, the shared train section, the data's shape) -> (estimated peak bytes of a fit, the settings that
+# would shrink it, appended to the budget's own: "; or ...")
+MemoryEstimate = Callable[[Any, TrainConfig, Shape], "tuple[float, str]"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class ModelEntry:
     # (its section, the shared train section, n_users, n_items, profiles or None) -> the untrained model
     build: Callable[[Any, TrainConfig, int, int, Profiles | None], Ranker]
     config: type  # the dataclass of `models.<name>`
+    memory: MemoryEstimate  # checked before a fit allocates anything (training/memory.py)
     reads_text: bool = False  # needs an embedding cache (a `text_runs` row)
 
 
@@ -59,31 +69,59 @@ def _bert_rs(section: BertRSConfig, shared: TrainConfig, n_users: int, n_items: 
     return ReviewAwareEASE.from_config(n_users, n_items, profiles, section)
 
 
-def _fusion(variant: str) -> Callable[..., Ranker]:
+def _fusion(branches: tuple[str, ...], literal_paper: bool = False, user_id_dropout: bool = False
+            ) -> Callable[..., Ranker]:
+    """A fusion head with these branches (of `fusion.BRANCHES`). `literal_paper`: eq. 8 as published whatever the
+    section says; `user_id_dropout`: the section's user-ID dropout applies (the configurable text head alone)."""
     def build(section: NCFConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
         text_head = isinstance(section, FusionConfig)  # bert_rs_paper and the NCF models stay as published
         return FusionRanker(
-            variant, n_users, n_items, factors=section.factors, mlp_layers=section.mlp_layers,
-            dropout=section.dropout, profiles=profiles if variant in TEXT_MODELS else None,
+            branches, n_users, n_items, factors=section.factors, mlp_layers=section.mlp_layers,
+            dropout=section.dropout, profiles=profiles if "semantic" in branches else None,
             semantic_form=section.semantic_form if text_head else "paper",
             text_similarity=section.text_similarity if text_head else False,
-            # only the configurable text head leans on text
-            user_id_dropout=section.user_id_dropout if variant == "bert_rs_neural" else 0.0,
+            user_id_dropout=section.user_id_dropout if user_id_dropout else 0.0, literal_paper=literal_paper,
         )
     return build
 
 
+def _counts_memory(section: Any, shared: TrainConfig, shape: Shape) -> tuple[float, str]:
+    return counts_bytes(shape), ""
+
+
+def _ease_memory(section: EASEConfig, shared: TrainConfig, shape: Shape) -> tuple[float, str]:
+    return dense_bytes(shape, EASE_FOOTPRINT), ("; past this size use bert_rs with models.bert_rs.solver: scalable "
+                                                "(a low-rank item model, memory O(n_items x rank))")
+
+
+def _bert_rs_memory(section: BertRSConfig, shared: TrainConfig, shape: Shape) -> tuple[float, str]:
+    if bert_rs_solver(section, shared, shape.n_items) == "scalable":
+        return scalable_bytes(shape, section.scalable_rank), "; or lower models.bert_rs.scalable_rank"
+    return dense_bytes(shape, REVIEW_EASE_FOOTPRINT), ("; or set models.bert_rs.solver: scalable (or auto), the "
+                                                       "low-rank item model whose memory is O(n_items x rank)")
+
+
+def _neural_memory(name: str) -> MemoryEstimate:
+    def estimate(section: NCFConfig, shared: TrainConfig, shape: Shape) -> tuple[float, str]:
+        return (neural_bytes(shape, section.factors, section.num_negatives),
+                f"; or lower models.{name}.factors / models.{name}.num_negatives")
+    return estimate
+
+
 REGISTRY: dict[str, ModelEntry] = {
-    "pop": ModelEntry(_pop, PopConfig),
-    "mf": ModelEntry(_mf, MFConfig),
-    "ease": ModelEntry(_ease, EASEConfig),
-    "gmf": ModelEntry(_fusion("gmf"), NCFConfig),
-    "mlp": ModelEntry(_fusion("mlp"), NCFConfig),
-    "neumf": ModelEntry(_fusion("neumf"), NCFConfig),
-    "bert_rs": ModelEntry(_bert_rs, BertRSConfig, reads_text=True),
-    "bert_rs_neural": ModelEntry(_fusion("bert_rs_neural"), FusionConfig, reads_text=True),
-    "bert_rs_paper": ModelEntry(_fusion("bert_rs_paper"), NCFConfig, reads_text=True),
-    "semantic_only": ModelEntry(_fusion("semantic_only"), FusionConfig, reads_text=True),
+    "pop": ModelEntry(_pop, PopConfig, _counts_memory),
+    "mf": ModelEntry(_mf, MFConfig, _neural_memory("mf")),
+    "ease": ModelEntry(_ease, EASEConfig, _ease_memory),
+    "gmf": ModelEntry(_fusion(("gmf",)), NCFConfig, _neural_memory("gmf")),
+    "mlp": ModelEntry(_fusion(("mlp",)), NCFConfig, _neural_memory("mlp")),
+    "neumf": ModelEntry(_fusion(("gmf", "mlp")), NCFConfig, _neural_memory("neumf")),
+    "bert_rs": ModelEntry(_bert_rs, BertRSConfig, _bert_rs_memory, reads_text=True),
+    "bert_rs_neural": ModelEntry(_fusion(("semantic", "gmf", "mlp"), user_id_dropout=True), FusionConfig,
+                                 _neural_memory("bert_rs_neural"), reads_text=True),
+    "bert_rs_paper": ModelEntry(_fusion(("semantic", "gmf", "mlp"), literal_paper=True), NCFConfig,
+                                _neural_memory("bert_rs_paper"), reads_text=True),
+    "semantic_only": ModelEntry(_fusion(("semantic",)), FusionConfig, _neural_memory("semantic_only"),
+                                reads_text=True),
 }
 
 
@@ -110,6 +148,27 @@ def entry(model: str) -> ModelEntry:
 
 def section_type(model: str) -> type:
     return entry(model).config
+
+
+def fit_memory(model: str, shape: Shape, config: RankingConfig | None = None) -> tuple[float, str]:
+    """A fit's estimated peak bytes and the settings that would shrink it.
+
+    Parameters
+    ----------
+    model
+        A model name of the registry.
+    shape
+        The data's users, items, training interactions and profile width.
+    config
+        The ranking settings (the model's section and `train`); the defaults when None.
+
+    Returns
+    -------
+    tuple of (float, str)
+        Bytes, and the advice `training.memory.check_fit` appends to its message.
+    """
+    config = config or RankingConfig()
+    return entry(model).memory(config.section(model), config.train, shape)
 
 
 def profiles_lag_history(data: PreparedData, shared: TrainConfig) -> bool:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.embeddings.cache import Profiles
-from pipeline.ranking.training.memory import dense_fits
+from pipeline.ranking.training.memory import REVIEW_EASE_FOOTPRINT, dense_fits
 from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.training.sampling import PairSet
 from pipeline.ranking.selection.select import SELECTION_METRIC, EarlyStop
@@ -52,7 +52,7 @@ def resolve_solver(solver: str, n_items: int, budget_gb: float | None, n_users: 
         raise ValueError(f"models.bert_rs.solver must be one of {SOLVERS}, got {solver!r}")
     if solver != "auto":
         return solver
-    return "dense" if dense_fits(n_items, budget_gb, n_users, nnz, dim) else "scalable"
+    return "dense" if dense_fits(n_items, budget_gb, n_users, nnz, dim, REVIEW_EASE_FOOTPRINT) else "scalable"
 
 
 def centred_units(vectors: np.ndarray) -> torch.Tensor:

@@ -24,14 +24,24 @@ from pipeline.config import ConfigError
 
 GB = 1024**3
 BASE_BYTES = 0.4 * GB  # python + torch + numpy + the prepared data tables, measured ~0.35 GB on the sample
-# n_items^2 float64 matrices alive at the peak of fit + selection + final fit: ease's lambda grid holds the gram and
-# its eigenvectors (one lambda: 1.5); bert_rs's fit holds the gram, its solve copy and B
-DENSE_MATRICES = {"ease": 2.0, "bert_rs": 3.0}
-# bytes per user x item cell: the training rows the gram is built from (float32 + float64), and for bert_rs the
-# validation search's rows, products and score parts (about five float64 users x items matrices)
-USER_ITEM_BYTES = {"ease": 12.0, "bert_rs": 52.0}
-NEURAL_MODELS = ("mf", "gmf", "mlp", "neumf", "bert_rs_neural", "bert_rs_paper", "semantic_only")
 BUDGET_SETTING = "train.memory_budget_gb"
+
+
+@dataclass(frozen=True)
+class DenseFootprint:
+    """What a dense closed-form fit holds at its peak, beyond the interpreter and the profiles."""
+
+    matrices: float  # n_items^2 float64 matrices alive at once (fit, search and final fit)
+    user_item_bytes: float  # bytes per users x items cell: training rows, and a search's rows, products and parts
+
+
+# EASE: the gram and, for a lambda grid, its eigenvectors (one lambda: 1.5); the training rows the gram is built from
+# (float32 + float64)
+EASE_FOOTPRINT = DenseFootprint(matrices=2.0, user_item_bytes=12.0)
+# review-aware EASE (dense bert_rs): the gram, its solve copy and B; the validation search's rows, products and score
+# parts (about five float64 users x items matrices)
+REVIEW_EASE_FOOTPRINT = DenseFootprint(matrices=3.0, user_item_bytes=52.0)
+RESIDENT_KINDS = ("dense", "low_rank", "embeddings")  # what a loaded model holds while it is evaluated
 
 
 class MemoryBudgetError(ConfigError):
@@ -55,12 +65,12 @@ def budget_bytes(budget_gb: float | None) -> float:
     return budget_gb * GB
 
 
-def dense_bytes(shape: Shape, model: str = "ease") -> float:
+def dense_bytes(shape: Shape, footprint: DenseFootprint = EASE_FOOTPRINT) -> float:
     """Dense EASE / bert_rs fit: the n_items^2 float64 matrices, the users x items ones (the training matrix the
     gram is built from; bert_rs's validation search), and the text profiles. Calibrated on the paper-size peaks
     (module docstring): the estimates read 5.4 and 10.0 GB there."""
-    matrices = DENSE_MATRICES.get(model, DENSE_MATRICES["ease"]) * 8.0 * shape.n_items**2
-    user_rows = USER_ITEM_BYTES.get(model, USER_ITEM_BYTES["ease"]) * shape.n_users * shape.n_items
+    matrices = footprint.matrices * 8.0 * shape.n_items**2
+    user_rows = footprint.user_item_bytes * shape.n_users * shape.n_items
     return BASE_BYTES + matrices + user_rows + 4.0 * (shape.n_users + shape.n_items) * shape.dim
 
 
@@ -85,23 +95,18 @@ def neural_bytes(shape: Shape, factors: int = 32, num_negatives: int = 1) -> flo
     return BASE_BYTES + embeddings + epoch + 4.0 * (shape.n_users + shape.n_items) * shape.dim * 2
 
 
-def fit_bytes(model: str, shape: Shape, factors: int = 32, num_negatives: int = 1, rank: int = 128) -> float:
-    """Estimated peak bytes of fitting `model` (a name of pipeline.config.MODELS, or "scalable")."""
-    if model in DENSE_MATRICES:
-        return dense_bytes(shape, model)
-    if model == "scalable":
-        return scalable_bytes(shape, rank)
-    if model in NEURAL_MODELS:
-        return neural_bytes(shape, factors, num_negatives)
-    return BASE_BYTES + 8.0 * 3 * shape.nnz + 4.0 * shape.n_items  # pop: counts and the CSR
+def counts_bytes(shape: Shape) -> float:
+    """A counting model (popularity): the counts and the CSR training matrix."""
+    return BASE_BYTES + 8.0 * 3 * shape.nnz + 4.0 * shape.n_items
 
 
-def evaluate_bytes(model: str, shape: Shape, batch_users: int, chunk_cells: int, rank: int = 128) -> float:
-    """Full-ranking evaluation: the loaded model (dense B twice while safetensors hands it over) plus one chunk of
-    scores, its competitor mask and the positives' gathered rows."""
-    if model in DENSE_MATRICES:
+def evaluate_bytes(resident_kind: str, shape: Shape, batch_users: int, chunk_cells: int, rank: int = 128) -> float:
+    """Full-ranking evaluation: the loaded model (`resident_kind` of RESIDENT_KINDS: dense B twice while safetensors
+    hands it over, a low-rank A, or embeddings) plus one chunk of scores, its competitor mask and the positives'
+    gathered rows."""
+    if resident_kind == "dense":
         resident = 2 * 4.0 * shape.n_items**2
-    elif model == "scalable":
+    elif resident_kind == "low_rank":
         resident = 4.0 * shape.n_items * rank * 2
     else:
         resident = neural_bytes(shape) - BASE_BYTES
@@ -110,28 +115,42 @@ def evaluate_bytes(model: str, shape: Shape, batch_users: int, chunk_cells: int,
 
 
 def dense_fits(n_items: int, budget_gb: float | None, n_users: int = 0, nnz: int = 0, dim: int = 0,
-               model: str = "bert_rs") -> bool:
+               footprint: DenseFootprint = REVIEW_EASE_FOOTPRINT) -> bool:
     """Whether the dense closed-form model fits the budget (None: the memory available now)."""
-    return dense_bytes(Shape(n_users, n_items, nnz, dim), model) <= budget_bytes(budget_gb)
+    return dense_bytes(Shape(n_users, n_items, nnz, dim), footprint) <= budget_bytes(budget_gb)
 
 
-def check_fit(model: str, shape: Shape, budget_gb: float | None, run: str | None = None, **sizes) -> float:
-    """Stop with a `MemoryBudgetError` naming the setting to change when fitting would exceed the budget; returns
-    the estimate in bytes otherwise."""
-    need = fit_bytes(model, shape, **sizes)
+def check_fit(need: float, what: str, shape: Shape, budget_gb: float | None, advice: str = "") -> float:
+    """Stop before fitting when the estimate exceeds the budget.
+
+    Parameters
+    ----------
+    need
+        The fit's estimated peak bytes (the registry's estimate for the model and its settings).
+    what
+        The fit, as the message names it ("run 'ease' (model ease)").
+    shape
+        The data's shape, quoted in the message.
+    budget_gb
+        `train.memory_budget_gb` (None: the memory available now).
+    advice
+        The settings that would make the fit smaller, appended after the budget's own setting ("; or ...").
+
+    Returns
+    -------
+    float
+        `need`, when it fits.
+
+    Raises
+    ------
+    MemoryBudgetError
+        Naming the estimate, the budget and the settings to change; nothing has been allocated or written.
+    """
     have = budget_bytes(budget_gb)
     if need <= have:
         return need
-    what = f"run {run!r} (model {model})" if run else f"model {model}"
     source = f"{BUDGET_SETTING} = {budget_gb:g} GB" if budget_gb is not None else \
         f"the {have / GB:.1f} GB available now ({BUDGET_SETTING} is null)"
-    advice = {
-        "ease": "; past this size use bert_rs with models.bert_rs.solver: scalable (a low-rank item model, "
-                "memory O(n_items x rank))",
-        "bert_rs": "; or set models.bert_rs.solver: scalable (or auto), the low-rank item model whose memory is "
-                   "O(n_items x rank)",
-        "scalable": "; or lower models.bert_rs.scalable_rank",
-    }.get(model, f"; or lower models.{model}.factors / models.{model}.num_negatives")
     raise MemoryBudgetError(
         f"{what} on {shape.n_items:,} items, {shape.n_users:,} users and {shape.nnz:,} training interactions needs "
         f"about {need / GB:.1f} GB, more than {source}. Nothing was written. Raise {BUDGET_SETTING} if the "

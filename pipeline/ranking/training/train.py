@@ -49,7 +49,7 @@ from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full
 from pipeline.ranking.training.memory import Shape, check_fit
 from pipeline.ranking.evaluation.metrics import metrics_from_ranks
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker
-from pipeline.ranking.registry import bert_rs_solver, build_model
+from pipeline.ranking.registry import build_model, fit_memory
 from pipeline.ranking.training.resume import EpochStates, LoopState, loop_key
 from pipeline.ranking.training.sampling import NegativeSampler, PairSet
 from pipeline.ranking.selection.choice import Choice
@@ -86,17 +86,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_run_memory(spec: RunSpec, config: RankingConfig, data: PreparedData, profiles: Profiles | None) -> float:
-    """Stop before fitting when the run's estimated peak memory exceeds train.memory_budget_gb (see memory.py)."""
-    name, section, budget = spec.model, config.section(spec.model), config.train.memory_budget_gb
-    if name == "bert_rs" and bert_rs_solver(section, config.train, data.n_items) == "scalable":
-        name = "scalable"
+    """Stop before fitting when the run's estimated peak memory (the registry's estimate for its model and settings)
+    exceeds train.memory_budget_gb (see memory.py)."""
     shape = Shape(data.n_users, data.n_items, len(data.train.users), profiles.dim if profiles is not None else 0)
-    sizes = {}
-    if name == "scalable":
-        sizes = {"rank": section.scalable_rank}
-    elif spec.model not in ("pop", "ease", "bert_rs"):
-        sizes = {"factors": section.factors, "num_negatives": section.num_negatives}
-    return check_fit(name, shape, budget, **sizes)
+    need, advice = fit_memory(spec.model, shape, config)
+    return check_fit(need, f"model {spec.model}", shape, config.train.memory_budget_gb, advice)
 
 
 def valid_metrics(model: Ranker, data: PreparedData, mask: PairSet | None = None) -> dict:

@@ -6,6 +6,6 @@
     head.py       y_hat = sigmoid(w^T [l_s ; l_t ; l_g ; l_m] + b) (eq. 12) over the branches a variant switches on
 """
 
-from pipeline.ranking.models.fusion.head import VARIANTS, FusionRanker
+from pipeline.ranking.models.fusion.head import BRANCHES, FusionRanker
 
-__all__ = ["FusionRanker", "VARIANTS"]
+__all__ = ["BRANCHES", "FusionRanker"]

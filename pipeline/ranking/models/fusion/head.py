@@ -27,14 +27,7 @@ from pipeline.ranking.models.fusion.semantic import PaperSemantic, ProjectedSema
 from pipeline.ranking.training.losses import pointwise_bce
 from pipeline.ranking.protocol import TrainableRanker
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "gmf": ("gmf",),
-    "mlp": ("mlp",),
-    "neumf": ("gmf", "mlp"),
-    "bert_rs_neural": ("semantic", "gmf", "mlp"),
-    "bert_rs_paper": ("semantic", "gmf", "mlp"),
-    "semantic_only": ("semantic",),
-}
+BRANCHES = ("semantic", "gmf", "mlp")  # every branch the head can switch on, in fusion order
 SEMANTIC_FORMS = ("paper", "projected")
 
 
@@ -44,7 +37,7 @@ class FusionRanker(TrainableRanker):
 
     def __init__(
         self,
-        variant: str,
+        branches: Sequence[str],
         n_users: int,
         n_items: int,
         factors: int = 32,
@@ -55,32 +48,51 @@ class FusionRanker(TrainableRanker):
         semantic_form: str = "paper",
         text_similarity: bool = False,
         user_id_dropout: float = 0.0,
+        literal_paper: bool = False,
     ) -> None:
+        """Parameters
+        ----------
+        branches
+            The branches switched on, of `BRANCHES` (the registry gives each model its own: NeuMF gmf + mlp,
+            bert_rs_paper all three, ...).
+        n_users, n_items
+            Sizes of the ID embeddings.
+        factors, mlp_layers, dropout
+            NCF's sizes (the MLP tower ends at its last layer's width).
+        profiles
+            The cache's review profiles, for the semantic branch.
+        mlp_pairs_per_block
+            (user, item) pairs the MLP tower scores at a time in `score_all`.
+        semantic_form, text_similarity
+            The semantic branch's reading (eq. 8 as published, or projected) and the cosine feature.
+        user_id_dropout
+            Share of training examples whose user ID embeddings are dropped.
+        literal_paper
+            The paper's model whatever the other settings say: eq. 8 as published, no similarity feature.
+        """
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+        if not branches or any(b not in BRANCHES for b in branches):
+            raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {list(branches)}")
         if semantic_form not in SEMANTIC_FORMS:
             raise ValueError(f"unknown semantic form {semantic_form!r}; known: {SEMANTIC_FORMS}")
         if not 0.0 <= user_id_dropout < 1.0:
             raise ValueError(f"user_id_dropout must lie in [0, 1), got {user_id_dropout}")
-        if variant == "bert_rs_paper":  # the literal paper model, whatever the configuration says
+        if literal_paper:  # the literal paper model, whatever the configuration says
             semantic_form, text_similarity = "paper", False
-        self.variant, self.semantic_form, self.user_id_dropout = variant, semantic_form, user_id_dropout
+        self.semantic_form, self.user_id_dropout = semantic_form, user_id_dropout
         self.n_users, self.n_items = n_users, n_items
-        wanted = VARIANTS[variant]
-        branches: dict[str, nn.Module] = {}
-        if "semantic" in wanted:
-            b_u, b_i = fixed_profiles(profiles, n_users, n_items, variant,
-                                      centre=semantic_form == "projected" or text_similarity)
-            branches["semantic"] = (PaperSemantic(b_u, b_i) if semantic_form == "paper"
-                                    else ProjectedSemantic(b_u, b_i, factors))
+        modules: dict[str, nn.Module] = {}
+        if "semantic" in branches:
+            b_u, b_i = fixed_profiles(profiles, n_users, n_items, centre=semantic_form == "projected" or text_similarity)
+            modules["semantic"] = (PaperSemantic(b_u, b_i) if semantic_form == "paper"
+                                   else ProjectedSemantic(b_u, b_i, factors))
             if text_similarity:
-                branches["similarity"] = TextSimilarity(b_u, b_i)
-        if "gmf" in wanted:
-            branches["gmf"] = GMFBranch(n_users, n_items, factors)
-        if "mlp" in wanted:
-            branches["mlp"] = MLPBranch(n_users, n_items, mlp_layers, dropout, mlp_pairs_per_block)
-        self.branches = nn.ModuleDict(branches)  # fusion order: [l_s ; l_t ; l_g ; l_m]
+                modules["similarity"] = TextSimilarity(b_u, b_i)
+        if "gmf" in branches:
+            modules["gmf"] = GMFBranch(n_users, n_items, factors)
+        if "mlp" in branches:
+            modules["mlp"] = MLPBranch(n_users, n_items, mlp_layers, dropout, mlp_pairs_per_block)
+        self.branches = nn.ModuleDict(modules)  # fusion order: [l_s ; l_t ; l_g ; l_m]
         self.widths = {name: branch.width for name, branch in self.branches.items()}
         self.predict = nn.Linear(sum(self.widths.values()), 1)  # w, b of eq. 12
 
@@ -131,12 +143,12 @@ class FusionRanker(TrainableRanker):
 
 
 def fixed_profiles(
-    profiles: Profiles | None, n_users: int, n_items: int, variant: str, centre: bool
+    profiles: Profiles | None, n_users: int, n_items: int, centre: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """b_u, b_i as float tensors, centred when a form compares directions (the direction every review shares
     carries no preference). (n_users, dim), (n_items, dim)"""
     if profiles is None:
-        raise ValueError(f"variant {variant} needs review profiles from an embedding cache")
+        raise ValueError("the semantic branch needs review profiles from an embedding cache")
     if profiles.users.shape[0] != n_users or profiles.items.shape[0] != n_items:
         raise ValueError(
             f"profiles cover {profiles.users.shape[0]} users / {profiles.items.shape[0]} items, "
