@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pipeline.io import DataError  # noqa: E402
 from pipeline.ranking.recommend import known_pairs  # noqa: E402
-from pipeline.serve.app import MAX_K, create_app  # noqa: E402
+from pipeline.serve.app import create_app  # noqa: E402
+from pipeline.serve.schema import MAX_K  # noqa: E402
 from pipeline.serve.model import load_served  # noqa: E402
 from stages.cli import app as cli  # noqa: E402
 

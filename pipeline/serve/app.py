@@ -15,7 +15,7 @@ Handlers that only look up and score (a few milliseconds) are `async`, so they r
 thread hop; /search runs the encoder and is a plain function, which FastAPI runs in its thread pool.
 
 Every bad request is a 4xx whose body is `{"detail": "<what is wrong>"}`: unknown ids 404, a bad k or an empty
-query 422, an endpoint this model cannot serve 409. The pydantic models below are the response contract.
+query 422, an endpoint this model cannot serve 409. The response contract is pipeline/serve/schema.py.
 """
 
 from __future__ import annotations
@@ -30,108 +30,17 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 
 from pipeline.embeddings import index as item_index
 from pipeline.ranking.evaluation.evaluate import model_device
 from pipeline.ranking.recommend import top_k
-from pipeline.serve.model import SNIPPET_CHARS, ServedModel
+from pipeline.serve.model import ServedModel
+from pipeline.serve.schema import (
+    MAX_K, MAX_QUERY_CHARS, ErrorResponse, Health, HistoryEntry, HistoryResponse, ItemRef, Reason, RecommendResponse,
+    RecommendedItem, ReviewSnippet, SearchResponse, SimilarItem, SimilarResponse, UserSummary, UsersResponse,
+)
 
 STATIC = Path(__file__).parent / "static"
-MAX_K = 100  # longest list one request may ask for
-MAX_QUERY_CHARS = 2000
-
-
-# ------------------------------------------------------------------------------------------------ the JSON contract
-
-
-class ErrorResponse(BaseModel):
-    detail: str = Field(description="what is wrong with the request, in words")
-
-
-class ItemRef(BaseModel):
-    item: str = Field(description="raw item id, as in the reviews")
-    title: Optional[str] = Field(None, description="from item metadata, when prepare was given it")
-    category: Optional[str] = None
-
-
-class ReviewSnippet(BaseModel):
-    user: str
-    item: str
-    item_title: Optional[str] = None
-    rating: Optional[float] = None
-    snippet: str = Field(description=f"the review text, cut to {SNIPPET_CHARS} characters")
-
-
-class Reason(BaseModel):
-    text: str = Field(description="why this item, in words")
-    similarity: Optional[float] = Field(None, description="cosine between the two reviews' vectors")
-    user_review: Optional[ReviewSnippet] = Field(None, description="the user's training review that matches best")
-    item_review: Optional[ReviewSnippet] = Field(None, description="the item's training review that matches best")
-
-
-class RecommendedItem(ItemRef):
-    rank: int
-    score: float
-    parts: dict[str, float] = Field(description="score parts; they sum to the score")
-    reason: Optional[Reason] = None
-
-
-class RecommendResponse(BaseModel):
-    user: str
-    model: str
-    run: str
-    k: int
-    items: list[RecommendedItem]
-
-
-class SimilarItem(ItemRef):
-    rank: int
-    similarity: float = Field(description="cosine between review profiles")
-
-
-class SimilarResponse(BaseModel):
-    item: ItemRef
-    k: int
-    items: list[SimilarItem]
-
-
-class SearchResponse(BaseModel):
-    query: str
-    k: int
-    items: list[SimilarItem]
-
-
-class HistoryEntry(ItemRef):
-    rating: Optional[float] = None
-    date: Optional[str] = Field(None, description="ISO date of the review")
-    snippet: str
-
-
-class HistoryResponse(BaseModel):
-    user: str
-    reviews: list[HistoryEntry] = Field(description="training reviews only, newest first")
-
-
-class UserSummary(BaseModel):
-    user: str
-    train_reviews: int
-
-
-class UsersResponse(BaseModel):
-    total: int = Field(description="users matching the prefix")
-    users: list[UserSummary]
-
-
-class Health(BaseModel):
-    status: str
-    run: str
-    model: str
-    n_users: int
-    n_items: int
-    text_model: bool = Field(description="reads review text: /similar works and /recommend gives reasons")
-    search: bool = Field(description="/search is on (the cache's encoder is loaded)")
-    search_note: str
 
 
 # ------------------------------------------------------------------------------------------------------- helpers

@@ -19,13 +19,13 @@ import pyarrow.compute as pc
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews
 from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings
 from pipeline.io import DataError
+from pipeline.serve.schema import SNIPPET_CHARS
 from pipeline.ranking.recommend import known_pairs, popular_items, read_index, resolve_prepared_path
 from pipeline.ranking.training.sampling import PairSet
 from pipeline.ranking.checkpoint import RUN_FILE, Checkpoint, load_checkpoint, resolve_cache_path
 
 log = logging.getLogger(__name__)
 
-SNIPPET_CHARS = 240
 
 
 @dataclass
