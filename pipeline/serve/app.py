@@ -36,8 +36,8 @@ from pipeline.ranking.evaluation.evaluate import model_device
 from pipeline.ranking.recommend import top_k
 from pipeline.serve.model import ServedModel
 from pipeline.serve.schema import (
-    MAX_K, MAX_QUERY_CHARS, ErrorResponse, Health, HistoryEntry, HistoryResponse, ItemRef, Reason, RecommendResponse,
-    RecommendedItem, ReviewSnippet, SearchResponse, SimilarItem, SimilarResponse, UserSummary, UsersResponse,
+    MAX_K, MAX_QUERY_CHARS, ErrorResponse, Health, HistoryEntry, HistoryResponse, ItemRef, RecommendResponse,
+    SearchResponse, SimilarItem, SimilarResponse, UserSummary, UsersResponse,
 )
 
 STATIC = Path(__file__).parent / "static"

@@ -33,6 +33,7 @@ from torch import nn
 
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.training.memory import REVIEW_EASE_FOOTPRINT, dense_fits
+from pipeline.ranking.models.review_ease import centred_units
 from pipeline.ranking.protocol import ClosedFormRanker
 from pipeline.ranking.training.sampling import PairSet
 from pipeline.ranking.selection.select import SELECTION_METRIC, EarlyStop
@@ -53,11 +54,6 @@ def resolve_solver(solver: str, n_items: int, budget_gb: float | None, n_users: 
     if solver != "auto":
         return solver
     return "dense" if dense_fits(n_items, budget_gb, n_users, nnz, dim, REVIEW_EASE_FOOTPRINT) else "scalable"
-
-
-def centred_units(vectors: np.ndarray) -> torch.Tensor:
-    t = torch.tensor(vectors, dtype=torch.float32)
-    return F.normalize(t - t.mean(0), dim=-1, eps=1e-8)
 
 
 def normalised_reconstruction_loss(q: torch.Tensor, count: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, Generic, Iterable, Iterator
 
 import numpy as np
@@ -49,7 +48,6 @@ from pipeline.ranking.selection.choice import Choice, Setting
 SELECTION_METRIC = "ndcg@10"  # on the validation split, full-ranking protocol
 CROSS_FIT_SPLITS = 5  # random halvings of the validation users the guard averages over
 CACHE_ELEMENTS = 2**18  # scores per block when ranking weighted sums: 2 MB per float64 part (measured fastest)
-
 
 
 class KeepBest(Generic[Setting]):
