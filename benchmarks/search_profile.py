@@ -1,0 +1,180 @@
+"""Where the dense bert_rs stage's minutes go at the paper's size: each step of its fit, search and final fit, timed.
+
+    python benchmarks/search_profile.py                      # the paper's shape (about 40 min on 2 cores)
+    python benchmarks/search_profile.py --users 600 --items 3000 --out build/search_profile   # a quick look
+
+The data has the paper's shape as benchmarks/paper_scale.py generates it (3,764 users, 24.2 reviews each over 22,000
+items of a flattened popularity, 50 topics; the default 3/3 k-core then leaves about 17k items and 83k reviews),
+prepared with params.yaml's defaults (leave-one-out, final fit on training + validation pairs). The profiles are
+random unit vectors of the MiniLM width (384): the time of every step depends on the shapes, not on what the vectors
+say, and no encoder pass (an hour here) is needed. bert_rs is trained by the library's own `train` with params.yaml's
+`models.bert_rs` grid, in this process, with a cumulative wall-clock timer around each step:
+
+    gram              X^T X built from the training pairs (the fit, the search, the final fit)
+    decomposition     the eigendecomposition of X^T X that the whole search starts from (`EigenGram`); what the
+                      gram stage (data/gram/) takes once for every dense run
+    solves            the Cholesky solves: plain EASE at the first lambda in `fit`, the chosen setting in the final fit
+    x Q per lambda    the held-out users' rows times (X^T X + lambda I)^-1 (one (users x items) x (items x items)
+                      product per lambda)
+    item-model grid   the rest of each item model's scores: Woodbury's text-gram update, L3AE's prior
+    text parts        the text matches' scores
+    ranking           every candidate ranked on validation (`ValidationLooks.ranks_of_sums`)
+    other             the stage's total minus the steps above (validation metrics, standardising, bookkeeping)
+
+Writes <out>/search_profile.{json,md}, with the load average at the start and the end (quote figures from quiet
+cores only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import PeakRSS  # noqa: E402
+from pipeline.config import RunSpec, load_params  # noqa: E402
+from pipeline.data.prepare import prepare_dataset  # noqa: E402
+from pipeline.data.prepared import load_prepared  # noqa: E402
+from pipeline.data.synthetic import SyntheticSpec, write_synthetic  # noqa: E402
+from pipeline.embeddings.cache import Profiles  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+from pipeline.ranking.models import baselines, review_ease  # noqa: E402
+from pipeline.ranking.selection import select as selection  # noqa: E402
+from pipeline.ranking.training import train as training  # noqa: E402
+
+STEPS = ("gram", "decomposition", "solves", "x Q per lambda", "item-model grid", "text parts", "ranking")
+
+
+class StepTimers:
+    """Cumulative wall seconds of each step, by wrapping the library's functions in place while the run lasts."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, name: str, step: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[step] += time.perf_counter() - start
+                self.calls[step] += 1
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+
+def paper_shaped_data(work: Path, users: int, items: int, seed: int) -> Path:
+    raw = work / "raw" / "reviews.json.gz"
+    prepared = work / "prepared"
+    if not (prepared / "stats.json").is_file():
+        write_synthetic(raw, SyntheticSpec(n_users=users, n_items=items, n_topics=50, reviews_per_user=24.2,
+                                           popularity_tail=10.0, seed=seed))
+        prepare_dataset(load_params(ROOT / "params.yaml").prepare, [raw], prepared)
+    return prepared
+
+
+def random_profiles(n_users: int, n_items: int, dim: int, seed: int) -> Profiles:
+    rng = np.random.default_rng(seed)
+    unit = lambda n: (lambda v: v / np.linalg.norm(v, axis=1, keepdims=True))(rng.normal(size=(n, dim)))  # noqa: E731
+    users, items = unit(n_users).astype(np.float32), unit(n_items).astype(np.float32)
+    return Profiles(users, items, np.ones(n_users, bool), np.ones(n_items, bool), {"dim": dim},
+                    recent_users=unit(n_users).astype(np.float32))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=3764)
+    parser.add_argument("--items", type=int, default=22000, help="items generated, before the k-core")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "search_profile")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    data = load_prepared(paper_shaped_data(args.work, args.users, args.items, args.seed))
+    config = load_params(ROOT / "params.yaml").ranking
+    profiles = random_profiles(data.n_users, data.n_items, args.dim, args.seed)
+    timers = StepTimers()
+    timers.wrap(baselines.EASE, "gram", "gram")
+    timers.wrap(baselines.EigenGram, "__init__", "decomposition")
+    timers.wrap(review_ease, "ridge_inverse_", "solves")
+    timers.wrap(baselines.EigenGram, "times_inverse", "x Q per lambda")
+    timers.wrap(review_ease, "with_side_gram", "item-model grid")
+    timers.wrap(review_ease, "l3ae_scores", "item-model grid")
+    timers.wrap(review_ease.ReviewAwareEASE, "text_scores", "text parts")
+    timers.wrap(selection.ValidationLooks, "ranks_of_sums", "ranking")
+    search = defaultdict(float)
+    original_select = training.select
+
+    def timed_select(*a, **k):
+        start = time.perf_counter()
+        try:
+            return original_select(*a, **k)
+        finally:
+            search["seconds"] += time.perf_counter() - start
+
+    training.select = timed_select
+    start = time.perf_counter()
+    try:
+        with PeakRSS() as rss, contextlib.redirect_stdout(sys.stderr):
+            result = training.train(RunSpec(model="bert_rs", embeddings="random"), config, data, profiles,
+                                    progress=True)
+    finally:
+        timers.restore()
+        training.select = original_select
+    total = time.perf_counter() - start
+    steps = {step: round(timers.seconds.get(step, 0.0), 1) for step in STEPS}
+    steps["other"] = round(total - sum(timers.seconds.values()), 1)
+    report = {
+        "meta": {"date": date.today().isoformat(),
+                 "command": " ".join(["python benchmarks/search_profile.py", *sys.argv[1:]]),
+                 "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
+                            f"{psutil.virtual_memory().total / 2**30:.0f} GiB)",
+                 "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "shape": {"users": data.n_users, "items": data.n_items, "training_pairs": len(data.train),
+                  "validation_users": int(len(np.unique(data.valid.users))), "dim": args.dim},
+        "candidates": result.selection.looks if result.selection else 0,
+        "total_seconds": round(total, 1), "search_seconds": round(search["seconds"], 1),
+        "peak_gb": round(rss.peak_mb / 1024, 2), "steps_seconds": steps,
+        "calls": dict(timers.calls), "chosen": result.model.choices(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "search_profile.json", report)
+    lines = ["# Where the dense bert_rs stage's minutes go", "",
+             f"{report['meta']['date']}, {report['meta']['machine']}, `{report['meta']['command']}`; load average "
+             f"{load_start[0]:.2f} at the start, {report['meta']['load_average_end'][0]:.2f} at the end.", "",
+             f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train):,} training pairs, "
+             f"{report['candidates']:,} candidates scored; random {args.dim}-dim profiles (timing depends on shapes only). "
+             f"Whole stage {total / 60:.1f} min, of which the validation search {search['seconds'] / 60:.1f}; "
+             f"peak RSS {report['peak_gb']} GB.", "",
+             "| step | minutes | seconds | share | calls |", "|---|---|---|---|---|"]
+    for step, seconds in steps.items():
+        lines.append(f"| {step} | {seconds / 60:.1f} | {seconds:.1f} | {seconds / total:.0%} | "
+                     f"{timers.calls.get(step, '')} |")
+    (args.out / "search_profile.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
