@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import pipeline.ranking.models.review_ease as review_ease
+from pipeline.ranking.models import baselines
 from pipeline.config import RunSpec
 import pipeline.ranking.selection.select as select_module
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
@@ -153,7 +154,7 @@ def test_bert_rs_offers_its_whole_grid_from_one_eigendecomposition(monkeypatch):
             decomposed.append(gram.shape)
             super().__init__(gram)
 
-    monkeypatch.setattr(review_ease, "EigenGram", Counted)
+    monkeypatch.setattr(baselines, "EigenGram", Counted)  # where the search's decomposition is taken
     rng = np.random.default_rng(0)
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),

@@ -248,6 +248,13 @@ class EASE(ClosedFormRanker):
     def use_shared_eigen(self, eigen: EigenGram | None) -> None:
         self._shared_eigen = eigen
 
+    def training_eigen(self, gram: torch.Tensor | None = None) -> EigenGram:
+        """The decomposition of the fitted pairs' Gram a search starts from: the shared one where `use_shared_eigen`
+        gave it (on this model's device), else `gram`'s own (overwritten; built from the pairs when None)."""
+        if self._shared_eigen is not None:
+            return self._shared_eigen.to(self.indptr.device)
+        return EigenGram(self.gram() if gram is None else gram)
+
     def fit(self, users: np.ndarray, items: np.ndarray) -> "EASE":
         self.hold_pairs(users, items)
         self.solve(self.ease_lambda)
@@ -279,8 +286,7 @@ class EASE(ClosedFormRanker):
         if len(self.grid_lambda) < 2:
             return
         self.B = torch.empty(0)  # each lambda's B replaces it
-        shared = self._shared_eigen
-        eig = shared.to(self.indptr.device) if shared is not None else EigenGram(self.gram())
+        eig = self.training_eigen()
         for lam in self.grid_lambda:
             self.B = torch.empty(0)
             self.B = eig.ease_weights(lam)

@@ -344,8 +344,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
         gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
         per_item = per_item_count(gram)  # m
-        shared = self.ease._shared_eigen
-        eig = shared.to(x.device) if shared is not None else EigenGram(gram)
+        eig = self.ease.training_eigen(gram)
         del gram
         x_v = x @ eig.v  # (b, n)
         with_prior = "l3ae" in self.grid_regulariser
