@@ -12,7 +12,9 @@ evaluate every model with the same code as `bertrs train` / `bertrs evaluate`:
 - text: bert_rs (the default: EASE with the review vectors as side information plus a text match, on each cache) and
   each of its two levers alone (bert_rs_side_only, bert_rs_late_only); bert_rs_scalable (the same run with
   models.bert_rs.solver: scalable, the low-rank solver the default switches to past its memory budget);
-  bert_rs_unguarded (train.guard_additions: false: the validation best, whether or not it survives cross-fitting);
+  bert_rs_unguarded (train.guard_additions: false: the choice rule alone, whether or not the search's gain survives
+  cross-fitting); bert_rs_validation_best (train.choice_rule: best: the validation best, guarded, as the default
+  chose before the simplest-within-noise rule);
   bert_rs_neural (params.yaml's neural form:
   projected fusion + text similarity + user-ID dropout 0.3) on the mean-pooled cache; bert_rs_paper (eq. 8
   literally, MLM+NSP encoder, pooler);
@@ -131,6 +133,8 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
         out[f"{lever}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), overrides)
     out[f"bert_rs_scalable@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), {"solver": "scalable"})
     out[f"bert_rs_unguarded@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), {"guard_additions": False})
+    out[f"bert_rs_validation_best@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache),
+                                                    {"choice_rule": "best"})
     out[f"bert_rs_neural@{mean_cache}"] = (RunSpec(model="bert_rs_neural", embeddings=mean_cache), NEURAL_FORM)
     finetuned = [e for e, spec in params.encoders.items() if spec.finetune] or list(params.encoders)
     out[f"bert_rs_paper@{finetuned[0]}"] = (RunSpec(model="bert_rs_paper", embeddings=finetuned[0]), {})

@@ -1,19 +1,20 @@
 """Where the dense bert_rs stage's minutes go at the paper's size: each step of its fit, search and final fit, timed.
 
-    python benchmarks/search_profile.py                      # the paper's shape (about 40 min on 2 cores)
-    python benchmarks/search_profile.py --users 600 --items 3000 --out build/search_profile   # a quick look
+    python benchmarks/search_profile.py                      # the paper's shape, screened and unscreened
+    python benchmarks/search_profile.py --users 600 --items 3000 --screen on --out build/search_profile  # a look
 
 The data has the paper's shape as benchmarks/paper_scale.py generates it (3,764 users, 24.2 reviews each over 22,000
 items of a flattened popularity, 50 topics; the default 3/3 k-core then leaves about 17k items and 83k reviews),
 prepared with params.yaml's defaults (leave-one-out, final fit on training + validation pairs). The profiles are
 random unit vectors of the MiniLM width (384): the time of every step depends on the shapes, not on what the vectors
 say, and no encoder pass (an hour here) is needed. bert_rs is trained by the library's own `train` with params.yaml's
-`models.bert_rs` grid, in this process, with a cumulative wall-clock timer around each step:
+`models.bert_rs` grid, in this process, with a cumulative wall-clock timer around each step, once with the search
+screened (`train.screen_search`, pipeline/ranking/selection/select.py) and once without, one after the other:
 
     gram              X^T X built from the training pairs (the fit, the search, the final fit)
     decomposition     the eigendecomposition of X^T X that the whole search starts from (`EigenGram`); what the
                       gram stage (data/gram/) takes once for every dense run
-    solves            the Cholesky solves: plain EASE at the first lambda in `fit`, the chosen setting in the final fit
+    solves            the Cholesky solves: the chosen setting, after the search and in the final fit
     x Q per lambda    the held-out users' rows times (X^T X + lambda I)^-1 (one (users x items) x (items x items)
                       product per lambda)
     item-model grid   the rest of each item model's scores: Woodbury's text-gram update, L3AE's prior
@@ -102,19 +103,8 @@ def random_profiles(n_users: int, n_items: int, dim: int, seed: int) -> Profiles
                     recent_users=unit(n_users).astype(np.float32))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=3764)
-    parser.add_argument("--items", type=int, default=22000, help="items generated, before the k-core")
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "search_profile")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    load_start = os.getloadavg()
-    data = load_prepared(paper_shaped_data(args.work, args.users, args.items, args.seed))
-    config = load_params(ROOT / "params.yaml").ranking
-    profiles = random_profiles(data.n_users, data.n_items, args.dim, args.seed)
+def profile_stage(data, config, profiles: Profiles) -> dict:
+    """One dense bert_rs stage (fit, search, final fit) trained by the library's `train`, each step timed."""
     timers = StepTimers()
     timers.wrap(baselines.EASE, "gram", "gram")
     timers.wrap(baselines.EigenGram, "__init__", "decomposition")
@@ -146,6 +136,31 @@ def main() -> None:
     total = time.perf_counter() - start
     steps = {step: round(timers.seconds.get(step, 0.0), 1) for step in STEPS}
     steps["other"] = round(total - sum(timers.seconds.values()), 1)
+    return {"total_seconds": round(total, 1), "search_seconds": round(search["seconds"], 1),
+            "peak_gb": round(rss.peak_mb / 1024, 2), "steps_seconds": steps, "calls": dict(timers.calls),
+            "candidates": result.selection.looks if result.selection else 0,
+            "scored_on_every_user": result.selection.screened_to if result.selection else None,
+            "chosen": result.model.choices()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=3764)
+    parser.add_argument("--items", type=int, default=22000, help="items generated, before the k-core")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--screen", choices=["both", "on", "off"], default="both",
+                        help="train.screen_search for the run(s): both = screened, then unscreened, side by side")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "search_profile")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    data = load_prepared(paper_shaped_data(args.work, args.users, args.items, args.seed))
+    config = load_params(ROOT / "params.yaml").ranking
+    profiles = random_profiles(data.n_users, data.n_items, args.dim, args.seed)
+    variants = {"screened": True, "unscreened": False}
+    wanted = list(variants) if args.screen == "both" else ["screened" if args.screen == "on" else "unscreened"]
+    runs = {name: profile_stage(data, config.override(screen_search=variants[name]), profiles) for name in wanted}
     report = {
         "meta": {"date": date.today().isoformat(),
                  "command": " ".join(["python benchmarks/search_profile.py", *sys.argv[1:]]),
@@ -154,24 +169,37 @@ def main() -> None:
                  "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "shape": {"users": data.n_users, "items": data.n_items, "training_pairs": len(data.train),
                   "validation_users": int(len(np.unique(data.valid.users))), "dim": args.dim},
-        "candidates": result.selection.looks if result.selection else 0,
-        "total_seconds": round(total, 1), "search_seconds": round(search["seconds"], 1),
-        "peak_gb": round(rss.peak_mb / 1024, 2), "steps_seconds": steps,
-        "calls": dict(timers.calls), "chosen": result.model.choices(),
+        "runs": runs,
     }
+    if len(runs) == 2:
+        report["unscreened_over_screened"] = round(runs["unscreened"]["total_seconds"]
+                                                   / runs["screened"]["total_seconds"], 2)
+        report["same_choice"] = runs["screened"]["chosen"] == runs["unscreened"]["chosen"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "search_profile.json", report)
     lines = ["# Where the dense bert_rs stage's minutes go", "",
              f"{report['meta']['date']}, {report['meta']['machine']}, `{report['meta']['command']}`; load average "
              f"{load_start[0]:.2f} at the start, {report['meta']['load_average_end'][0]:.2f} at the end.", "",
              f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train):,} training pairs, "
-             f"{report['candidates']:,} candidates scored; random {args.dim}-dim profiles (timing depends on shapes only). "
-             f"Whole stage {total / 60:.1f} min, of which the validation search {search['seconds'] / 60:.1f}; "
-             f"peak RSS {report['peak_gb']} GB.", "",
-             "| step | minutes | seconds | share | calls |", "|---|---|---|---|---|"]
-    for step, seconds in steps.items():
-        lines.append(f"| {step} | {seconds / 60:.1f} | {seconds:.1f} | {seconds / total:.0%} | "
-                     f"{timers.calls.get(step, '')} |")
+             f"{report['shape']['validation_users']:,} validation users; random {args.dim}-dim profiles (timing "
+             "depends on shapes only).", ""]
+    for name, run in runs.items():
+        scored = run["scored_on_every_user"]
+        lines += [f"**{name}** (`train.screen_search: {str(variants[name]).lower()}`): whole stage "
+                  f"{run['total_seconds'] / 60:.1f} min, of which the validation search "
+                  f"{run['search_seconds'] / 60:.1f}; {run['candidates']:,} candidates scored"
+                  + (f", {scored:,} of them on every validation user" if scored is not None else "")
+                  + f"; peak RSS {run['peak_gb']} GB.", ""]
+    names = list(runs)
+    lines += ["| step | " + " | ".join(f"{name} min | share" for name in names) + " | calls |",
+              "|---|" + "---|---|" * len(names) + "---|"]
+    for step in runs[names[0]]["steps_seconds"]:
+        cells = [f"{run['steps_seconds'][step] / 60:.1f} | {run['steps_seconds'][step] / run['total_seconds']:.0%}"
+                 for run in runs.values()]
+        lines.append(f"| {step} | " + " | ".join(cells) + f" | {runs[names[0]]['calls'].get(step, '')} |")
+    if len(runs) == 2:
+        lines += ["", f"Unscreened / screened wall time: {report['unscreened_over_screened']}x, measured in one "
+                  f"process one after the other; the same setting chosen: {report['same_choice']}."]
     (args.out / "search_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -16,8 +16,8 @@ on the kept training pairs plus the validation pairs, so every model scores test
   bert_rs's, so a gain cannot come from a bigger search alone);
 - neumf: NeuMF (He et al. 2017) with params.yaml's train settings and a small epoch budget;
 - text: the text-only match cos(b_u - mu_u, b_i - mu_i) of the kept-review profiles;
-- bert_rs: the default (params.yaml's train grids and its guard); bert_rs_unguarded: the same search keeping the
-  validation best (train.guard_additions: false), so the guard's effect is measured at every point.
+- bert_rs: the default (params.yaml's grids, choice rule and guard); bert_rs_unguarded: the same search keeping the
+  choice rule alone (train.guard_additions: false), so the guard's effect is measured at every point.
 
 The shared sets are read from ../shared/data (or $BERTRS_SHARED_DATA). Writes
 benchmarks/results/sparsity.{md,json,png}; work lives under build/sparsity/ (prepared data, caches, one JSON
@@ -184,8 +184,9 @@ def fit(name: str, data: PreparedData, profiles: Profiles, params: Params
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
     if profiles.lagged is not None:  # chosen as test will read the profiles, as `bertrs train` does
         model.use_profiles(profiles.lagged)
-    guard = params.ranking.train.guard_additions and name == "bert_rs"  # bert_rs_unguarded: the validation best
-    choice = select(model.fit(data.train.users, data.train.items), data, guard, params.ranking.train.seed)
+    guard = params.ranking.train.guard_additions and name == "bert_rs"  # bert_rs_unguarded: the rule alone
+    choice = select(model.fit(data.train.users, data.train.items), data, params.ranking.train.choice_rule, guard,
+                    params.ranking.train.seed, screen=params.ranking.train.screen_search)
 
     def final_fit() -> nn.Module:
         model.use_profiles(profiles)

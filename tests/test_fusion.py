@@ -226,7 +226,7 @@ def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(
     config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
                             text_matches=["item_neighbours", "user_profile"],
                             lambdas=ranking_env.config.section("ease").lambdas, regularisers=["ease"],
-                            whitening=[False], pop_weights=[0.0])
+                            whitening=[False], pop_weights=[0.0]).override(choice_rule="best")
     ndcg = text_gain_and_ablation(ranking_env, config, RunSpec(model="ease"),
                                   RunSpec(model="bert_rs", embeddings="x"), "full")
     chosen = settings(ndcg["text_model"])

@@ -23,6 +23,7 @@ from pipeline.ranking.evaluation.ablation import shuffle_profiles
 from pipeline.ranking.evaluation.evaluate import evaluate
 from pipeline.ranking.models.review_ease import centred_units
 from pipeline.ranking.registry import load_model_profiles, profiles_lag_history
+import pipeline.ranking.training.train as train_module
 from pipeline.ranking.training.train import LAGGED_PROFILES, WHOLE_PROFILES, train
 from tests.ranking_fixtures import in_memory_data
 from tests.test_recency import write_review_cache
@@ -115,8 +116,8 @@ def adjacent_world(seed: int = 0, n_users: int = 150, n_topics: int = 6, per_top
 
 
 def small_grid(refit: bool, solver: str = "dense") -> RankingConfig:
-    """bert_rs choosing only its text match and weight (no guard: the validation best is kept)."""
-    shared = TrainConfig(device="cpu", seed=0, refit_with_validation=refit, guard_additions=False)
+    """bert_rs choosing only its text match and weight (no guard, no simplicity rule: the validation best is kept)."""
+    shared = TrainConfig(device="cpu", seed=0, refit_with_validation=refit, guard_additions=False, choice_rule="best")
     return RankingConfig(shared).override(
         "bert_rs", text_side_weights=[0.0], lambdas=[100.0], regularisers=["ease"], whitening=[False],
         pop_weights=[0.0], text_weights=[0.0, 1.0, 4.0], text_matches=["user_profile", "user_profile_recent"],
@@ -183,3 +184,23 @@ def test_train_loads_the_lagged_view_only_for_a_leave_one_out_final_fit(ranking_
     newest = newest_of_each_user(users, np.arange(len(users)))
     expected = weighted_user_means(users[~newest], vectors[~newest], np.ones(int((~newest).sum())), loo.n_users)
     np.testing.assert_allclose(chosen.lagged.users, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_neural_text_model_chooses_its_epochs_one_review_behind_and_is_refitted_with_the_whole_profiles(
+        torch_single_thread, monkeypatch):
+    """Like for like with bert_rs: "best text model by validation" compares choices made on the same profiles."""
+    data, profiles = adjacent_world()
+    spec = RunSpec(model="semantic_only", embeddings="synthetic")
+
+    def config(refit: bool) -> RankingConfig:
+        shared = TrainConfig(device="cpu", seed=0, refit_with_validation=refit)
+        return RankingConfig(shared).override("semantic_only", epochs=4, patience=4, factors=8, mlp_layers=[16, 8])
+
+    built = []
+    build = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda *args: built.append(args[4]) or build(*args))
+    result = train(spec, config(refit=True), data, profiles, progress=False)
+    assert result.chosen_with_profiles == LAGGED_PROFILES and result.fitted_on == "train+valid"
+    assert built[1] is profiles.lagged and built[-1] is profiles  # the epochs' fit, then the final fit
+    as_lagged = train(spec, config(refit=False), data, profiles.lagged, progress=False)
+    assert (result.best_epoch, result.best_valid) == (as_lagged.best_epoch, as_lagged.best_valid)

@@ -182,9 +182,15 @@ class TrainConfig:
     seed: int = 42
     # memory (pipeline/ranking/training/memory.py): a fit whose estimated peak exceeds this stops before allocating
     memory_budget_gb: Optional[float] = None  # null = the memory available when the run starts
+    # how a closed-form model's grid is chosen on validation (pipeline/ranking/selection/select.py):
+    # simplest_within_noise (the simplest setting within one standard error of the best) or best
+    choice_rule: Literal["simplest_within_noise", "best"] = "simplest_within_noise"
     # keep a setting beyond a model's plain form (bert_rs: text) only when its validation gain survives
     # cross-fitting over seeded halvings of the validation users (pipeline/ranking/selection/select.py)
     guard_additions: bool = True
+    # from 2,000 validation users on, score every candidate on a quarter of them first and only the best few near
+    # that screen's best on the rest (a fraction of the search's cost; the same choice unless the screen dropped it)
+    screen_search: bool = True
     # once every choice is made on a fit to the training pairs, fit the chosen settings (a closed-form model's
     # grid point, a neural model's epoch count) once more on training + validation pairs, so that test and
     # recommendations are scored from every interaction known before test (pipeline/ranking/training/train.py). Reviews,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterator
 
 import numpy as np
 import torch
@@ -84,13 +84,15 @@ class ClosedFormRanker(Ranker):
         self.fit(users, items)
         return [], 0
 
-    def candidates(self, users: torch.Tensor) -> Iterator["tuple[Any, torch.Tensor | None] | WeightedSums"]:
+    def candidates(self, users: torch.Tensor,
+                   only: Container | None = None) -> Iterator["tuple[Any, torch.Tensor | None] | WeightedSums"]:
         """The settings this model can choose between, simplest first (ties keep the earlier) unless
-        `grid_position` orders them, each with its scores for `users` (the sorted validation users: (b, n_items)),
+        `grid_position` orders them, each with its scores for `users` (sorted validation users: (b, n_items)),
         or with None: the model then stands in that setting until the next one is asked for, and the selector ranks
         it as it stands; or a block of settings whose scores are weighted sums of shared parts (`WeightedSums`).
         Lazy, so that a grid shares its expensive parts; nothing yielded when there is nothing to choose (the
-        default)."""
+        default). `only`: the settings a screened search still scores (select.py); a model should skip computing
+        the others, and the selector skips any it offers anyway."""
         return iter(())
 
     def use_shared_eigen(self, eigen: Any) -> None:
@@ -105,10 +107,15 @@ class ClosedFormRanker(Ranker):
 
     def is_plain(self, setting: Any) -> bool:
         """Whether `setting` is the model's plain form (bert_rs: EASE or popularity, no text) rather than an
-        addition to it; with `train.guard_additions`, an addition is kept only when its gain over the best plain
-        setting survives cross-fitting on validation (select.py).
-        Every setting, unless the model says otherwise."""
+        addition to it (the guard, `train.guard_additions`, select.py). Every setting, unless the model says
+        otherwise."""
         return True
+
+    def simplicity(self, setting: Any) -> Any:
+        """The setting's place in the model's order of simplicity, lower is simpler (comparable values, e.g. tuples):
+        the "simplest_within_noise" rule keeps the simplest setting within one standard error of the validation
+        best (select.py). The default: plain settings (`is_plain`) before the others."""
+        return (0,) if self.is_plain(setting) else (1,)
 
     def grid_position(self, setting: Any) -> Any:
         """Where `setting` stands in the model's order of simplicity, for settings that score the same on validation:
@@ -155,6 +162,11 @@ class WeightedSums:
     settings: list  # one per candidate, offered in this order
     parts: list  # (b, n_items) tensors, or (1, n_items) rows shared by every user
     weights: list  # one tuple per candidate, a weight per part
+
+    def restricted_to(self, only: Container) -> "WeightedSums":
+        """The block with the candidates in `only` alone (the same parts)."""
+        kept = [k for k, setting in enumerate(self.settings) if setting in only]
+        return WeightedSums([self.settings[k] for k in kept], self.parts, [self.weights[k] for k in kept])
 
     def scores(self, k: int, cut_parts: list) -> torch.Tensor:
         """Candidate k's scores from `cut_parts`, the parts already cut to the users wanted. (r, n_items)"""

@@ -175,8 +175,8 @@ def profiles_lag_history(data: PreparedData, shared: TrainConfig) -> bool:
     """Whether test will score each user from a history one interaction newer than their profile: the final fit
     (`train.refit_with_validation`) hands the validation interaction to the history, never its review to the
     profile, and under leave-one-out that interaction is the one just before the test target. bert_rs then
-    chooses its text settings with profiles one review behind (pipeline/embeddings/profiles.py,
-    `lagged_user_weights`). Under the random split the validation interactions are not the newest, so the
+    chooses its text settings, and a neural text model its epochs, with profiles one review behind
+    (pipeline/embeddings/profiles.py, `lagged_user_weights`). Under the random split the validation interactions are not the newest, so the
     profiles they leave out hold no review adjacent to a target and nothing lags."""
     return shared.refit_with_validation and data.stats.get("protocol") == "leave_one_out" and len(data.valid) > 0
 
@@ -186,11 +186,11 @@ def load_model_profiles(cache: str | Path, data: PreparedData, section: Any, sha
     """The cache's profiles, checked against `data`, as a model configured by `section` reads them: with the
     recency-weighted user profiles (one more pass over the cache's reviews) where the dense bert_rs offers that
     match, and, when `choosing` (a fit that chooses settings, `bertrs train`, not a reload), with the lagged view
-    where `profiles_lag_history` says so (the same pass, which then builds the recent profiles too)."""
+    where `profiles_lag_history` says so, for every text model (the same pass, which then builds the recent
+    profiles too)."""
     profiles = load_profiles(cache, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
-    if not isinstance(section, BertRSConfig):
-        return profiles
-    recent = "user_profile_recent" in section.text_matches and bert_rs_solver(section, shared, data.n_items) == "dense"
+    recent = isinstance(section, BertRSConfig) and "user_profile_recent" in section.text_matches \
+        and bert_rs_solver(section, shared, data.n_items) == "dense"
     lagged = choosing and profiles_lag_history(data, shared)
     if recent or lagged:
         reviews = load_reviews(data.root, columns=["review_id", "user_idx", "time", "split"])

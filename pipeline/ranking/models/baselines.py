@@ -11,7 +11,7 @@ one evaluator (`score`, `score_all`) serve every run. `trainable = False` marks 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -244,6 +244,7 @@ class EASE(ClosedFormRanker):
         self.register_buffer("indptr", torch.zeros(n_users + 1, dtype=torch.int64))  # training matrix X, CSR
         self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
         self._shared_eigen: EigenGram | None = None  # the training Gram's decomposition, made once per data
+        self._search_eigen: EigenGram | None = None  # the one a lambda search ranks from, until `apply`
 
     def use_shared_eigen(self, eigen: EigenGram | None) -> None:
         self._shared_eigen = eigen
@@ -268,6 +269,7 @@ class EASE(ClosedFormRanker):
     def hold_pairs(self, users: np.ndarray, items: np.ndarray) -> None:
         """Keep the pairs as the history matrix X (CSR): the rows x_u scores are read from, and the gram's source."""
         pairs = PairSet(users, items, self.n_users, self.n_items)
+        self._search_eigen = None  # a search of other pairs' decomposition
         device = self.indptr.device  # where the model was put (train.device), kept across refits
         self.indptr = torch.as_tensor(pairs.indptr, dtype=torch.int64, device=device)
         self.indices = torch.as_tensor(pairs.indices, dtype=torch.int64, device=device)
@@ -281,13 +283,26 @@ class EASE(ClosedFormRanker):
     def candidate_count(self) -> int:
         return len(self.grid_lambda) if len(self.grid_lambda) > 1 else 0
 
-    def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
-        """With 2+ lambdas, each in grid order, B from one eigendecomposition of X^T X; ranked as the model stands."""
+    def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
+                          validation: Callable[[], dict] | None) -> tuple[list[dict], int]:
+        """With a lambda grid and validation to choose on, hold the pairs only: `apply` solves the chosen lambda."""
+        if validation is None or len(self.grid_lambda) < 2:
+            return super().fit_on_validation(users, items, validation)
+        self.hold_pairs(users, items)
+        return [], 0
+
+    def candidates(self, users: torch.Tensor, only: Container | None = None) -> Iterator[tuple[float, None]]:
+        """With 2+ lambdas, each in grid order (`only`: these), B from one eigendecomposition of X^T X, made at the
+        first call and kept until `apply`; ranked as the model stands."""
         if len(self.grid_lambda) < 2:
             return
         self.B = torch.empty(0)  # each lambda's B replaces it
-        eig = self.training_eigen()
+        if self._search_eigen is None:
+            self._search_eigen = self.training_eigen()
+        eig = self._search_eigen
         for lam in self.grid_lambda:
+            if only is not None and lam not in only:
+                continue
             self.B = torch.empty(0)
             self.B = eig.ease_weights(lam)
             yield lam, None
@@ -295,6 +310,7 @@ class EASE(ClosedFormRanker):
     def apply(self, choice: "Choice[float]") -> None:
         """The chosen lambda, B solved directly at it."""
         self.ease_lambda = choice.setting
+        self._search_eigen = None
         self.solve(self.ease_lambda)
 
     def choices(self) -> dict | None:

@@ -38,7 +38,7 @@ cache's profiles); the shuffled-profile ablation scrambles both and must lose th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -211,6 +211,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.register_buffer("log_counts", torch.zeros(n_items))  # (n_items,) log(1 + training interactions)
         self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
         self._gram: torch.Tensor | None = None  # X^T X of the pairs being fitted, while a search or solve needs it
+        self._search: tuple[EigenGram, torch.Tensor] | None = None  # the search's decomposition and m, until `apply`
         self.use_profiles(profiles)
 
     @classmethod
@@ -273,6 +274,16 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.solve(0.0, self.grid_lambda[0], "ease", self.grid_whiten[0])
         return self
 
+    def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
+                          validation: Callable[[], dict] | None) -> tuple[list[dict], int]:
+        """With validation to choose on, hold the pairs only: the search decomposes the Gram and `apply` solves the
+        chosen setting, so the plain solve `fit` makes would be thrown away (an n^3 solve at the paper's size)."""
+        if validation is None:
+            return super().fit_on_validation(users, items, validation)
+        self.ease.hold_pairs(users, items)
+        self._hold_counts(items)
+        return [], 0
+
     def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice[Setting] | None") -> "ReviewAwareEASE":
         """The chosen setting solved once on these pairs (the profiles and text gram are the cache's, unchanged)."""
         if choice is None:
@@ -284,6 +295,7 @@ class ReviewAwareEASE(ClosedFormRanker):
 
     def _hold_counts(self, items: np.ndarray) -> None:
         """The popularity term's log counts and the gram X^T X of the pairs being fitted."""
+        self._search = None  # a search of other pairs' decomposition
         counts = torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32)
         self.log_counts = torch.log1p(counts).to(self.raw_i.device)
         self._gram = self.ease.gram()
@@ -331,7 +343,16 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.regulariser_index = torch.tensor(REGULARISERS.index(regulariser))
         self.whiten = torch.tensor(whiten)
 
-    def item_model_grid(self, users: torch.Tensor):
+    def search_eigen(self) -> tuple[EigenGram, torch.Tensor]:
+        """The decomposition of X^T X the grid is computed from, and m (`per_item_count`), made at the search's
+        first call and kept until `apply` (a screened search asks twice); the gram itself is let go."""
+        if self._search is None:
+            gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
+            per_item = per_item_count(gram)
+            self._search = (self.ease.training_eigen(gram), per_item)
+        return self._search
+
+    def item_model_grid(self, users: torch.Tensor, only: Container | None = None):
         """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users; B is never
         formed. One eigendecomposition of X^T X serves the whole grid: the text gram a m F F^T is a rank-d update,
         folded in by Woodbury's identity, and L3AE's prior S is EASE on the rank-d gram F F^T, applied in factored
@@ -339,13 +360,12 @@ class ReviewAwareEASE(ClosedFormRanker):
         lambda (x Q, shared by every whitening, side weight and regulariser at that lambda) and O(n^2 d + b n d) per
         point. Lambda is the outer loop because of that product: with it inside, x Q was computed again for every
         (whitening, side weight), two thirds of bert_rs's search time at 17k items. The order the points come in is
-        therefore not the order of simplicity; ties are settled by `grid_position`. (b, n_items) float64 each"""
+        therefore not the order of simplicity; ties are settled by `grid_position`. `only`: these item models
+        alone ((whitening, side, lambda, regulariser) tuples; the lambdas without one are skipped, x Q included).
+        (b, n_items) float64 each"""
         x = self.ease.rows(users).double()  # (b, n)
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
-        gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
-        per_item = per_item_count(gram)  # m
-        eig = self.ease.training_eigen(gram)
-        del gram
+        eig, per_item = self.search_eigen()
         x_v = x @ eig.v  # (b, n)
         with_prior = "l3ae" in self.grid_regulariser
         needs_q_f = with_prior or any(self.grid_side)
@@ -353,14 +373,25 @@ class ReviewAwareEASE(ClosedFormRanker):
         for whiten in self.grid_whiten:
             unit = self.units(whiten)[1].double()
             text[whiten] = (unit, eig.v.T @ unit, LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if with_prior else None)
+        def wanted(*point) -> bool:
+            return only is None or any(model[:len(point)] == point for model in only)
+
         for lam in self.grid_lambda:
+            if not any(wanted(whiten, side, lam) for whiten in self.grid_whiten for side in self.grid_side):
+                continue
             x_q, q_diag = eig.times_inverse(x_v, lam), eig.inverse_diagonal(lam)  # x Q (b, n), diag Q (n,)
             for whiten in self.grid_whiten:
+                if not any(wanted(whiten, side, lam) for side in self.grid_side):
+                    continue
                 unit, v_f, prior = text[whiten]
                 q_f = eig.v @ (v_f / (eig.s + lam)[:, None]) if needs_q_f else None  # Q F (n, d)
                 for side in self.grid_side:
+                    if not wanted(whiten, side, lam):
+                        continue
                     x_p, p_diag, p_f = with_side_gram(x_q, q_diag, q_f, unit, side * per_item, with_p_f=with_prior)
                     for reg in self.grid_regulariser:
+                        if not wanted(whiten, side, lam, reg):
+                            continue
                         if reg == "ease":
                             yield (whiten, side, lam, reg), x - x_p / p_diag
                         else:
@@ -379,20 +410,23 @@ class ReviewAwareEASE(ClosedFormRanker):
         item_models = len(self.grid_whiten) * len(self.grid_side) * len(self.grid_lambda) * len(self.grid_regulariser)
         return (len(self.grid_pop) > 1) + item_models * per_item_model
 
-    def candidates(self, users: torch.Tensor) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
+    def candidates(self, users: torch.Tensor,
+                   only: Container | None = None) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone
         first when p has a grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model and text
         parts are computed once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p)
         points of one item model come as one block of weighted sums of its parts, which the selector ranks a few
-        users at a time. (b, n_items) float64 parts, popularity (1, n_items)"""
+        users at a time; `only`: the item models and the popularity-alone point of these settings.
+        (b, n_items) float64 parts, popularity (1, n_items)"""
         pop = standardise(self.log_counts[None, :].double())  # (1, n)
         # the text parts of one whitening at a time: recomputing them when the whitening changes is cheap beside
         # keeping both (the matches x (b, n) float64 each)
         text: dict[bool, list[torch.Tensor]] = {}
-        if len(self.grid_pop) > 1:
-            yield Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0), \
-                pop.expand(len(users), -1)
-        for (whiten, side, lam, reg), item in self.item_model_grid(users):
+        pop_alone = Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0)
+        if len(self.grid_pop) > 1 and (only is None or pop_alone in only):
+            yield pop_alone, pop.expand(len(users), -1)
+        item_models = None if only is None else {s[:4] for s in only if s.item_weight}
+        for (whiten, side, lam, reg), item in self.item_model_grid(users, item_models):
             settings, weights = [], []
             for position, match in enumerate(self.grid_match):
                 for w in self.grid_weight:
@@ -414,6 +448,17 @@ class ReviewAwareEASE(ClosedFormRanker):
         return setting.item_weight == 0.0 or (setting.side_weight == 0.0 and setting.text_weight == 0.0
                                               and setting.regulariser == "ease")
 
+    @staticmethod
+    def simplicity(setting: Setting) -> tuple:
+        """The order of simplicity of the "simplest_within_noise" rule (select.py): no text first (plain EASE at any
+        lambda, popularity, or both), then fewer text parts (the side gram a, the L3AE prior, the text match w, and
+        whitening where any of them reads the vectors), then a smaller side weight, then a smaller text weight.
+        lambda and the popularity weight read no text and are left to the score."""
+        if setting.item_weight == 0.0:
+            return (0, 0.0, 0.0)
+        parts = (setting.side_weight > 0) + (setting.regulariser == "l3ae") + (setting.text_weight > 0)
+        return (parts + (parts > 0 and setting.whiten), setting.side_weight, setting.text_weight)
+
     def grid_position(self, setting: Setting) -> tuple:
         """The setting's place in the order of simplicity the selector breaks ties by: popularity alone, then
         whitening, side weight, lambda, regulariser, text match, w and p, each in its params order (w = 0 is offered
@@ -428,6 +473,7 @@ class ReviewAwareEASE(ClosedFormRanker):
     def apply(self, choice: "Choice[Setting]") -> None:
         """Re-solve B at the chosen setting and record it, with the number of looks that chose it."""
         chosen = choice.setting
+        self._search = None  # n_items^2 floats the solve needs room for
         self.solve(chosen.side_weight, chosen.ease_lambda, chosen.regulariser, chosen.whiten, keep_gram=False)
         self.text_weight = torch.tensor(chosen.text_weight)
         self.match_index = torch.tensor(TEXT_MATCHES.index(chosen.text_match))

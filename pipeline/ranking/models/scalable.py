@@ -24,7 +24,7 @@ The review text enters twice, as in bert_rs (pipeline/ranking/models/review_ease
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -196,15 +196,21 @@ class ScalableItemModel(ClosedFormRanker):
             self.passes = torch.tensor(epoch + 1)
             yield epoch + 1, mean_loss
 
-    def candidates(self, users: torch.Tensor) -> Iterator[tuple[float, None]]:
-        """Each text weight w in grid order, ranked as the model stands (chunked over items: bounded memory)."""
+    def candidates(self, users: torch.Tensor, only: Container | None = None) -> Iterator[tuple[float, None]]:
+        """Each text weight w in grid order (`only`: these), ranked as the model stands (chunked over items)."""
         for w in self.grid_weight:
+            if only is not None and w not in only:
+                continue
             self.text_weight = torch.tensor(w)
             yield w, None
 
     def is_plain(self, setting: float) -> bool:
         """Text weight 0: the item model alone (its text initialisation is not a choice made on validation)."""
         return setting == 0.0
+
+    def simplicity(self, setting: float) -> tuple:
+        """The item model alone first, then smaller text weights."""
+        return (setting > 0, setting)
 
     def apply(self, choice: "Choice[float]") -> None:
         self.text_weight = torch.tensor(choice.setting)

@@ -17,13 +17,20 @@ class Choice(Generic[Setting]):
     setting: Setting  # the candidate kept
     score: float  # its validation full-ranking NDCG@10
     looks: int  # candidates scored to choose it
-    # the guard's measurement, where the best setting was not plain: the gain over the best plain setting of the
-    # search's winner on users it was not chosen on (NDCG@10; the plain setting is kept when it is <= 0)
+    # the guard's measurement (train.guard_additions), where the best setting was not plain: the gain over the best
+    # plain setting of the search's winner on users it was not chosen on (NDCG@10; the plain setting is kept when <= 0)
     cross_fitted_gain: float | None = None
-    overruled: bool = False  # the guard kept the best plain setting instead of the validation best
+    overruled: bool = False  # the rule or the guard kept a simpler setting than the validation best
+    rule: str = "best"  # the choice rule that kept it (select.py's CHOICE_RULES)
+    best_score: float | None = None  # the validation best's NDCG@10
+    gap_error: float | None = None  # "simplest_within_noise": the standard error of the kept setting's gap to the best
+    screened_to: int | None = None  # candidates scored on every validation user after screening (None: all were)
 
     def summary(self) -> dict:
         """What run.json records of the choice (the setting itself is the model's `choices()`)."""
-        return {"validation_looks": self.looks, "valid_ndcg@10": round(self.score, 6),
-                "cross_fitted_gain": None if self.cross_fitted_gain is None else round(self.cross_fitted_gain, 6),
-                "kept_plain_over_best": self.overruled}
+        def rounded(x: float | None) -> float | None:
+            return None if x is None else round(x, 6)
+        return {"validation_looks": self.looks, "valid_ndcg@10": round(self.score, 6), "rule": self.rule,
+                "best_valid_ndcg@10": rounded(self.best_score), "gap_standard_error": rounded(self.gap_error),
+                "cross_fitted_gain": rounded(self.cross_fitted_gain), "kept_simpler_than_best": self.overruled,
+                "screened_to": self.screened_to}

@@ -1,25 +1,46 @@
-"""Choosing a model's settings on validation, for every model that has a choice to make: one rule, one metric.
+"""Choosing a model's settings on validation, for every model that has a choice to make: one metric, one rule.
 
     choice = select(model, data)       # a closed-form model's grid (bert_rs, ease's lambdas, the scalable solver's w)
     best = KeepBest()                  # the neural epoch loop: best.offer(epoch, valid_ndcg) is True on a new best
 
-The rule: every candidate is scored by full-ranking NDCG@10 on the VALIDATION split (the metric every model is
-compared on; training pairs and validation positives masked, the test split never read), the first best is kept
-(a later candidate must score strictly higher, so models list their simplest candidates first: popularity alone,
-text weight 0; a model whose grid is cheapest in another order gives each setting its place in the order of
-simplicity instead, `ClosedFormRanker.grid_position`, and ties go to the lower place), and every candidate scored
+The metric: every candidate is scored by full-ranking NDCG@10 on the VALIDATION split (the metric every model is
+compared on; training pairs and validation positives masked, the test split never read); every candidate scored
 counts as one validation look.
 
-The guard (`train.guard_additions`). A model whose grid mixes its plain form (bert_rs: EASE at some lambda, or
-popularity; no text) with settings that add to it (`ClosedFormRanker.is_plain`) keeps an addition only when the
-search's gain over the plain form holds on users the search did not see: the validation users are split in two
-halves (seeded), the best setting and the best plain setting are chosen on each half, and their difference is
-measured on the other half; averaged over CROSS_FIT_SPLITS such halvings (a single halving's verdict changed with
-the seed on Gift Cards), the full-validation best is kept only when that cross-fitted gain is above zero, the best
-plain setting otherwise. Why: the best of 1,500 settings scored on a few hundred validation users wins validation by
-luck as well as by signal (the winner's curse), and the luck does not carry to test: on Gift Cards the text settings
-the search chose beat plain EASE on validation and lost to it on test. Cross-fitting measures that luck instead of
-guessing a margin for it (a one-standard-error margin changed none of those choices).
+The rule (`train.choice_rule`, docs/models.md):
+
+- "simplest_within_noise", the default: the simplest candidate whose validation NDCG@10 is within one standard error
+  of the best's, the error taken over validation users from the paired per-user differences between the two (the
+  one-standard-error rule of Hastie, Tibshirani and Friedman, ch. 7.10). Simplicity is the model's order
+  (`ClosedFormRanker.simplicity`): for bert_rs, no text (plain EASE at any lambda, popularity, or both) first, then
+  fewer text parts (side gram, L3AE prior, text match, whitening), then smaller text weights; settings equally
+  simple are ranked by score. Why: a setting the data cannot tell from the best by more than validation's own noise
+  is no evidence for the text it adds, and how large that noise is depends on how many users validation holds.
+- "best": the validation best.
+
+The guard (`train.guard_additions`), on top of either rule. The standard error is that of one comparison; the best of
+2,000 settings also wins by the luck of having been picked from 2,000 (the winner's curse), which no single
+comparison's error measures. So a model whose grid mixes its plain form with settings that add to it
+(`ClosedFormRanker.is_plain`) keeps an addition only when the search's gain over the best plain form holds on users
+the search did not see: the validation users are split in two halves (seeded), the best setting and the best plain
+setting are chosen on each half, and their difference is measured on the other half; averaged over CROSS_FIT_SPLITS
+halvings, the rule's choice stands when that cross-fitted gain is above zero, the best plain setting otherwise.
+
+In every rule the best is the first best: a later candidate must score strictly higher, or the same from a lower
+place in the model's tie order (`ClosedFormRanker.grid_position`, for grids computed in another order than their
+simplest first).
+
+Screening a large search (`train.screen_search`), successive halving's first round. With at least SCREEN_FROM_USERS
+validation users, every candidate is first scored on a seeded SCREEN_SHARE of them; a candidate goes on to the other
+users when it is among the top SCREEN_KEEP of the screen, or the screen's best of its level of simplicity (the
+settings the rule compares), and in either case its gap to the screen's best is within SCREEN_Z of its paired
+standard error there; with the guard on, the screen's best plain setting goes on whatever its gap. A candidate
+scored on all users has the scores it would have had unscreened (exactly on the CPU; on a GPU up to the rounding of
+products of another shape), and the rule and the guard choose among those: the guard's halvings then compare the
+survivors, which the screen picked on users of both halves. The model computes its grid
+for the screened users alone and then only the surviving settings for the rest (`candidates(users, only=...)`),
+so the search's big products shrink with the share (docs/scale.md). Below SCREEN_FROM_USERS the whole grid is
+scored on every user: the search takes seconds there, and a quarter of a few hundred users is too few to screen on.
 
 Models only offer candidates and apply the one chosen (`ClosedFormRanker.candidates` / `apply`). A candidate comes
 with its validation score matrix when the model can compute a whole grid cheaply from shared parts; as a block of
@@ -39,14 +60,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.data.prepared import PreparedData
+from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.ranking.evaluation.evaluate import full_ranking_mask, model_device, rank_full
 from pipeline.ranking.evaluation.metrics import metrics_from_ranks, ndcg_per_positive, rank_against
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
 from pipeline.ranking.selection.choice import Choice, Setting
 
 SELECTION_METRIC = "ndcg@10"  # on the validation split, full-ranking protocol
+CHOICE_RULES = ("simplest_within_noise", "best")
 CROSS_FIT_SPLITS = 5  # random halvings of the validation users the guard averages over
+SCREEN_FROM_USERS = 2000  # validation users from which a search is screened first
+SCREEN_SHARE = 0.25  # of the validation users, scored on every candidate when screening
+SCREEN_Z = 3.0  # a candidate further than this many standard errors below the screen's best is not scored further
+SCREEN_KEEP = 1 / 8  # at most this share of the candidates goes on, besides the best of each level of simplicity
 CACHE_ELEMENTS = 2**18  # scores per block when ranking weighted sums: 2 MB per float64 part (measured fastest)
 
 
@@ -104,7 +130,8 @@ def keep_best(scored: Iterable[tuple[Setting, float]]) -> Choice[Setting] | None
 
 
 class ValidationLooks:
-    """Full-ranking NDCG@10 of many candidates for the same held-out pairs, with the mask built once.
+    """Full-ranking NDCG@10 of many candidates for the same held-out pairs, with the mask built once; `users`: the
+    positives of these users only (a screen's share).
 
     `ndcg(scores)` takes a score matrix for `users` (the held-out users, sorted): the positives' rows and their
     competitor mask (the same mask and pessimistic rank rule as `rank_full`) are built at the first call, so a look
@@ -112,8 +139,11 @@ class ValidationLooks:
     `rank_full`, chunked over items, never holding a dense (positives x items) mask.
     """
 
-    def __init__(self, data: PreparedData, split: str = "valid") -> None:
-        self.heldout = getattr(data, split)
+    def __init__(self, data: PreparedData, split: str = "valid", users: np.ndarray | None = None) -> None:
+        heldout = getattr(data, split)
+        kept = np.ones(len(heldout), dtype=bool) if users is None else np.isin(heldout.users, users)
+        self.positions = np.flatnonzero(kept)  # (p,) these positives' places among all of the split's
+        self.heldout = Interactions(heldout.users[kept], heldout.items[kept])
         self.mask = full_ranking_mask(data, split)
         self.users = np.unique(self.heldout.users)  # (b,)
         self.rows = torch.as_tensor(np.searchsorted(self.users, self.heldout.users))  # (p,)
@@ -166,9 +196,17 @@ class ValidationLooks:
                 out[k, chunk] = rank_against(scores[positives, items], scores, competitors).cpu().numpy()
         return out
 
-    def ranked_candidates(self, model: ClosedFormRanker, users: torch.Tensor) -> Iterator[tuple[Any, np.ndarray]]:
-        """(setting, ranks) for every candidate the model offers, in its order."""
-        for offered in model.candidates(users):
+    def ranked_candidates(self, model: ClosedFormRanker, only: set | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+        """(setting, ranks) for every candidate the model offers for these users, in its order; `only`: those
+        settings alone (a model may offer more; they are skipped unranked)."""
+        users = torch.as_tensor(self.users, device=model_device(model))
+        for offered in model.candidates(users) if only is None else model.candidates(users, only=only):
+            if isinstance(offered, WeightedSums) and only is not None:
+                offered = offered.restricted_to(only)
+                if not offered.settings:
+                    continue
+            elif not isinstance(offered, WeightedSums) and only is not None and offered[0] not in only:
+                continue
             yield from self.ranked(offered, model)
 
     def ranked(self, offered, model: torch.nn.Module) -> Iterator[tuple[Any, np.ndarray]]:
@@ -190,6 +228,21 @@ class ValidationLooks:
         rng = np.random.default_rng(seed)
         half_of_user = np.stack([rng.permutation(len(self.users)) % 2 for _ in range(splits)])
         return half_of_user[:, self.rows.numpy()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One candidate's validation evidence: each held-out positive's NDCG@10, in the looks' order, and the
+    candidate's places in the model's tie order (`grid_position`) and order of simplicity (`simplicity`)."""
+
+    setting: Any
+    per_positive: np.ndarray  # (p,) float64
+    position: Any
+    simplicity: Any
+
+    @property
+    def score(self) -> float:
+        return float(self.per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
 
 
 class HalfBest:
@@ -214,9 +267,108 @@ class HalfBest:
         return sum(share[h] * (self.on_other_half(h) - plain.on_other_half(h)) for h in (0, 1))
 
 
-def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = False, seed: int = 0,
-           splits: int = CROSS_FIT_SPLITS, progress: bool = False) -> Choice[Any] | None:
-    """Score every candidate the model offers on validation and keep the first best (see the module docstring).
+def first_best(scored: list[Scored]) -> Scored:
+    """The first best of `scored` (in the order offered), ties to the lower grid position."""
+    best: KeepBest[Scored] = KeepBest()
+    for candidate in scored:
+        best.offer(candidate, candidate.score, position=candidate.position)
+    return best.setting
+
+
+def paired_gaps(best: Scored, scored: list[Scored], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's gap to `best` (the difference of their validation NDCG@10) and its standard error over
+    users: a user's difference is the sum over their positives, scaled by users / positives so that the users' mean
+    is the gap. rows: each positive's user (0 .. users - 1). -> (c,), (c,)"""
+    order = np.argsort(rows, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(rows[order]) != 0])
+    n_users = len(starts)
+    best_sums = np.add.reduceat(best.per_positive[order], starts)  # (users,)
+    per_user = np.empty((len(scored), n_users))  # one candidate at a time: no (c, p) copy
+    for k, candidate in enumerate(scored):
+        per_user[k] = best_sums - np.add.reduceat(candidate.per_positive[order], starts)
+    per_user *= n_users / len(rows)
+    errors = per_user.std(axis=1, ddof=1) / math.sqrt(n_users) if n_users > 1 else np.zeros(len(scored))
+    return per_user.mean(axis=1), errors
+
+
+def scored_candidates(model: ClosedFormRanker, looks: ValidationLooks, progress: bool, what: str,
+                      only: set | None = None) -> list[Scored]:
+    """Every candidate the model offers (`only`: these settings) scored on `looks`' positives, in offered order."""
+    total = model.candidate_count() if only is None else len(only)
+    ranked = tqdm(looks.ranked_candidates(model, only), total=total, unit=" candidates", mininterval=2.0,
+                  desc=f"{what} {type(model).__name__} on validation", disable=not progress)
+    return [Scored(setting, ndcg_per_positive(ranks, 10), model.grid_position(setting), model.simplicity(setting))
+            for setting, ranks in ranked]
+
+
+def screened_candidates(model: ClosedFormRanker, data: PreparedData, looks: ValidationLooks, seed: int,
+                        progress: bool, keep_plain: bool = False) -> tuple[list[Scored], int]:
+    """Every candidate scored on a seeded SCREEN_SHARE of the validation users; those within SCREEN_Z standard
+    errors of that screen's best, and among the top SCREEN_KEEP of it or the best of their level of simplicity (what
+    the rule compares), scored on the other users as well; `keep_plain`: the screen's best plain candidate too,
+    whatever its gap (the guard measures the search's gain over it). -> (the survivors scored on every user, in
+    offered order; the candidates scored)"""
+    rng = np.random.default_rng(seed)
+    share = np.sort(rng.choice(looks.users, size=max(2, round(SCREEN_SHARE * len(looks.users))), replace=False))
+    on_share = ValidationLooks(data, "valid", users=share)
+    screened = scored_candidates(model, on_share, progress, "screening")
+    if not screened:
+        return [], 0
+    gaps, errors = paired_gaps(first_best(screened), screened, on_share.rows.numpy())
+    top = {id(c) for c in sorted(screened, key=lambda c: -c.score)[:math.ceil(SCREEN_KEEP * len(screened))]}
+    level_best = {id(first_best([c for c in screened if c.simplicity == level]))
+                  for level in {c.simplicity for c in screened}}
+    plain = [c for c in screened if model.is_plain(c.setting)] if keep_plain else []
+    best_plain = {id(first_best(plain))} if plain else set()
+    survivors = [c for c, gap, error in zip(screened, gaps, errors)
+                 if (gap <= SCREEN_Z * error and (id(c) in top or id(c) in level_best)) or id(c) in best_plain]
+    rest = ValidationLooks(data, "valid", users=np.setdiff1d(looks.users, share))
+    on_rest = {c.setting: c.per_positive for c in scored_candidates(
+        model, rest, progress, "choosing", only={c.setting for c in survivors})}
+    missing = [c.setting for c in survivors if c.setting not in on_rest]
+    if missing:
+        raise RuntimeError(f"{type(model).__name__}.candidates(only=...) did not offer {missing[:3]}")
+    merged = []
+    for candidate in survivors:
+        evidence = np.empty(len(looks.heldout))
+        evidence[on_share.positions], evidence[rest.positions] = candidate.per_positive, on_rest[candidate.setting]
+        merged.append(dataclasses.replace(candidate, per_positive=evidence))
+    return merged, len(screened)
+
+
+def simplest_within_noise(scored: list[Scored], rows: np.ndarray) -> tuple[Scored, Scored, float]:
+    """The simplest candidate within one standard error of the first best (equally simple ones: the first best
+    of them). -> (kept, best, the standard error of the kept one's gap to the best)"""
+    best = first_best(scored)
+    gaps, errors = paired_gaps(best, scored, rows)
+    eligible = [(c, error) for c, gap, error in zip(scored, gaps, errors) if gap <= error]
+    simplest = min(c.simplicity for c, _ in eligible)
+    kept = first_best([c for c, _ in eligible if c.simplicity == simplest])
+    return kept, best, float(next(error for c, error in eligible if c is kept))
+
+
+def cross_fitted_gain(model: ClosedFormRanker, scored: list[Scored], looks: ValidationLooks, seed: int,
+                      splits: int) -> float | None:
+    """The guard's measurement: how much the search's best beats the best plain candidate on the validation half
+    it was not chosen on, averaged over `splits` seeded halvings; None where there is nothing to measure (one
+    user, no plain candidate, or a plain best)."""
+    plain = [c for c in scored if model.is_plain(c.setting)]
+    if len(looks.users) < 2 or not plain or model.is_plain(first_best(scored).setting):
+        return None
+    gains = []
+    for half in looks.halves(seed, splits):
+        on_halves, plain_on_halves = HalfBest(half), HalfBest(half)
+        for candidate in scored:
+            for split in (on_halves, plain_on_halves) if model.is_plain(candidate.setting) else (on_halves,):
+                split.offer(candidate.setting, candidate.per_positive, candidate.position)
+        gains.append(on_halves.cross_fitted_gain_over(plain_on_halves))
+    return float(np.mean(gains))
+
+
+def select(model: ClosedFormRanker, data: PreparedData, rule: str = "simplest_within_noise",
+           guard_additions: bool = False, seed: int = 0, splits: int = CROSS_FIT_SPLITS, progress: bool = False,
+           screen: bool = True) -> Choice[Any] | None:
+    """Score the candidates the model offers on validation and keep one by `rule` (see the module docstring).
 
     Parameters
     ----------
@@ -224,44 +376,43 @@ def select(model: ClosedFormRanker, data: PreparedData, guard_additions: bool = 
         A closed-form model, fitted on the training pairs; its `candidates` are scored where it lives.
     data
         The prepared data: its validation split is scored, its test split never read.
+    rule
+        One of CHOICE_RULES: "simplest_within_noise" or "best".
     guard_additions
-        Keep the best plain setting instead when the best's gain does not survive cross-fitting.
+        Keep the best plain setting instead when the search's gain over it does not survive cross-fitting.
     seed, splits
-        The halvings of the validation users the guard averages over.
+        The screen's share of the users and the guard's halvings are drawn with `seed`.
     progress
         Show the candidates scored of the total (`model.candidate_count()`), their rate and the time left.
+    screen
+        Screen the grid on a share of the users first, from SCREEN_FROM_USERS validation users on.
 
     Returns
     -------
     Choice or None
         The choice, already applied to the model; None (the model untouched) when it offers nothing to choose.
     """
+    if rule not in CHOICE_RULES:
+        raise ValueError(f"choice rule must be one of {CHOICE_RULES}, got {rule!r}")
     looks = ValidationLooks(data, "valid")
-    users = torch.as_tensor(looks.users, device=model_device(model))
-    best: KeepBest[Any] = KeepBest()
-    best_plain: KeepBest[Any] = KeepBest()
-    guard = guard_additions and len(looks.users) >= 2
-    halvings = looks.halves(seed, splits) if guard else []
-    on_halves, plain_on_halves = [HalfBest(half) for half in halvings], [HalfBest(half) for half in halvings]
-    scored = tqdm(looks.ranked_candidates(model, users), total=model.candidate_count(), unit=" candidates",
-                  desc=f"choosing {type(model).__name__} on validation", disable=not progress, mininterval=2.0)
-    for setting, ranks in scored:
-        per_positive = ndcg_per_positive(ranks, 10)
-        score = float(per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
-        position = model.grid_position(setting)
-        best.offer(setting, score, position=position)
-        is_plain = model.is_plain(setting)
-        if is_plain:
-            best_plain.offer(setting, score, position=position)
-        if guard:
-            for split in on_halves + (plain_on_halves if is_plain else []):
-                split.offer(setting, per_positive, position)
-    choice = best.choice()
-    if choice is None:
+    screened = screen and len(looks.users) >= SCREEN_FROM_USERS
+    if screened:
+        scored, count = screened_candidates(model, data, looks, seed, progress, keep_plain=guard_additions)
+    else:
+        scored = scored_candidates(model, looks, progress, "choosing")
+        count = len(scored)
+    if not scored:
         return None
-    if guard and best_plain.looks and not model.is_plain(choice.setting):
-        gain = float(np.mean([chosen.cross_fitted_gain_over(plain) for chosen, plain in zip(on_halves, plain_on_halves)]))
-        kept = choice if gain > 0 else Choice(best_plain.setting, best_plain.score, choice.looks, overruled=True)
-        choice = dataclasses.replace(kept, cross_fitted_gain=gain)
+    best, error = first_best(scored), None
+    if rule == "simplest_within_noise":
+        kept, best, error = simplest_within_noise(scored, looks.rows.numpy())
+    else:
+        kept = best
+    gain = cross_fitted_gain(model, scored, looks, seed, splits) if guard_additions else None
+    if gain is not None and gain <= 0 and not model.is_plain(kept.setting):
+        kept, error = first_best([c for c in scored if model.is_plain(c.setting)]), None
+    choice = Choice(kept.setting, kept.score, count, cross_fitted_gain=gain, overruled=kept is not best,
+                    rule=rule, best_score=best.score, gap_error=error,
+                    screened_to=len(scored) if screened else None)
     model.apply(choice)
     return choice

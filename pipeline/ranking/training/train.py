@@ -18,8 +18,9 @@ time the validation interaction is part of what the user did before, and leave-o
 item from everything before it (every model gets the same history, so the comparison stays fair). Reviews,
 profiles and the text gram remain training-only (they come from the embedding cache). So under leave-one-out the
 test history ends one interaction after the profile's newest review, while at validation the two end together; bert_rs
-therefore chooses its text settings with user profiles one review behind (the cache's `lagged` view: each user's
-newest training review left out) and is tested with the whole training profiles (registry.profiles_lag_history).
+therefore chooses its text settings, and a neural text model its epochs, with user profiles one review behind (the
+cache's `lagged` view: each user's newest training review left out) and is tested with the whole training profiles
+(registry.profiles_lag_history).
 Under torchrun the SGD loop runs in every process on its part of each batch, inside `distributed.process_group`
 (pipeline/ranking/training/distributed.py).
 The checkpoint written from the result is pipeline/ranking/checkpoint.py's contract.
@@ -173,7 +174,8 @@ def fit_on_training(
 ) -> TrainResult:
     """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone. Given
     profiles with a lagged view, a closed-form model is returned reading the lagged user profiles (as it chose):
-    `refit_with_validation` puts the whole ones back; score test only after it."""
+    `refit_with_validation` puts the whole ones back; a neural text model choosing its epochs (`fixed_epochs`
+    None) trains with the lagged ones, and the final fit retrains with the whole ones. Score test only after it."""
     torch.manual_seed(config.train.seed)
     device = resolve_device(config.train.device)
     check_run_memory(spec, config, data, profiles)
@@ -182,6 +184,13 @@ def fit_on_training(
     chosen_with = WHOLE_PROFILES
     if isinstance(model, ClosedFormRanker) and seen is not None and seen.lagged is not None:
         model.use_profiles(seen.lagged)  # test will lag the profiles by one review: choose as it will be
+        chosen_with = LAGGED_PROFILES
+    elif model.trainable and seen is not None and seen.lagged is not None and fixed_epochs is None:
+        # a neural text model chooses its epochs as test will read the profiles too; the final fit retrains its
+        # epoch count from the same seed with the whole ones
+        torch.manual_seed(config.train.seed)
+        seen = seen.lagged
+        model = build_model(spec, config, data.n_users, data.n_items, seen)
         chosen_with = LAGGED_PROFILES
     settings = config.section(spec.model)
     has_valid = len(data.valid) > 0
@@ -200,8 +209,8 @@ def fit_on_training(
         if shared_gram is not None and has_valid and model.candidate_count():
             model.use_shared_eigen(read_shared_eigen(shared_gram, data, data.train.users, data.train.items))
         # among the candidates the model offers, on validation only
-        choice = select(model, data, config.train.guard_additions, config.train.seed,
-                        progress=progress) if has_valid else None
+        choice = select(model, data, config.train.choice_rule, config.train.guard_additions, config.train.seed,
+                        progress=progress, screen=config.train.screen_search) if has_valid else None
         model.use_shared_eigen(None)  # n_items^2 floats the final fit does not need
         if choice is not None and passes:  # every pass scored was a validation look as well
             choice = dataclasses.replace(choice, looks=choice.looks + len(passes))
@@ -240,7 +249,8 @@ def fit_on_training(
             log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
             break
     model.load_state_dict(state.best_state)
-    return TrainResult(model.cpu(), state.curves, best.setting, state.best_valid, distributed.processes())
+    return TrainResult(model.cpu(), state.curves, best.setting, state.best_valid, distributed.processes(),
+                       chosen_with_profiles=chosen_with)
 
 
 def _train_epoch(
