@@ -9,6 +9,7 @@ it measures reviews/s and peak RSS growth of
     naive       plain `BertModel` fp32, fixed batches in file order, every batch padded to max_length
     ours_fp32   pipeline.text.encode: length-sorted batches, dynamic padding, inference_mode
     ours_bf16   the same with backend "torch_bf16" (autocast bfloat16 on CPU)
+    ours_int8   the same with backend "torch_int8" (dynamic int8 attention-output and feed-forward-input layers)
 and reports which of the two is the default path (`embed.backend: auto` picks bf16 only where the CPU runs it
 natively: AVX512-BF16 or AMX), with its speed-up against naive (target >= 3.5x, cosine >= 0.999),
 plus achieved GFLOP/s (linear layers + attention on the tokens actually run) against a float32 (and bfloat16)
@@ -100,6 +101,8 @@ def run(args) -> dict:
     fp32 = load_encoder(path, pooling="pooler", max_length=args.max_length, batch_size=args.batch_size)
     bf16 = load_encoder(path, pooling="pooler", max_length=args.max_length, batch_size=args.batch_size,
                         backend="torch_bf16")
+    int8 = load_encoder(path, pooling="pooler", max_length=args.max_length, batch_size=args.batch_size,
+                        backend="torch_int8")
     # bf16 is emulated (and many times slower than fp32) on CPUs without native bf16: time it only where it is
     # the default path or when asked
     run_bf16 = args.always_bf16 or choose_backend("auto") == "torch_bf16"
@@ -114,6 +117,8 @@ def run(args) -> dict:
             lambda: naive_encode(fp32, batch, args.batch_size, args.max_length))
         ours, t_ours, m_ours = timed(lambda: encode_texts(fp32, batch))
         ours_bf16, t_bf16, m_bf16 = timed(lambda: encode_texts(bf16, batch)) if run_bf16 else (ours, float("nan"), 0.0)
+        encode_texts(int8, batch[: args.batch_size])  # warm-up (and the quantised copy made)
+        ours_int8, t_int8, m_int8 = timed(lambda: encode_texts(int8, batch))
         useful = flops(fp32.model.config, real)
         sorted_real = np.sort(real)[::-1]
         # dynamic padding runs each batch at its longest member's length
@@ -131,12 +136,17 @@ def run(args) -> dict:
             "ours_bf16": None if not run_bf16 else {"seconds": t_bf16, "reviews_per_s": len(batch) / t_bf16, "peak_rss_mb": m_bf16,
                           "gflops_executed": executed_ours / t_bf16 / 1e9, "gflops_useful": useful / t_bf16 / 1e9,
                           "cosine_vs_fp32": cosine_agreement(ours_bf16, ours)},
+            "ours_int8": {"seconds": t_int8, "reviews_per_s": len(batch) / t_int8, "peak_rss_mb": m_int8,
+                          "gflops_executed": executed_ours / t_int8 / 1e9, "gflops_useful": useful / t_int8 / 1e9,
+                          "cosine_vs_fp32": cosine_agreement(ours_int8, ours)},
         }
+        row["int8_over_fp32"] = t_ours / t_int8
         row["speedup_fp32"] = t_naive / t_ours
         row["speedup_bf16"] = t_naive / t_bf16 if run_bf16 else None
+        row["speedup_int8"] = t_naive / t_int8
         row["speedup_default"] = row["speedup_fp32" if default_path == "ours_fp32" else "speedup_bf16"]
         results[name] = row
-        print(name, json.dumps({k: row[k] for k in ("speedup_fp32", "speedup_bf16")}), flush=True)
+        print(name, json.dumps({k: row[k] for k in ("speedup_fp32", "speedup_bf16", "speedup_int8")}), flush=True)
     return {
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:]),
         "sample": f"{SAMPLE.relative_to(ROOT)} (random subset of {args.n} reviews, seed {args.seed})",
@@ -176,13 +186,14 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["results"].items():
-        for path in ("naive", "ours_fp32", "ours_bf16"):
+        for path in ("naive", "ours_fp32", "ours_bf16", "ours_int8"):
             r = row[path]
             if r is None:
                 lines.append(f"| {name} | {row['mean_tokens']:.0f} | {row['truncated_share']:.0%} | {path} | "
                              "not run: no native bf16 on this CPU (emulated bf16 is slower than fp32) | | | | | |")
                 continue
-            speed = {"naive": 1.0, "ours_fp32": row["speedup_fp32"], "ours_bf16": row["speedup_bf16"]}[path]
+            speed = {"naive": 1.0, "ours_fp32": row["speedup_fp32"], "ours_bf16": row["speedup_bf16"],
+                     "ours_int8": row.get("speedup_int8")}[path]
             cos = r.get("cosine_vs_naive") or r.get("cosine_vs_fp32")
             cos_text = f"{cos['mean']:.5f} (min {cos['min']:.4f})" if cos else "reference"
             lines.append(f"| {name} | {row['mean_tokens']:.0f} | {row['truncated_share']:.0%} | {path} | "
@@ -190,7 +201,11 @@ def markdown(report: dict) -> str:
                          f"{r['gflops_executed']:.0f} | {r['gflops_useful']:.0f} | {cos_text} |")
     lines += ["", "GFLOP/s counts the encoder's linear layers and attention (2 FLOPs per multiply-add); "
               "'executed' includes padding tokens, 'useful' counts real tokens only. Cosine: ours_fp32 against the "
-              "naive fp32 vectors, ours_bf16 against ours_fp32. Peak RSS is growth over the level before each path.", ""]
+              "naive fp32 vectors, ours_bf16 and ours_int8 against ours_fp32. Peak RSS is growth over the level before "
+              "each path.", ""]
+    int8 = [f"{name} {row['int8_over_fp32']:.2f}x" for name, row in report["results"].items() if "int8_over_fp32" in row]
+    if int8:
+        lines += [f"int8 against fp32 (ours_int8 / ours_fp32 reviews/s, one run): {', '.join(int8)}.", ""]
     return "\n".join(lines)
 
 

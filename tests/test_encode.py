@@ -1,7 +1,9 @@
-"""Encoding: pooler = tanh(W h_cls + b) by hand, mean/cls pooling, order kept under length sorting, bf16 agreement."""
+"""Encoding: pooler = tanh(W h_cls + b) by hand, mean/cls pooling, order kept under length sorting, bf16 and int8
+agreement."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -54,6 +56,21 @@ def test_bf16_backend_agrees_with_fp32(tiny_encoder_dir):
     bf16 = encode_texts(load_encoder(tiny_encoder_dir, pooling="mean", backend="torch_bf16"), TEXTS)
     assert bf16.dtype == np.float32
     assert cosine_agreement(fp32, bf16)["mean"] > 0.98
+
+
+def test_int8_backend_quantises_only_its_layers_agrees_with_fp32_and_leaves_the_model_fp32(tiny_encoder_dir):
+    fp32 = load_encoder(tiny_encoder_dir, pooling="mean")
+    int8 = load_encoder(tiny_encoder_dir, pooling="mean", backend="torch_int8")
+    exact, quantised = encode_texts(fp32, TEXTS), encode_texts(int8, TEXTS)
+    assert quantised.dtype == np.float32 and not np.array_equal(exact, quantised)
+    assert cosine_agreement(exact, quantised)["mean"] > 0.98
+    quantised_layers = {name for name, module in int8.runner().named_modules()
+                        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)}
+    layers = len(int8.model.encoder.layer)
+    assert quantised_layers == {f"encoder.layer.{k}.{kind}" for k in range(layers)
+                                for kind in ("attention.output.dense", "intermediate.dense")}
+    # the loaded model stays fp32: the backend check's reference encodes with it
+    np.testing.assert_array_equal(encode_texts(dataclasses.replace(int8, backend="torch"), TEXTS), exact)
 
 
 def test_pooler_refused_when_checkpoint_lacks_pooler(tiny_encoder_dir, tmp_path):

@@ -11,15 +11,19 @@ One forward pass can be pooled several ways (`encode_pooled`), so encoders that 
 pooling never encode the same text twice.
 
 Backends: "torch" is fp32; "torch_bf16" runs the matmuls in bfloat16 (autocast), fast on CPUs with AVX-512 BF16 /
-AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "auto" (the default) picks the fastest of
-these the hardware runs natively (`choose_backend`). Vectors are always returned as float32.
+AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "torch_int8" runs the attention output and
+feed-forward input projections with int8 weights (per output channel) and int8 activations quantised on the fly
+(torch dynamic quantisation; CPU only; the other layers stay fp32, `INT8_LAYERS`); "auto" (the default) picks bf16
+or fp16 where the hardware runs it natively, fp32 elsewhere (`choose_backend`; docs/scale.md says what int8 buys
+here and why auto does not pick it). Vectors are always returned as float32.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -32,7 +36,11 @@ from pipeline.io import DataError
 log = logging.getLogger(__name__)
 
 POOLINGS = ("pooler", "mean", "cls")
-BACKENDS = ("torch", "torch_bf16", "torch_fp16")  # what an Encoder runs; "auto" is resolved before
+BACKENDS = ("torch", "torch_bf16", "torch_fp16", "torch_int8")  # what an Encoder runs; "auto" is resolved before
+# the linear layers torch_int8 quantises (names end so): of the four kinds in a BERT layer, the two whose int8 copy
+# kept the pooled vectors' cosine to fp32 at 0.99 or above together (benchmarks/results/embed_throughput.md); the
+# query/key/value and feed-forward output projections stay fp32
+INT8_LAYERS = ("attention.output.dense", "intermediate.dense")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
 
 
@@ -46,6 +54,7 @@ class Encoder:
     max_length: int = 128
     batch_size: int = 64
     backend: str = "torch"
+    _int8: torch.nn.Module | None = field(default=None, init=False, repr=False)  # `runner`'s copy, made once
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -58,6 +67,15 @@ class Encoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
+
+    def runner(self) -> torch.nn.Module:
+        """The module the forward pass runs: the model, or for torch_int8 its quantised copy (the model itself is
+        left fp32, so that the backend check can encode with it)."""
+        if self.backend != "torch_int8":
+            return self.model
+        if self._int8 is None:
+            self._int8 = quantised_int8(self.model)
+        return self._int8
 
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         return encode_texts(self, texts, progress=progress)
@@ -101,6 +119,22 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def quantised_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose `INT8_LAYERS` linear layers hold int8 weights (one scale per output channel) and
+    quantise their input on the fly (torch dynamic quantisation, the x86 / fbgemm kernels on CPU)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if next(model.parameters()).device.type != "cpu":
+        raise DataError("backend torch_int8 runs on CPU only (use auto, torch_bf16 or torch_fp16 on a GPU)")
+    layers = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name.endswith(INT8_LAYERS)}
+    if not layers:
+        raise DataError(f"backend torch_int8: the encoder has no linear layer named *{' or *'.join(INT8_LAYERS)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=False)
+
+
 def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int = 128, batch_size: int = 64,
                  backend: str = "torch", also_poolings: Sequence[str] = ()) -> Encoder:
     """Load a `BertModel` checkpoint; pooler pooling (as `pooling` or one of `also_poolings`, for
@@ -118,10 +152,10 @@ def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int =
     if missing:
         log.warning("%s: weights initialised at random (absent from the checkpoint): %s", path, missing)
     model.eval()
-    if torch.cuda.is_available():  # same code path; the batches follow the model's device
-        model.to("cuda")
-    return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size,
-                   backend=choose_backend(backend))
+    backend = choose_backend(backend)
+    if torch.cuda.is_available() and backend != "torch_int8":  # the batches follow the model's device
+        model.to("cuda")  # (int8's kernels are CPU kernels: it stays there)
+    return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size, backend=backend)
 
 
 def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -172,12 +206,13 @@ def encode_pooled(encoder: Encoder, texts: Sequence[str], poolings: Sequence[str
     device = next(encoder.model.parameters()).device
     if encoder.backend == "torch_fp16" and device.type != "cuda":
         raise DataError("backend torch_fp16 needs a CUDA device (use auto, torch or torch_bf16 on CPU)")
+    model = encoder.runner()
     batches = list(length_sorted_batches([len(t) for t in tokens], encoder.batch_size))
     for positions in tqdm(batches, desc="encoding", unit="batch", disable=not progress, leave=False):
         batch = encoder.tokenizer.pad({"input_ids": [tokens[p] for p in positions]}, return_tensors="pt")
         mask = batch["attention_mask"].to(device)
         with _autocast(encoder.backend, device):
-            output = encoder.model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+            output = model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
             for p in poolings:
                 out[p][positions] = pool(output, mask, p).float().cpu().numpy()
     return out
