@@ -9,7 +9,7 @@ it measures reviews/s and peak RSS growth of
     naive       plain `BertModel` fp32, fixed batches in file order, every batch padded to max_length
     ours_fp32   pipeline.text.encode: length-sorted batches, dynamic padding, inference_mode
     ours_bf16   the same with backend "torch_bf16" (autocast bfloat16 on CPU)
-    ours_int8   the same with backend "torch_int8" (dynamic int8 attention-output and feed-forward-input layers)
+    ours_int8   the same with backend "torch_int8" (dynamic int8 attention projections)
 and reports which of the two is the default path (`embed.backend: auto` picks bf16 only where the CPU runs it
 natively: AVX512-BF16 or AMX), with its speed-up against naive (target >= 3.5x, cosine >= 0.999),
 plus achieved GFLOP/s (linear layers + attention on the tokens actually run) against a float32 (and bfloat16)

@@ -67,8 +67,8 @@ def test_int8_backend_quantises_only_its_layers_agrees_with_fp32_and_leaves_the_
     quantised_layers = {name for name, module in int8.runner().named_modules()
                         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)}
     layers = len(int8.model.encoder.layer)
-    assert quantised_layers == {f"encoder.layer.{k}.{kind}" for k in range(layers)
-                                for kind in ("attention.output.dense", "intermediate.dense")}
+    assert quantised_layers == {f"encoder.layer.{k}.attention.{kind}" for k in range(layers)
+                                for kind in ("self.query", "self.key", "self.value", "output.dense")}
     # the loaded model stays fp32: the backend check's reference encodes with it
     np.testing.assert_array_equal(encode_texts(dataclasses.replace(int8, backend="torch"), TEXTS), exact)
 

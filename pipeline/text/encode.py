@@ -11,8 +11,8 @@ One forward pass can be pooled several ways (`encode_pooled`), so encoders that 
 pooling never encode the same text twice.
 
 Backends: "torch" is fp32; "torch_bf16" runs the matmuls in bfloat16 (autocast), fast on CPUs with AVX-512 BF16 /
-AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "torch_int8" runs the attention output and
-feed-forward input projections with int8 weights (per output channel) and int8 activations quantised on the fly
+AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "torch_int8" runs the attention block's
+projections (query, key, value, output) with int8 weights (per output channel) and int8 activations quantised on the fly
 (torch dynamic quantisation; CPU only; the other layers stay fp32, `INT8_LAYERS`); "auto" (the default) picks bf16
 or fp16 where the hardware runs it natively, fp32 elsewhere (`choose_backend`; docs/scale.md says what int8 buys
 here and why auto does not pick it). Vectors are always returned as float32.
@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("pooler", "mean", "cls")
 BACKENDS = ("torch", "torch_bf16", "torch_fp16", "torch_int8")  # what an Encoder runs; "auto" is resolved before
-# the linear layers torch_int8 quantises (names end so): of the four kinds in a BERT layer, the two whose int8 copy
-# kept the pooled vectors' cosine to fp32 at 0.99 or above together (benchmarks/results/embed_throughput.md); the
-# query/key/value and feed-forward output projections stay fp32
-INT8_LAYERS = ("attention.output.dense", "intermediate.dense")
+# the linear layers torch_int8 quantises (names match so): the attention block's, whose int8 copy kept the pooled
+# vectors' cosine to fp32 highest of the sets above 0.99 (benchmarks/results/int8_layers.md); the feed-forward
+# projections, which cost the most cosine, stay fp32
+INT8_LAYERS = (".attention.self.query", ".attention.self.key", ".attention.self.value", ".attention.output.dense")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
 
 
