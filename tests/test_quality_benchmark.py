@@ -84,3 +84,24 @@ def test_a_row_is_chosen_by_the_validation_score_measured_before_its_final_fit(r
     final = train(RunSpec(model=model), replace_config(config, refit_with_validation=True), data, progress=False)
     assert evaluate(final.model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"] > row["valid_full_ndcg@10"]
     assert row["test"]["full"]["ndcg@10"] == evaluate(final.model, data, "test", ks=[10])["full"]["ndcg@10"]
+
+
+def test_the_verdict_reports_the_defaults_gain_beside_the_best_text_rows():
+    """Validation may prefer another text row (here the validation best); the default's own gain and interval over
+    the best non-text row are reported beside it, so that a rule change that costs the default shows."""
+    from benchmarks.quality import verdict
+
+    def row(valid, per_positive, cache="minilm_mean"):
+        return {"cache": cache, "shuffle": False, "uses_text": cache is not None, "valid": valid,
+                "full": {"ndcg@10": (float(np.mean(per_positive)), 0.0)}, "per_positive": per_positive,
+                "buckets": {}}
+
+    rows = {"ease_wide": row(0.2, [0.5, 0.5, 0.5, 0.5], cache=None), "neumf": row(0.1, [0.1] * 4, cache=None),
+            "bert_rs@minilm_mean": row(0.25, [1.0, 0.5, 0.5, 0.5]),
+            "bert_rs_validation_best@minilm_mean": row(0.3, [1.0, 1.0, 0.5, 0.5])}
+    v = verdict(rows, np.array([0, 1, 2, 3]), default="bert_rs@minilm_mean")
+    assert v["best_text"] == "bert_rs_validation_best@minilm_mean" and v["best_non_text"] == "ease_wide"
+    assert v["default"]["row"] == "bert_rs@minilm_mean"
+    assert v["default"]["relative_gain_over_best_non_text"] == pytest.approx(0.625 / 0.5 - 1)
+    # one user of four gains 0.5: a resample drawing them k times of 4 has mean k/8; k = 4 is rarer than 2.5%
+    assert v["default"]["bootstrap_95ci_gain"] == [0.0, 0.375]
