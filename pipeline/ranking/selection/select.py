@@ -31,10 +31,12 @@ place in the model's tie order (`ClosedFormRanker.grid_position`, for grids comp
 simplest first).
 
 Screening a large search (`train.screen_search`), successive halving's first round. With at least SCREEN_FROM_USERS
-validation users, every candidate is first scored on a seeded SCREEN_SHARE of them; a candidate goes on to the other
-users when it is among the top SCREEN_KEEP of the screen, or the screen's best of its level of simplicity (the
-settings the rule compares), and in either case its gap to the screen's best is within SCREEN_Z of its paired
-standard error there; with the guard on, the screen's best plain setting goes on whatever its gap. A candidate
+validation users, every candidate is first scored on a seeded SCREEN_SHARE of them; every candidate of the simplest
+level goes on to the other users (for bert_rs the plain settings, 19 of 2,161: the rule's usual answer, whose choice
+among lambdas a quarter of the users made noisily at the paper's shape), and any other when it is among the top
+SCREEN_KEEP of the screen, or the screen's best of its level of simplicity, and its gap to the screen's best is
+within SCREEN_Z of its paired standard error there; with the guard on, the screen's best plain setting goes on
+whatever its gap. A candidate
 scored on all users has the scores it would have had unscreened (exactly on the CPU; on a GPU up to the rounding of
 products of another shape), and the rule and the guard choose among those: the guard's halvings then compare the
 survivors, which the screen picked on users of both halves. The model computes its grid
@@ -303,10 +305,10 @@ def scored_candidates(model: ClosedFormRanker, looks: ValidationLooks, progress:
 
 def screened_candidates(model: ClosedFormRanker, data: PreparedData, looks: ValidationLooks, seed: int,
                         progress: bool, keep_plain: bool = False) -> tuple[list[Scored], int]:
-    """Every candidate scored on a seeded SCREEN_SHARE of the validation users; those within SCREEN_Z standard
-    errors of that screen's best, and among the top SCREEN_KEEP of it or the best of their level of simplicity (what
-    the rule compares), scored on the other users as well; `keep_plain`: the screen's best plain candidate too,
-    whatever its gap (the guard measures the search's gain over it). -> (the survivors scored on every user, in
+    """Every candidate scored on a seeded SCREEN_SHARE of the validation users; every candidate of the simplest
+    level, and those within SCREEN_Z standard errors of that screen's best and among the top SCREEN_KEEP of it or the
+    best of their level of simplicity (what the rule compares), scored on the other users as well; `keep_plain`: the
+    screen's best plain candidate too, whatever its gap (the guard measures the search's gain over it). -> (the survivors scored on every user, in
     offered order; the candidates scored)"""
     rng = np.random.default_rng(seed)
     share = np.sort(rng.choice(looks.users, size=max(2, round(SCREEN_SHARE * len(looks.users))), replace=False))
@@ -318,10 +320,12 @@ def screened_candidates(model: ClosedFormRanker, data: PreparedData, looks: Vali
     top = {id(c) for c in sorted(screened, key=lambda c: -c.score)[:math.ceil(SCREEN_KEEP * len(screened))]}
     level_best = {id(first_best([c for c in screened if c.simplicity == level]))
                   for level in {c.simplicity for c in screened}}
+    simplest = min(c.simplicity for c in screened)  # few settings (bert_rs: the plain ones), the rule's usual answer
     plain = [c for c in screened if model.is_plain(c.setting)] if keep_plain else []
     best_plain = {id(first_best(plain))} if plain else set()
     survivors = [c for c, gap, error in zip(screened, gaps, errors)
-                 if (gap <= SCREEN_Z * error and (id(c) in top or id(c) in level_best)) or id(c) in best_plain]
+                 if c.simplicity == simplest or id(c) in best_plain
+                 or (gap <= SCREEN_Z * error and (id(c) in top or id(c) in level_best))]
     rest = ValidationLooks(data, "valid", users=np.setdiff1d(looks.users, share))
     on_rest = {c.setting: c.per_positive for c in scored_candidates(
         model, rest, progress, "choosing", only={c.setting for c in survivors})}
