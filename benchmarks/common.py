@@ -34,7 +34,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import BertRSConfig
+from pipeline.config.ranking import BertRSConfig, DenseSearchConfig
 from pipeline.data.prepared import PreparedData, load_reviews
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ NOT_A_SETTING = {"validation_looks", "pop_only", "epochs_scored_on_validation"}
 def fixed_choices(choices: dict | None) -> dict:
     """models.bert_rs overrides that leave the closed-form text model exactly one option per setting: the one its
     partner chose (so the ablation cannot re-search). Unknown choice names stop the run rather than be ignored."""
-    fields = {f.name for f in dataclasses.fields(BertRSConfig)}
+    fields = {f.name for section in (BertRSConfig, DenseSearchConfig) for f in dataclasses.fields(section)}
     out = {}
     for key, value in (choices or {}).items():
         if key in NOT_A_SETTING:

@@ -247,7 +247,7 @@ def config_for(base: RankingConfig, spec: RunSpec, index: int, seed: int, lambda
                ) -> RankingConfig:
     if spec.model == "ease":
         return base.override("ease", lambdas=[lambdas[index]], seed=seed)
-    if spec.model == "bert_rs":  # it searches lambda itself, jointly with its text settings (models.bert_rs.lambdas)
+    if spec.model == "bert_rs":  # it searches lambda itself, jointly with its text settings (models.bert_rs.dense.lambdas)
         return base.override("bert_rs", seed=seed)
     own = {f.name for f in dataclasses.fields(base.section(spec.model))}  # MF has no MLP; pop nothing to search
     return base.override(spec.model, **{k: v for k, v in SEARCH[index].items() if k in own}, seed=seed)

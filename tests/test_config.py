@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params, RankingConfig, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,8 +45,14 @@ def test_the_shipped_params_load_into_typed_sections():
         ({"runs": {"x": {"model": "gmf", "shuffle": True}}}, r"runs\.x\.shuffle"),
         ({"encoders": {"e": {"finetune": "yes"}}}, r"encoders\.e\.finetune: expected true or false"),
         ({"encoders": {"e": {"objective": "simcse"}}}, r"encoders\.e\.objective: 'simcse' is not one of"),
-        ({"models": {"bert_rs": {"text_matches": ["title"]}}}, r"models\.bert_rs\.text_matches\[0\]: 'title' is not one of"),
-        ({"models": {"bert_rs": {"text_side_weights": []}}}, r"models\.bert_rs\.text_side_weights: needs at least one value"),
+        ({"models": {"bert_rs": {"dense": {"text_matches": ["title"]}}}},
+         r"models\.bert_rs\.dense\.text_matches\[0\]: 'title' is not one of"),
+        ({"models": {"bert_rs": {"dense": {"text_side_weights": []}}}},
+         r"models\.bert_rs\.dense\.text_side_weights: needs at least one value"),
+        ({"models": {"bert_rs": {"solver": "scalable", "dense": {"lambdas": [5.0]}}}},
+         r"models\.bert_rs\.dense: solver scalable ignores this section"),
+        ({"models": {"bert_rs": {"solver": "dense", "scalable": {"rank": 8}}}},
+         r"models\.bert_rs\.scalable: solver dense ignores this section"),
         ({"models": {"bert_rs_neural": {"user_id_dropout": 1.0}}}, r"models\.bert_rs_neural\.user_id_dropout: must lie in"),
         ({"models": {"ease": {"lambdas": [0.0]}}}, r"models\.ease\.lambdas: needs values > 0"),
         ({"whatever": 1}, r"whatever: unknown key"),
@@ -79,3 +85,15 @@ def test_an_encoder_can_choose_its_own_pooling_and_finetune_decision(tmp_path):
     assert params.embed_for("a").pooling == "pooler" and params.embed_for("b").pooling == "mean"
     assert params.finetune_reason("a") is None
     assert params.finetune_reason("b") == "encoders.b.finetune is false"
+
+
+def test_an_override_of_one_model_reaches_the_solver_section_that_holds_the_setting():
+    config = RankingConfig().override("bert_rs", solver="scalable", rank=16, epochs=4, text_weights=[0.0, 1.0])
+    section = config.section("bert_rs")
+    assert (section.scalable.rank, section.scalable.epochs, section.text_weights) == (16, 4, [0.0, 1.0])
+    assert RankingConfig().override("bert_rs", lambdas=[7.0]).section("bert_rs").dense.lambdas == [7.0]
+    assert RankingConfig().override("bert_rs", scalable={"rank": 8}).section("bert_rs").scalable.rank == 8
+    # a shared override (no model named) changes top-level fields only: bert_rs's scalable epochs stay
+    assert RankingConfig().override(epochs=3).section("bert_rs").scalable.epochs == 10
+    with pytest.raises(ConfigError, match=r"models\.bert_rs: no setting 'ranks' \(known: .*'scalable\.rank'"):
+        RankingConfig().override("bert_rs", ranks=8)

@@ -16,6 +16,7 @@ from pipeline.ranking.models.baselines import EASE, EigenGram, ridge_inverse_
 from pipeline.ranking.models.review_ease import ReviewAwareEASE
 from pipeline.ranking.selection.select import select
 from pipeline.ranking.training.train import train
+from pipeline.ranking.selection.spaces import ReviewAwareSpace
 from tests.ranking_fixtures import replace_config
 from tests.test_review_ease import random_world
 
@@ -58,9 +59,7 @@ def test_ease_and_bert_rs_searched_and_refitted_on_the_device_path_choose_and_sc
 
 def test_the_search_announces_how_many_candidates_it_will_score_and_shows_them_scored(capfd):
     data, _, profiles = random_world(seed=3)
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 1.0, [0.0, 1.0], ["item_neighbours", "user_profile"],
-                            [0.0, 0.5, 1.0], ease_lambdas=[1.0, 10.0], regularisers=["ease", "l3ae"],
-                            whitening=[False, True], pop_weights=[0.0, 1.0])
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[1.0, 10.0], side_weights=[0.0, 1.0], matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5, 1.0], regularisers=["ease", "l3ae"], whitening=[False, True], pop_weights=[0.0, 1.0]))
     total = model.candidate_count()
     chosen = select(model.fit(data.train.users, data.train.items), data, progress=True)
     assert chosen.looks == total == 1 + 2 * 2 * 2 * 2 * (2 * 2 + 1) * 2

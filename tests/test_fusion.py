@@ -18,6 +18,7 @@ from pipeline.ranking.models.review_ease import ReviewAwareEASE, standardise
 from pipeline.ranking.models.fusion import FusionRanker
 from pipeline.ranking.registry import build_model
 from pipeline.ranking.training.train import train
+from pipeline.ranking.selection.spaces import ReviewAwareSpace
 from tests.ranking_fixtures import N_ITEMS, N_USERS, replace_config, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -125,8 +126,7 @@ def small_fit(side=(0.0,), matches=("user_profile",), weights=(0.0,)):
     rng = np.random.default_rng(0)
     x = np.zeros((N_USERS, N_ITEMS))
     x[rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40)] = 1.0
-    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ease_lambda=1.0, side_weights=side, matches=matches,
-                            weights=weights).fit(*np.nonzero(x))
+    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ReviewAwareSpace(lambdas=[1.0], side_weights=side, matches=matches, text_weights=weights)).fit(*np.nonzero(x))
     return model, x
 
 
@@ -181,7 +181,7 @@ def test_bert_rs_score_is_the_standardised_item_model_plus_weighted_text_and_pop
 
 def test_unknown_text_match_is_refused():
     with pytest.raises(ValueError, match="text matches"):
-        ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), 1.0, matches=("review_title",))
+        ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ReviewAwareSpace(lambdas=[1.0], matches=("review_title",)))
 
 
 def text_gain_and_ablation(ranking_env, config, baseline: RunSpec, text: RunSpec, protocol: str) -> dict:
@@ -202,10 +202,10 @@ def best_on_validation(ranking_env, config) -> dict:
     spec = RunSpec(model="bert_rs", embeddings="x")
     best, best_ndcg = None, -1.0
     grids = config.section("bert_rs")
-    for side in grids.text_side_weights:
-        for match in grids.text_matches:
+    for side in grids.dense.text_side_weights:
+        for match in grids.dense.text_matches:
             for w in grids.text_weights:
-                if w == 0.0 and match != grids.text_matches[0]:
+                if w == 0.0 and match != grids.dense.text_matches[0]:
                     continue  # w = 0 ignores the match
                 one = replace_config(config, "bert_rs", text_side_weights=[side], text_matches=[match], text_weights=[w])
                 model = train(spec, one, data, profiles, progress=False).model
@@ -223,7 +223,7 @@ def settings(model) -> dict:
 def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(ranking_env):
     # the three text grids searched here; lambda, regulariser, whitening and popularity are held at one value each
     # (their search is specified in tests/test_review_ease.py)
-    config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
+    config = replace_config(ranking_env.config, "bert_rs", text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
                             text_matches=["item_neighbours", "user_profile"],
                             lambdas=ranking_env.config.section("ease").lambdas, regularisers=["ease"],
                             whitening=[False], pop_weights=[0.0]).override(choice_rule="best")
@@ -239,7 +239,7 @@ def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(
 
 def test_bert_rs_choices_never_read_the_test_split(ranking_env):
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 1.0])
+    config = replace_config(ranking_env.config, "bert_rs", text_side_weights=[0.0, 1.0], text_weights=[0.0, 1.0])
     spec = RunSpec(model="bert_rs", embeddings="x")
     seen = train(spec, config, data, profiles, progress=False).model.choices()
     empty = dataclasses.replace(data.test, users=data.test.users[:0], items=data.test.items[:0])

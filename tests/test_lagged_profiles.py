@@ -118,10 +118,10 @@ def adjacent_world(seed: int = 0, n_users: int = 150, n_topics: int = 6, per_top
 def small_grid(refit: bool, solver: str = "dense") -> RankingConfig:
     """bert_rs choosing only its text match and weight (no guard, no simplicity rule: the validation best is kept)."""
     shared = TrainConfig(device="cpu", seed=0, refit_with_validation=refit, guard_additions=False, choice_rule="best")
-    return RankingConfig(shared).override(
-        "bert_rs", text_side_weights=[0.0], lambdas=[100.0], regularisers=["ease"], whitening=[False],
-        pop_weights=[0.0], text_weights=[0.0, 1.0, 4.0], text_matches=["user_profile", "user_profile_recent"],
-        solver=solver, scalable_rank=8, scalable_epochs=3)
+    solver_section = {"scalable": {"rank": 8, "epochs": 3}}.get(solver, {
+        "text_side_weights": [0.0], "lambdas": [100.0], "regularisers": ["ease"], "whitening": [False],
+        "pop_weights": [0.0], "text_matches": ["user_profile", "user_profile_recent"]})
+    return RankingConfig(shared).override("bert_rs", solver=solver, text_weights=[0.0, 1.0, 4.0], **solver_section)
 
 
 def test_bert_rs_chooses_one_review_behind_is_tested_with_the_whole_profiles_and_ranks_test_better(

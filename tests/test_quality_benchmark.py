@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 def test_a_one_point_grid_from_the_partners_choices_reproduces_its_model_and_shuffling_then_changes_only_profiles(
         ranking_env):
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = replace_config(ranking_env.config, text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0])
+    config = replace_config(ranking_env.config, "bert_rs", text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0])
     spec = RunSpec(model="bert_rs", embeddings="x")
     partner = train(spec, config, data, profiles, progress=False).model
     held = config.override("bert_rs", **fixed_choices(partner.choices()))

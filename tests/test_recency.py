@@ -32,6 +32,7 @@ from pipeline.ranking.models.review_ease import ReviewAwareEASE, whitened_units
 from pipeline.ranking.evaluation.metrics import metrics_from_ranks
 from pipeline.ranking.selection.select import select
 from pipeline.ranking.training.train import train
+from pipeline.ranking.selection.spaces import ReviewAwareSpace
 from tests.ranking_fixtures import in_memory_data
 
 
@@ -103,7 +104,7 @@ def test_the_recent_match_is_the_cosine_of_the_centred_recent_and_item_profiles(
     rng = np.random.default_rng(1)
     profiles = Profiles(rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32),
                         np.ones(5, bool), np.ones(6, bool), {}, rng.normal(size=(5, 4)).astype(np.float32))
-    model = ReviewAwareEASE(5, 6, profiles, 10.0, matches=["user_profile", "user_profile_recent"])
+    model = ReviewAwareEASE(5, 6, profiles, ReviewAwareSpace(lambdas=[10.0], matches=["user_profile", "user_profile_recent"]))
     scores = model.text_scores(torch.arange(5), "user_profile_recent", whiten=False)
     recent = profiles.recent_users - profiles.recent_users.mean(0)
     items = profiles.items - profiles.items.mean(0)
@@ -118,8 +119,8 @@ def test_the_recent_match_is_the_cosine_of_the_centred_recent_and_item_profiles(
     assert not torch.allclose(model.text_scores(torch.arange(5), "user_profile", whiten=True),
                               white_recent @ white_items.T)
     with pytest.raises(ValueError, match="user_profile_recent"):
-        ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None), 10.0, matches=["user_profile_recent"])
-    without = ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None), 10.0, matches=["user_profile"])
+        ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None), ReviewAwareSpace(lambdas=[10.0], matches=["user_profile_recent"]))
+    without = ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None), ReviewAwareSpace(lambdas=[10.0], matches=["user_profile"]))
     with pytest.raises(ValueError, match="recency-weighted"):
         without.text_scores(torch.arange(5), "user_profile_recent", whiten=False)
 
@@ -168,7 +169,7 @@ def test_when_taste_moves_the_search_picks_the_recent_profile_and_ranks_the_next
     data, profiles = drifting_world()
 
     def fitted(matches):
-        model = ReviewAwareEASE(data.n_users, data.n_items, profiles, 100.0, [0.0], matches, [0.0, 1.0, 4.0])
+        model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[100.0], side_weights=[0.0], matches=matches, text_weights=[0.0, 1.0, 4.0]))
         model.fit(data.train.users, data.train.items)
         select(model, data)
         return model

@@ -49,7 +49,7 @@ SECTION_REACHES_MODEL = {
     "semantic_only": ({"semantic_form": "projected", "factors": 6, "mlp_layers": [12, 6]},
                       lambda m: (m.semantic_form, m.widths["semantic"]), ("projected", 6)),
     "bert_rs": ({"lambdas": [7.0, 70.0], "text_weights": [0.0, 2.0], "solver": "dense"},
-                lambda m: (m.grid_lambda, m.grid_weight), ([7.0, 70.0], [0.0, 2.0])),
+                lambda m: (m.space.lambdas, m.space.text_weights), ((7.0, 70.0), (0.0, 2.0))),
 }
 
 

@@ -59,7 +59,7 @@ def test_closed_form_standardisation_equals_standardising_whole_rows(ranking_env
 
 def test_bert_rs_switches_to_the_scalable_solver_and_run_json_says_so(ranking_env, tmp_path):
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = ranking_env.config.override("bert_rs", solver="scalable", scalable_rank=16, scalable_epochs=2,
+    config = ranking_env.config.override("bert_rs", solver="scalable", rank=16, epochs=2,
                                          text_weights=[0.0, 0.5])
     spec = RunSpec(model="bert_rs", embeddings="synthetic")
     result = train(spec, config, data, profiles, progress=False)
@@ -102,8 +102,8 @@ def test_the_pass_kept_is_the_validation_best_and_training_stops_patience_passes
 
 def test_train_chooses_the_passes_on_validation_and_the_final_fit_trains_as_many(ranking_env):
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = ranking_env.config.override("bert_rs", solver="scalable", scalable_rank=16, scalable_epochs=8,
-                                         scalable_patience=2, text_weights=[0.0, 0.5])
+    config = ranking_env.config.override("bert_rs", solver="scalable", rank=16, epochs=8,
+                                         patience=2, text_weights=[0.0, 0.5])
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, refit_with_validation=True))
     spec = RunSpec(model="bert_rs", embeddings="synthetic")
     result = train(spec, config, data, profiles, progress=False)
@@ -112,7 +112,7 @@ def test_train_chooses_the_passes_on_validation_and_the_final_fit_trains_as_many
     assert result.best_epoch == scores.index(max(scores)) + 1 and result.model.choices()["epochs"] == result.best_epoch
     assert len(scores) == min(8, result.best_epoch + 2)
     history = with_validation_in_training(data)
-    again = build_model(spec, config.override("bert_rs", scalable_epochs=result.best_epoch), data.n_users,
+    again = build_model(spec, config.override("bert_rs", epochs=result.best_epoch), data.n_users,
                         data.n_items, profiles)
     again.fit(history.train.users, history.train.items)
     torch.testing.assert_close(result.model.A, again.A, rtol=0, atol=0)

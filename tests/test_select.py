@@ -23,6 +23,7 @@ from pipeline.ranking.evaluation.metrics import ndcg_per_positive
 from pipeline.ranking.selection.choice import Choice
 from pipeline.ranking.selection.select import HalfBest, KeepBest, ValidationLooks, keep_best, select
 from pipeline.ranking.training.train import train
+from pipeline.ranking.selection.spaces import ReviewAwareSpace
 from tests.ranking_fixtures import in_memory_data, tiny_profiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -164,8 +165,7 @@ def test_bert_rs_offers_its_whole_grid_from_one_eigendecomposition(monkeypatch):
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
                           (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
-    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0, [0.0, 1.0, 4.0], ["user_profile"], [0.0, 0.5],
-                                   ease_lambdas=[1.0, 10.0, 100.0], whitening=[False, True])
+    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0, 4.0], matches=["user_profile"], text_weights=[0.0, 0.5], whitening=[False, True]))
     choice = select(model.fit(*np.nonzero(x)), data)
     assert decomposed == [(11, 11)]
     assert choice.looks == model.choices()["validation_looks"] == 2 * 3 * 3 * 2
@@ -177,9 +177,7 @@ def bert_rs_world(seed: int):
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
                           (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
-    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(seed), 1.0, [0.0, 1.0, 4.0],
-                                   ["item_neighbours", "user_profile"], [0.0, 0.5], ease_lambdas=[1.0, 10.0, 100.0],
-                                   whitening=[False, True], regularisers=["ease", "l3ae"], pop_weights=[0.0, 1.0])
+    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(seed), ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0, 4.0], matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5], regularisers=["ease", "l3ae"], whitening=[False, True], pop_weights=[0.0, 1.0]))
     return data, model.fit(*np.nonzero(x))
 
 
@@ -500,7 +498,7 @@ def test_bert_rs_counts_only_text_free_settings_as_plain():
 
 
 def tiny_bert_rs():
-    return review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), 1.0)
+    return review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), ReviewAwareSpace(lambdas=[1.0]))
 
 
 # ------------------------------------------------------------------------------------------- pinned choices
@@ -539,7 +537,7 @@ def test_ease_with_one_lambda_chooses_nothing(ranking_env):
 
 
 def test_the_scalable_solver_keeps_its_pinned_text_weight(ranking_env):
-    config = ranking_env.config.override("bert_rs", solver="scalable", scalable_rank=16, scalable_epochs=3,
+    config = ranking_env.config.override("bert_rs", solver="scalable", rank=16, epochs=3,
                                          text_weights=[0.0, 0.25, 0.5, 1.0, 2.0])
     result = train(BERT_RS, config, ranking_env.data, ranking_env.profiles(), progress=False)
     assert result.model.choices()["text_weight"] == 0.5

@@ -50,9 +50,10 @@ def test_validation_ranking_never_reads_the_test_split(ranking_env, trained_runs
 def test_every_choice_and_validation_number_ignores_where_the_test_positives_are(ranking_env, model, solver):
     data, profiles = ranking_env.data, ranking_env.profiles()
     moved = with_test_positives_moved(data)
-    config = replace_config(ranking_env.config, epochs=4, patience=2, text_side_weights=[0.0, 1.0],
-                            text_weights=[0.0, 0.5, 1.0])
-    config = config.override("bert_rs", solver=solver, scalable_rank=16, scalable_epochs=4, scalable_patience=2)
+    config = replace_config(ranking_env.config, epochs=4, patience=2)
+    solver_settings = {"dense": {"text_side_weights": [0.0, 1.0]}, "scalable": {"rank": 16, "epochs": 4, "patience": 2},
+                       "auto": {}}[solver]
+    config = config.override("bert_rs", solver=solver, text_weights=[0.0, 0.5, 1.0], **solver_settings)
     spec = RunSpec(model=model, embeddings="x" if model == "bert_rs" else None)
     seen, blind = (train(spec, config, d, profiles, progress=False) for d in (data, moved))
     np.testing.assert_equal(blind.curves, seen.curves)  # NaN-aware: closed-form rows have no loss
@@ -144,8 +145,8 @@ def _refit(config):
 @pytest.mark.parametrize("model", ["ease", "bert_rs"])
 def test_the_final_fit_keeps_every_choice_and_scores_test_from_train_and_validation_pairs(ranking_env, model):
     data, profiles = ranking_env.data, ranking_env.profiles()
-    config = replace_config(ranking_env.config, lambdas=[5.0, 50.0, 500.0], text_side_weights=[0.0, 1.0],
-                            text_weights=[0.0, 0.5])
+    config = replace_config(ranking_env.config, lambdas=[5.0, 50.0, 500.0]).override(
+        "bert_rs", lambdas=[5.0, 50.0, 500.0], text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5])
     spec = RunSpec(model=model, embeddings="x" if model == "bert_rs" else None)
     chosen = train(spec, config, data, profiles, progress=False)
     final = train(spec, _refit(config), data, profiles, progress=False)

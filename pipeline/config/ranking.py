@@ -91,43 +91,74 @@ class FusionConfig(NCFConfig):
 
 
 @dataclass(frozen=True)
-class BertRSConfig:
-    """The default model (pipeline/ranking/models/review_ease.py): EASE on X^T X + a m F F^T, plus w times a text match, both
-    standardised per user; every grid below is searched jointly on validation."""
+class DenseSearchConfig:
+    """`models.bert_rs.dense`: the grids the dense solver (pipeline/ranking/models/review_ease.py) searches jointly
+    on validation, with the section's text weights; the search space itself is
+    pipeline/ranking/selection/spaces.py's `ReviewAwareSpace`."""
 
     text_side_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0])  # a, in mean interactions per item
     # the late text match: item_neighbours x_u F F^T; user_profile cos(b_u, b_i); user_profile_recent cos(r_u, b_i)
     # with r_u the user's training reviews weighted 1, 1/2, 1/4, ... from the newest back
     text_matches: list[Literal["item_neighbours", "user_profile", "user_profile_recent"]] = field(
         default_factory=lambda: ["item_neighbours", "user_profile", "user_profile_recent"])
-    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])  # w of the text match
     lambdas: list[float] = field(default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0])  # EASE's lambda
     # ease: ||B||^2; l3ae: ||B - S||^2 with S the text's own item-item model
     regularisers: list[Literal["ease", "l3ae"]] = field(default_factory=lambda: ["ease", "l3ae"])
     whitening: list[bool] = field(default_factory=lambda: [False, True])  # ZCA whitening of the review vectors
     # the weight p of a popularity term (a grid of 2+ values also adds "popularity alone")
     pop_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 1.0])
-    # past the memory budget (pipeline/ranking/models/scalable.py): dense = EASE solves (n_items^2 memory), scalable = a
-    # low-rank item model (n_items x rank), auto = dense while it fits train.memory_budget_gb; recorded in run.json
-    solver: Literal["auto", "dense", "scalable"] = "auto"
-    scalable_rank: int = 128  # columns of A in B = A A^T - I
-    scalable_epochs: int = 10  # at most this many passes over the users; the pass kept is chosen on validation
-    scalable_patience: int = 3  # passes without a better validation NDCG@10 (item model alone) before stopping
-    scalable_batch_users: int = 256  # users per Adam step (the loss is closed-form: memory does not grow with it)
-    scalable_learning_rate: float = 0.01
-    scalable_text_init: bool = True  # start A from the item profiles' principal directions (else random)
 
     def validate(self, key: str) -> None:
-        for name in ("text_side_weights", "text_matches", "text_weights", "lambdas", "regularisers", "whitening",
-                     "pop_weights"):
+        for name in ("text_side_weights", "text_matches", "lambdas", "regularisers", "whitening", "pop_weights"):
             check(len(getattr(self, name)) >= 1, f"{key}.{name}", "needs at least one value")
-        check(min(self.text_side_weights) >= 0 and min(self.text_weights) >= 0, f"{key}.text_side_weights",
+        check(min(self.text_side_weights) >= 0, f"{key}.text_side_weights",
               "text weights must be >= 0 (0 switches the text off)")
         check(min(self.lambdas) > 0, f"{key}.lambdas", "must be > 0")
         check(min(self.pop_weights) >= 0, f"{key}.pop_weights", "must be >= 0 (0: no popularity term)")
-        check(self.scalable_rank >= 1 and self.scalable_epochs >= 1 and self.scalable_batch_users >= 1,
-              f"{key}.scalable_rank", "scalable_rank, scalable_epochs and scalable_batch_users must be >= 1")
-        check(self.scalable_patience >= 1, f"{key}.scalable_patience", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ScalableSolverConfig:
+    """`models.bert_rs.scalable`: the low-rank item model past the memory budget
+    (pipeline/ranking/models/scalable.py); its text weight is the section's `text_weights`."""
+
+    rank: int = 128  # columns of A in B = A A^T - I
+    epochs: int = 10  # at most this many passes over the users; the pass kept is chosen on validation
+    patience: int = 3  # passes without a better validation NDCG@10 (item model alone) before stopping
+    batch_users: int = 256  # users per Adam step (the loss is closed-form: memory does not grow with it)
+    learning_rate: float = 0.01
+    text_init: bool = True  # start A from the item profiles' principal directions (else random)
+
+    def validate(self, key: str) -> None:
+        for name in ("rank", "epochs", "batch_users", "patience"):
+            check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+
+
+SOLVER_SECTIONS = {"dense": DenseSearchConfig, "scalable": ScalableSolverConfig}  # solver -> its own section
+
+
+@dataclass(frozen=True)
+class BertRSConfig:
+    """The default model: a review-aware item model plus w times a text match, both standardised per user.
+    `solver` picks the item model (dense: EASE solves, n_items^2 memory; scalable: low-rank, n_items x rank; auto:
+    dense while it fits train.memory_budget_gb, recorded in run.json); each solver reads its own section, and a
+    section the chosen solver would ignore is refused."""
+
+    solver: Literal["auto", "dense", "scalable"] = "auto"
+    text_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])  # w of the text match (both)
+    dense: DenseSearchConfig = field(default_factory=DenseSearchConfig)
+    scalable: ScalableSolverConfig = field(default_factory=ScalableSolverConfig)
+
+    def validate(self, key: str) -> None:
+        check(len(self.text_weights) >= 1, f"{key}.text_weights", "needs at least one value")
+        check(min(self.text_weights) >= 0, f"{key}.text_weights", "text weights must be >= 0 (0 switches the text off)")
+        for solver, section in SOLVER_SECTIONS.items():
+            getattr(self, solver).validate(f"{key}.{solver}")
+            # a solver fixed by hand never reads the other's section: settings there would be silently ignored
+            ignored = self.solver not in ("auto", solver) and getattr(self, solver) != section()
+            check(not ignored, f"{key}.{solver}", f"solver {self.solver} ignores this section; remove it (or set "
+                                                  f"{key}.solver: auto or {solver})")
 
 
 def _text(section: Any) -> Any:
@@ -215,7 +246,9 @@ class RankingConfig:
     def override(self, model: str | None = None, **changes: Any) -> "RankingConfig":
         """A copy with settings changed by field name: a `train` field changes the shared section; any other
         changes `models.<model>`, or, with no model named, every section that has the field (as a shared YAML
-        anchor would). A name no section has is an error."""
+        anchor would). With a model named, a field of one of its nested sections (bert_rs's `dense` and
+        `scalable`) is changed there, and a mapping given for a nested section changes the fields it names. A name
+        no section has is an error."""
         shared = {f.name for f in dataclasses.fields(TrainConfig)}
         train = dataclasses.replace(self.train, **{k: v for k, v in changes.items() if k in shared})
         rest = {k: v for k, v in changes.items() if k not in shared}
@@ -223,16 +256,41 @@ class RankingConfig:
         sections, used = {}, set()
         for name in names:
             section = self.section(name)
+            if model is not None:
+                sections[name] = _replace_nested(section, rest, f"models.{model}")
+                used |= set(rest)
+                continue
             own = {f.name for f in dataclasses.fields(section)}
             mine = {k: v for k, v in rest.items() if k in own}
-            if model is not None and set(rest) - own:
-                raise ConfigError(f"models.{model}: no setting(s) {sorted(set(rest) - own)} (known: {sorted(own)})")
             if mine:
                 sections[name] = dataclasses.replace(section, **mine)
                 used |= set(mine)
         if set(rest) - used:
             raise ConfigError(f"no section has setting(s) {sorted(set(rest) - used)}")
         return RankingConfig(train, dataclasses.replace(self.models, **sections))
+
+
+def _replace_nested(section: Any, changes: dict[str, Any], key: str) -> Any:
+    """`section` with `changes` applied: its own fields first, then each nested section's (a mapping given for a
+    nested section changes the fields it names). An unknown name raises `ConfigError` naming the known ones."""
+    own = {f.name: f for f in dataclasses.fields(section)}
+    nested = [name for name, value in vars(section).items() if dataclasses.is_dataclass(value)]
+    top, inner = {}, {name: {} for name in nested}
+    for name, value in changes.items():
+        if name in nested and isinstance(value, dict):
+            inner[name].update(value)
+        elif name in own:
+            top[name] = value
+        else:
+            homes = [n for n in nested if name in {f.name for f in dataclasses.fields(getattr(section, n))}]
+            if len(homes) != 1:
+                known = sorted(own) + [f"{n}.{f.name}" for n in nested for f in dataclasses.fields(getattr(section, n))]
+                raise ConfigError(f"{key}: no setting {name!r} (known: {known})")
+            inner[homes[0]][name] = value
+    for name, values in inner.items():
+        if values:
+            top[name] = _replace_nested(getattr(section, name), values, f"{key}.{name}")
+    return dataclasses.replace(section, **top)
 
 
 @dataclass(frozen=True)

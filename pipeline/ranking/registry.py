@@ -62,10 +62,10 @@ def bert_rs_solver(section: BertRSConfig, shared: TrainConfig, n_items: int) -> 
 
 def _bert_rs(section: BertRSConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
     if bert_rs_solver(section, shared, n_items) == "scalable":
-        return ScalableItemModel(n_users, n_items, profiles, section.scalable_rank, section.scalable_epochs,
-                                 section.scalable_batch_users, section.scalable_learning_rate,
-                                 section.scalable_text_init, section.text_weights, shared.seed,
-                                 section.scalable_patience)
+        solver = section.scalable
+        return ScalableItemModel(n_users, n_items, profiles, solver.rank, solver.epochs, solver.batch_users,
+                                 solver.learning_rate, solver.text_init, section.text_weights, shared.seed,
+                                 solver.patience)
     return ReviewAwareEASE.from_config(n_users, n_items, profiles, section)
 
 
@@ -96,7 +96,7 @@ def _ease_memory(section: EASEConfig, shared: TrainConfig, shape: Shape) -> tupl
 
 def _bert_rs_memory(section: BertRSConfig, shared: TrainConfig, shape: Shape) -> tuple[float, str]:
     if bert_rs_solver(section, shared, shape.n_items) == "scalable":
-        return scalable_bytes(shape, section.scalable_rank), "; or lower models.bert_rs.scalable_rank"
+        return scalable_bytes(shape, section.scalable.rank), "; or lower models.bert_rs.scalable.rank"
     return dense_bytes(shape, REVIEW_EASE_FOOTPRINT), ("; or set models.bert_rs.solver: scalable (or auto), the "
                                                        "low-rank item model whose memory is O(n_items x rank)")
 
@@ -189,7 +189,7 @@ def load_model_profiles(cache: str | Path, data: PreparedData, section: Any, sha
     where `profiles_lag_history` says so, for every text model (the same pass, which then builds the recent
     profiles too)."""
     profiles = load_profiles(cache, data_fingerprint=data.fingerprint, n_users=data.n_users, n_items=data.n_items)
-    recent = isinstance(section, BertRSConfig) and "user_profile_recent" in section.text_matches \
+    recent = isinstance(section, BertRSConfig) and "user_profile_recent" in section.dense.text_matches \
         and bert_rs_solver(section, shared, data.n_items) == "dense"
     lagged = choosing and profiles_lag_history(data, shared)
     if recent or lagged:

@@ -38,7 +38,7 @@ cache's profiles); the shuffled-profile ablation scrambles both and must lose th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Container, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Iterator
 
 import numpy as np
 import torch
@@ -47,12 +47,11 @@ import torch.nn.functional as F
 from pipeline.embeddings.cache import Profiles
 from pipeline.ranking.models.baselines import EASE, EigenGram, ease_from_inverse_, ridge_inverse_, score_via_all
 from pipeline.ranking.protocol import ClosedFormRanker, WeightedSums
+from pipeline.ranking.selection.spaces import REGULARISERS, TEXT_MATCHES, ReviewAwareSpace, Setting
 
 if TYPE_CHECKING:
     from pipeline.ranking.selection.choice import Choice
 
-TEXT_MATCHES = ("item_neighbours", "user_profile", "user_profile_recent")
-REGULARISERS = ("ease", "l3ae")
 TEXT_PRIOR_LAMBDA = 1.0  # nu of S: one item's worth of self-similarity (the text gram's diagonal is 1)
 WHITEN_SHRINKAGE = 0.1  # eigenvalue floor of the whitening, as a fraction of the mean: keeps noise directions tame
 
@@ -147,64 +146,35 @@ class LowRankPrior:
         return p_diag - p_pt_diag * self.inverse_pt_diag
 
 
-class Setting(NamedTuple):
-    """One point of bert_rs's joint grid."""
-
-    whiten: bool
-    side_weight: float  # a
-    ease_lambda: float
-    regulariser: str
-    text_match: str
-    text_weight: float  # w
-    pop_weight: float  # p
-    item_weight: float  # 1, or 0 at the popularity-alone point
-
-
 class ReviewAwareEASE(ClosedFormRanker):
     solver = "dense"  # the EASE solves; pipeline/ranking/models/scalable.py is the other bert_rs solver
     fits_on_device = True
     ranks_whole_catalogue = True  # scores come from full rows; profile-nearest candidates would drop EASE's picks
 
-    def __init__(
-        self,
-        n_users: int,
-        n_items: int,
-        profiles: Profiles,
-        ease_lambda: float,
-        side_weights: Sequence[float] = (0.0,),
-        matches: Sequence[str] = ("user_profile",),
-        weights: Sequence[float] = (0.0,),
-        *,
-        ease_lambdas: Sequence[float] | None = None,
-        regularisers: Sequence[str] = ("ease",),
-        whitening: Sequence[bool] = (False,),
-        pop_weights: Sequence[float] = (0.0,),
-    ) -> None:
+    def __init__(self, n_users: int, n_items: int, profiles: Profiles, space: ReviewAwareSpace | None = None) -> None:
+        """
+        Parameters
+        ----------
+        n_users, n_items : The matrix's shape.
+        profiles : The embedding cache's training-review profiles (pipeline/embeddings/cache.py).
+        space : The settings `candidates` offers (pipeline/ranking/selection/spaces.py); one plain EASE setting
+            at lambda 500 when None. Before any search the model stands in `space.first`.
+        """
         super().__init__()
-        unknown = [m for m in matches if m not in TEXT_MATCHES]
-        if unknown or not matches:
-            raise ValueError(f"text matches must be a non-empty subset of {TEXT_MATCHES}, got {list(matches)}")
-        if "user_profile_recent" in matches and profiles.recent_users is None:
+        self.space = space = space if space is not None else ReviewAwareSpace()
+        if "user_profile_recent" in space.matches and profiles.recent_users is None:
             raise ValueError("text match user_profile_recent needs the recency-weighted user profiles "
                              "(pipeline.embeddings.cache.with_recent_users)")
-        if not regularisers or any(r not in REGULARISERS for r in regularisers):
-            raise ValueError(f"regularisers must be a non-empty subset of {REGULARISERS}, got {list(regularisers)}")
         self.n_users, self.n_items = n_users, n_items
-        self.grid_lambda = [float(x) for x in (ease_lambdas if ease_lambdas is not None else [ease_lambda])]
-        self.ease = EASE(n_users, n_items, self.grid_lambda[0])
-        self.grid_side = [float(a) for a in side_weights]
-        self.grid_match = list(matches)
-        self.grid_weight = [float(w) for w in weights]
-        self.grid_regulariser = list(regularisers)
-        self.grid_whiten = [bool(x) for x in whitening]
-        self.grid_pop = [float(p) for p in pop_weights]
+        first = space.first
+        self.ease = EASE(n_users, n_items, first.ease_lambda)
         # the choices, saved in the checkpoint beside ease.B (which already includes lambda, side info and prior)
-        self.register_buffer("ease_lambda", torch.tensor(self.grid_lambda[0], dtype=torch.float64))
-        self.register_buffer("side_weight", torch.tensor(0.0))
-        self.register_buffer("regulariser_index", torch.tensor(REGULARISERS.index(self.grid_regulariser[0])))
-        self.register_buffer("whiten", torch.tensor(self.grid_whiten[0]))
-        self.register_buffer("text_weight", torch.tensor(0.0))
-        self.register_buffer("match_index", torch.tensor(TEXT_MATCHES.index(self.grid_match[0])))
+        self.register_buffer("ease_lambda", torch.tensor(first.ease_lambda, dtype=torch.float64))
+        self.register_buffer("side_weight", torch.tensor(first.side_weight))
+        self.register_buffer("regulariser_index", torch.tensor(REGULARISERS.index(first.regulariser)))
+        self.register_buffer("whiten", torch.tensor(first.whiten))
+        self.register_buffer("text_weight", torch.tensor(first.text_weight))
+        self.register_buffer("match_index", torch.tensor(TEXT_MATCHES.index(first.text_match)))
         self.register_buffer("pop_weight", torch.tensor(0.0))
         self.register_buffer("item_weight", torch.tensor(1.0))  # 0 at the popularity-alone point
         self.register_buffer("validation_looks", torch.tensor(0))
@@ -216,10 +186,8 @@ class ReviewAwareEASE(ClosedFormRanker):
 
     @classmethod
     def from_config(cls, n_users: int, n_items: int, profiles: Profiles, config) -> "ReviewAwareEASE":
-        """The model with every grid of its section (`pipeline.config.BertRSConfig`, params `models.bert_rs`)."""
-        return cls(n_users, n_items, profiles, config.lambdas[0], config.text_side_weights, config.text_matches,
-                   config.text_weights, ease_lambdas=config.lambdas, regularisers=config.regularisers,
-                   whitening=config.whitening, pop_weights=config.pop_weights)
+        """The model searching the space of its section (`pipeline.config.BertRSConfig`, params `models.bert_rs`)."""
+        return cls(n_users, n_items, profiles, ReviewAwareSpace.from_config(config))
 
     @property
     def match(self) -> str:
@@ -271,7 +239,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         no validation to choose on); `apply` re-solves at the setting chosen on validation."""
         self.ease.hold_pairs(users, items)
         self._hold_counts(items)
-        self.solve(0.0, self.grid_lambda[0], "ease", self.grid_whiten[0])
+        self.solve(0.0, self.space.lambdas[0], "ease", self.space.whitening[0])
         return self
 
     def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
@@ -363,34 +331,36 @@ class ReviewAwareEASE(ClosedFormRanker):
         therefore not the order of simplicity; ties are settled by `grid_position`. `only`: these item models
         alone ((whitening, side, lambda, regulariser) tuples; the lambdas without one are skipped, x Q included).
         (b, n_items) float64 each"""
+        space = self.space
         x = self.ease.rows(users).double()  # (b, n)
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
         eig, per_item = self.search_eigen()
         x_v = x @ eig.v  # (b, n)
-        with_prior = "l3ae" in self.grid_regulariser
-        needs_q_f = with_prior or any(self.grid_side)
+        needs_q_f = space.with_prior or any(space.side_weights)
         text = {}  # whitening -> F (n, d), V^T F (n, d), S (factored) or None
-        for whiten in self.grid_whiten:
+        for whiten in space.whitening:
             unit = self.units(whiten)[1].double()
-            text[whiten] = (unit, eig.v.T @ unit, LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if with_prior else None)
-        def wanted(*point) -> bool:
-            return only is None or any(model[:len(point)] == point for model in only)
+            text[whiten] = (unit, eig.v.T @ unit, LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if space.with_prior else None)
+        # what is still asked for at each loop level: lambdas, (whiten, lambda) and (whiten, side, lambda)
+        if only is not None:
+            lambdas, whitened, sided = {m[2] for m in only}, {(m[0], m[2]) for m in only}, {m[:3] for m in only}
 
-        for lam in self.grid_lambda:
-            if not any(wanted(whiten, side, lam) for whiten in self.grid_whiten for side in self.grid_side):
+        for lam in space.lambdas:
+            if only is not None and lam not in lambdas:
                 continue
             x_q, q_diag = eig.times_inverse(x_v, lam), eig.inverse_diagonal(lam)  # x Q (b, n), diag Q (n,)
-            for whiten in self.grid_whiten:
-                if not any(wanted(whiten, side, lam) for side in self.grid_side):
+            for whiten in space.whitening:
+                if only is not None and (whiten, lam) not in whitened:
                     continue
                 unit, v_f, prior = text[whiten]
                 q_f = eig.v @ (v_f / (eig.s + lam)[:, None]) if needs_q_f else None  # Q F (n, d)
-                for side in self.grid_side:
-                    if not wanted(whiten, side, lam):
+                for side in space.side_weights:
+                    if only is not None and (whiten, side, lam) not in sided:
                         continue
-                    x_p, p_diag, p_f = with_side_gram(x_q, q_diag, q_f, unit, side * per_item, with_p_f=with_prior)
-                    for reg in self.grid_regulariser:
-                        if not wanted(whiten, side, lam, reg):
+                    x_p, p_diag, p_f = with_side_gram(x_q, q_diag, q_f, unit, side * per_item,
+                                                      with_p_f=space.with_prior)
+                    for reg in space.regularisers:
+                        if only is not None and (whiten, side, lam, reg) not in only:
                             continue
                         if reg == "ease":
                             yield (whiten, side, lam, reg), x - x_p / p_diag
@@ -402,73 +372,52 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.ease.use_shared_eigen(eigen)
 
     def candidate_count(self) -> int:
-        """The settings `candidates` offers: popularity alone (with a p grid), then for each item model (whitening,
-        side weight, lambda, regulariser) every (text match, w, p), w = 0 once whatever the match."""
-        zero_weights = sum(w == 0.0 for w in self.grid_weight)
-        per_item_model = ((len(self.grid_weight) - zero_weights) * len(self.grid_match) + zero_weights) \
-            * len(self.grid_pop)
-        item_models = len(self.grid_whiten) * len(self.grid_side) * len(self.grid_lambda) * len(self.grid_regulariser)
-        return (len(self.grid_pop) > 1) + item_models * per_item_model
+        """The settings `candidates` offers: every point of the space."""
+        return len(self.space)
 
     def candidates(self, users: torch.Tensor,
                    only: Container | None = None) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
-        """Every (lambda, a, R, whitening, text match, w, p) with its validation scores for `users`, popularity alone
-        first when p has a grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model and text
-        parts are computed once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p)
-        points of one item model come as one block of weighted sums of its parts, which the selector ranks a few
-        users at a time; `only`: the item models and the popularity-alone point of these settings.
-        (b, n_items) float64 parts, popularity (1, n_items)"""
+        """Every setting of the space with its validation scores for `users`, popularity alone first when p has a
+        grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model and text parts are computed
+        once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
+        model come as one block of weighted sums of its parts, which the selector ranks a few users at a time.
+
+        Parameters
+        ----------
+        users : Sorted validation users, (b,).
+        only : The settings a screened search still scores; their item models and the popularity-alone point
+            alone are computed.
+
+        Yields
+        ------
+        (Setting, (b, n_items) float64 scores) for popularity alone, else `WeightedSums` blocks whose parts are
+        (b, n_items) float64 (popularity (1, n_items)).
+        """
         pop = standardise(self.log_counts[None, :].double())  # (1, n)
         # the text parts of one whitening at a time: recomputing them when the whitening changes is cheap beside
         # keeping both (the matches x (b, n) float64 each)
         text: dict[bool, list[torch.Tensor]] = {}
-        pop_alone = Setting(self.grid_whiten[0], 0.0, self.grid_lambda[0], "ease", self.grid_match[0], 0.0, 1.0, 0.0)
-        if len(self.grid_pop) > 1 and (only is None or pop_alone in only):
+        pop_alone = self.space.popularity_alone
+        if pop_alone is not None and (only is None or pop_alone in only):
             yield pop_alone, pop.expand(len(users), -1)
         item_models = None if only is None else {s[:4] for s in only if s.item_weight}
-        for (whiten, side, lam, reg), item in self.item_model_grid(users, item_models):
-            settings, weights = [], []
-            for position, match in enumerate(self.grid_match):
-                for w in self.grid_weight:
-                    if w == 0.0 and match != self.grid_match[0]:
-                        continue  # w = 0 ignores the match: offered once already
-                    for p in self.grid_pop:
-                        settings.append(Setting(whiten, side, lam, reg, match, w, p, 1.0))
-                        weights.append((1.0, *(w if m == position else 0.0 for m in range(len(self.grid_match))), p))
+        for item_model, item in self.item_model_grid(users, item_models):
+            settings, weights = self.space.block(item_model)
+            whiten = item_model[0]
             if whiten not in text:
-                text = {whiten: [standardise(self.text_scores(users, m, whiten).double()) for m in self.grid_match]}
+                text = {whiten: [standardise(self.text_scores(users, m, whiten).double()) for m in self.space.matches]}
             parts = [standardise(item), *text[whiten], pop]
             del item  # (b, n): only its standardised copy is needed while the block is ranked
             yield WeightedSums(settings, parts, weights)
 
-    @staticmethod
-    def is_plain(setting: Setting) -> bool:
-        """Popularity alone, or EASE at some lambda with or without a popularity term: nothing read from the text
-        (whitening changes nothing when neither the gram, the prior nor the match reads the vectors)."""
-        return setting.item_weight == 0.0 or (setting.side_weight == 0.0 and setting.text_weight == 0.0
-                                              and setting.regulariser == "ease")
+    def is_plain(self, setting: Setting) -> bool:
+        return self.space.is_plain(setting)
 
-    @staticmethod
-    def simplicity(setting: Setting) -> tuple:
-        """The order of simplicity of the "simplest_within_noise" rule (select.py): no text first (plain EASE at any
-        lambda, popularity, or both), then fewer text parts (the side gram a, the L3AE prior, the text match w, and
-        whitening where any of them reads the vectors), then a smaller side weight, then a smaller text weight.
-        lambda and the popularity weight read no text and are left to the score."""
-        if setting.item_weight == 0.0:
-            return (0, 0.0, 0.0)
-        parts = (setting.side_weight > 0) + (setting.regulariser == "l3ae") + (setting.text_weight > 0)
-        return (parts + (parts > 0 and setting.whiten), setting.side_weight, setting.text_weight)
+    def simplicity(self, setting: Setting) -> tuple:
+        return self.space.simplicity(setting)
 
     def grid_position(self, setting: Setting) -> tuple:
-        """The setting's place in the order of simplicity the selector breaks ties by: popularity alone, then
-        whitening, side weight, lambda, regulariser, text match, w and p, each in its params order (w = 0 is offered
-        with the first match only), so that of two settings that score the same the simpler is kept."""
-        if setting.item_weight == 0.0:
-            return (0,)
-        match = self.grid_match.index(setting.text_match) if setting.text_weight else 0
-        return (1, self.grid_whiten.index(setting.whiten), self.grid_side.index(setting.side_weight),
-                self.grid_lambda.index(setting.ease_lambda), self.grid_regulariser.index(setting.regulariser), match,
-                self.grid_weight.index(setting.text_weight), self.grid_pop.index(setting.pop_weight))
+        return self.space.grid_position(setting)
 
     def apply(self, choice: "Choice[Setting]") -> None:
         """Re-solve B at the chosen setting and record it, with the number of looks that chose it."""
