@@ -7,12 +7,13 @@ import dataclasses
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from pipeline.config import ConfigError, EmbedConfig, RayEngineConfig
-from pipeline.embeddings import cache, writer
+from pipeline.embeddings import build, cache, writer
 from pipeline.embeddings.build import build_cache, build_caches
 from pipeline.io import DataError
 from pipeline.text import encode
@@ -49,6 +50,9 @@ def test_importing_the_cache_contract_loads_no_faiss_torch_or_transformers():
     ({"avx2", "avx512f"}, False, None, "torch"),  # AVX-512 without BF16: emulated bf16 is slower, keep fp32
     ({"avx2", "avx512_bf16"}, False, None, "torch_bf16"),
     ({"avx2", "amx_bf16", "amx_tile"}, False, None, "torch_bf16"),
+    ({"avx2", "avx512_vnni"}, False, None, "torch_int8"),  # native int8 dot products (checked against fp32)
+    ({"avx2", "avx_vnni"}, False, None, "torch_int8"),
+    ({"avx2", "amx_bf16", "amx_int8"}, False, None, "torch_bf16"),  # native bf16 first: closer to fp32
     (set(), True, True, "torch_bf16"),
     (set(), True, False, "torch_fp16"),  # e.g. a T4: fp16 tensor cores, no bf16
 ])
@@ -79,6 +83,27 @@ def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_p
     monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2"})
     plain = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "d", progress=False)
     assert plain["backend"] == "torch" and plain["backend_check"]["sample"] == 0  # fp32 is its own reference
+
+
+def test_auto_keeps_int8_only_where_it_agrees_with_fp32_on_the_check_sample(toy_prepared, tiny_encoder_dir, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "avx512_vnni"})  # pretend: a CPU with int8 dot products
+    monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
+    config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
+    monkeypatch.setattr(build, "AUTO_INT8_MIN_COSINE", 0.5)
+    kept = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "kept", progress=False)
+    assert kept["backend"] == "torch_int8" and kept["backend_check"]["sample"] == 5
+    assert 0.5 <= kept["backend_check"]["cosine_mean"] <= 1.0  # measured against fp32 on the cache's sample
+
+    monkeypatch.setattr(build, "AUTO_INT8_MIN_COSINE", 1.0 + 1e-9)  # nothing reaches it: fall back
+    fell = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "fell", progress=False)
+    assert fell["backend"] == "torch" and fell["backend_requested"] == "auto"
+    assert "fell back" in fell["backend_check"]["note"] and f"{kept['backend_check']['cosine_mean']:.4f}" in \
+        fell["backend_check"]["note"]
+    fp32 = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
+                       tmp_path / "fp32", progress=False)
+    vectors = [pq.read_table(tmp_path / name / cache.REVIEWS_FILE).column("embedding") for name in ("fell", "fp32")]
+    assert vectors[0].equals(vectors[1])  # the fallback's vectors are fp32's, bit for bit
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pipeline.embeddings import writer
 from pipeline.embeddings.index import IndexChoice
 from pipeline.io import DataError, read_json
 from pipeline.text.encode import (
+    AUTO_INT8_MIN_COSINE,
     choose_backend,
     cosine_agreement,
     encode_pooled,
@@ -119,6 +120,13 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
         check = {"reference": "torch (fp32)", "sample": 0, "note": "not measured: the driver has no GPU"}
     else:
         check = backend_check(encoder, _check_sample(reviews_path, first.backend_check_sample), poolings)
+    if first.backend == "auto" and backend == "torch_int8" and check.get("cosine_mean", 0.0) < AUTO_INT8_MIN_COSINE:
+        # int8 as auto's pick must agree with fp32 on the cache's own sample; without a sample it cannot be shown
+        measured = f"cosine_mean {check['cosine_mean']:.4f}" if "cosine_mean" in check else "no check sample"
+        backend, recipe = "torch", dataclasses.replace(recipe, backend="torch")
+        encoder = dataclasses.replace(encoder, backend="torch")
+        check = {"reference": "torch (fp32)", "sample": 0,
+                 "note": f"fp32: auto's int8 pick fell back ({measured} < {AUTO_INT8_MIN_COSINE})"}
     common = {
         "encoder_path": str(encoder_dir),
         "source_model": source.get("base"),

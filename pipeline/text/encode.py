@@ -14,8 +14,9 @@ Backends: "torch" is fp32; "torch_bf16" runs the matmuls in bfloat16 (autocast),
 AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "torch_int8" runs the attention block's
 projections (query, key, value, output) with int8 weights (per output channel) and int8 activations quantised on the fly
 (torch dynamic quantisation; CPU only; the other layers stay fp32, `INT8_LAYERS`); "auto" (the default) picks bf16
-or fp16 where the hardware runs it natively, fp32 elsewhere (`choose_backend`; docs/scale.md says what int8 buys
-here and why auto does not pick it). Vectors are always returned as float32.
+or fp16 where the hardware runs it natively, int8 on CPUs with native int8 dot products (VNNI, AMX-INT8), fp32
+elsewhere (`choose_backend`); the cache keeps int8 only where its cosine to fp32 on the check sample is at least
+`AUTO_INT8_MIN_COSINE` (pipeline/embeddings/build.py). Vectors are always returned as float32.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ BACKENDS = ("torch", "torch_bf16", "torch_fp16", "torch_int8")  # what an Encode
 # projections, which cost the most cosine, stay fp32
 INT8_LAYERS = (".attention.self.query", ".attention.self.key", ".attention.self.value", ".attention.output.dense")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
+CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # ... and with native int8 dot products
+AUTO_INT8_MIN_COSINE = 0.99  # "auto" keeps int8 only where its mean cosine to fp32 on the check sample reaches this
 
 
 @dataclass
@@ -95,9 +98,19 @@ def cpu_flags() -> set[str]:
 
 def choose_backend(requested: str, *, cuda: bool | None = None, cuda_bf16: bool | None = None,
                    flags: set[str] | None = None) -> str:
-    """Resolve "auto": bf16 on CUDA where supported (else fp16), bf16 on CPUs with native bf16, fp32 elsewhere.
+    """Resolve "auto" for this hardware.
 
-    Reduced precision only where the hardware runs it natively: emulated bf16 on an AVX2 CPU is slower than fp32.
+    Parameters
+    ----------
+    requested : "auto" or one of `BACKENDS` (kept as it is).
+    cuda, cuda_bf16 : Whether a CUDA device is present and runs bf16 (asked of torch when None).
+    flags : The CPU's feature flags (`cpu_flags()` when None).
+
+    Returns
+    -------
+    On CUDA bf16 where supported, else fp16; on a CPU bf16 where it has native bf16 matmuls, else int8 where it has
+    native int8 dot products, else fp32. Reduced precision only where the hardware runs it natively: emulated bf16
+    on an AVX2 CPU is slower than fp32. The int8 pick is provisional: the cache builder measures it against fp32.
     """
     if requested != "auto":
         if requested not in BACKENDS:
@@ -108,7 +121,9 @@ def choose_backend(requested: str, *, cuda: bool | None = None, cuda_bf16: bool 
         cuda_bf16 = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
         return "torch_bf16" if cuda_bf16 else "torch_fp16"
     flags = cpu_flags() if flags is None else flags
-    return "torch_bf16" if any(f in flags for f in CPU_BF16_FLAGS) else "torch"
+    if any(f in flags for f in CPU_BF16_FLAGS):
+        return "torch_bf16"
+    return "torch_int8" if any(f in flags for f in CPU_INT8_FLAGS) else "torch"
 
 
 def set_threads(threads: int | None) -> None:
