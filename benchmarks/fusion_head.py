@@ -80,7 +80,9 @@ from pipeline.ranking.evaluation.metrics import metrics_from_ranks  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.registry import build_model, load_model_profiles  # noqa: E402
 from pipeline.ranking.training.sampling import NegativeSampler  # noqa: E402
-from pipeline.ranking.training.train import SELECTION_METRIC, train, valid_metrics  # noqa: E402
+from pipeline.ranking.selection.select import SELECTION_METRIC  # noqa: E402
+from pipeline.ranking.training.result import valid_metrics  # noqa: E402
+from pipeline.ranking.training.train import train  # noqa: E402
 
 ENCODER = "minilm_mean"
 SAMPLE = REPO / "data" / "sample"

@@ -53,7 +53,7 @@ from pipeline.embeddings.cache import Profiles  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.ranking.models import baselines, review_ease  # noqa: E402
 from pipeline.ranking.selection import select as selection  # noqa: E402
-from pipeline.ranking.training import train as training  # noqa: E402
+from pipeline.ranking.training import closed_form as training  # noqa: E402
 
 STEPS = ("gram", "decomposition", "solves", "x Q per lambda", "item-model grid", "text parts", "ranking")
 

@@ -55,7 +55,7 @@ from pipeline.ranking.models.baselines import EASE, EigenGram  # noqa: E402
 from pipeline.ranking.protocol import Scorer  # noqa: E402
 from pipeline.ranking.evaluation.evaluate import evaluate  # noqa: E402
 from pipeline.ranking.models.review_ease import ReviewAwareEASE, centred_units  # noqa: E402
-from pipeline.ranking.registry import profiles_lag_history  # noqa: E402
+from pipeline.ranking.training.lagged import profiles_lag_history  # noqa: E402
 from pipeline.ranking.selection.choice import Choice  # noqa: E402
 from pipeline.ranking.selection.select import ValidationLooks, keep_best, select  # noqa: E402
 from pipeline.ranking.training.train import refit_with_validation, train, with_validation_in_training  # noqa: E402
@@ -122,7 +122,7 @@ def thin(data: PreparedData, level: float | int, seed: int = 0) -> PreparedData:
 
 def thinned_profiles(table, vectors: np.ndarray, data: PreparedData, meta: dict, lagged: bool) -> Profiles:
     """Mean profiles of the training reviews whose (user, item) pair survived thinning; `lagged`: with the view
-    one review behind that bert_rs chooses with under the final fit (registry.profiles_lag_history)."""
+    one review behind that bert_rs chooses with under the final fit (pipeline/ranking/training/lagged.py)."""
     users, items = table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy()
     kept = set(zip(data.train.users.tolist(), data.train.items.tolist()))
     is_train = table.column("split").to_numpy(zero_copy_only=False) == "train"

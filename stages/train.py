@@ -35,7 +35,8 @@ from pipeline.ranking.checkpoint import save_checkpoint
 from pipeline.launch import is_main_process
 from pipeline.ranking.training.distributed import process_group, trains_by_sgd
 from pipeline.ranking.registry import load_model_profiles
-from pipeline.ranking.training.train import resolve_device, train, write_curves
+from pipeline.ranking.training.result import resolve_device
+from pipeline.ranking.training.train import train, write_curves
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 

@@ -4,7 +4,7 @@ embedding caches whose profiles come from generated review "text".
 The world: items belong to topics, users prefer one topic and mostly pick items from it. Each review's vector is
 the item's topic vector plus heavy noise, so profiles (means over a user's / item's TRAINING reviews only) carry
 the preference signal partially, as real text would. Everything is written with the real contracts
-(`pipeline.data.prepared` schemas + stats.json, `pipeline.embeddings.cache.write_profiles` + meta.json + a FAISS
+(`pipeline.data.prepared` schemas + stats.json, `pipeline.embeddings.writer.write_profiles` + meta.json + a FAISS
 index), so the code under test reads it exactly as it reads stage outputs.
 """
 
@@ -25,8 +25,9 @@ from pipeline.data.prepared import Interactions, PreparedData
 from pipeline.data.prepared import FILES, STATS_FILE, load_prepared
 from pipeline.config import BertRSConfig
 from pipeline.embeddings.cache import (
-    INDEX_FILE, META_FIELDS, META_FILE, REVIEWS_FILE, Profiles, reviews_schema, vectors_to_arrow, write_profiles,
+    INDEX_FILE, META_FIELDS, META_FILE, REVIEWS_FILE, Profiles, reviews_schema, vectors_to_arrow,
 )
+from pipeline.embeddings.writer import write_profiles
 from pipeline.ranking.registry import load_model_profiles
 from pipeline.io import fingerprint_files, write_json, write_table
 

@@ -17,14 +17,16 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import BertRSConfig, RankingConfig, RunSpec, TrainConfig
-from pipeline.embeddings.cache import Profiles, with_recent_users
+from pipeline.embeddings.cache import Profiles
+from pipeline.embeddings.recency import with_recent_users
 from pipeline.embeddings.profiles import lagged_user_weights, mean_profiles, newest_of_each_user, weighted_user_means
 from pipeline.ranking.evaluation.ablation import shuffle_profiles
 from pipeline.ranking.evaluation.evaluate import evaluate
 from pipeline.ranking.models.review_ease import centred_units
-from pipeline.ranking.registry import load_model_profiles, profiles_lag_history
+from pipeline.ranking.registry import load_model_profiles
 import pipeline.ranking.training.train as train_module
-from pipeline.ranking.training.train import LAGGED_PROFILES, WHOLE_PROFILES, train
+from pipeline.ranking.training.lagged import LAGGED_PROFILES, WHOLE_PROFILES, profiles_lag_history
+from pipeline.ranking.training.train import train
 from tests.ranking_fixtures import in_memory_data
 from tests.test_recency import write_review_cache
 
@@ -201,6 +203,7 @@ def test_a_neural_text_model_chooses_its_epochs_one_review_behind_and_is_refitte
     monkeypatch.setattr(train_module, "build_model", lambda *args: built.append(args[4]) or build(*args))
     result = train(spec, config(refit=True), data, profiles, progress=False)
     assert result.chosen_with_profiles == LAGGED_PROFILES and result.fitted_on == "train+valid"
-    assert built[1] is profiles.lagged and built[-1] is profiles  # the epochs' fit, then the final fit
+    # built once for the epochs' fit, with the lagged profiles, then once for the final fit, with the whole ones
+    assert len(built) == 2 and built[0] is profiles.lagged and built[1] is profiles
     as_lagged = train(spec, config(refit=False), data, profiles.lagged, progress=False)
     assert (result.best_epoch, result.best_valid) == (as_lagged.best_epoch, as_lagged.best_valid)

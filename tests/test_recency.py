@@ -21,9 +21,8 @@ import pytest
 import torch
 
 from pipeline.config import RunSpec
-from pipeline.embeddings.cache import (
-    REVIEWS_FILE, Profiles, reviews_schema, vectors_to_arrow, with_recent_users,
-)
+from pipeline.embeddings.cache import REVIEWS_FILE, Profiles, reviews_schema, vectors_to_arrow
+from pipeline.embeddings.recency import with_recent_users
 from pipeline.embeddings.profiles import mean_profiles, recency_weights, weighted_user_means
 from pipeline.io import DataError
 from pipeline.ranking.evaluation.ablation import shuffle_profiles

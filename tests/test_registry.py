@@ -11,7 +11,7 @@ import torch
 from pipeline.config import MODELS, TEXT_MODELS, ConfigError, RankingConfig, RunSpec, TrainConfig
 from pipeline.ranking import registry
 from pipeline.ranking.protocol import ClosedFormRanker, Ranker, TrainableRanker
-from pipeline.ranking.registry import build_model
+from pipeline.ranking.registry import build_model, entry
 from tests.ranking_fixtures import N_ITEMS, N_USERS, tiny_profiles
 
 
@@ -61,6 +61,13 @@ def test_a_setting_in_a_models_own_section_reaches_the_model_it_builds(name):
     config = RankingConfig(TrainConfig(device="cpu", seed=0)).override(name, **changes)
     profiles = tiny_profiles() if name in TEXT_MODELS else None
     assert shown(build_model(RunSpec(model=name), config, N_USERS, N_ITEMS, profiles)) == expected
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_registry_says_which_models_are_fitted_in_closed_form(name):
+    profiles = tiny_profiles() if name in TEXT_MODELS else None
+    model = build_model(RunSpec(model=name), RankingConfig(TrainConfig(device="cpu")), N_USERS, N_ITEMS, profiles)
+    assert entry(name).closed_form == isinstance(model, ClosedFormRanker) == (not model.trainable)
 
 
 def test_a_user_id_dropout_for_a_model_without_user_ids_is_refused_not_ignored():

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from pipeline.config import RunSpec
+from pipeline.ranking.training import sgd
+from pipeline.ranking.training.result import TrainResult
 from pipeline.ranking.training import train as training
 from pipeline.io import default_work_dir as work_dir
 from tests.finetune_fixtures import ROOT, environment, folder_bytes, kill_after_checkpoint, run_to_completion
@@ -28,7 +30,7 @@ def dropout_config(config, **changes):
 def counted_epochs(monkeypatch, stop_after: int | None = None) -> list[int]:
     """Count the epochs trained from here on (over both loops); with `stop_after`, the next training stops with
     KeyboardInterrupt as epoch number `stop_after + 1` begins."""
-    real, count = training._train_epoch, [0]
+    real, count = sgd.train_epoch, [0]
 
     def epoch_or_stop(*args, **kwargs):
         if stop_after is not None and count[0] >= stop_after:
@@ -36,11 +38,11 @@ def counted_epochs(monkeypatch, stop_after: int | None = None) -> list[int]:
         count[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_train_epoch", epoch_or_stop)
+    monkeypatch.setattr(sgd, "train_epoch", epoch_or_stop)
     return count
 
 
-def same_result(a: training.TrainResult, b: training.TrainResult) -> None:
+def same_result(a: TrainResult, b: TrainResult) -> None:
     assert a.best_epoch == b.best_epoch and a.best_valid == b.best_valid
     assert [list(row.items()) for row in a.curves] == [list(row.items()) for row in b.curves]
     state_a, state_b = a.model.state_dict(), b.model.state_dict()

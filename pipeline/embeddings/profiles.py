@@ -12,7 +12,7 @@ user's next purchase (leave-one-out), what they reviewed last says more about it
 
 Both user profiles also come one review behind (`lagged_user_weights`): each user's newest training review left out.
 The ranker chooses its text settings with them when test will be scored one interaction after the profiles' newest
-review (pipeline/ranking/registry.py, `profiles_lag_history`).
+review (pipeline/ranking/training/lagged.py, `profiles_lag_history`).
 """
 
 from __future__ import annotations

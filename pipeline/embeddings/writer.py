@@ -35,12 +35,14 @@ from pipeline.embeddings.cache import (
     REVIEWS_FILE,
     reviews_schema,
     vectors_to_arrow,
+    ITEM_PROFILES_FILE,
+    USER_PROFILES_FILE,
     arrow_to_vectors,
-    write_profiles,
+    profile_schema,
 )
 from pipeline.embeddings.index import IndexChoice, build_index, write_index
 from pipeline.embeddings.profiles import ProfileAccumulator
-from pipeline.io import DataError, atomic_dir, atomic_path, write_json
+from pipeline.io import DataError, atomic_dir, atomic_path, write_json, write_table
 
 SOURCE_COLUMNS = ["review_id", "user_idx", "item_idx", "split", "text"]
 ID_COLUMNS = ["review_id", "user_idx", "item_idx", "split"]
@@ -252,3 +254,38 @@ def write_embedding_caches(
                                index_choice=index_choice, progress=progress) for p in poolings}
     shutil.rmtree(partial, ignore_errors=True)
     return final
+
+
+def write_profiles(
+    root: str | Path,
+    users: np.ndarray,
+    items: np.ndarray,
+    user_counts: np.ndarray,
+    item_counts: np.ndarray,
+    meta: dict,
+) -> None:
+    """Write a cache's user and item profile tables (the contract's `profile_schema`, rows in index order).
+
+    Parameters
+    ----------
+    root : The cache folder being written.
+    users, items : (n_users, dim) and (n_items, dim) float32 profiles.
+    user_counts, item_counts : Training reviews behind each profile (0: the fallback vector).
+    meta : The cache's provenance, stored in each file's schema metadata.
+    """
+    root = Path(root)
+    for kind, vectors, counts, name in (
+        ("user", users, user_counts, USER_PROFILES_FILE),
+        ("item", items, item_counts, ITEM_PROFILES_FILE),
+    ):
+        schema = profile_schema(kind, vectors.shape[1], meta)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(np.arange(len(vectors), dtype=np.int32)),
+                vectors_to_arrow(vectors),
+                pa.array(np.asarray(counts, dtype=np.int32)),
+                pa.array(np.asarray(counts) > 0),
+            ],
+            schema=schema,
+        )
+        write_table(root / name, table)

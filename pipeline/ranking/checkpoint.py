@@ -38,7 +38,7 @@ from pipeline.ranking.protocol import Ranker
 from pipeline.ranking.registry import build_model, load_model_profiles, section_type
 
 if TYPE_CHECKING:
-    from pipeline.ranking.training.train import TrainResult
+    from pipeline.ranking.training.result import TrainResult
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"

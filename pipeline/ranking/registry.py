@@ -19,12 +19,14 @@ from pipeline.config import (
     PopConfig, RankingConfig, RunSpec, TrainConfig,
 )
 from pipeline.data.prepared import PreparedData, load_reviews
-from pipeline.embeddings.cache import Profiles, load_profiles, with_recent_users
+from pipeline.embeddings.cache import Profiles, load_profiles
+from pipeline.embeddings.recency import with_recent_users
 from pipeline.ranking.models.baselines import EASE, MatrixFactorization, Popularity
 from pipeline.ranking.models.fusion import FusionRanker
 from pipeline.ranking.models.review_ease import ReviewAwareEASE
 from pipeline.ranking.models.scalable import ScalableItemModel, resolve_solver
 from pipeline.ranking.protocol import Ranker
+from pipeline.ranking.training.lagged import profiles_lag_history
 from pipeline.ranking.training.memory import (
     EASE_FOOTPRINT, REVIEW_EASE_FOOTPRINT, Shape, counts_bytes, dense_bytes, neural_bytes, scalable_bytes,
 )
@@ -41,6 +43,7 @@ class ModelEntry:
     config: type  # the dataclass of `models.<name>`
     memory: MemoryEstimate  # checked before a fit allocates anything (training/memory.py)
     reads_text: bool = False  # needs an embedding cache (a `text_runs` row)
+    closed_form: bool = False  # fitted by one `fit` and a choice among its candidates, not by the SGD loop
 
 
 def _pop(section: PopConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
@@ -109,13 +112,13 @@ def _neural_memory(name: str) -> MemoryEstimate:
 
 
 REGISTRY: dict[str, ModelEntry] = {
-    "pop": ModelEntry(_pop, PopConfig, _counts_memory),
+    "pop": ModelEntry(_pop, PopConfig, _counts_memory, closed_form=True),
     "mf": ModelEntry(_mf, MFConfig, _neural_memory("mf")),
-    "ease": ModelEntry(_ease, EASEConfig, _ease_memory),
+    "ease": ModelEntry(_ease, EASEConfig, _ease_memory, closed_form=True),
     "gmf": ModelEntry(_fusion(("gmf",)), NCFConfig, _neural_memory("gmf")),
     "mlp": ModelEntry(_fusion(("mlp",)), NCFConfig, _neural_memory("mlp")),
     "neumf": ModelEntry(_fusion(("gmf", "mlp")), NCFConfig, _neural_memory("neumf")),
-    "bert_rs": ModelEntry(_bert_rs, BertRSConfig, _bert_rs_memory, reads_text=True),
+    "bert_rs": ModelEntry(_bert_rs, BertRSConfig, _bert_rs_memory, reads_text=True, closed_form=True),
     "bert_rs_neural": ModelEntry(_fusion(("semantic", "gmf", "mlp"), user_id_dropout=True), FusionConfig,
                                  _neural_memory("bert_rs_neural"), reads_text=True),
     "bert_rs_paper": ModelEntry(_fusion(("semantic", "gmf", "mlp"), literal_paper=True), NCFConfig,
@@ -169,16 +172,6 @@ def fit_memory(model: str, shape: Shape, config: RankingConfig | None = None) ->
     """
     config = config or RankingConfig()
     return entry(model).memory(config.section(model), config.train, shape)
-
-
-def profiles_lag_history(data: PreparedData, shared: TrainConfig) -> bool:
-    """Whether test will score each user from a history one interaction newer than their profile: the final fit
-    (`train.refit_with_validation`) hands the validation interaction to the history, never its review to the
-    profile, and under leave-one-out that interaction is the one just before the test target. bert_rs then
-    chooses its text settings, and a neural text model its epochs, with profiles one review behind
-    (pipeline/embeddings/profiles.py, `lagged_user_weights`). Under the random split the validation interactions are not the newest, so the
-    profiles they leave out hold no review adjacent to a target and nothing lags."""
-    return shared.refit_with_validation and data.stats.get("protocol") == "leave_one_out" and len(data.valid) > 0
 
 
 def load_model_profiles(cache: str | Path, data: PreparedData, section: Any, shared: TrainConfig,

@@ -164,7 +164,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.space = space = space if space is not None else ReviewAwareSpace()
         if "user_profile_recent" in space.matches and profiles.recent_users is None:
             raise ValueError("text match user_profile_recent needs the recency-weighted user profiles "
-                             "(pipeline.embeddings.cache.with_recent_users)")
+                             "(pipeline.embeddings.recency.with_recent_users)")
         self.n_users, self.n_items = n_users, n_items
         first = space.first
         self.ease = EASE(n_users, n_items, first.ease_lambda)
@@ -203,7 +203,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         whiten = bool(self.whiten) if whiten is None else whiten
         if recent and self._profiles.recent_users is None:
             raise ValueError("the recency-weighted user profiles were not loaded "
-                             "(pipeline.embeddings.cache.with_recent_users)")
+                             "(pipeline.embeddings.recency.with_recent_users)")
         if not whiten:
             return (self.raw_recent if recent else self.raw_u), self.raw_i
         if self._white is None:
