@@ -10,8 +10,12 @@ it measures reviews/s and peak RSS growth of
     ours_fp32   pipeline.text.encode: length-sorted batches, dynamic padding, inference_mode
     ours_bf16   the same with backend "torch_bf16" (autocast bfloat16 on CPU)
     ours_int8   the same with backend "torch_int8" (dynamic int8 attention projections)
-and reports which of the two is the default path (`embed.backend: auto` picks bf16 only where the CPU runs it
-natively: AVX512-BF16 or AMX), with its speed-up against naive (target >= 3.5x, cosine >= 0.999),
+    static      the encoder distilled into token vectors (pipeline/text/static.py, model2vec): the mean of a
+                review's token vectors, no transformer pass (distilled once into --work; its vectors live in another
+                space, so its cosine to fp32 does not apply: what it costs in quality is in quality.md)
+and reports which is the default path (`embed.backend: auto` picks bf16 only where the CPU runs it natively:
+AVX512-BF16 or AMX; int8 on CPUs with native int8 dot products, VNNI or AMX-INT8, where its cosine to fp32 holds),
+with its speed-up against naive (target >= 3.5x, cosine >= 0.999),
 plus achieved GFLOP/s (linear layers + attention on the tokens actually run) against a float32 (and bfloat16)
 matmul measured here, and cosine agreement of each path with the naive fp32 vectors. Not a test: results go to
 benchmarks/results/embed_throughput.{json,md}.
@@ -40,6 +44,7 @@ from benchmarks.common import PeakRSS  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER  # noqa: E402
 from pipeline.text.encode import choose_backend, cosine_agreement, encode_texts, load_encoder  # noqa: E402
 from pipeline.text.encoders import resolve_encoder  # noqa: E402
+from pipeline.text.static import distill_static, is_static, load_static  # noqa: E402
 
 SAMPLE = ROOT / "data/sample/reviews_Digital_Music_5.first6907.json.gz"
 
@@ -95,6 +100,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
 
 
 def run(args) -> dict:
+    load_at_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     texts = read_sample(SAMPLE, args.n, args.seed)
     path = resolve_encoder(PACKAGED_ENCODER)
@@ -108,7 +114,11 @@ def run(args) -> dict:
     run_bf16 = args.always_bf16 or choose_backend("auto") == "torch_bf16"
     ceiling = {"fp32_matmul_gflops": matmul_gflops(torch.float32), "bf16_matmul_gflops": matmul_gflops(torch.bfloat16)}
     default_backend = load_encoder(path, pooling="pooler", max_length=8, backend="auto").backend
-    default_path = {"torch": "ours_fp32", "torch_bf16": "ours_bf16"}[default_backend]
+    default_path = {"torch": "ours_fp32", "torch_bf16": "ours_bf16", "torch_int8": "ours_int8"}[default_backend]
+    static_dir = Path(args.work) / "minilm_static"
+    if not is_static(static_dir):
+        distill_static(path, static_dir)
+    static = load_static(static_dir, max_length=args.max_length)
     results = {}
     for name, batch in texts.items():
         real = [len(ids) for ids in fp32.tokenizer(batch, truncation=True, max_length=args.max_length)["input_ids"]]
@@ -119,6 +129,8 @@ def run(args) -> dict:
         ours_bf16, t_bf16, m_bf16 = timed(lambda: encode_texts(bf16, batch)) if run_bf16 else (ours, float("nan"), 0.0)
         encode_texts(int8, batch[: args.batch_size])  # warm-up (and the quantised copy made)
         ours_int8, t_int8, m_int8 = timed(lambda: encode_texts(int8, batch))
+        static.encode(batch[: args.batch_size])  # warm-up
+        _, t_static, m_static = timed(lambda: static.encode(batch))
         useful = flops(fp32.model.config, real)
         sorted_real = np.sort(real)[::-1]
         # dynamic padding runs each batch at its longest member's length
@@ -139,14 +151,18 @@ def run(args) -> dict:
             "ours_int8": {"seconds": t_int8, "reviews_per_s": len(batch) / t_int8, "peak_rss_mb": m_int8,
                           "gflops_executed": executed_ours / t_int8 / 1e9, "gflops_useful": useful / t_int8 / 1e9,
                           "cosine_vs_fp32": cosine_agreement(ours_int8, ours)},
+            "static": {"seconds": t_static, "reviews_per_s": len(batch) / t_static, "peak_rss_mb": m_static},
         }
+        row["static_over_fp32"] = t_ours / t_static
         row["int8_over_fp32"] = t_ours / t_int8
         row["speedup_fp32"] = t_naive / t_ours
         row["speedup_bf16"] = t_naive / t_bf16 if run_bf16 else None
         row["speedup_int8"] = t_naive / t_int8
-        row["speedup_default"] = row["speedup_fp32" if default_path == "ours_fp32" else "speedup_bf16"]
+        row["speedup_static"] = t_naive / t_static
+        row["speedup_default"] = row[default_path.replace("ours_", "speedup_")]
         results[name] = row
-        print(name, json.dumps({k: row[k] for k in ("speedup_fp32", "speedup_bf16", "speedup_int8")}), flush=True)
+        print(name, json.dumps({k: row[k] for k in ("speedup_fp32", "speedup_bf16", "speedup_int8", "speedup_static")}),
+              flush=True)
     return {
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:]),
         "sample": f"{SAMPLE.relative_to(ROOT)} (random subset of {args.n} reviews, seed {args.seed})",
@@ -157,7 +173,7 @@ def run(args) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "load_average_at_start": os.getloadavg()[0]},
+                    "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()[0]},
         "gpu": "none lent to this run; CPU only",
         "default_backend": default_backend,
         "default_path": default_path,
@@ -171,7 +187,8 @@ def markdown(report: dict) -> str:
         "# embed throughput", "",
         f"Command: `{report['command']}`", "",
         f"Date: {report['date']}; {report['machine']['cores']} cores ({report['machine']['torch_cpu_capability']}), "
-        f"load average {report['machine']['load_average_at_start']:.1f} at start (a shared machine); "
+        f"load average {report['machine']['load_average_at_start']:.1f} at start, "
+        f"{report['machine'].get('load_average_at_end', float('nan')):.1f} at the end (a shared machine); "
         f"GPU: {report['gpu']}.", "",
         f"Default path (`embed.backend: auto`) on this machine: backend {report['default_backend']} = "
         f"{report['default_path']}; speed-up on long reviews "
@@ -186,16 +203,21 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["results"].items():
-        for path in ("naive", "ours_fp32", "ours_bf16", "ours_int8"):
-            r = row[path]
+        for path in ("naive", "ours_fp32", "ours_bf16", "ours_int8", "static"):
+            r = row.get(path)
             if r is None:
                 lines.append(f"| {name} | {row['mean_tokens']:.0f} | {row['truncated_share']:.0%} | {path} | "
                              "not run: no native bf16 on this CPU (emulated bf16 is slower than fp32) | | | | | |")
                 continue
             speed = {"naive": 1.0, "ours_fp32": row["speedup_fp32"], "ours_bf16": row["speedup_bf16"],
-                     "ours_int8": row.get("speedup_int8")}[path]
+                     "ours_int8": row.get("speedup_int8"), "static": row.get("speedup_static")}[path]
             cos = r.get("cosine_vs_naive") or r.get("cosine_vs_fp32")
             cos_text = f"{cos['mean']:.5f} (min {cos['min']:.4f})" if cos else "reference"
+            if path == "static":
+                lines.append(f"| {name} | {row['mean_tokens']:.0f} | {row['truncated_share']:.0%} | {path} | "
+                             f"{r['reviews_per_s']:.1f} | {speed:.2f}x | {r['peak_rss_mb']:.0f} | no transformer | "
+                             "no transformer | another vector space (quality.md) |")
+                continue
             lines.append(f"| {name} | {row['mean_tokens']:.0f} | {row['truncated_share']:.0%} | {path} | "
                          f"{r['reviews_per_s']:.1f} | {speed:.2f}x | {r['peak_rss_mb']:.0f} | "
                          f"{r['gflops_executed']:.0f} | {r['gflops_useful']:.0f} | {cos_text} |")
@@ -206,12 +228,18 @@ def markdown(report: dict) -> str:
     int8 = [f"{name} {row['int8_over_fp32']:.2f}x" for name, row in report["results"].items() if "int8_over_fp32" in row]
     if int8:
         lines += [f"int8 against fp32 (ours_int8 / ours_fp32 reviews/s, one run): {', '.join(int8)}.", ""]
+    static = [f"{name} {row['static_over_fp32']:.0f}x" for name, row in report["results"].items()
+              if "static_over_fp32" in row]
+    if static:
+        lines += [f"static against fp32 (static / ours_fp32 reviews/s, one run): {', '.join(static)}.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=600, help="reviews in the random subset")
+    parser.add_argument("--work", default=str(ROOT / "build" / "embed_throughput"),
+                        help="where the static encoder is distilled (once)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count())

@@ -184,6 +184,7 @@ def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
     side = work / "scalable"
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["models"]["bert_rs"]["solver"] = "scalable"
+    params["models"]["bert_rs"].pop("dense", None)  # the dense grids: a fixed scalable solver refuses them
     side.mkdir(parents=True, exist_ok=True)
     (side / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cache = clone / "data" / "embeddings" / params["text_runs"]["bert_rs"]["embeddings"]

@@ -73,6 +73,7 @@ from benchmarks.common import (  # noqa: E402
     EASE_SEARCH, Ledger, fixed_choices, ledger_file, pct, review_times, user_bootstrap, with_refit,
 )
 from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
+from pipeline.config.ranking import DenseSearchConfig  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
 from pipeline.embeddings.build import build_caches  # noqa: E402
@@ -81,11 +82,13 @@ from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.embeddings.engines.local import write_embedding_cache  # noqa: E402
 from pipeline.io import read_json, write_json  # noqa: E402
 from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
-from pipeline.ranking.models.review_ease import ReviewAwareEASE, Setting  # noqa: E402
+from pipeline.ranking.selection.spaces import ReviewAwareSpace, Setting  # noqa: E402
 from pipeline.ranking.registry import load_model_profiles  # noqa: E402
 from pipeline.ranking.training.train import train  # noqa: E402
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune  # noqa: E402
+from pipeline.text.encoders import resolve_encoder  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
+from pipeline.text.static import distill_static, is_static  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 DATASETS = {
@@ -131,7 +134,8 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
         out[f"bert_rs@{encoder}"] = (RunSpec(model="bert_rs", embeddings=encoder), {})
     for lever, overrides in LEVERS.items():
         out[f"{lever}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), overrides)
-    out[f"bert_rs_scalable@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), {"solver": "scalable"})
+    out[f"bert_rs_scalable@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache),
+                                             {"solver": "scalable", "dense": DenseSearchConfig()})
     out[f"bert_rs_unguarded@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), {"guard_additions": False})
     out[f"bert_rs_validation_best@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache),
                                                     {"choice_rule": "best"})
@@ -174,13 +178,21 @@ def shared_training_reviews(work: Path, dataset: str, protocols: list[str], para
 
 
 def encoders_for(work: Path, dataset: str, protocols: list[str], params: Params) -> dict[str, str]:
-    """Encoder folder (or spec) per name; fine-tuned ones are trained once per dataset (see above)."""
+    """Encoder folder (or spec) per name; fine-tuned ones are trained once per dataset (see above), static ones
+    distilled once per dataset from the transformer they name (pipeline/text/static.py)."""
     out = {}
     for name, spec in params.encoders.items():
+        folder = work / dataset / "encoders" / name
+        if spec.static:
+            if params.finetune_reason(name) is None:
+                raise NotImplementedError(f"encoders.{name}: a fine-tuned static encoder is not part of this study")
+            if not is_static(folder):
+                distill_static(resolve_encoder(spec.model), folder, source={"base": spec.model, "finetuned": False})
+            out[name] = str(folder)
+            continue
         if params.finetune_reason(name) is not None:
             out[name] = spec.model
             continue
-        folder = work / dataset / "encoders" / name
         if not (folder / "config.json").is_file():
             reviews = shared_training_reviews(work, dataset, protocols, params)
             adapt = contrastive_finetune if spec.objective == "contrastive" else finetune_encoder
@@ -369,10 +381,10 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict],
 
 def uses_text(choices: dict | None) -> bool:
     """Whether a fitted text model's chosen settings read the review vectors: bert_rs's guard may keep a plain
-    setting (`ReviewAwareEASE.is_plain`); neural heads and the scalable solver (text-initialised) always read them."""
+    setting (`ReviewAwareSpace.is_plain`); neural heads and the scalable solver (text-initialised) always read them."""
     if not choices or "side_weight" not in choices:
         return True
-    return not ReviewAwareEASE.is_plain(Setting(
+    return not ReviewAwareSpace.is_plain(Setting(
         choices["whitening"], choices["side_weight"], choices["ease_lambda"], choices["regulariser"],
         choices["text_match"], choices["text_weight"], choices["pop_weight"], 0.0 if choices["pop_only"] else 1.0))
 

@@ -5,7 +5,8 @@
 
 Reads `encoders.<name>` (EncoderSpec) and `finetune` (FinetuneConfig). Fine-tuning runs only when both
 `finetune.enabled` and `encoders.<name>.finetune` are true, with `encoders.<name>.objective`; otherwise the base
-checkpoint is passed through.
+checkpoint is passed through. With `encoders.<name>.static: true` the transformer so written (to `<out>.work/`) is
+then distilled into a static encoder (pipeline/text/static.py), which is what `<out>` holds.
 Checkpoints for resuming live in `<out>.work/` (outside the DVC output); rerunning the same command after an
 interruption (kill -9 included) resumes and ends with the same bytes as an uninterrupted run.
 
@@ -28,7 +29,9 @@ from pipeline.io import DataError, write_json
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune
 from pipeline.launch import is_main_process
 from pipeline.text.encoders import resolve_encoder
+from pipeline.text.encoders import weights_fingerprint
 from pipeline.text.finetune import finetune_encoder, pass_through
+from pipeline.text.static import distill_static, remove_work
 from stages.common import PARAMS_OPTION, read_params, user_errors
 
 
@@ -50,18 +53,26 @@ def main(
     except DataError as error:
         raise DataError(f"{params}: encoders.{encoder}.model: {error}") from None
     reason = config.finetune_reason(encoder)
+    transformer = Path(f"{out}.work") / "transformer" if spec.static else out  # a static encoder distils it next
     if reason is not None:
         if not is_main_process():
             return
-        result = pass_through(spec.model, out, reason)
+        result = pass_through(spec.model, transformer, reason)
     elif spec.objective == "contrastive":
         reviews = load_reviews(prepared, columns=list(PAIR_COLUMNS))
-        result = contrastive_finetune(reviews, spec.model, out, config.finetune)
+        result = contrastive_finetune(reviews, spec.model, transformer, config.finetune)
     else:
         reviews = load_reviews(prepared, columns=["review_id", "text", "split"])
-        result = finetune_encoder(reviews, spec.model, out, config.finetune)
+        result = finetune_encoder(reviews, spec.model, transformer, config.finetune)
     if not is_main_process():
         return
+    if spec.static:
+        distill_static(transformer, out, source={key: result.get(key) for key in ("base", "finetuned")})
+        result["static"] = {"distilled_from_weights_fingerprint": result.get("weights_fingerprint"),
+                            "weights_fingerprint": weights_fingerprint(out)}
+        result["note"] = f"{result.get('note', '')}; then distilled into a static encoder (model2vec)".lstrip("; ")
+        result["weights_fingerprint"] = result["static"]["weights_fingerprint"]
+        remove_work(transformer.parent)
     result["encoder"] = encoder
     write_json(metrics, result)
     typer.echo(f"encoder {encoder} -> {out} (finetuned: {result['finetuned']}); metrics -> {metrics}")

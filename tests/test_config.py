@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,13 @@ def test_an_override_of_one_model_reaches_the_solver_section_that_holds_the_sett
     assert RankingConfig().override(epochs=3).section("bert_rs").scalable.epochs == 10
     with pytest.raises(ConfigError, match=r"models\.bert_rs: no setting 'ranks' \(known: .*'scalable\.rank'"):
         RankingConfig().override("bert_rs", ranks=8)
+
+
+def test_a_run_that_auto_ran_on_one_solver_reloads_whatever_its_other_solvers_section_says():
+    from pipeline.config.ranking import BertRSConfig, ModelsConfig, ScalableSolverConfig
+
+    trained = BertRSConfig(solver="auto", scalable=ScalableSolverConfig(rank=64))  # auto chose dense
+    with pytest.raises(ConfigError, match="solver dense ignores this section"):
+        ModelsConfig(bert_rs=dataclasses.replace(trained, solver="dense"))
+    reloaded = ModelsConfig(bert_rs=trained.with_solver("dense")).bert_rs  # what checkpoint.py rebuilds
+    assert reloaded.solver == "dense" and reloaded.dense == trained.dense and reloaded.scalable.rank == 128

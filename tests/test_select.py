@@ -473,11 +473,15 @@ def test_bert_rs_asked_for_some_settings_computes_only_their_lambdas_and_a_scree
     times_inverse = review_ease.EigenGram.times_inverse
     monkeypatch.setattr(review_ease.EigenGram, "times_inverse", lambda self, rows, lam: products.append(lam) or
                         times_inverse(self, rows, lam))
+    side_grams = []  # one per (whitening, side weight, lambda) computed
+    with_side_gram = review_ease.with_side_gram
+    monkeypatch.setattr(review_ease, "with_side_gram", lambda *a, **k: side_grams.append(1) or with_side_gram(*a, **k))
     data, model = bert_rs_world(seed=9)
     wanted = {review_ease.Setting(True, 1.0, 10.0, "l3ae", "user_profile", 0.5, 1.0, 1.0),
               review_ease.Setting(False, 0.0, 10.0, "ease", "item_neighbours", 0.0, 0.0, 1.0)}
     offered = ValidationLooks(data).ranked_candidates(model, only=wanted)
     assert {setting for setting, _ in offered} == wanted and products == [10.0]  # one lambda's product, no other
+    assert len(side_grams) == 2  # of the 2 x 3 (whitening, side weight) pairs at that lambda, the two asked for
     # a screen that lets nearly everything through (not what its two users tell apart without error): two passes
     # over parts of the users give the unscreened scores
     monkeypatch.setattr(select_module, "SCREEN_FROM_USERS", 7)

@@ -52,7 +52,7 @@ def test_every_choice_and_validation_number_ignores_where_the_test_positives_are
     moved = with_test_positives_moved(data)
     config = replace_config(ranking_env.config, epochs=4, patience=2)
     solver_settings = {"dense": {"text_side_weights": [0.0, 1.0]}, "scalable": {"rank": 16, "epochs": 4, "patience": 2},
-                       "auto": {}}[solver]
+                       "auto": {"text_side_weights": [0.0, 1.0]}}[solver]
     config = config.override("bert_rs", solver=solver, text_weights=[0.0, 0.5, 1.0], **solver_settings)
     spec = RunSpec(model=model, embeddings="x" if model == "bert_rs" else None)
     seen, blind = (train(spec, config, d, profiles, progress=False) for d in (data, moved))

@@ -67,6 +67,12 @@ class Params:
             untuned = self.finetune_reason(first) is not None and self.finetune_reason(second) is not None
             check(same and untuned, f"embed.shared_passes.{first}",
                   f"{first} and {second} share a pass only with the same model and no fine-tuning")
+        for name, spec in self.encoders.items():
+            check(not spec.static or self.embed_for(name).pooling == "mean", f"encoders.{name}.pooling",
+                  "a static encoder pools by the mean of its token vectors: set pooling: mean")
+            check(not spec.static or name not in {**self.embed.shared_passes}.keys() | set(
+                self.embed.shared_passes.values()), f"encoders.{name}.static",
+                  "a static encoder has its own pass (embed.single_passes), not a shared one")
         twice = sorted(set(self.runs) & set(self.text_runs))
         check(not twice, "text_runs", f"run name(s) {twice} also in runs")
         for name, run in self.runs.items():

@@ -34,7 +34,7 @@ class EASEConfig:
 
 @dataclass(frozen=True)
 class SGDConfig:
-    """What every minibatch-trained ranker reads (pipeline/ranking/training/train.py's loop)."""
+    """What every minibatch-trained ranker reads (pipeline/ranking/training/sgd.py's loop)."""
 
     factors: int = 32  # embedding size; for NCF, the GMF size and the MLP's last layer (paper: 32 predictive factors)
     num_negatives: int = 1  # sampled negatives per positive, redrawn every epoch (paper: 1)
@@ -150,6 +150,12 @@ class BertRSConfig:
     dense: DenseSearchConfig = field(default_factory=DenseSearchConfig)
     scalable: ScalableSolverConfig = field(default_factory=ScalableSolverConfig)
 
+    def with_solver(self, solver: str) -> "BertRSConfig":
+        """This section fixed to `solver` (what a run records it ran), the other solver's section back at its
+        defaults: what `auto` chose never reads it, so a fixed solver must not be refused for it."""
+        others = {name: section() for name, section in SOLVER_SECTIONS.items() if name != solver}
+        return dataclasses.replace(self, solver=solver, **others)
+
     def validate(self, key: str) -> None:
         check(len(self.text_weights) >= 1, f"{key}.text_weights", "needs at least one value")
         check(min(self.text_weights) >= 0, f"{key}.text_weights", "text weights must be >= 0 (0 switches the text off)")
@@ -245,10 +251,10 @@ class RankingConfig:
 
     def override(self, model: str | None = None, **changes: Any) -> "RankingConfig":
         """A copy with settings changed by field name: a `train` field changes the shared section; any other
-        changes `models.<model>`, or, with no model named, every section that has the field (as a shared YAML
-        anchor would). With a model named, a field of one of its nested sections (bert_rs's `dense` and
-        `scalable`) is changed there, and a mapping given for a nested section changes the fields it names. A name
-        no section has is an error."""
+        changes `models.<model>`, or, with no model named, every section that has the field at its top level (as
+        a shared YAML anchor would: `lambdas` alone then changes ease, not bert_rs's `dense.lambdas`). With a model
+        named, a field of one of its nested sections (bert_rs's `dense` and `scalable`) is changed there; a mapping
+        given for a nested section changes the fields it names. A name no section has is an error."""
         shared = {f.name for f in dataclasses.fields(TrainConfig)}
         train = dataclasses.replace(self.train, **{k: v for k, v in changes.items() if k in shared})
         rest = {k: v for k, v in changes.items() if k not in shared}
@@ -263,7 +269,7 @@ class RankingConfig:
             own = {f.name for f in dataclasses.fields(section)}
             mine = {k: v for k, v in rest.items() if k in own}
             if mine:
-                sections[name] = dataclasses.replace(section, **mine)
+                sections[name] = _replace_nested(section, mine, f"models.{name}")
                 used |= set(mine)
         if set(rest) - used:
             raise ConfigError(f"no section has setting(s) {sorted(set(rest) - used)}")

@@ -22,6 +22,9 @@ class EncoderSpec:
     # that user chose (pipeline/text/contrastive.py)
     objective: Literal["mlm_nsp", "contrastive"] = "mlm_nsp"
     pooling: Optional[Literal["pooler", "mean", "cls"]] = None  # null: embed.pooling
+    # distil the encoder (after any fine-tuning) into one vector per token (model2vec, pipeline/text/static.py): the
+    # embed stage then averages a review's token vectors instead of running the transformer (pooling: mean)
+    static: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ class EmbedConfig:
     index_hnsw_m: int = 32  # HNSW links per node
     index_ef_construction: int = 200  # HNSW candidates kept while linking a node (build time for recall)
     index_ef_search: int = 256  # HNSW candidates kept while searching
-    # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), fp32 elsewhere
+    # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), int8 on CPUs
+    # with native int8 dot products (VNNI, AMX-INT8) where it keeps cosine >= 0.99 to fp32, fp32 elsewhere
     backend: Literal["auto", "torch", "torch_bf16", "torch_fp16", "torch_int8"] = "auto"
     backend_check_sample: int = 256  # reviews encoded in fp32 too, to record the chosen backend's cosine in meta
     threads: Optional[int] = None  # torch intra-op threads; null = all cores

@@ -29,6 +29,7 @@ from pipeline.text.encode import (
     set_threads,
 )
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
+from pipeline.text.static import STATIC_BACKEND, is_static, load_static
 from pipeline.text.finetune import SOURCE_FILE
 
 
@@ -49,6 +50,9 @@ class EncoderRecipe:
     backend: str  # resolved, never "auto": every process runs what the cache records
 
     def load(self):
+        if self.backend == STATIC_BACKEND:
+            return load_static(self.path, pooling=self.poolings[0], max_length=self.max_length,
+                               batch_size=self.batch_size)
         return load_encoder(self.path, pooling=self.poolings[0], also_poolings=self.poolings,
                             max_length=self.max_length, batch_size=self.batch_size, backend=self.backend)
 
@@ -57,7 +61,10 @@ class EncoderRecipe:
 
 
 def backend_check(encoder, texts: Sequence[str], poolings: Sequence[str]) -> dict:
-    """Cosine of the chosen backend's vectors against fp32 on `texts` (identity when the backend is fp32)."""
+    """Cosine of the chosen backend's vectors against fp32 on `texts` (identity when the backend is fp32; a static
+    encoder has no transformer to compare with)."""
+    if encoder.backend == STATIC_BACKEND:
+        return {"reference": "none: a static encoder runs no transformer", "sample": 0}
     if encoder.backend == "torch" or not texts:
         return {"reference": "torch (fp32)", "sample": 0}
     fast = encode_pooled(encoder, texts, poolings)
@@ -112,6 +119,8 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
     gpu_actors = first.engine == "ray" and first.ray.num_gpus_per_actor > 0
     blind = gpu_actors and not torch.cuda.is_available()
     backend = choose_backend(first.backend, cuda=True, cuda_bf16=False) if blind else choose_backend(first.backend)
+    if is_static(resolved):
+        backend, blind = STATIC_BACKEND, False  # numpy on the CPU, in any process
     recipe = EncoderRecipe(resolved, tuple(poolings), first.max_length,
                            (first.ray.batch_size if first.engine == "ray" else None) or first.batch_size, backend)
     encoder = dataclasses.replace(recipe, backend="torch").load() if blind else recipe.load()

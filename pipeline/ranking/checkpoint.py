@@ -130,9 +130,12 @@ def load_checkpoint(model_dir: str | Path, data: PreparedData, cache_path: str |
         raise DataError(f"{where}: n_users/n_items {info.get('n_users')}/{info.get('n_items')} differ from the data")
     spec = from_dict(RunSpec, info["spec"], f"{where}: spec")
     shared = from_dict(TrainConfig, info["train"], f"{where}: train")
-    section = from_dict(section_type(spec.model), info["model_settings"], f"{where}: model_settings")
+    try:
+        section = from_dict(section_type(spec.model), info["model_settings"], f"{where}: model_settings")
+    except ConfigError as error:  # e.g. bert_rs's flat settings, before each solver had its own section
+        raise DataError(f"{error}: this run's settings are not this version's; {RETRAIN_HINT}") from None
     if info.get("bert_rs_solver"):  # the solver that ran, not the one `auto` would pick on this machine today
-        section = dataclasses.replace(section, solver=info["bert_rs_solver"])
+        section = section.with_solver(info["bert_rs_solver"])
     config = RankingConfig(shared, dataclasses.replace(ModelsConfig(), **{spec.model: section}))
     profiles = None
     if spec.model in TEXT_MODELS:

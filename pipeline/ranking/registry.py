@@ -101,7 +101,8 @@ def _bert_rs_memory(section: BertRSConfig, shared: TrainConfig, shape: Shape) ->
     if bert_rs_solver(section, shared, shape.n_items) == "scalable":
         return scalable_bytes(shape, section.scalable.rank), "; or lower models.bert_rs.scalable.rank"
     return dense_bytes(shape, REVIEW_EASE_FOOTPRINT), ("; or set models.bert_rs.solver: scalable (or auto), the "
-                                                       "low-rank item model whose memory is O(n_items x rank)")
+                                                       "low-rank item model whose memory is O(n_items x rank) "
+                                                       "(scalable alone: without a models.bert_rs.dense section)")
 
 
 def _neural_memory(name: str) -> MemoryEstimate:

@@ -214,6 +214,8 @@ def encode_pooled(encoder: Encoder, texts: Sequence[str], poolings: Sequence[str
     if unknown:
         raise DataError(f"pooling {unknown} is not one of {POOLINGS}")
     texts = [t if isinstance(t, str) else "" for t in texts]
+    if not isinstance(encoder, Encoder):  # a static encoder (pipeline/text/static.py): mean of its token vectors
+        return {p: encoder.encode(texts) for p in poolings}
     out = {p: np.empty((len(texts), encoder.dim), dtype=np.float32) for p in poolings}
     if not texts:
         return out

@@ -18,7 +18,7 @@ the validation pairs after the final fit, as are c, X and m), z_u standardises a
 is the mean number of fitted interactions per item, so that `a` reads as "the text gram counts as `a` average items'
 worth of co-occurrence" on any dataset. The profiles and F are training-review means whatever the pairs; where the
 final fit will score test one interaction after the profile's newest review (leave-one-out), the settings are chosen
-with user profiles one review behind (`use_profiles`, pipeline/ranking/training/train.py), as test will read them.
+with user profiles one review behind (`use_profiles`, pipeline/ranking/training/lagged.py), as test will read them.
 
 Closed forms, with G_a = X^T X + a m F F^T and P = (G_a + lambda I)^-1:
     "ease":  B = I - P diag(1 / diag P)
