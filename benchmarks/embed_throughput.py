@@ -145,7 +145,8 @@ def run(args) -> dict:
             "ours_fp32": {"seconds": t_ours, "reviews_per_s": len(batch) / t_ours, "peak_rss_mb": m_ours,
                           "gflops_executed": executed_ours / t_ours / 1e9, "gflops_useful": useful / t_ours / 1e9,
                           "cosine_vs_naive": cosine_agreement(ours, naive_vecs)},
-            "ours_bf16": None if not run_bf16 else {"seconds": t_bf16, "reviews_per_s": len(batch) / t_bf16, "peak_rss_mb": m_bf16,
+            "ours_bf16": None if not run_bf16 else {"seconds": t_bf16, "reviews_per_s": len(batch) / t_bf16,
+                          "peak_rss_mb": m_bf16,
                           "gflops_executed": executed_ours / t_bf16 / 1e9, "gflops_useful": useful / t_bf16 / 1e9,
                           "cosine_vs_fp32": cosine_agreement(ours_bf16, ours)},
             "ours_int8": {"seconds": t_int8, "reviews_per_s": len(batch) / t_int8, "peak_rss_mb": m_int8,
@@ -225,7 +226,8 @@ def markdown(report: dict) -> str:
               "'executed' includes padding tokens, 'useful' counts real tokens only. Cosine: ours_fp32 against the "
               "naive fp32 vectors, ours_bf16 and ours_int8 against ours_fp32. Peak RSS is growth over the level before "
               "each path.", ""]
-    int8 = [f"{name} {row['int8_over_fp32']:.2f}x" for name, row in report["results"].items() if "int8_over_fp32" in row]
+    int8 = [f"{name} {row['int8_over_fp32']:.2f}x" for name, row in report["results"].items()
+            if "int8_over_fp32" in row]
     if int8:
         lines += [f"int8 against fp32 (ours_int8 / ours_fp32 reviews/s, one run): {', '.join(int8)}.", ""]
     static = [f"{name} {row['static_over_fp32']:.0f}x" for name, row in report["results"].items()

@@ -72,7 +72,8 @@ def run(precision: str, reviews, base: str, config, work: Path, every: int) -> d
     metrics = ft.finetune_encoder(reviews, base, out, config, work_dir=work / f"work-{precision}",
                                   callbacks=[curve])
     total = time.perf_counter() - start
-    return {"precision": precision, "applied": metrics["precision"], "steps": metrics["steps"], "train_pairs": metrics["train_pairs"],
+    return {"precision": precision, "applied": metrics["precision"], "steps": metrics["steps"],
+            "train_pairs": metrics["train_pairs"],
             "seconds_total": round(total, 1), "seconds_curve_evals": round(curve.eval_seconds, 1),
             "seconds_without_curve": round(total - curve.eval_seconds, 1),  # load and save included
             "before": metrics["before"], "after": metrics["after"], "train_loss": metrics["train_loss"],

@@ -444,12 +444,13 @@ def markdown(results: dict, meta: dict) -> str:
         lines += ["", f"## {protocol}", "",
                   f"{s['users']} users, {s['items']} items, {s['train']} / {s['valid']} / {s['test']} "
                   "train / valid / test positives.", "",
-                  "| row | configs | seeds | valid NDCG@10 | test NDCG@10 (mean +- sd over seeds) | vs bert_rs | 95% CI of "
-                  "gain | best epochs |", "|---|---|---|---|---|---|---|---|"]
+                  "| row | configs | seeds | valid NDCG@10 | test NDCG@10 (mean +- sd over seeds) | vs bert_rs | "
+                  "95% CI of gain | best epochs |", "|---|---|---|---|---|---|---|---|"]
         ref = res["rows"]["bert_rs"]["test_full_ndcg@10"]
         for name, r in res["rows"].items():
             ci = r.get("bootstrap_95ci_gain")
-            lines.append(f"| {name} | {r['configs']} | {r['seeds']} | {r['valid']:.4f} | {r['test_full_ndcg@10']:.4f} +- "
+            lines.append(f"| {name} | {r['configs']} | {r['seeds']} | {r['valid']:.4f} | "
+                         f"{r['test_full_ndcg@10']:.4f} +- "
                          f"{r['test_std']:.4f} | {_pct(r['test_full_ndcg@10'] / ref - 1) if name != 'bert_rs' else '-'}"
                          f" | {f'[{ci[0]:+.4f}, {ci[1]:+.4f}]' if ci else '-'} | "
                          f"{', '.join(map(str, r.get('best_epochs', []))) or '-'} |")

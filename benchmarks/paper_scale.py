@@ -317,8 +317,8 @@ def stage_part(stage: str) -> str:
 def run_note(clone: Path, stage: str) -> str:
     """Which solver a bert_rs run used (`auto` picks dense only while its estimate fits the memory available at the
     start, so a run that shared the machine may have switched) and, for a dense solve, the memory estimate that
-    decides it (pipeline/ranking/training/memory.py, beside the measured peak) and what its search chose; for the scalable
-    solver the passes kept and scored; or the epoch a neural run chose."""
+    decides it (pipeline/ranking/training/memory.py, beside the measured peak) and what its search chose; for the
+    scalable solver the passes kept and scored; or the epoch a neural run chose."""
     run_file = clone / "data" / "models" / stage.partition("@")[2] / "run.json"
     if stage == SCALABLE_TRAIN:
         run_file = clone.parent / "scalable" / "models" / "bert_rs_scalable" / "run.json"

@@ -38,8 +38,8 @@ gain is marginal, one seed may keep it and another fall back to plain EASE. The 
 paired bootstrap over test users (each user resampled with all of their test positives), which gives a 95% interval
 for the gain of the best text model over the best non-text model. With `train.refit_with_validation` (the default)
 every row, once its settings and epoch count are chosen, is fitted once more on training + validation pairs before
-test is scored (pipeline/ranking/training/train.py), text rows and non-text rows alike; the validation numbers printed are those
-measured before that fit.
+test is scored (pipeline/ranking/training/train.py), text rows and non-text rows alike; the validation numbers
+printed are those measured before that fit.
 
 Leakage audit: the mean-pooled bert_rs and bert_rs_neural rows are also trained once with profiles pooled over *all*
 reviews, test reviews included (what the paper's eq. 8 does when read literally); the inflation this causes is
@@ -136,7 +136,8 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
         out[f"{lever}@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), overrides)
     out[f"bert_rs_scalable@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache),
                                              {"solver": "scalable", "dense": DenseSearchConfig()})
-    out[f"bert_rs_unguarded@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache), {"guard_additions": False})
+    out[f"bert_rs_unguarded@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache),
+                                              {"guard_additions": False})
     out[f"bert_rs_validation_best@{mean_cache}"] = (RunSpec(model="bert_rs", embeddings=mean_cache),
                                                     {"choice_rule": "best"})
     out[f"bert_rs_neural@{mean_cache}"] = (RunSpec(model="bert_rs_neural", embeddings=mean_cache), NEURAL_FORM)
@@ -225,7 +226,8 @@ def reuse_review_vectors(donor: Path, data: PreparedData, config, out: Path) -> 
     looked up by text instead of encoded again (the encoder is deterministic), the profiles follow this split."""
     table, vectors = load_review_embeddings(donor)
     reviews = load_reviews(data.root, columns=["review_id", "text"])
-    if not np.array_equal(np.sort(table.column("review_id").to_numpy()), np.sort(reviews.column("review_id").to_numpy())):
+    if not np.array_equal(np.sort(table.column("review_id").to_numpy()),
+                          np.sort(reviews.column("review_id").to_numpy())):
         raise RuntimeError(f"{donor}: another set of reviews; cannot lend its vectors to {out}")
     by_id = dict(zip(table.column("review_id").to_pylist(), vectors))
     by_text = dict(zip(reviews.column("text").to_pylist(), (by_id[r] for r in reviews.column("review_id").to_pylist())))
@@ -259,7 +261,8 @@ def config_for(base: RankingConfig, spec: RunSpec, index: int, seed: int, lambda
                ) -> RankingConfig:
     if spec.model == "ease":
         return base.override("ease", lambdas=[lambdas[index]], seed=seed)
-    if spec.model == "bert_rs":  # it searches lambda itself, jointly with its text settings (models.bert_rs.dense.lambdas)
+    # it searches lambda itself, jointly with its text settings (models.bert_rs.dense.lambdas)
+    if spec.model == "bert_rs":
         return base.override("bert_rs", seed=seed)
     own = {f.name for f in dataclasses.fields(base.section(spec.model))}  # MF has no MLP; pop nothing to search
     return base.override(spec.model, **{k: v for k, v in SEARCH[index].items() if k in own}, seed=seed)
@@ -330,7 +333,8 @@ def run_dataset(work: Path, dataset: str, protocol: str, params: Params, budget:
             runs = []
             for seed in range(seeds):
                 held = partner["seed_runs"][seed]
-                config = config_for(base, spec, chosen, seed).override(spec.model, **fixed_choices(held["text_choices"]))
+                config = config_for(base, spec, chosen, seed).override(spec.model,
+                                                                       **fixed_choices(held["text_choices"]))
                 epochs = held["best_epoch"] if spec.model not in ("bert_rs", "ease", "pop") else None
                 runs.append(ledger.get_or_run(
                     f"{name}|c{chosen}|s{seed}|fixed", lambda: fit_and_score(spec, config, data, prof, epochs)))
@@ -454,7 +458,8 @@ def leakage_audit(work, dataset, protocol, params, data, caches, rows, ledger) -
 
 
 def finetune_summary(base: Path) -> dict:
-    return {p.name.removesuffix(".metrics.json"): {k: json.loads(p.read_text())[k] for k in ("before", "after", "steps")}
+    return {p.name.removesuffix(".metrics.json"): {k: json.loads(p.read_text())[k]
+                                                   for k in ("before", "after", "steps")}
             for p in sorted((base / "encoders").glob("*.metrics.json"))}
 
 
@@ -545,7 +550,8 @@ def markdown(results: dict, meta: dict) -> str:
                 b, a = f["before"], f["after"]
                 if "accuracy@1" in b:  # contrastive: anchor's own positive nearest among held-out positives
                     lines.append(f"| {name} | {f['steps']} | contrastive retrieval accuracy@1 (chance "
-                                 f"{b.get('chance', float('nan')):.3f}) | {b['accuracy@1']:.3f} → {a['accuracy@1']:.3f} |")
+                                 f"{b.get('chance', float('nan')):.3f}) | {b['accuracy@1']:.3f} → "
+                                 f"{a['accuracy@1']:.3f} |")
                 else:
                     lines.append(f"| {name} | {f['steps']} | MLM loss; NSP accuracy | {b['mlm_loss']:.3f} → "
                                  f"{a['mlm_loss']:.3f}; {b['nsp_accuracy']:.3f} → {a['nsp_accuracy']:.3f} |")
@@ -633,7 +639,8 @@ def main() -> None:
                                                              args.seeds, encoders, lambda m: print(m, flush=True))
     meta = {
         "date": date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores, {_memory_gib():.0f} GiB RAM, {platform.processor() or platform.machine()}",
+        "machine": f"{os.cpu_count()} CPU cores, {_memory_gib():.0f} GiB RAM, "
+                   f"{platform.processor() or platform.machine()}",
         "command": "python " + " ".join(["benchmarks/quality.py", *sys.argv[1:]]),
         "seeds": args.seeds,
         "budget": args.budget,

@@ -58,11 +58,13 @@ def exact_top(items: np.ndarray, queries: np.ndarray) -> np.ndarray:
     exact = faiss.IndexFlatIP(items.shape[1])
     exact.add(items)
     scores, ids = exact.search(queries, K)
-    print(f"exact neighbours: mean cosine of the 1st {scores[:, 0].mean():.3f}, of the 100th {scores[:, -1].mean():.3f}")
+    print(f"exact neighbours: mean cosine of the 1st {scores[:, 0].mean():.3f}, "
+          f"of the 100th {scores[:, -1].mean():.3f}")
     return ids, scores
 
 
-def measure(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, choice: IndexChoice, sweep: list[int]) -> list[dict]:
+def measure(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, choice: IndexChoice,
+            sweep: list[int]) -> list[dict]:
     """Build once, then one row per search setting (IVF: nprobe; HNSW: efSearch) from `sweep`."""
     process = psutil.Process()
     rss0 = process.memory_info().rss
@@ -182,9 +184,11 @@ def markdown(result: dict) -> str:
         "",
         f"{result['items']:,} generated item vectors x {result['dim']} dims ({result['clusters']} clusters, low-rank "
         f"spread, unit length), {result['queries']} fresh queries from the same mixture, cosine metric. Recall@100 "
-        f"is against exact `IndexFlatIP` search (batch exact search of all queries: {result['exact_batch_search_s']} s). "
+        "is against exact `IndexFlatIP` search (batch exact search of all queries: "
+        f"{result['exact_batch_search_s']} s). "
         f"Mean cosine of a query's exact 1st / 100th neighbour: {result['mean_cosine_top1']} / "
-        f"{result['mean_cosine_top100']}. Latency: one query at a time on one thread. Targets: recall@100 >= 0.95, p99 <= 10 ms.",
+        f"{result['mean_cosine_top100']}. Latency: one query at a time on one thread. Targets: recall@100 >= 0.95, "
+        "p99 <= 10 ms.",
         "",
         "| index | settings | recall@100 | p50 ms | p99 ms | build s | RSS growth MB | file MB | meets targets |",
         "|---|---|---|---|---|---|---|---|---|",

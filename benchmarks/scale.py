@@ -10,8 +10,8 @@
 2. The scalable item model (pipeline/ranking/models/scalable.py) alone at 100k and 1M items on generated power-law
    interactions with random 32-d item/user profiles: two passes as `train` makes them, holding the best pass's copy
    of A (a stand-in validation score that rises every pass; ranking itself is timed separately), the time per pass
-   and peak RSS next to the memory estimate of pipeline/ranking/training/memory.py and the dense-EASE estimate for the same
-   catalogue.
+   and peak RSS next to the memory estimate of pipeline/ranking/training/memory.py and the dense-EASE estimate for
+   the same catalogue.
 
 Writes benchmarks/results/scale.{json,md}.
 """
@@ -59,7 +59,8 @@ def timed(command: list[str], log: Path) -> dict:
     stats = log.with_suffix(".time")
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(stats), *command], stdout=out, stderr=subprocess.STDOUT,
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(stats), *command],
+                              stdout=out, stderr=subprocess.STDOUT,
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - t0
     if done.returncode != 0:
@@ -144,23 +145,26 @@ def markdown(result: dict) -> str:
     lines = [f"# Stage two at growing size ({result['date']})", "",
              f"`{result['command']}` on {result['machine']['cpus']} shared CPUs ({result['machine']['platform']}). "
              "Every cell is one command in its own process: wall seconds / peak RSS MB (`/usr/bin/time`). "
-             "neumf: 3 epochs (models.neumf.epochs in the benchmark's params), so its time is per 3 epochs. The files are "
-             "rewritten after each part: a part missing below had not finished when the run stopped.", ""]
+             "neumf: 3 epochs (models.neumf.epochs in the benchmark's params), so its time is per 3 epochs. The files "
+             "are rewritten after each part: a part missing below had not finished when the run stopped.", ""]
     if result["growth"]:
         lines += ["## Generated set at 1x / 4x / 16x", "",
-                  "| factor | users | items | reviews | prepare | train pop | train ease | train neumf | evaluate (all 3, sampled + full) | full NDCG@10 pop / ease / neumf |",
+                  "| factor | users | items | reviews | prepare | train pop | train ease | train neumf | "
+                  "evaluate (all 3, sampled + full) | full NDCG@10 pop / ease / neumf |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["growth"]:
             cell = lambda k: f"{r[k]['wall_s']} s / {r[k]['peak_rss_mb']} MB"  # noqa: E731
             nd = r["full_ndcg@10"]
-            lines.append(f"| {r['factor']}x | {r['data']['users']:,} | {r['data']['items']:,} | {r['data']['reviews']:,} | "
+            lines.append(f"| {r['factor']}x | {r['data']['users']:,} | {r['data']['items']:,} | "
+                         f"{r['data']['reviews']:,} | "
                          f"{cell('prepare')} | {cell('train_pop')} | {cell('train_ease')} | {cell('train_neumf')} | "
                          f"{cell('evaluate')} | {nd.get('pop')} / {nd.get('ease')} / {nd.get('neumf')} |")
         lines.append("")
     if result["catalogue"]:
         lines += [f"## Scalable item model at catalogue size ({SCALABLE_PASSES} passes, the best pass's A copied as "
                   "under validation)", "",
-                  "| users | items | interactions | rank | s per pass | score 256 users x 65,536 items s | peak RSS MB | estimate MB | dense EASE estimate GB |",
+                  "| users | items | interactions | rank | s per pass | "
+                  "score 256 users x 65,536 items s | peak RSS MB | estimate MB | dense EASE estimate GB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in result["catalogue"]:
             lines.append(f"| {r['users']:,} | {r['items']:,} | {r['interactions']:,} | {r['rank']} | {r['epoch_s']} | "

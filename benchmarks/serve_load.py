@@ -200,7 +200,8 @@ Model: run `{health['run']}` ({health['model']}), {health['n_users']} users, {he
 sample). `bertrs serve --workers N` (uvicorn, 1 torch thread per worker), k = {args.k}, {args.warmup} warm-up
 requests per endpoint not counted.
 
-| workers | endpoint | requests | concurrent | p50 ms | p90 ms | p99 ms | max ms | req/s | errors | server CPU ms / request |
+| workers | endpoint | requests | concurrent | p50 ms | p90 ms | p99 ms | max ms | req/s | errors | \
+server CPU ms / request |
 |---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 

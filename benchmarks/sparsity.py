@@ -96,7 +96,8 @@ def cache_for(work: Path, dataset: str, params: Params, data: PreparedData) -> P
     """One mean-pooled packaged-MiniLM cache per dataset; thinned levels re-pool its vectors."""
     cache = work / dataset / "embeddings" / ENCODER
     if not (cache / "meta.json").is_file():
-        config = dataclasses.replace(params.embed_for(ENCODER), pooling="mean")  # fp32: bf16 is slower without native CPU support
+        # fp32: bf16 is slower without native CPU support
+        config = dataclasses.replace(params.embed_for(ENCODER), pooling="mean")
         build_cache(data.root, PACKAGED_ENCODER, ENCODER, config, cache)
     return cache
 
@@ -167,7 +168,8 @@ def tuned_ease(data: PreparedData) -> tuple[EASE, Choice]:
 def fit(name: str, data: PreparedData, profiles: Profiles, params: Params
         ) -> tuple[nn.Module, dict, Callable[[], nn.Module]]:
     """The model as chosen on validation (fitted on the kept training pairs), its choices, and its final fit: the
-    same choices fitted on kept training + validation pairs, as `train.refit_with_validation` does for `bertrs train`."""
+    same choices fitted on kept training + validation pairs, as `train.refit_with_validation` does for
+    `bertrs train`."""
     both = with_validation_in_training(data)
     chosen_only = params.ranking.override(refit_with_validation=False)  # the final fit comes after validation is read
     if name in ("pop", "neumf"):

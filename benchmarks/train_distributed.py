@@ -96,13 +96,15 @@ def measure(users: int, items: int, epochs: int, batch_size: int, work: Path) ->
         with torch.no_grad():
             scores[way] = load_checkpoint(out, data).model.score_all(torch.arange(data.n_users))
         result["ways"][way] = {"wall_s": round(seconds, 1), "processes": info["processes"],
-                               "best_epoch": info["best_epoch"], "valid_ndcg@10": round(info["best_valid"]["ndcg@10"], 5),
+                               "best_epoch": info["best_epoch"],
+                               "valid_ndcg@10": round(info["best_valid"]["ndcg@10"], 5),
                                "losses": losses(work / f"{way}.csv")}
         print(way, {k: v for k, v in result["ways"][way].items() if k != "losses"}, flush=True)
     reference = result["ways"][REFERENCE]
     for way, row in result["ways"].items():
         row["max_score_diff_vs_reference"] = float((scores[way] - scores[REFERENCE]).abs().max())
-        row["max_loss_rel_diff_vs_reference"] = max(abs(a - b) / abs(b) for a, b in zip(row["losses"], reference["losses"]))
+        row["max_loss_rel_diff_vs_reference"] = max(abs(a - b) / abs(b)
+                                                    for a, b in zip(row["losses"], reference["losses"]))
         row["valid_ndcg@10_diff_vs_reference"] = round(row["valid_ndcg@10"] - reference["valid_ndcg@10"], 5)
     result["score_scale"] = float(scores[REFERENCE].std())
     return result
@@ -113,7 +115,8 @@ def markdown(result: dict) -> str:
     lines = [f"# neumf: one process against two torchrun processes ({result['generated_at']})", "",
              f"Command: `{result['command']}`", "",
              f"Machine: {result['machine']['cpus']} CPUs shared with other work (load average at the start "
-             f"{result['machine']['load_average']}), {result['machine']['platform']}, torch {result['torch']}; no GPU.", "",
+             f"{result['machine']['load_average']}), {result['machine']['platform']}, torch {result['torch']}; "
+             "no GPU.", "",
              f"Data: `bertrs generate` then `bertrs prepare`: {d['users']:,} users, {d['items']:,} items, "
              f"{d['train_pairs']:,} training pairs, {d['valid_users']:,} validation positives. models.neumf: "
              f"{result['epochs']} epochs, global batch {result['batch_size']}; everything else at its default.", "",

@@ -34,7 +34,10 @@ def peak_in_item_matrices(n_users: int, n_items: int, per_user: int = 20) -> flo
                         np.ones(n_users, bool), np.ones(n_items, bool), {},
                         rng.normal(size=(n_users, PROFILE_WIDTH)).astype(np.float32))
     before = max(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    model = ReviewAwareEASE(n_users, n_items, profiles, ReviewAwareSpace(lambdas=[10.0, 1000.0], side_weights=[0.0, 2.0], matches=["user_profile"], text_weights=[0.0, 0.5], regularisers=["ease", "l3ae"], whitening=[False, True]))
+    model = ReviewAwareEASE(n_users, n_items, profiles,
+                            ReviewAwareSpace(lambdas=[10.0, 1000.0], side_weights=[0.0, 2.0], matches=["user_profile"],
+                                             text_weights=[0.0, 0.5], regularisers=["ease", "l3ae"],
+                                             whitening=[False, True]))
     choice = select(model.fit(*train), data)
     model.refit(np.concatenate([train[0], users]), np.concatenate([train[1], items[:, per_user]]), choice)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -65,7 +65,8 @@ def make_world(
         n = int(rng.integers(per_user[0], per_user[1] + 1))
         n_in = int(rng.binomial(n, in_topic))
         own = np.flatnonzero(item_topic == user_topic[u])
-        picks = list(rng.choice(own, size=min(n_in, len(own)), replace=False, p=popularity[own] / popularity[own].sum()))
+        picks = list(rng.choice(own, size=min(n_in, len(own)), replace=False,
+                                p=popularity[own] / popularity[own].sum()))
         rest = np.setdiff1d(np.arange(n_items), picks)
         picks += list(rng.choice(rest, size=n - len(picks), replace=False, p=popularity[rest] / popularity[rest].sum()))
         picks = rng.permutation(picks)
@@ -250,7 +251,8 @@ def trained_runs(ranking_env):
     }
     try:
         return {
-            name: (spec, train(spec, ranking_env.config, data, profiles, progress=False)) for name, spec in specs.items()
+            name: (spec, train(spec, ranking_env.config, data, profiles, progress=False))
+            for name, spec in specs.items()
         }
     finally:
         torch.set_num_threads(before)

@@ -59,7 +59,11 @@ def test_ease_and_bert_rs_searched_and_refitted_on_the_device_path_choose_and_sc
 
 def test_the_search_announces_how_many_candidates_it_will_score_and_shows_them_scored(capfd):
     data, _, profiles = random_world(seed=3)
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[1.0, 10.0], side_weights=[0.0, 1.0], matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5, 1.0], regularisers=["ease", "l3ae"], whitening=[False, True], pop_weights=[0.0, 1.0]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[1.0, 10.0], side_weights=[0.0, 1.0],
+                                             matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5, 1.0],
+                                             regularisers=["ease", "l3ae"], whitening=[False, True],
+                                             pop_weights=[0.0, 1.0]))
     total = model.candidate_count()
     chosen = select(model.fit(data.train.users, data.train.items), data, progress=True)
     assert chosen.looks == total == 1 + 2 * 2 * 2 * 2 * (2 * 2 + 1) * 2

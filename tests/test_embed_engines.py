@@ -141,14 +141,16 @@ def test_embed_cli_writes_two_caches_from_one_pass_and_refuses_encoders_with_oth
     app.command("embed")(embed.main)
     app.command("info")(embed.cache_info)
     params = tmp_path / "params.yaml"
-    params.write_text(f"encoders:\n  a: {{model: {tiny_encoder_dir}}}\n  b: {{model: {tiny_encoder_dir}, pooling: mean}}\n"
+    params.write_text(f"encoders:\n  a: {{model: {tiny_encoder_dir}}}\n"
+                      f"  b: {{model: {tiny_encoder_dir}, pooling: mean}}\n"
                       f"  c: {{model: {tiny_encoder_dir}, finetune: true, pooling: cls}}\n"
                       "embed:\n  max_length: 32\n  batch_size: 4\n  shard_size: 8\n  threads: 1\n")
     base = ["embed", "--prepared", str(toy_prepared), "--encoder-dir", str(tiny_encoder_dir), "--params", str(params)]
     result = CliRunner().invoke(app, base + ["--name", "a", "--out", str(tmp_path / "a"),
                                              "--name", "b", "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    assert cache.read_meta(tmp_path / "a")["pooling"] == "pooler" and cache.read_meta(tmp_path / "b")["pooling"] == "mean"
+    assert (cache.read_meta(tmp_path / "a")["pooling"] == "pooler"
+            and cache.read_meta(tmp_path / "b")["pooling"] == "mean")
     tuned = CliRunner().invoke(app, base + ["--name", "a", "--out", str(tmp_path / "x"),
                                             "--name", "c", "--out", str(tmp_path / "y")])
     assert tuned.exit_code == 2 and "cannot share one pass" in tuned.output and not (tmp_path / "x").exists()

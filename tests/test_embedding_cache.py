@@ -53,7 +53,8 @@ def test_profiles_are_means_over_training_reviews_only(toy_prepared, tmp_path):
 
 def test_mean_profiles_ignore_non_training_splits():
     vectors = np.array([[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]], np.float32)
-    tables = mean_profiles(np.array([0, 0, 0]), np.array([0, 1, 1]), np.array(["train", "train", "test"]), vectors, 2, 3)
+    tables = mean_profiles(np.array([0, 0, 0]), np.array([0, 1, 1]), np.array(["train", "train", "test"]),
+                           vectors, 2, 3)
     np.testing.assert_allclose(tables.users[0], [2.0, 1.0])
     np.testing.assert_allclose(tables.items[1], [3.0, 2.0])
     np.testing.assert_allclose(tables.items[2], [2.0, 1.0])  # no training review: fallback

@@ -69,7 +69,8 @@ def test_full_ranking_equals_a_naive_per_user_loop(ranking_env, trained_runs):
 def test_full_ranking_masks_train_and_same_split_positives_only_when_asked(ranking_env):
     data = ranking_env.data
     valid = full_ranking_mask(data, "valid")
-    assert valid.contains(data.train.users, data.train.items).all() and valid.contains(data.valid.users, data.valid.items).all()
+    assert (valid.contains(data.train.users, data.train.items).all()
+            and valid.contains(data.valid.users, data.valid.items).all())
     assert not valid.contains(data.test.users, data.test.items).any()
     m = full_ranking_mask(data, "test", mask_other_splits=False)
     assert m.contains(data.train.users, data.train.items).all() and m.contains(data.test.users, data.test.items).all()

@@ -117,7 +117,8 @@ def test_the_fine_tune_metrics_hold_no_clock_reading(toy_prepared, tiny_encoder_
     for speed in (1.0, 1000.0):
         ticks = itertools.count()
         monkeypatch.setattr(time_module, "time", lambda: next(ticks) * speed)
-        runs.append(ft.finetune_encoder(load_reviews(toy_prepared), str(tiny_encoder_dir), tmp_path / f"x{speed:g}", CONFIG))
+        runs.append(ft.finetune_encoder(load_reviews(toy_prepared), str(tiny_encoder_dir), tmp_path / f"x{speed:g}",
+                                        CONFIG))
     assert runs[0] == runs[1]
 
 

@@ -92,7 +92,8 @@ def test_user_id_dropout_drops_whole_user_rows_in_training_only():
     dropped = (keep[:, 0] == 0)
     without_user = model.branches["gmf"](users, items, 0.0)
     torch.testing.assert_close(vectors["gmf"][dropped], without_user[dropped])
-    torch.testing.assert_close(vectors["semantic"], model.branches["semantic"](users, items))  # the text branch is untouched
+    # the text branch is untouched
+    torch.testing.assert_close(vectors["semantic"], model.branches["semantic"](users, items))
     with pytest.raises(ValueError, match="user_id_dropout"):
         FusionRanker(("gmf", "mlp"), N_USERS, N_ITEMS, user_id_dropout=1.0)
 
@@ -126,7 +127,9 @@ def small_fit(side=(0.0,), matches=("user_profile",), weights=(0.0,)):
     rng = np.random.default_rng(0)
     x = np.zeros((N_USERS, N_ITEMS))
     x[rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40)] = 1.0
-    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(), ReviewAwareSpace(lambdas=[1.0], side_weights=side, matches=matches, text_weights=weights)).fit(*np.nonzero(x))
+    model = ReviewAwareEASE(N_USERS, N_ITEMS, tiny_profiles(),
+                            ReviewAwareSpace(lambdas=[1.0], side_weights=side, matches=matches,
+                                             text_weights=weights)).fit(*np.nonzero(x))
     return model, x
 
 
@@ -207,7 +210,8 @@ def best_on_validation(ranking_env, config) -> dict:
             for w in grids.text_weights:
                 if w == 0.0 and match != grids.dense.text_matches[0]:
                     continue  # w = 0 ignores the match
-                one = replace_config(config, "bert_rs", text_side_weights=[side], text_matches=[match], text_weights=[w])
+                one = replace_config(config, "bert_rs", text_side_weights=[side], text_matches=[match],
+                                     text_weights=[w])
                 model = train(spec, one, data, profiles, progress=False).model
                 ndcg = evaluate(model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"]
                 if ndcg > best_ndcg:
@@ -223,7 +227,8 @@ def settings(model) -> dict:
 def test_bert_rs_picks_its_text_knobs_on_validation_and_the_text_signal_is_real(ranking_env):
     # the three text grids searched here; lambda, regulariser, whitening and popularity are held at one value each
     # (their search is specified in tests/test_review_ease.py)
-    config = replace_config(ranking_env.config, "bert_rs", text_side_weights=[0.0, 1.0], text_weights=[0.0, 0.5, 1.0, 2.0],
+    config = replace_config(ranking_env.config, "bert_rs", text_side_weights=[0.0, 1.0],
+                            text_weights=[0.0, 0.5, 1.0, 2.0],
                             text_matches=["item_neighbours", "user_profile"],
                             lambdas=ranking_env.config.section("ease").lambdas, regularisers=["ease"],
                             whitening=[False], pop_weights=[0.0]).override(choice_rule="best")

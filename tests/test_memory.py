@@ -64,7 +64,8 @@ def test_each_models_estimate_comes_from_the_registry_and_names_its_own_settings
     dense = RankingConfig().override("bert_rs", solver="dense")
     scalable = RankingConfig().override("bert_rs", solver="scalable")
     assert fit_memory("bert_rs", shape, dense)[0] == dense_bytes(shape, REVIEW_EASE_FOOTPRINT)
-    assert fit_memory("bert_rs", shape, scalable) == (scalable_bytes(shape, 128), "; or lower models.bert_rs.scalable.rank")
+    assert fit_memory("bert_rs", shape, scalable) == (scalable_bytes(shape, 128),
+                                                      "; or lower models.bert_rs.scalable.rank")
     assert "models.neumf.factors" in fit_memory("neumf", shape)[1]
     assert fit_memory("pop", shape)[0] < fit_memory("mf", shape)[0] < fit_memory("ease", shape)[0]
 

@@ -23,7 +23,8 @@ BRANCH_SETS = {"gmf": ("gmf",), "mlp": ("mlp",), "neumf": ("gmf", "mlp"), "text_
 
 def tiny(variant: str) -> FusionRanker:
     torch.manual_seed(0)
-    model = FusionRanker(BRANCH_SETS[variant], N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4], profiles=tiny_profiles(),
+    model = FusionRanker(BRANCH_SETS[variant], N_USERS, N_ITEMS, factors=4, mlp_layers=[8, 6, 4],
+                         profiles=tiny_profiles(),
                          mlp_pairs_per_block=2 * N_USERS + 1)  # score_all: 2-item chunks, a remainder
     with torch.no_grad():  # move u_s, i_s off their all-ones start so the formula test is not trivial
         for p in model.parameters():
@@ -130,7 +131,8 @@ def test_popularity_and_mf_interface():
     assert pop.score(torch.tensor([0]), torch.tensor([3])).item() == 3
     for loss in ("bpr", "bce"):
         mf = MatrixFactorization(N_USERS, N_ITEMS, 4, loss)
-        torch.testing.assert_close(mf.score_all(torch.tensor([1]))[0, 5], mf.score(torch.tensor([1]), torch.tensor([5]))[0])
+        torch.testing.assert_close(mf.score_all(torch.tensor([1]))[0, 5],
+                                   mf.score(torch.tensor([1]), torch.tensor([5]))[0])
 
 
 def softplus(x):
@@ -172,7 +174,8 @@ def test_ease_matches_the_closed_form_in_numpy():
     np.fill_diagonal(b, 0.0)
     model = EASE(N_USERS, N_ITEMS, lam).fit(users, items)
     np.testing.assert_allclose(model.score_all(torch.arange(N_USERS)).numpy(), x @ b, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(model.score(torch.tensor([2, 4]), torch.tensor([1, 8])), model.score_all(torch.tensor([2, 4]))[[0, 1], [1, 8]])
+    torch.testing.assert_close(model.score(torch.tensor([2, 4]), torch.tensor([1, 8])),
+                               model.score_all(torch.tensor([2, 4]))[[0, 1], [1, 8]])
 
 
 def test_negatives_avoid_training_items_and_are_redrawn_each_epoch():

@@ -103,7 +103,8 @@ def test_a_dense_runs_row_sets_the_memory_estimate_beside_its_measured_peak(tmp_
         folder.mkdir(parents=True)
         (folder / "run.json").write_text(json.dumps({"spec": {"model": spec}, "n_users": 3764, "n_items": 17033,
                                                      **extra}))
-    dense = fit_memory("bert_rs", Shape(3764, 17033, 0, 384), RankingConfig().override("bert_rs", solver="dense"))[0] / GB
+    dense = fit_memory("bert_rs", Shape(3764, 17033, 0, 384),
+                       RankingConfig().override("bert_rs", solver="dense"))[0] / GB
     assert paper_scale.run_note(tmp_path, "train_text@bert_rs") == f"solver dense; memory estimate {dense:.1f} GB"
     ease = fit_memory("ease", Shape(3764, 17033, 0, 0))[0] / GB
     assert paper_scale.run_note(tmp_path, "train@ease") == f"memory estimate {ease:.1f} GB"

@@ -82,7 +82,8 @@ def test_a_row_is_chosen_by_the_validation_score_measured_before_its_final_fit(r
     row = fit_and_score(RunSpec(model=model), replace_config(config, refit_with_validation=True), data, None)
     assert row["valid_full_ndcg@10"] == chosen.best_valid["ndcg@10"]
     final = train(RunSpec(model=model), replace_config(config, refit_with_validation=True), data, progress=False)
-    assert evaluate(final.model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"] > row["valid_full_ndcg@10"]
+    assert (evaluate(final.model, data, "valid", ks=[10], protocols=["full"])["full"]["ndcg@10"]
+            > row["valid_full_ndcg@10"])
     assert row["test"]["full"]["ndcg@10"] == evaluate(final.model, data, "test", ks=[10])["full"]["ndcg@10"]
 
 

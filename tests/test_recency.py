@@ -95,7 +95,8 @@ def test_a_normalised_cache_gets_unit_length_recent_profiles(tmp_path):
                         np.ones(1, bool), {"dim": 3, "normalize_profiles": True})
     recent = with_recent_users(profiles, tmp_path, reviews).recent_users
     np.testing.assert_allclose(np.linalg.norm(recent, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(recent[0], (vectors[1] + 0.5 * vectors[0]) / np.linalg.norm(vectors[1] + 0.5 * vectors[0]),
+    np.testing.assert_allclose(recent[0],
+                               (vectors[1] + 0.5 * vectors[0]) / np.linalg.norm(vectors[1] + 0.5 * vectors[0]),
                                rtol=1e-5)
 
 
@@ -103,7 +104,8 @@ def test_the_recent_match_is_the_cosine_of_the_centred_recent_and_item_profiles(
     rng = np.random.default_rng(1)
     profiles = Profiles(rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32),
                         np.ones(5, bool), np.ones(6, bool), {}, rng.normal(size=(5, 4)).astype(np.float32))
-    model = ReviewAwareEASE(5, 6, profiles, ReviewAwareSpace(lambdas=[10.0], matches=["user_profile", "user_profile_recent"]))
+    model = ReviewAwareEASE(5, 6, profiles,
+                            ReviewAwareSpace(lambdas=[10.0], matches=["user_profile", "user_profile_recent"]))
     scores = model.text_scores(torch.arange(5), "user_profile_recent", whiten=False)
     recent = profiles.recent_users - profiles.recent_users.mean(0)
     items = profiles.items - profiles.items.mean(0)
@@ -118,8 +120,10 @@ def test_the_recent_match_is_the_cosine_of_the_centred_recent_and_item_profiles(
     assert not torch.allclose(model.text_scores(torch.arange(5), "user_profile", whiten=True),
                               white_recent @ white_items.T)
     with pytest.raises(ValueError, match="user_profile_recent"):
-        ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None), ReviewAwareSpace(lambdas=[10.0], matches=["user_profile_recent"]))
-    without = ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None), ReviewAwareSpace(lambdas=[10.0], matches=["user_profile"]))
+        ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None),
+                        ReviewAwareSpace(lambdas=[10.0], matches=["user_profile_recent"]))
+    without = ReviewAwareEASE(5, 6, dataclasses.replace(profiles, recent_users=None),
+                              ReviewAwareSpace(lambdas=[10.0], matches=["user_profile"]))
     with pytest.raises(ValueError, match="recency-weighted"):
         without.text_scores(torch.arange(5), "user_profile_recent", whiten=False)
 
@@ -168,7 +172,9 @@ def test_when_taste_moves_the_search_picks_the_recent_profile_and_ranks_the_next
     data, profiles = drifting_world()
 
     def fitted(matches):
-        model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[100.0], side_weights=[0.0], matches=matches, text_weights=[0.0, 1.0, 4.0]))
+        model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                                ReviewAwareSpace(lambdas=[100.0], side_weights=[0.0], matches=matches,
+                                                 text_weights=[0.0, 1.0, 4.0]))
         model.fit(data.train.users, data.train.items)
         select(model, data)
         return model

@@ -117,7 +117,8 @@ def test_recommend_cli_single_and_batch(ranking_env, trained_runs, tmp_path):
 
     data, profiles = ranking_env.data, ranking_env.profiles()
     spec, result = trained_runs["bert_rs_neural"]
-    save_checkpoint(tmp_path / "bert_rs_neural", result, spec, ranking_env.config, data, profiles, ranking_env.cache, "bert_rs_neural")
+    save_checkpoint(tmp_path / "bert_rs_neural", result, spec, ranking_env.config, data, profiles, ranking_env.cache,
+                    "bert_rs_neural")
     app = typer.Typer()
     app.command()(main)
     base = ["--prepared", str(ranking_env.prepared), "--model-dir", str(tmp_path / "bert_rs_neural"),

@@ -36,7 +36,8 @@ from tests.ranking_fixtures import in_memory_data
 
 
 def random_profiles(rng, n_users: int, n_items: int, dim: int) -> Profiles:
-    return Profiles(rng.normal(size=(n_users, dim)).astype(np.float32), rng.normal(size=(n_items, dim)).astype(np.float32),
+    return Profiles(rng.normal(size=(n_users, dim)).astype(np.float32),
+                    rng.normal(size=(n_items, dim)).astype(np.float32),
                     np.ones(n_users, bool), np.ones(n_items, bool), {},
                     rng.normal(size=(n_users, dim)).astype(np.float32))
 
@@ -102,7 +103,9 @@ def test_the_dense_fit_search_and_refit_hold_at_most_four_item_matrices_at_once(
 
 def test_every_grid_point_scored_from_the_eigendecomposition_equals_the_dense_solve():
     data, x, profiles = random_world()
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[0.5, 3.0, 40.0], side_weights=[0.0, 2.0], regularisers=["ease", "l3ae"], whitening=[False, True]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[0.5, 3.0, 40.0], side_weights=[0.0, 2.0],
+                                             regularisers=["ease", "l3ae"], whitening=[False, True]))
     model.fit(data.train.users, data.train.items)
     seen = 0
     for (whiten, side, lam, reg), scores in model.item_model_grid(torch.arange(data.n_users)):
@@ -118,7 +121,8 @@ def test_l3ae_closed_form_equals_a_per_column_constrained_least_squares_solve():
     """min ||x_j - X b||^2 + lambda ||b - s_j||^2 with b_j = 0, solved column by column as a stacked lstsq."""
     data, x, profiles = random_world(n_users=30, n_items=10)
     lam = 2.5
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[lam])).fit(data.train.users, data.train.items)
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[lam])).fit(data.train.users, data.train.items)
     model.solve(0.0, lam, "l3ae", False)
     s = dense_text_prior(model.unit_i.double().numpy())
     for j in range(data.n_items):
@@ -133,7 +137,8 @@ def test_l3ae_closed_form_equals_a_per_column_constrained_least_squares_solve():
 def test_the_factored_text_prior_equals_ease_on_the_text_gram_with_a_zero_diagonal():
     """L3AE's S is never formed (n^2 memory, an n^3 inverse); I - S and diag(P S) from its factors equal the dense S."""
     data, _, profiles = random_world()
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[1.0])).fit(data.train.users, data.train.items)
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[1.0])).fit(data.train.users, data.train.items)
     unit = model.unit_i.double()
     s = dense_text_prior(unit.numpy())
     prior = review_ease.LowRankPrior(unit, review_ease.TEXT_PRIOR_LAMBDA)
@@ -160,12 +165,18 @@ def test_whitening_gives_identity_covariance():
 
 def test_a_single_value_grid_reproduces_that_fixed_configuration():
     data, x, profiles = random_world()
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[7.0], side_weights=[2.0], matches=["item_neighbours"], text_weights=[0.5], regularisers=["l3ae"], whitening=[True], pop_weights=[0.3]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[7.0], side_weights=[2.0], matches=["item_neighbours"],
+                                             text_weights=[0.5], regularisers=["l3ae"], whitening=[True],
+                                             pop_weights=[0.3]))
     select(model.fit(data.train.users, data.train.items), data)
     assert model.choices() == {"ease_lambda": 7.0, "side_weight": 2.0, "regulariser": "l3ae", "whitening": True,
                                "text_match": "item_neighbours", "text_weight": 0.5, "pop_weight": 0.3,
                                "pop_only": False, "validation_looks": 1}
-    fixed = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[7.0], side_weights=[2.0], matches=["item_neighbours"], text_weights=[0.5], regularisers=["l3ae"], whitening=[True])).fit(data.train.users, data.train.items)
+    fixed = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[7.0], side_weights=[2.0], matches=["item_neighbours"],
+                                             text_weights=[0.5], regularisers=["l3ae"],
+                                             whitening=[True])).fit(data.train.users, data.train.items)
     fixed.solve(2.0, 7.0, "l3ae", True)
     torch.testing.assert_close(model.ease.B, fixed.ease.B)
 
@@ -175,8 +186,10 @@ def test_each_candidate_scores_its_item_model_plus_w_times_its_own_text_match_pl
     model, w times the standardised text match it names (once, even where the grid lists a match twice) and p times
     standardised popularity."""
     data, x, profiles = random_world(seed=5)
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[3.0], side_weights=[0.0], matches=["item_neighbours", "user_profile",
-                            "user_profile"], text_weights=[0.0, 0.5], pop_weights=[0.0, 0.25]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[3.0], side_weights=[0.0],
+                                             matches=["item_neighbours", "user_profile", "user_profile"],
+                                             text_weights=[0.0, 0.5], pop_weights=[0.0, 0.25]))
     model.fit(data.train.users, data.train.items)
     users = torch.arange(data.n_users)
     block = next(offered for offered in model.candidates(users) if not isinstance(offered, tuple))
@@ -194,7 +207,11 @@ def test_each_candidate_scores_its_item_model_plus_w_times_its_own_text_match_pl
 def test_the_search_covers_the_joint_grid_and_is_never_below_ease_or_popularity_on_validation():
     data, x, profiles = random_world(seed=3)
     lambdas, sides, weights = [1.0, 10.0, 100.0], [0.0, 1.0], [0.0, 0.5]
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=lambdas, side_weights=sides, matches=["item_neighbours", "user_profile"], text_weights=weights, regularisers=["ease", "l3ae"], whitening=[False, True], pop_weights=[0.0, 1.0]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=lambdas, side_weights=sides,
+                                             matches=["item_neighbours", "user_profile"], text_weights=weights,
+                                             regularisers=["ease", "l3ae"], whitening=[False, True],
+                                             pop_weights=[0.0, 1.0]))
     chosen = select(model.fit(data.train.users, data.train.items), data)
     assert chosen.looks == model.choices()["validation_looks"] == 2 * 2 * 3 * 2 * (1 + 2 * 1) * 2 + 1
     assert valid_ndcg(model, data) == pytest.approx(chosen.score, abs=1e-6)
@@ -218,13 +235,16 @@ def popularity_world(seed: int = 0):
                 users.append(n_regular + f), items.append(i)
     n_users = n_regular + n_fans
     regular = np.arange(n_regular)
-    data = in_memory_data(n_users, n_items, (users, items), (regular, np.zeros(n_regular)), (regular, np.ones(n_regular)))
+    data = in_memory_data(n_users, n_items, (users, items), (regular, np.zeros(n_regular)),
+                          (regular, np.ones(n_regular)))
     return data, random_profiles(rng, n_users, n_items, 6)
 
 
 def test_when_popularity_predicts_the_search_picks_popularity_alone_and_ranks_exactly_like_it():
     data, profiles = popularity_world()
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[1.0, 100.0], side_weights=[0.0, 1.0], matches=["user_profile"], text_weights=[0.0, 0.5], pop_weights=[0.0, 0.25, 1.0]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[1.0, 100.0], side_weights=[0.0, 1.0], matches=["user_profile"],
+                                             text_weights=[0.0, 0.5], pop_weights=[0.0, 0.25, 1.0]))
     select(model.fit(data.train.users, data.train.items), data)
     assert model.choices()["pop_only"]
     popularity = Popularity(data.n_users, data.n_items).fit(data.train.users, data.train.items)
@@ -249,7 +269,10 @@ def topic_world(seed: int = 0, n_users: int = 120, n_items: int = 60, n_topics: 
 
 def test_when_text_predicts_the_search_uses_it_and_beats_ease_and_popularity_on_test():
     data, profiles = topic_world()
-    model = ReviewAwareEASE(data.n_users, data.n_items, profiles, ReviewAwareSpace(lambdas=[1.0, 100.0], side_weights=[0.0, 1.0], matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5, 1.0], regularisers=["ease", "l3ae"], pop_weights=[0.0, 1.0]))
+    model = ReviewAwareEASE(data.n_users, data.n_items, profiles,
+                            ReviewAwareSpace(lambdas=[1.0, 100.0], side_weights=[0.0, 1.0],
+                                             matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5, 1.0],
+                                             regularisers=["ease", "l3ae"], pop_weights=[0.0, 1.0]))
     select(model.fit(data.train.users, data.train.items), data)
     chosen = model.choices()
     assert chosen["text_weight"] > 0 or chosen["side_weight"] > 0 or chosen["regulariser"] == "l3ae"
@@ -276,7 +299,11 @@ def test_choices_never_read_the_test_split(monkeypatch):
     data, x, profiles = random_world(seed=5)
 
     def choices(d):
-        model = ReviewAwareEASE(d.n_users, d.n_items, profiles, ReviewAwareSpace(lambdas=[1.0, 30.0], side_weights=[0.0, 1.0], matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5], regularisers=["ease", "l3ae"], whitening=[False, True], pop_weights=[0.0, 1.0]))
+        model = ReviewAwareEASE(d.n_users, d.n_items, profiles,
+                                ReviewAwareSpace(lambdas=[1.0, 30.0], side_weights=[0.0, 1.0],
+                                                 matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5],
+                                                 regularisers=["ease", "l3ae"], whitening=[False, True],
+                                                 pop_weights=[0.0, 1.0]))
         choice = select(model.fit(d.train.users, d.train.items), d)
         return choice.score, model.choices()
 

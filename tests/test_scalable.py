@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def test_ndcg(model, data, split="test"):
-    return metrics_from_ranks(rank_full(model, getattr(data, split), full_ranking_mask(data, split)).ranks, [10])["ndcg@10"]
+    return metrics_from_ranks(rank_full(model, getattr(data, split), full_ranking_mask(data, split)).ranks,
+                              [10])["ndcg@10"]
 
 
 test_ndcg.__test__ = False  # a helper, not a test
@@ -32,7 +33,8 @@ test_ndcg.__test__ = False  # a helper, not a test
 def fitted(env, **kwargs):
     data = env.data
     settings = dict(rank=32, epochs=3, batch_users=64, learning_rate=0.01, seed=0) | kwargs
-    return ScalableItemModel(data.n_users, data.n_items, env.profiles(), **settings).fit(data.train.users, data.train.items)
+    return ScalableItemModel(data.n_users, data.n_items, env.profiles(),
+                             **settings).fit(data.train.users, data.train.items)
 
 
 def test_reaches_ease_quality_and_the_text_start_helps(ranking_env):

@@ -1,5 +1,5 @@
-"""Choosing settings on validation (pipeline/ranking/selection/select.py): the first best candidate is kept (ties go to the
-earlier, or to the lower grid position where the model gives one), every candidate scored is one look, both ways of
+"""Choosing settings on validation (pipeline/ranking/selection/select.py): the first best candidate is kept (ties go to
+the earlier, or to the lower grid position where the model gives one), every candidate scored is one look, both ways of
 scoring a candidate agree, and what each model with a grid picks on the planted world is pinned, so that a selection
 that keeps the wrong candidate, drops one or scores another metric fails here.
 
@@ -165,7 +165,10 @@ def test_bert_rs_offers_its_whole_grid_from_one_eigendecomposition(monkeypatch):
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
                           (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
-    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(), ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0, 4.0], matches=["user_profile"], text_weights=[0.0, 0.5], whitening=[False, True]))
+    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(),
+                                        ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0, 4.0],
+                                                         matches=["user_profile"], text_weights=[0.0, 0.5],
+                                                         whitening=[False, True]))
     choice = select(model.fit(*np.nonzero(x)), data)
     assert decomposed == [(11, 11)]
     assert choice.looks == model.choices()["validation_looks"] == 2 * 3 * 3 * 2
@@ -177,7 +180,11 @@ def bert_rs_world(seed: int):
     x = rng.random((7, 11)) < 0.4
     data = in_memory_data(7, 11, np.nonzero(x), (np.arange(7), [int(np.flatnonzero(~r)[0]) for r in x]),
                           (np.arange(7), [int(np.flatnonzero(~r)[-1]) for r in x]))
-    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(seed), ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0, 4.0], matches=["item_neighbours", "user_profile"], text_weights=[0.0, 0.5], regularisers=["ease", "l3ae"], whitening=[False, True], pop_weights=[0.0, 1.0]))
+    model = review_ease.ReviewAwareEASE(7, 11, tiny_profiles(seed),
+                                        ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0, 4.0],
+                                                         matches=["item_neighbours", "user_profile"],
+                                                         text_weights=[0.0, 0.5], regularisers=["ease", "l3ae"],
+                                                         whitening=[False, True], pop_weights=[0.0, 1.0]))
     return data, model.fit(*np.nonzero(x))
 
 
@@ -322,7 +329,8 @@ def test_the_guard_leaves_a_plain_winner_a_grid_without_plain_settings_and_an_al
     no_plain = {"lucky on half 0": LUCKY_ON_HALF[0], "lucky on half 1": LUCKY_ON_HALF[1]}
     assert select(GuardOffers(no_plain), GUARD_WORLD, guard_additions=True, rule="best").setting == "lucky on half 0"
     all_plain = {"plain lambda 10": ranked_at([6] * GUARD_USERS), "plain lambda 100": PLAIN}
-    assert kept(select(GuardOffers(all_plain), GUARD_WORLD, guard_additions=True, rule="best")) == ("plain lambda 100", ndcg(3), 2)
+    assert (kept(select(GuardOffers(all_plain), GUARD_WORLD, guard_additions=True, rule="best"))
+            == ("plain lambda 100", ndcg(3), 2))
 
 
 def test_with_one_validation_user_there_is_nothing_to_halve_and_the_best_is_kept():
@@ -449,7 +457,8 @@ def test_a_screened_search_scores_only_the_candidates_near_the_screens_best_on_t
     model = Levels(offers)
     choice = select(model, GUARD_WORLD, rule="best", seed=3)
     assert model.asked_for[0] is None
-    assert model.asked_for[1] == {"plain", "plain, far behind", "helps everyone", "helps as much", "helps as much again"}
+    assert model.asked_for[1] == {"plain", "plain, far behind", "helps everyone", "helps as much",
+                                  "helps as much again"}
     assert choice.setting == "helps everyone" and choice.looks == 9 and choice.screened_to == 5
     unscreened = select(GuardOffers(offers), GUARD_WORLD, rule="best", screen=False)
     assert (unscreened.setting, unscreened.score, unscreened.screened_to) == (choice.setting, choice.score, None)
@@ -494,7 +503,8 @@ def test_bert_rs_asked_for_some_settings_computes_only_their_lambdas_and_a_scree
 
 
 def test_bert_rs_counts_only_text_free_settings_as_plain():
-    plain_ease = review_ease.Setting(True, 0.0, 100.0, "ease", "user_profile", 0.0, 0.25, 1.0)  # whitening reads nothing here
+    # whitening reads nothing here
+    plain_ease = review_ease.Setting(True, 0.0, 100.0, "ease", "user_profile", 0.0, 0.25, 1.0)
     assert tiny_bert_rs().is_plain(plain_ease)
     assert tiny_bert_rs().is_plain(plain_ease._replace(item_weight=0.0, pop_weight=1.0))  # popularity alone
     for text in ({"side_weight": 0.5}, {"text_weight": 0.25}, {"regulariser": "l3ae"}):
@@ -549,7 +559,8 @@ def test_the_scalable_solver_keeps_its_pinned_text_weight(ranking_env):
 
 
 @pytest.mark.parametrize("run", ["bert_rs", "ease"])
-def test_a_model_with_a_grid_solves_only_the_chosen_setting_once_chosen_and_once_refitted(ranking_env, monkeypatch, run):
+def test_a_model_with_a_grid_solves_only_the_chosen_setting_once_chosen_and_once_refitted(ranking_env, monkeypatch,
+                                                                                          run):
     """The plain solve a fit made before its search was thrown away by `apply` (an n^3 solve at the paper's size):
     a search's model holds its pairs, and solves the choice only (here without a final fit: once)."""
     solves = []

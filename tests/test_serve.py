@@ -256,7 +256,8 @@ def test_a_missing_cache_names_every_path_looked_up(serve_project, tmp_path, mon
     with pytest.raises(DataError) as error:
         load_served(moved, serve_project.prepared)
     message = str(error.value)
-    assert "'data/embeddings/tiny'" in message and str(tmp_path / "elsewhere" / "data" / "embeddings" / "tiny") in message
+    assert ("'data/embeddings/tiny'" in message
+            and str(tmp_path / "elsewhere" / "data" / "embeddings" / "tiny") in message)
     assert "--embeddings" in message
     assert load_served(moved, serve_project.prepared, cache=serve_project.cache).cache_path == serve_project.cache
 

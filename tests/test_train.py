@@ -82,7 +82,8 @@ def test_fixed_epochs_trains_exactly_that_many_and_keeps_the_last(ranking_env):
     result = train(RunSpec(model="gmf"), config, data, progress=False, fixed_epochs=3)
     assert [row["epoch"] for row in result.curves] == [1, 2, 3] and result.best_epoch == 3
     full = evaluate(result.model, data, "valid", ks=[10], protocols=["full"])["full"]
-    assert result.best_valid["ndcg@10"] == pytest.approx(full["ndcg@10"]) == pytest.approx(result.curves[-1]["valid_ndcg@10"])
+    assert (result.best_valid["ndcg@10"] == pytest.approx(full["ndcg@10"])
+            == pytest.approx(result.curves[-1]["valid_ndcg@10"]))
 
 
 def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path):
@@ -90,7 +91,8 @@ def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path)
     users, items = torch.tensor([0, 5, 9]), torch.tensor([1, 2, 3])
     for name in ("bert_rs_neural", "bert_rs_shuffled", "neumf"):
         spec, result = trained_runs[name]
-        out = save_checkpoint(tmp_path / name, result, spec, ranking_env.config, data, profiles, ranking_env.cache, name)
+        out = save_checkpoint(tmp_path / name, result, spec, ranking_env.config, data, profiles, ranking_env.cache,
+                              name)
         ckpt = load_checkpoint(out, data)
         torch.testing.assert_close(ckpt.model.score(users, items), result.model.score(users, items))
         assert ckpt.info["best_epoch"] == result.best_epoch and ckpt.info["n_items"] == data.n_items
@@ -124,11 +126,13 @@ def test_train_cli(ranking_env, tmp_path):
     runner = CliRunner()
     common = ["--prepared", str(ranking_env.prepared), "--params", str(params), "--no-progress"]
     res = runner.invoke(app, common + ["--run", "bert_rs", "--out", str(tmp_path / "m/bert_rs"),
-                                       "--curves", str(tmp_path / "c/bert_rs.csv"), "--embeddings", str(ranking_env.cache)])
+                                       "--curves", str(tmp_path / "c/bert_rs.csv"),
+                                       "--embeddings", str(ranking_env.cache)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "m/bert_rs/run.json").is_file() and (tmp_path / "c/bert_rs.csv").read_text().startswith("epoch,")
     res = runner.invoke(app, common + ["--run", "bert_rs", "--out", str(tmp_path / "m/root"), "--curves",
-                                       str(tmp_path / "c/root.csv"), "--embeddings-root", str(ranking_env.cache.parent)])
+                                       str(tmp_path / "c/root.csv"),
+                                       "--embeddings-root", str(ranking_env.cache.parent)])
     assert res.exit_code == 2 and "minilm" in res.output  # ROOT/minilm does not exist: named in the error
     res = runner.invoke(app, common + ["--run", "bert_rs", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--embeddings" in res.output
