@@ -104,9 +104,10 @@ def real_counts(prepared: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
             measure(users, items, words))
 
 
-def like_records(prepared: str | Path, spec: LikeSpec) -> Iterator[dict]:
-    """Yield Amazon 2018 records of a set shaped like `prepared` (see the module docstring)."""
-    activity, popularity, words, real = real_counts(prepared)
+def like_records(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> Iterator[dict]:
+    """Yield Amazon 2018 records of a set shaped like the one `counts` (`real_counts`) describes (see the module
+    docstring)."""
+    activity, popularity, words, real = counts
     rng = np.random.default_rng(spec.seed)
     n_users = max(1, round(real["users"] * spec.scale))
     n_items = max(2, round(real["items"] * spec.scale))
@@ -114,30 +115,30 @@ def like_records(prepared: str | Path, spec: LikeSpec) -> Iterator[dict]:
     weight = rng.choice(popularity, size=n_items).astype(np.float64)
     item_topic = rng.integers(0, spec.topics, size=n_items)
     pools = {t: np.flatnonzero(item_topic == t) for t in range(spec.topics)}
-    everything = np.arange(n_items)
+    everything = (np.arange(n_items), np.cumsum(weight))
     per_topic = max(3, len(TOPIC_WORDS) // spec.topics)
     for user in range(n_users):
         liked = rng.choice(spec.topics, size=min(2, spec.topics), replace=False)
         preferred = np.concatenate([pools[t] for t in liked])
+        preferred = (preferred, np.cumsum(weight[preferred]))  # drawn from by popularity weight
         seen: set[int] = set()
         for k in range(int(user_reviews[user])):
-            pool = preferred if len(preferred) and rng.random() < spec.topic_affinity else everything
-            item = _weighted_pick(rng, pool, weight, seen)
+            pool = preferred if len(preferred[0]) and rng.random() < spec.topic_affinity else everything
+            item = _weighted_pick(rng, *pool, n_items, seen)
             seen.add(item)
             yield _record(rng, user, item, int(item_topic[item]), k, int(rng.choice(words)), per_topic, spec)
 
 
-def _weighted_pick(rng: np.random.Generator, pool: np.ndarray, weight: np.ndarray, seen: set[int]) -> int:
-    """An item of `pool` drawn by popularity weight, not one the user has reviewed (any unseen item once the pool
-    is exhausted)."""
-    cumulative = np.cumsum(weight[pool])
+def _weighted_pick(rng: np.random.Generator, pool: np.ndarray, cumulative: np.ndarray, n_items: int,
+                   seen: set[int]) -> int:
+    """An item of `pool` drawn by popularity weight (`cumulative`: the running sum of the pool's weights), not one
+    the user has reviewed (any unseen item once the pool is exhausted)."""
     for _ in range(8):
         item = int(pool[np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")])
         if item not in seen:
             return item
-    unseen = np.setdiff1d(pool if len(seen.intersection(pool.tolist())) < len(pool) else np.arange(len(weight)),
-                          list(seen))
-    return int(rng.choice(unseen))
+    unseen = np.setdiff1d(pool, list(seen))
+    return int(rng.choice(unseen if len(unseen) else np.setdiff1d(np.arange(n_items), list(seen))))
 
 
 def _record(rng, user: int, item: int, topic: int, k: int, length: int, per_topic: int, spec: LikeSpec) -> dict:
@@ -167,14 +168,15 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec) -> dict:
     filtering by `prepare`), the settings, and what is not fitted.
     """
     out = Path(out)
+    counts = real_counts(prepared)
     users, items, words = [], [], []
     with atomic_path(out) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
-        for record in like_records(prepared, spec):
+        for record in like_records(counts, spec):
             users.append(record["reviewerID"])
             items.append(record["asin"])
             words.append(len(record["reviewText"].split()))
             handle.write(json.dumps(record) + "\n")
-    figures = {"like": str(prepared), "settings": asdict(spec), "real": real_counts(prepared)[3],
+    figures = {"like": str(prepared), "settings": asdict(spec), "real": counts[3],
                "generated": measure(np.array(users), np.array(items), np.array(words)),
                "not_fitted": list(NOT_FITTED)}
     write_json(f"{out}.like.json", figures)
