@@ -2,6 +2,8 @@
 
     python benchmarks/search_profile.py                      # the paper's shape, screened and unscreened
     python benchmarks/search_profile.py --users 600 --items 3000 --screen on --out build/search_profile  # a look
+    python benchmarks/search_profile.py --screen on --prepared build/paper_scale/repo/data/prepared \
+        --gram build/paper_scale/repo/data/gram      # paper_scale.py's data and its gram stage, the stage alone
 
 The data has the paper's shape as benchmarks/paper_scale.py generates it (3,764 users, 24.2 reviews each over 22,000
 items of a flattened popularity, 50 topics; the default 3/3 k-core then leaves about 17k items and 83k reviews),
@@ -9,18 +11,22 @@ prepared with params.yaml's defaults (leave-one-out, final fit on training + val
 random unit vectors of the MiniLM width (384): the time of every step depends on the shapes, not on what the vectors
 say, and no encoder pass (an hour here) is needed. bert_rs is trained by the library's own `train` with params.yaml's
 `models.bert_rs` grid, in this process, with a cumulative wall-clock timer around each step, once with the search
-screened (`train.screen_search`, pipeline/ranking/selection/select.py) and once without, one after the other:
+screened (`train.screen_search`, pipeline/ranking/selection/select.py) and once without, one after the other. As in
+the DAG, the decomposition the search starts from is made once before the stage (`bertrs gram`, data/gram/: its time
+is given beside the stage's, not in it) and the stage reads it; `--own-decomposition` has the stage take its own.
 
-    gram              X^T X built from the training pairs (the fit, the search, the final fit)
-    decomposition     the eigendecomposition of X^T X that the whole search starts from (`EigenGram`); what the
-                      gram stage (data/gram/) takes once for every dense run
-    solves            the Cholesky solves: the chosen setting, after the search and in the final fit
+    gram              X^T X built from the training pairs (the search's m, the final fit)
+    decomposition     the eigendecomposition of X^T X that the whole search starts from (`EigenGram`), where the
+                      stage takes its own
+    solves            the Cholesky solves: the chosen setting in the final fit
     x Q per lambda    the held-out users' rows times (X^T X + lambda I)^-1 (one (users x items) x (items x items)
-                      product per lambda)
+                      product per lambda and pass over the users)
+    Q F               (X^T X + lambda I)^-1 F, once per (whitening, lambda) for the whole search
     item-model grid   the rest of each item model's scores: Woodbury's text-gram update, L3AE's prior
     text parts        the text matches' scores
+    standardising     each part's per-user z-score
     ranking           every candidate ranked on validation (`ValidationLooks.ranks_of_sums`)
-    other             the stage's total minus the steps above (validation metrics, standardising, bookkeeping)
+    other             the stage's total minus the steps above (x V, reading the decomposition, bookkeeping)
 
 Writes <out>/search_profile.{json,md}, with the load average at the start and the end (quote figures from quiet
 cores only).
@@ -32,6 +38,7 @@ import argparse
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -53,10 +60,12 @@ from pipeline.embeddings.cache import Profiles  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.ranking.models import baselines, review_ease  # noqa: E402
 from pipeline.ranking.selection import select as selection  # noqa: E402
+from pipeline.ranking.shared.gram import write_shared_gram  # noqa: E402
 from pipeline.ranking.training import closed_form as training  # noqa: E402  (it calls select: patched to time it)
 from pipeline.ranking.training.train import train  # noqa: E402
 
-STEPS = ("gram", "decomposition", "solves", "x Q per lambda", "item-model grid", "text parts", "ranking")
+STEPS = ("gram", "decomposition", "solves", "x Q per lambda", "Q F", "item-model grid", "text parts", "standardising",
+         "ranking")
 
 
 class StepTimers:
@@ -104,13 +113,16 @@ def random_profiles(n_users: int, n_items: int, dim: int, seed: int) -> Profiles
                     recent_users=unit(n_users).astype(np.float32))
 
 
-def profile_stage(data, config, profiles: Profiles) -> dict:
-    """One dense bert_rs stage (fit, search, final fit) trained by the library's `train`, each step timed."""
+def profile_stage(data, config, profiles: Profiles, shared_gram: Path | None) -> dict:
+    """One dense bert_rs stage (fit, search, final fit) trained by the library's `train`, each step timed;
+    `shared_gram`: the data/gram folder it reads its decomposition from, as the DAG's stage does."""
     timers = StepTimers()
     timers.wrap(baselines.EASE, "gram", "gram")
     timers.wrap(baselines.EigenGram, "__init__", "decomposition")
     timers.wrap(review_ease, "ridge_inverse_", "solves")
     timers.wrap(baselines.EigenGram, "times_inverse", "x Q per lambda")
+    timers.wrap(baselines.EigenGram, "inverse_times", "Q F")
+    timers.wrap(review_ease, "standardise_", "standardising")
     timers.wrap(review_ease, "with_side_gram", "item-model grid")
     timers.wrap(review_ease, "l3ae_scores", "item-model grid")
     timers.wrap(review_ease.ReviewAwareEASE, "text_scores", "text parts")
@@ -129,7 +141,8 @@ def profile_stage(data, config, profiles: Profiles) -> dict:
     start = time.perf_counter()
     try:
         with PeakRSS() as rss, contextlib.redirect_stdout(sys.stderr):
-            result = train(RunSpec(model="bert_rs", embeddings="random"), config, data, profiles, progress=True)
+            result = train(RunSpec(model="bert_rs", embeddings="random"), config, data, profiles, progress=True,
+                           shared_gram=shared_gram)
     finally:
         timers.restore()
         training.select = original_select
@@ -151,24 +164,41 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--screen", choices=["both", "on", "off"], default="both",
                         help="train.screen_search for the run(s): both = screened, then unscreened, side by side")
+    parser.add_argument("--prepared", type=Path, default=None,
+                        help="profile on this prepared folder instead of generating one (e.g. paper_scale.py's)")
+    parser.add_argument("--gram", type=Path, default=None,
+                        help="a gram stage's folder for --prepared, read instead of decomposing again")
+    parser.add_argument("--own-decomposition", action="store_true",
+                        help="the stage decomposes X^T X itself instead of reading the gram stage's decomposition")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "search_profile")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     load_start = os.getloadavg()
-    data = load_prepared(paper_shaped_data(args.work, args.users, args.items, args.seed))
+    data = load_prepared(args.prepared or paper_shaped_data(args.work, args.users, args.items, args.seed))
     config = load_params(ROOT / "params.yaml").ranking
     profiles = random_profiles(data.n_users, data.n_items, args.dim, args.seed)
     variants = {"screened": True, "unscreened": False}
     wanted = list(variants) if args.screen == "both" else ["screened" if args.screen == "on" else "unscreened"]
-    runs = {name: profile_stage(data, config.override(screen_search=variants[name]), profiles) for name in wanted}
+    shared, gram_seconds = None, None
+    if args.gram is not None and not args.own_decomposition:
+        shared = args.gram  # made by an earlier gram stage; its time is that stage's
+    elif not args.own_decomposition:
+        shared, start = args.work / "gram", time.perf_counter()
+        write_shared_gram(data, shared, config.train.memory_budget_gb)
+        gram_seconds = round(time.perf_counter() - start, 1)
+    runs = {name: profile_stage(data, config.override(screen_search=variants[name]), profiles, shared)
+            for name in wanted}
     report = {
         "meta": {"date": date.today().isoformat(),
                  "command": " ".join(["python benchmarks/search_profile.py", *sys.argv[1:]]),
+                 "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                        text=True).stdout.strip(),
                  "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
                             f"{psutil.virtual_memory().total / 2**30:.0f} GiB)",
                  "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "shape": {"users": data.n_users, "items": data.n_items, "training_pairs": len(data.train),
                   "validation_users": int(len(np.unique(data.valid.users))), "dim": args.dim},
+        "gram_stage_seconds": gram_seconds,
         "runs": runs,
     }
     if len(runs) == 2:
@@ -178,11 +208,18 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "search_profile.json", report)
     lines = ["# Where the dense bert_rs stage's minutes go", "",
-             f"{report['meta']['date']}, {report['meta']['machine']}, `{report['meta']['command']}`; load average "
+             f"{report['meta']['date']}, {report['meta']['machine']}, code {report['meta']['code']}, "
+             f"`{report['meta']['command']}`; load average "
              f"{load_start[0]:.2f} at the start, {report['meta']['load_average_end'][0]:.2f} at the end.", "",
              f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train):,} training pairs, "
              f"{report['shape']['validation_users']:,} validation users; random {args.dim}-dim profiles (timing "
              "depends on shapes only).", ""]
+    if args.prepared is not None:
+        lines += [f"Prepared data read from `{args.prepared}`" + (f", the decomposition from `{args.gram}` (made "
+                  "there by the gram stage; not timed here)." if args.gram and not args.own_decomposition else "."), ""]
+    if gram_seconds is not None:
+        lines += [f"The decomposition the search starts from was made once before the stage, as the DAG's gram stage "
+                  f"does (`write_shared_gram`), in {gram_seconds / 60:.1f} min; the stage read it.", ""]
     for name, run in runs.items():
         scored = run["scored_on_every_user"]
         lines += [f"**{name}** (`train.screen_search: {str(variants[name]).lower()}`): whole stage "

@@ -132,7 +132,8 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({error})") from None
 
 
-def write_table(path: str | Path, table: pa.Table, schema: pa.Schema | None = None, row_group_size: int = 65536) -> None:
+def write_table(path: str | Path, table: pa.Table, schema: pa.Schema | None = None,
+                row_group_size: int = 65536) -> None:
     """Write `table` as Parquet atomically, cast to `schema` (whose metadata is kept) when given."""
     if schema is not None:
         table = conform(table, schema, str(path))

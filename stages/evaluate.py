@@ -79,7 +79,8 @@ def main(
             "cache_fingerprint": embeddings.get("fingerprint"),
             **res,
         }
-        typer.echo(f"{name}: " + ", ".join(f"{p} ndcg@10={res[p].get('ndcg@10', float('nan')):.4f}" for p in config.protocols))
+        typer.echo(f"{name}: " + ", ".join(f"{p} ndcg@10={res[p].get('ndcg@10', float('nan')):.4f}"
+                                            for p in config.protocols))
     write_json(metrics, results)
     with atomic_path(table) as tmp:
         tmp.write_text(comparison_markdown(results, config.ks, config.protocols, split))

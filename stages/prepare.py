@@ -18,7 +18,8 @@ from stages.common import PARAMS_OPTION, read_params, user_errors
 
 @user_errors
 def main(
-    input: Optional[list[Path]] = typer.Option(None, "--input", help="review file or folder (repeatable); default: prepare.input"),
+    input: Optional[list[Path]] = typer.Option(None, "--input",
+                                               help="review file or folder (repeatable); default: prepare.input"),
     out: Path = typer.Option(Path("data/prepared"), "--out", help="output folder, replaced atomically"),
     params: Path = PARAMS_OPTION,
     strict: Optional[bool] = typer.Option(None, "--strict/--lenient", help="stop at the first bad record"),

@@ -46,7 +46,8 @@ def resolve_run(runs: dict[str, RunSpec], name: str, model: Optional[str], shuff
         spec = runs[name]
     elif model is None:
         known = ", ".join(sorted(runs)) or "none"
-        raise ConfigError(f"runs.{name}: no such run in params runs or text_runs (known: {known}); pass --model to define one")
+        raise ConfigError(f"runs.{name}: no such run in params runs or text_runs (known: {known}); "
+                          "pass --model to define one")
     else:
         spec = RunSpec(model=model)  # type: ignore[arg-type]
     if model is not None:
@@ -67,7 +68,8 @@ def main(
     out: Optional[Path] = typer.Option(None, help="checkpoint folder [default: data/models/RUN]"),
     curves: Optional[Path] = typer.Option(None, help="training curves CSV [default: metrics/curves/RUN.csv]"),
     params: Path = PARAMS_OPTION,
-    embeddings: Optional[Path] = typer.Option(None, help="embedding cache folder (text models); wins over --embeddings-root"),
+    embeddings: Optional[Path] = typer.Option(
+        None, help="embedding cache folder (text models); wins over --embeddings-root"),
     embeddings_root: Optional[Path] = typer.Option(
         None, help="folder of caches: text runs read ROOT/<text_runs.NAME.embeddings> (e.g. data/embeddings)"
     ),

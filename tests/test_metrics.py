@@ -54,3 +54,12 @@ def test_a_nan_score_counts_against_the_positive_wherever_it_is():
     comp = torch.tensor([[0.1, 0.2, 0.3], [float("nan"), 0.1, 0.2], [float("nan"), float("nan"), 0.0]])
     valid = torch.tensor([[True, True, False], [True, True, True], [True, True, True]])
     assert rank_against(pos, comp, valid).tolist() == [2, 1, 3]
+
+
+def test_told_the_scores_are_finite_the_ranks_are_the_same_without_looking_for_nan():
+    rng = np.random.default_rng(0)
+    comp = torch.tensor(rng.normal(size=(6, 40)))
+    comp[:, :5] = comp[:, 5:10]  # ties
+    pos = comp[:, 7].clone()
+    valid = torch.tensor(rng.random((6, 40)) < 0.8)
+    assert torch.equal(rank_against(pos, comp, valid, finite=True), rank_against(pos, comp, valid))

@@ -151,6 +151,12 @@ def test_the_factored_text_prior_equals_ease_on_the_text_gram_with_a_zero_diagon
                                atol=1e-9)
 
 
+def test_standardising_in_place_gives_the_same_scores_bit_for_bit():
+    scores = torch.tensor(np.random.default_rng(0).normal(3.0, 2.0, size=(5, 17)))
+    expected = review_ease.standardise(scores)
+    assert torch.equal(review_ease.standardise_(scores.clone()), expected)
+
+
 def test_whitening_gives_identity_covariance():
     rng = np.random.default_rng(0)
     anisotropic = rng.normal(size=(4000, 5)) @ rng.normal(size=(5, 5)) * [10.0, 3.0, 1.0, 0.3, 0.1] + 7.0

@@ -8,6 +8,7 @@ grid the winner is neither the first nor (except EASE's) the last candidate, so 
 arbitrary one is caught. A change of one rank among 400 validation users moves NDCG@10 by more than 1e-4.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -474,6 +475,43 @@ def test_a_screened_candidate_is_scored_exactly_as_unscreened(monkeypatch):
         unscreened.setting, unscreened.score, unscreened.best_score, unscreened.gap_error)
 
 
+def test_a_screened_search_makes_each_text_product_with_the_inverse_once_for_both_of_its_passes(monkeypatch):
+    """Q F = (X^T X + lambda I)^-1 F, an (items x items) x (items x d) product per (whitening, lambda), does not
+    depend on the users scored: the screen and the choosing pass share it (at 17k items, 12 products of 5 s)."""
+    monkeypatch.setattr(select_module, "SCREEN_FROM_USERS", 7)
+    monkeypatch.setattr(select_module, "SCREEN_Z", 1e9)  # the choosing pass asks for every lambda again
+    monkeypatch.setattr(select_module, "SCREEN_KEEP", 1.0)
+    products = []
+    inverse_times = review_ease.EigenGram.inverse_times
+    monkeypatch.setattr(review_ease.EigenGram, "inverse_times", lambda self, columns, lam: products.append(lam) or
+                        inverse_times(self, columns, lam))
+    data, model = bert_rs_world(seed=9)
+    times_inverse = []  # the users' products, one per lambda and pass
+    monkeypatch.setattr(review_ease.EigenGram, "times_inverse",
+                        lambda self, rows, lam, f=review_ease.EigenGram.times_inverse: times_inverse.append(lam) or
+                        f(self, rows, lam))
+    select(model, data, rule="best")
+    assert sorted(times_inverse) == sorted([1.0, 10.0, 100.0] * 2)  # two passes over the users
+    assert sorted(products) == sorted([1.0, 10.0, 100.0] * 2)  # once per (whitening, lambda): two whitenings
+
+
+def test_bert_rs_makes_each_text_part_once_per_whitening_and_only_those_the_settings_asked_for_weigh(monkeypatch):
+    made = []
+    text_scores = review_ease.ReviewAwareEASE.text_scores
+    monkeypatch.setattr(review_ease.ReviewAwareEASE, "text_scores",
+                        lambda self, users, match=None, whiten=None: made.append((whiten, match)) or
+                        text_scores(self, users, match, whiten))
+    data, model = bert_rs_world(seed=9)
+    looks = ValidationLooks(data)
+    assert len(list(looks.ranked_candidates(model))) == len(model.space)
+    assert sorted(made) == sorted((w, m) for w in (False, True) for m in ("item_neighbours", "user_profile"))
+    made.clear()
+    wanted = {review_ease.Setting(True, 1.0, 10.0, "l3ae", "user_profile", 0.5, 1.0, 1.0),
+              review_ease.Setting(False, 0.0, 100.0, "ease", "item_neighbours", 0.0, 0.0, 1.0)}  # no text weighed
+    assert {setting for setting, _ in looks.ranked_candidates(model, only=wanted)} == wanted
+    assert made == [(True, "user_profile")]
+
+
 def test_bert_rs_asked_for_some_settings_computes_only_their_lambdas_and_a_screened_search_chooses_as_unscreened(
         monkeypatch):
     data, model = bert_rs_world(seed=9)
@@ -572,6 +610,27 @@ def test_a_model_with_a_grid_solves_only_the_chosen_setting_once_chosen_and_once
     result = train(spec, config, ranking_env.data, profiles, progress=False)
     chosen = result.selection.setting if run == "ease" else result.selection.setting.ease_lambda
     assert result.fitted_on == "train" and solves == [chosen]
+
+
+@pytest.mark.parametrize("run", ["bert_rs", "ease"])
+def test_with_a_final_fit_to_follow_the_choice_is_solved_once_on_training_and_validation_pairs(ranking_env,
+                                                                                                monkeypatch, run):
+    """A solve on the training pairs alone would never score anything (a minute at the paper's size): the final fit
+    solves the chosen setting once, and the validation record is the search's own measurement of it."""
+    solves = []
+    inverse = baselines.ridge_inverse_
+    monkeypatch.setattr(baselines, "ridge_inverse_", lambda *a: solves.append(a[1]) or inverse(*a))
+    monkeypatch.setattr(review_ease, "ridge_inverse_", baselines.ridge_inverse_)
+    config = ranking_env.config.override("ease", lambdas=[1.0, 300.0]).override("bert_rs", lambdas=[10.0, 1000.0])
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, refit_with_validation=True))
+    spec, profiles = (BERT_RS, ranking_env.profiles()) if run == "bert_rs" else (RunSpec(model="ease"), None)
+    result = train(spec, config, ranking_env.data, profiles, progress=False)
+    chosen = result.selection.setting if run == "ease" else result.selection.setting.ease_lambda
+    assert result.fitted_on == "train+valid" and solves == [chosen]  # the final fit's solve alone
+    looks = ValidationLooks(ranking_env.data)
+    assert result.best_valid == {"hr@10": pytest.approx(result.selection.hit_rate),
+                                 "ndcg@10": result.selection.score, "n": len(looks.heldout)}
+    assert 0 < result.selection.hit_rate < 1 and result.selection.hit_rate >= result.selection.score
 
 
 def test_with_the_guard_on_a_screened_search_keeps_the_best_plain_setting_for_the_guard_to_measure(monkeypatch):

@@ -38,7 +38,8 @@ class ColumnMapping:
 class PrepareConfig:
     input: list[str] = field(default_factory=list)  # review files or folders, plain or gzipped
     # json: JSON lines (or Python-literal lines) with any field names, read through `columns`
-    format: Literal["auto", "amazon2014", "amazon2018", "amazon2023", "python_literal", "json", "csv", "parquet"] = "auto"
+    format: Literal["auto", "amazon2014", "amazon2018", "amazon2023", "python_literal", "json", "csv",
+                    "parquet"] = "auto"
     columns: ColumnMapping = field(default_factory=ColumnMapping)
     # optional item metadata files (Amazon meta_* JSON lines: asin/parent_asin, title, category); display names only
     metadata: list[str] = field(default_factory=list)

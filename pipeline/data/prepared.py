@@ -57,7 +57,8 @@ USERS_SCHEMA = pa.schema([pa.field("user_idx", pa.int32(), nullable=False), pa.f
 ITEMS_SCHEMA = pa.schema([pa.field("item_idx", pa.int32(), nullable=False), pa.field("item_id", pa.string())])
 
 ITEM_META_SCHEMA = pa.schema(
-    [pa.field("item_idx", pa.int32(), nullable=False), pa.field("title", pa.string()), pa.field("category", pa.string())]
+    [pa.field("item_idx", pa.int32(), nullable=False), pa.field("title", pa.string()),
+     pa.field("category", pa.string())]
 )
 ITEM_META_FILE = "item_meta.parquet"
 

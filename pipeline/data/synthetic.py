@@ -43,7 +43,8 @@ class SyntheticSpec:
     min_reviews: int = 4
     topic_affinity: float = 0.85  # share of a user's reviews about items of the user's preferred topics
     topic_words_per_review: int = 6
-    popularity_tail: float = 1.5  # Pareto shape of item popularity: smaller is a longer tail (fewer items kept by k-core)
+    # Pareto shape of item popularity: smaller is a longer tail (fewer items kept by k-core)
+    popularity_tail: float = 1.5
     seed: int = 0
 
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import TEXT_MODELS, ConfigError, ModelsConfig, RankingConfig, RunSpec, TrainConfig, from_dict, to_dict
+from pipeline.config import (TEXT_MODELS, ConfigError, ModelsConfig, RankingConfig, RunSpec, TrainConfig, from_dict,
+                             to_dict)
 from pipeline.data.prepared import PreparedData
 from pipeline.embeddings.cache import META_FILE, Profiles
 from pipeline.io import DataError, atomic_dir, read_json
@@ -98,7 +99,8 @@ def save_checkpoint(
         "processes": result.processes,  # trained together under torchrun (1: a plain run)
         # settings a closed-form model picked on validation (bert_rs: side weight, text match, text weight)
         "chosen": result.model.choices(),
-        # how the choice was made (pipeline/ranking/selection/select.py): looks, its validation score, the guard's measurement
+        # how the choice was made (pipeline/ranking/selection/select.py): looks, its validation score, the guard's
+        # measurement
         "selection": result.selection.summary() if result.selection is not None else None,
         # bert_rs: which solver ran (models.bert_rs.solver: auto resolves by the memory budget); load rebuilds it
         "bert_rs_solver": getattr(result.model, "solver", None),

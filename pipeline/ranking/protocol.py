@@ -6,9 +6,10 @@ every model alike without probing for attributes.
     Ranker            + score (pair scores), score_parts (additive parts that sum to the score, for explanations),
                       choices (settings picked on validation, or None), trainable, ranks_whole_catalogue
     ClosedFormRanker  "trains" by one `fit` on the training pairs; where it has a grid it offers `candidates` and
-                      `apply`s the one pipeline/ranking/selection/select.py chooses on validation (it never searches itself);
-                      `refit` fits the chosen setting on other pairs (training + validation)
-    TrainableRanker   trained by the SGD loop of pipeline/ranking/training/sgd.py through `loss` (epoch kept by select.py's rule)
+                      `apply`s the one pipeline/ranking/selection/select.py chooses on validation (it never
+                      searches itself); `refit` fits the chosen setting on other pairs (training + validation)
+    TrainableRanker   trained by the SGD loop of pipeline/ranking/training/sgd.py through `loss` (epoch kept by
+                      select.py's rule)
 
 Abstract methods make a missing piece fail when the model is constructed, not when a stage first calls it.
 """
@@ -78,8 +79,8 @@ class ClosedFormRanker(Ranker):
     def fit_on_validation(self, users: np.ndarray, items: np.ndarray,
                           validation: Callable[[], dict] | None) -> tuple[list[dict], int]:
         """`fit`, for a model whose fit is iterative: given `validation` (the model's curve metrics as it stands,
-        `valid_hr@10` and `valid_ndcg@10`, as pipeline/ranking/training/result.py measures them), it chooses its number of
-        passes there and returns one curve row per pass scored and the pass kept. A solve has no passes to choose:
+        `valid_hr@10` and `valid_ndcg@10`, as pipeline/ranking/training/result.py measures them), it chooses its number
+        of passes there and returns one curve row per pass scored and the pass kept. A solve has no passes to choose:
         the default fits and returns ([], 0)."""
         self.fit(users, items)
         return [], 0
@@ -130,8 +131,8 @@ class ClosedFormRanker(Ranker):
         raise NotImplementedError(f"{type(self).__name__} offers candidates but cannot apply one")
 
     def use_profiles(self, profiles: Any) -> None:
-        """Read the users' text from these profiles (pipeline.embeddings.cache.Profiles) from here on: the lagged
-        view while choosing, the cache's own for the final fit (pipeline/ranking/training/lagged.py). Text models only."""
+        """Read the users' text from these profiles (pipeline.embeddings.cache.Profiles) from here on: the lagged view
+        while choosing, the cache's own for the final fit (pipeline/ranking/training/lagged.py). Text models only."""
         raise NotImplementedError(f"{type(self).__name__} reads no profiles")
 
     def refit(self, users: np.ndarray, items: np.ndarray, choice: "Choice | None") -> "ClosedFormRanker":

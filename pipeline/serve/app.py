@@ -99,13 +99,15 @@ def create_app(served: ServedModel) -> FastAPI:
     def user_index(user: str) -> int:
         u = served.user_lookup.get(user.strip())
         if u is None:
-            raise HTTPException(404, f"unknown user {echo(user)}: not among the {data.n_users} users of the prepared data")
+            raise HTTPException(404, f"unknown user {echo(user)}: not among the {data.n_users} users of the "
+                                     "prepared data")
         return u
 
     def item_idx(item: str) -> int:
         i = served.item_lookup.get(item.strip())
         if i is None:
-            raise HTTPException(404, f"unknown item {echo(item)}: not among the {data.n_items} items of the prepared data")
+            raise HTTPException(404, f"unknown item {echo(item)}: not among the {data.n_items} items of the "
+                                     "prepared data")
         return i
 
     def review(row: int) -> dict:

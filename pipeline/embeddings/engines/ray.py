@@ -1,12 +1,12 @@
 """The Ray encoding engine (`embed.engine: ray`): missing shards encoded by an actor pool through Ray Data.
 
-The pattern of Ray's batch-inference guide: a callable class whose `__init__` loads the encoder once per actor and
-whose `__call__` maps a batch to a batch, run with `ds.map_batches(Cls, compute=ActorPoolStrategy(...), num_gpus=...)`. Here a
-row of the dataset is one shard (its number and source row range), not one review: the actor reads those rows of
-the prepared reviews, encodes them with the same function the local engine calls and writes the shard as Parquet
-(atomically). Fixed shard boundaries keep the review order and make a killed run resume from finished shards; the
-driver then assembles the cache (profiles, FAISS index, provenance) exactly as for the local engine. Workers must
-see the prepared folder and the run folder at the same paths (one machine, or a shared file system).
+The pattern of Ray's batch-inference guide: a callable class whose `__init__` loads the encoder once per actor and whose
+`__call__` maps a batch to a batch, run with `ds.map_batches(Cls, compute=ActorPoolStrategy(...), num_gpus=...)`. Here a
+row of the dataset is one shard (its number and source row range), not one review: the actor reads those rows of the
+prepared reviews, encodes them with the same function the local engine calls and writes the shard as Parquet
+(atomically). Fixed shard boundaries keep the review order and make a killed run resume from finished shards; the driver
+then assembles the cache (profiles, FAISS index, provenance) exactly as for the local engine. Workers must see the
+prepared folder and the run folder at the same paths (one machine, or a shared file system).
 
     ray start --head                          # once, on the head node (workers: ray start --address HEAD:6379)
     embed.engine: ray, embed.ray.address: auto   # in params.yaml; null starts a local Ray in this process

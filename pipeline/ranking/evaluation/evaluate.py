@@ -125,7 +125,8 @@ def rank_chunked(
     starts, ends = masked.indptr[batch], masked.indptr[batch + 1]
     lengths = ends - starts
     mask_rows = np.repeat(np.arange(len(batch)), lengths)
-    mask_cols = masked.indices[np.repeat(starts, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)]
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    mask_cols = masked.indices[np.repeat(starts, lengths) + offsets]
     bounds = [(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
     cached: dict[int, torch.Tensor] = {}
 

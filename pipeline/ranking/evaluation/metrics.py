@@ -18,17 +18,20 @@ import numpy as np
 import torch
 
 
-def rank_against(positive: torch.Tensor, competitors: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def rank_against(positive: torch.Tensor, competitors: torch.Tensor, valid: torch.Tensor | None = None,
+                 finite: bool = False) -> torch.Tensor:
     """Pessimistic 0-based rank of each positive among its competitors.
 
     positive: (n,); competitors: (n, m); valid: (n, m) bool, False for padding/masked cells. Returns (n,) int64.
     A NaN score (a diverged model) counts against the positive too, wherever it is: NaN compares False with
-    everything, so without this a NaN positive would rank first.
+    everything, so without this a NaN positive would rank first. `finite`: the caller knows no score is NaN, and
+    the two passes that look for one are skipped.
     """
     beats = competitors >= positive[:, None]  # (n, m); ties count against the positive
-    beats |= competitors.isnan() | positive.isnan()[:, None]
+    if not finite:
+        beats |= competitors.isnan() | positive.isnan()[:, None]
     if valid is not None:
-        beats = beats & valid
+        beats &= valid
     return beats.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()  # a bool sum is several times slower
 
 

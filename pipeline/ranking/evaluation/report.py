@@ -1,6 +1,7 @@
 """Turning evaluation results into the comparison table (the paper's Table 2 layout) and per-K plot points.
 
-`results` maps a run name to what `pipeline.ranking.evaluation.evaluate.evaluate` returned, plus "model" and "cache" keys.
+`results` maps a run name to what `pipeline.ranking.evaluation.evaluate.evaluate` returned, plus "model" and "cache"
+keys.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ def _fmt(value) -> str:
 
 def _columns(ks: Sequence[int]) -> list[tuple[str, str]]:
     """Paper order: HR@10 NDCG@10 HR@5 NDCG@5 ... (K descending)."""
-    return [(f"{m.upper() if m == 'hr' else 'NDCG'}@{k}", f"{m}@{k}") for k in sorted(ks, reverse=True) for m in ("hr", "ndcg")]
+    return [(f"{m.upper() if m == 'hr' else 'NDCG'}@{k}", f"{m}@{k}") for k in sorted(ks, reverse=True)
+            for m in ("hr", "ndcg")]
 
 
 def comparison_markdown(results: dict[str, dict], ks: Sequence[int], protocols: Sequence[str], split: str) -> str:
@@ -43,7 +45,8 @@ def comparison_markdown(results: dict[str, dict], ks: Sequence[int], protocols: 
         for run, res in results.items():
             buckets = res.get("buckets", {}).get(protocol, {})
             cells = [
-                f"{_fmt(buckets[b][f'hr@{k}'])} / {_fmt(buckets[b][f'ndcg@{k}'])} ({buckets[b]['n']})" if b in buckets else "-"
+                f"{_fmt(buckets[b][f'hr@{k}'])} / {_fmt(buckets[b][f'ndcg@{k}'])} ({buckets[b]['n']})"
+                if b in buckets else "-"
                 for b in names
             ]
             lines.append(f"| {run} | " + " | ".join(cells) + " |")

@@ -29,11 +29,11 @@ diagonal rescale, Q = V diag(1 / (s + lambda)) V^T; the text gram a m F F^T is a
 by Woodbury's identity; S is applied in factored form (S = I - P_t diag(1 / diag P_t), P_t = (F F^T + nu I)^-1 of
 rank-d structure), and validation scores x_u B are computed from x_u V without forming B or S.
 
-The grid the model offers (`candidates`) and pipeline/ranking/selection/select.py chooses from, on full-ranking NDCG@10 of
-the validation split only (test is never read): lambda, a, R, whitening, the text match, w and p jointly, plus the
-popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that lambda, and popularity is a point of its own,
-so on validation the model matches or beats both. Leakage: F and b_u are pooled from training reviews only (the
-cache's profiles); the shuffled-profile ablation scrambles both and must lose the gain.
+The grid the model offers (`candidates`) and pipeline/ranking/selection/select.py chooses from, on full-ranking NDCG@10
+of the validation split only (test is never read): lambda, a, R, whitening, the text match, w and p jointly, plus the
+popularity-alone point. a = w = p = 0 with R = "ease" is EASE at that lambda, and popularity is a point of its own, so
+on validation the model matches or beats both. Leakage: F and b_u are pooled from training reviews only (the cache's
+profiles); the shuffled-profile ablation scrambles both and must lose the gain.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ WHITEN_SHRINKAGE = 0.1  # eigenvalue floor of the whitening, as a fraction of th
 def standardise(scores: torch.Tensor) -> torch.Tensor:
     """Per-row z-score. (b, n) -> (b, n)"""
     return (scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-8)
+
+
+def standardise_(scores: torch.Tensor) -> torch.Tensor:
+    """`standardise` written over `scores` (the same values, bit for bit, without a second (b, n) matrix)."""
+    mean, scale = scores.mean(-1, keepdim=True), scores.std(-1, keepdim=True) + 1e-8
+    return scores.sub_(mean).div_(scale)
 
 
 def centred_units(vectors: np.ndarray) -> torch.Tensor:
@@ -99,16 +105,18 @@ def per_item_count(gram: torch.Tensor) -> torch.Tensor:
 
 
 def with_side_gram(x_q: torch.Tensor, q_diag: torch.Tensor, q_f: torch.Tensor | None, unit: torch.Tensor,
-                   scale: float, with_p_f: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                   scale: float, with_p_f: bool = False,
+                   x_q_f: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x P, diag P and (optionally) P F for P = (G + scale F F^T + lambda I)^-1, from x Q, diag Q and Q F for
     Q = (G + lambda I)^-1 and Woodbury's identity P = Q - scale Q F M^-1 F^T Q, M = I + scale F^T Q F (d x d): the
     rank-d text gram never needs a decomposition of its own. x_q: (b, n); q_diag: (n,); q_f: (n, d), or None when
-    scale is 0 and P F is not asked for; unit: F (n, d). -> (b, n), (n,), (n, d) or None"""
+    scale is 0 and P F is not asked for; unit: F (n, d); x_q_f: x Q F (b, d) where the caller has it (it is the same
+    for every scale). -> (b, n), (n,), (n, d) or None"""
     if not scale:
         return x_q, q_diag, q_f if with_p_f else None
     m = torch.eye(unit.shape[1], dtype=unit.dtype, device=unit.device) + scale * (unit.T @ q_f)
     q_f_m = torch.linalg.solve(m, q_f.T).T  # Q F M^-1 (M symmetric)
-    x_p = x_q - scale * (x_q @ unit) @ q_f_m.T
+    x_p = x_q - scale * (x_q @ unit if x_q_f is None else x_q_f) @ q_f_m.T
     p_diag = q_diag - scale * (q_f_m * q_f).sum(1)
     p_f = q_f - scale * q_f_m @ (q_f.T @ unit) if with_p_f else None
     return x_p, p_diag, p_f
@@ -146,6 +154,33 @@ class LowRankPrior:
         return p_diag - p_pt_diag * self.inverse_pt_diag
 
 
+class SearchBasis:
+    """What every pass of one search over the grid shares, whichever users it scores: the decomposition
+    X^T X = V diag(s) V^T, m (`per_item_count`), per whitening F, V^T F and the prior S, and per (whitening, lambda)
+    Q F = V diag(1 / (s + lambda)) V^T F. Each is made at its first use: a screened search's screen and its choosing
+    pass would otherwise make the (n, n) x (n, d) products twice (n^2 d each, 12 of them at the default grid)."""
+
+    def __init__(self, eig: EigenGram, per_item: torch.Tensor, model: "ReviewAwareEASE") -> None:
+        self.eig, self.per_item, self._model = eig, per_item, model
+        self._text: dict[bool, tuple[torch.Tensor, torch.Tensor, LowRankPrior | None]] = {}
+        self._q_f: dict[tuple[bool, float], torch.Tensor] = {}
+
+    def text(self, whiten: bool) -> tuple[torch.Tensor, torch.Tensor, "LowRankPrior | None"]:
+        """F (n, d) float64, V^T F (n, d) and S in factored form (None when the space has no L3AE prior)."""
+        if whiten not in self._text:
+            unit = self._model.units(whiten)[1].double()
+            prior = LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if self._model.space.with_prior else None
+            self._text[whiten] = (unit, self.eig.v.T @ unit, prior)
+        return self._text[whiten]
+
+    def q_f(self, whiten: bool, ease_lambda: float) -> torch.Tensor:
+        """Q F at this lambda, (n, d) float64."""
+        key = (whiten, ease_lambda)
+        if key not in self._q_f:
+            self._q_f[key] = self.eig.inverse_times(self.text(whiten)[1], ease_lambda)
+        return self._q_f[key]
+
+
 class ReviewAwareEASE(ClosedFormRanker):
     solver = "dense"  # the EASE solves; pipeline/ranking/models/scalable.py is the other bert_rs solver
     fits_on_device = True
@@ -181,7 +216,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.register_buffer("log_counts", torch.zeros(n_items))  # (n_items,) log(1 + training interactions)
         self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
         self._gram: torch.Tensor | None = None  # X^T X of the pairs being fitted, while a search or solve needs it
-        self._search: tuple[EigenGram, torch.Tensor] | None = None  # the search's decomposition and m, until `apply`
+        self._search: SearchBasis | None = None  # the search's decomposition and shared parts, until `apply`
         self.use_profiles(profiles)
 
     @classmethod
@@ -262,15 +297,15 @@ class ReviewAwareEASE(ClosedFormRanker):
         return self
 
     def _hold_counts(self, items: np.ndarray) -> None:
-        """The popularity term's log counts and the gram X^T X of the pairs being fitted."""
+        """The popularity term's log counts of the pairs being fitted; their gram is built when first needed."""
         self._search = None  # a search of other pairs' decomposition
         counts = torch.as_tensor(np.bincount(items, minlength=self.n_items), dtype=torch.float32)
         self.log_counts = torch.log1p(counts).to(self.raw_i.device)
-        self._gram = self.ease.gram()
+        self._gram = None
 
     def gram(self) -> torch.Tensor:
-        """X^T X of the pairs being fitted, built again from them where the grid's eigendecomposition took it.
-        (n_items, n_items) float64"""
+        """X^T X of the pairs being fitted, built from them at the first call after new pairs or after the grid's
+        eigendecomposition took it. (n_items, n_items) float64"""
         if self._gram is None:
             self._gram = self.ease.gram()
         return self._gram
@@ -311,36 +346,34 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.regulariser_index = torch.tensor(REGULARISERS.index(regulariser))
         self.whiten = torch.tensor(whiten)
 
-    def search_eigen(self) -> tuple[EigenGram, torch.Tensor]:
-        """The decomposition of X^T X the grid is computed from, and m (`per_item_count`), made at the search's
-        first call and kept until `apply` (a screened search asks twice); the gram itself is let go."""
+    def search_basis(self) -> "SearchBasis":
+        """The decomposition of X^T X the grid is computed from, with what the grid's passes share, made at the
+        search's first call and kept until `apply` (a screened search asks twice); the gram itself is let go."""
         if self._search is None:
             gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
             per_item = per_item_count(gram)
-            self._search = (self.ease.training_eigen(gram), per_item)
+            self._search = SearchBasis(self.ease.training_eigen(gram), per_item, self)
         return self._search
 
     def item_model_grid(self, users: torch.Tensor, only: Container | None = None):
         """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users; B is never
         formed. One eigendecomposition of X^T X serves the whole grid: the text gram a m F F^T is a rank-d update,
-        folded in by Woodbury's identity, and L3AE's prior S is EASE on the rank-d gram F F^T, applied in factored
-        form (`LowRankPrior`), so past the one n^3 decomposition the grid costs one (b, n) x (n, n) product per
-        lambda (x Q, shared by every whitening, side weight and regulariser at that lambda) and O(n^2 d + b n d) per
-        point. Lambda is the outer loop because of that product: with it inside, x Q was computed again for every
-        (whitening, side weight), two thirds of bert_rs's search time at 17k items. The order the points come in is
-        therefore not the order of simplicity; ties are settled by `grid_position`. `only`: these item models
-        alone ((whitening, side, lambda, regulariser) tuples; the lambdas without one are skipped, x Q included).
+        folded in by Woodbury's identity, and L3AE's prior S is EASE on the rank-d gram F F^T, applied in factored form
+        (`LowRankPrior`), so past the one n^3 decomposition the grid costs one (b, n) x (n, n) product per lambda (x Q,
+        shared by every whitening, side weight and regulariser at that lambda) and O(b n d) per point (the n^2 d
+        products, Q F per whitening and lambda, are made once per search: `SearchBasis`). Lambda is the outer loop
+        because of that product: with it inside, x Q was computed again for every (whitening, side weight), two thirds
+        of bert_rs's search time at 17k items. The order the points come in is therefore not the order of simplicity;
+        ties are settled by `grid_position`. `only`: these item models alone ((whitening, side, lambda, regulariser)
+        tuples; the lambdas without one are skipped, x Q included).
         (b, n_items) float64 each"""
         space = self.space
         x = self.ease.rows(users).double()  # (b, n)
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
-        eig, per_item = self.search_eigen()
+        basis = self.search_basis()
+        eig, per_item = basis.eig, basis.per_item
         x_v = x @ eig.v  # (b, n)
         needs_q_f = space.with_prior or any(space.side_weights)
-        text = {}  # whitening -> F (n, d), V^T F (n, d), S (factored) or None
-        for whiten in space.whitening:
-            unit = self.units(whiten)[1].double()
-            text[whiten] = (unit, eig.v.T @ unit, LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if space.with_prior else None)
         # what is still asked for at each loop level: lambdas, (whiten, lambda) and (whiten, side, lambda)
         if only is not None:
             lambdas, whitened, sided = {m[2] for m in only}, {(m[0], m[2]) for m in only}, {m[:3] for m in only}
@@ -352,13 +385,16 @@ class ReviewAwareEASE(ClosedFormRanker):
             for whiten in space.whitening:
                 if only is not None and (whiten, lam) not in whitened:
                     continue
-                unit, v_f, prior = text[whiten]
-                q_f = eig.v @ (v_f / (eig.s + lam)[:, None]) if needs_q_f else None  # Q F (n, d)
+                unit, _, prior = basis.text(whiten)
+                q_f = basis.q_f(whiten, lam) if needs_q_f else None  # Q F (n, d)
+                x_q_f = None  # x Q F (b, d), shared by every side weight
                 for side in space.side_weights:
                     if only is not None and (whiten, side, lam) not in sided:
                         continue
+                    if side and x_q_f is None:
+                        x_q_f = x_q @ unit
                     x_p, p_diag, p_f = with_side_gram(x_q, q_diag, q_f, unit, side * per_item,
-                                                      with_p_f=space.with_prior)
+                                                      with_p_f=space.with_prior, x_q_f=x_q_f)
                     for reg in space.regularisers:
                         if only is not None and (whiten, side, lam, reg) not in only:
                             continue
@@ -378,15 +414,15 @@ class ReviewAwareEASE(ClosedFormRanker):
     def candidates(self, users: torch.Tensor,
                    only: Container | None = None) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every setting of the space with its validation scores for `users`, popularity alone first when p has a
-        grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model and text parts are computed
-        once per setting, lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
+        grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model parts are computed once per
+        item model and text parts once per (whitening, match), lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
         model come as one block of weighted sums of its parts, which the selector ranks a few users at a time.
 
         Parameters
         ----------
         users : Sorted validation users, (b,).
-        only : The settings a screened search still scores; their item models and the popularity-alone point
-            alone are computed.
+        only : The settings a screened search still scores; their item models, the text parts they weigh and
+            the popularity-alone point alone are computed, and each block holds those settings alone.
 
         Yields
         ------
@@ -394,20 +430,29 @@ class ReviewAwareEASE(ClosedFormRanker):
         (b, n_items) float64 (popularity (1, n_items)).
         """
         pop = standardise(self.log_counts[None, :].double())  # (1, n)
-        # the text parts of one whitening at a time: recomputing them when the whitening changes is cheap beside
-        # keeping both (the matches x (b, n) float64 each)
-        text: dict[bool, list[torch.Tensor]] = {}
+        unweighed = torch.zeros_like(pop)  # in place of a text part no candidate of the block weighs
+        # each (whitening, text match) part made once for these users, at its first use: the grid's loops alternate
+        # the whitening, and making them again at each turn cost more than keeping them ((b, n) float64 each)
+        text: dict[tuple[bool, str], torch.Tensor] = {}
+
+        def text_part(whiten: bool, match: str) -> torch.Tensor:
+            if (whiten, match) not in text:
+                text[whiten, match] = standardise_(self.text_scores(users, match, whiten).double())
+            return text[whiten, match]
+
         pop_alone = self.space.popularity_alone
         if pop_alone is not None and (only is None or pop_alone in only):
             yield pop_alone, pop.expand(len(users), -1)
         item_models = None if only is None else {s[:4] for s in only if s.item_weight}
         for item_model, item in self.item_model_grid(users, item_models):
             settings, weights = self.space.block(item_model)
-            whiten = item_model[0]
-            if whiten not in text:
-                text = {whiten: [standardise(self.text_scores(users, m, whiten).double()) for m in self.space.matches]}
-            parts = [standardise(item), *text[whiten], pop]
-            del item  # (b, n): only its standardised copy is needed while the block is ranked
+            if only is not None:
+                kept = [k for k, setting in enumerate(settings) if setting in only]
+                settings, weights = [settings[k] for k in kept], [weights[k] for k in kept]
+            weighed = [any(w[1 + j] for w in weights) for j in range(len(self.space.matches))]
+            parts = [standardise_(item), *(text_part(item_model[0], match) if weighed[j] else unweighed
+                                           for j, match in enumerate(self.space.matches)), pop]
+            del item  # (b, n): standardised in place, in the block's parts
             yield WeightedSums(settings, parts, weights)
 
     def is_plain(self, setting: Setting) -> bool:

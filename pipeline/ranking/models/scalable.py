@@ -105,7 +105,8 @@ class ScalableItemModel(ClosedFormRanker):
         self.n_users, self.n_items, self.rank = n_users, n_items, rank
         self.epochs, self.batch_users, self.learning_rate = epochs, batch_users, learning_rate
         self.patience = patience
-        self.text_init, self.grid_weight, self.seed = text_init and profiles is not None, [float(w) for w in weights], seed
+        self.text_init = text_init and profiles is not None
+        self.grid_weight, self.seed = [float(w) for w in weights], seed
         self.A = nn.Parameter(torch.zeros(n_items, rank), requires_grad=False)  # (n_items, rank), unit rows once fit
         self.register_buffer("text_weight", torch.tensor(0.0))
         # the passes A was trained for, and how many were scored on validation to choose them (0: none): saved with

@@ -25,6 +25,12 @@ class Choice(Generic[Setting]):
     best_score: float | None = None  # the validation best's NDCG@10
     gap_error: float | None = None  # "simplest_within_noise": the standard error of the kept setting's gap to the best
     screened_to: int | None = None  # candidates scored on every validation user after screening (None: all were)
+    hit_rate: float | None = None  # its validation full-ranking HR@10, as the search measured it beside `score`
+
+    def validation(self, positives: int) -> dict:
+        """The kept setting's validation metrics as the search measured them, in `valid_metrics`' form, over the
+        split's `positives` (what a final fit that solves the setting anew records instead of solving it twice)."""
+        return {"hr@10": self.hit_rate, "ndcg@10": self.score, "n": positives}
 
     def summary(self) -> dict:
         """What run.json records of the choice (the setting itself is the model's `choices()`)."""

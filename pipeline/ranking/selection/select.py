@@ -186,6 +186,10 @@ class ValidationLooks:
         n_items = sums.parts[0].shape[-1]
         all_rows, all_items, all_competitors = self.on(sums.parts[0].device)
         step = max(1, CACHE_ELEMENTS // max(n_items, 1))
+        # finite parts and weights make finite sums: no score to look for NaN in, candidate by candidate (a part's
+        # sum is finite only where every entry is, barring an overflow, which takes the checking path)
+        finite = (all(math.isfinite(float(part.sum())) for part in sums.parts)
+                  and bool(np.isfinite(np.asarray(sums.weights, dtype=np.float64)).all()))
         out = np.empty((len(sums.settings), len(all_rows)), dtype=np.int64)
         for start in range(0, len(all_rows), step):
             chunk = slice(start, start + step)
@@ -195,7 +199,7 @@ class ValidationLooks:
             items, competitors = all_items[chunk], all_competitors[chunk]
             for k in range(len(sums.settings)):
                 scores = sums.scores(k, cut_parts).float().expand(len(rows), -1)  # a row part alone: (1, n)
-                out[k, chunk] = rank_against(scores[positives, items], scores, competitors).cpu().numpy()
+                out[k, chunk] = rank_against(scores[positives, items], scores, competitors, finite).cpu().numpy()
         return out
 
     def ranked_candidates(self, model: ClosedFormRanker, only: set | None = None) -> Iterator[tuple[Any, np.ndarray]]:
@@ -305,11 +309,11 @@ def scored_candidates(model: ClosedFormRanker, looks: ValidationLooks, progress:
 
 def screened_candidates(model: ClosedFormRanker, data: PreparedData, looks: ValidationLooks, seed: int,
                         progress: bool, keep_plain: bool = False) -> tuple[list[Scored], int]:
-    """Every candidate scored on a seeded SCREEN_SHARE of the validation users; every candidate of the simplest
-    level, and those within SCREEN_Z standard errors of that screen's best and among the top SCREEN_KEEP of it or the
-    best of their level of simplicity (what the rule compares), scored on the other users as well; `keep_plain`: the
-    screen's best plain candidate too, whatever its gap (the guard measures the search's gain over it). -> (the survivors scored on every user, in
-    offered order; the candidates scored)"""
+    """Every candidate scored on a seeded SCREEN_SHARE of the validation users; every candidate of the simplest level,
+    and those within SCREEN_Z standard errors of that screen's best and among the top SCREEN_KEEP of it or the best of
+    their level of simplicity (what the rule compares), scored on the other users as well; `keep_plain`: the screen's
+    best plain candidate too, whatever its gap (the guard measures the search's gain over it). -> (the survivors scored
+    on every user, in offered order; the candidates scored)"""
     rng = np.random.default_rng(seed)
     share = np.sort(rng.choice(looks.users, size=max(2, round(SCREEN_SHARE * len(looks.users))), replace=False))
     on_share = ValidationLooks(data, "valid", users=share)
@@ -371,7 +375,7 @@ def cross_fitted_gain(model: ClosedFormRanker, scored: list[Scored], looks: Vali
 
 def select(model: ClosedFormRanker, data: PreparedData, rule: str = "simplest_within_noise",
            guard_additions: bool = False, seed: int = 0, splits: int = CROSS_FIT_SPLITS, progress: bool = False,
-           screen: bool = True) -> Choice[Any] | None:
+           screen: bool = True, apply: bool = True) -> Choice[Any] | None:
     """Score the candidates the model offers on validation and keep one by `rule` (see the module docstring).
 
     Parameters
@@ -390,11 +394,14 @@ def select(model: ClosedFormRanker, data: PreparedData, rule: str = "simplest_wi
         Show the candidates scored of the total (`model.candidate_count()`), their rate and the time left.
     screen
         Screen the grid on a share of the users first, from SCREEN_FROM_USERS validation users on.
+    apply
+        Put the model in the chosen setting (`model.apply`); False where a final fit on other pairs will (a solve
+        at the paper's size costs a minute, and its weights would never score anything).
 
     Returns
     -------
     Choice or None
-        The choice, already applied to the model; None (the model untouched) when it offers nothing to choose.
+        The choice, applied to the model where `apply`; None (the model untouched) when it offers nothing to choose.
     """
     if rule not in CHOICE_RULES:
         raise ValueError(f"choice rule must be one of {CHOICE_RULES}, got {rule!r}")
@@ -417,6 +424,8 @@ def select(model: ClosedFormRanker, data: PreparedData, rule: str = "simplest_wi
         kept, error = first_best([c for c in scored if model.is_plain(c.setting)]), None
     choice = Choice(kept.setting, kept.score, count, cross_fitted_gain=gain, overruled=kept is not best,
                     rule=rule, best_score=best.score, gap_error=error,
-                    screened_to=len(scored) if screened else None)
-    model.apply(choice)
+                    screened_to=len(scored) if screened else None,
+                    hit_rate=float((kept.per_positive > 0).mean()))  # NDCG@10 > 0 exactly where rank < 10
+    if apply:
+        model.apply(choice)
     return choice

@@ -75,7 +75,8 @@ class ReviewAwareSpace:
         if unknown:
             raise ValueError(f"text matches must be a non-empty subset of {TEXT_MATCHES}, got {list(self.matches)}")
         if any(r not in REGULARISERS for r in self.regularisers):
-            raise ValueError(f"regularisers must be a non-empty subset of {REGULARISERS}, got {list(self.regularisers)}")
+            raise ValueError(f"regularisers must be a non-empty subset of {REGULARISERS}, "
+                             f"got {list(self.regularisers)}")
 
     @classmethod
     def from_config(cls, section) -> "ReviewAwareSpace":

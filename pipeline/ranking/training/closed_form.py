@@ -23,7 +23,7 @@ from pipeline.ranking.training.sampling import PairSet
 
 def fit_closed_form(model: ClosedFormRanker, config: RankingConfig, data: PreparedData, mask: PairSet | None,
                     device: torch.device, progress: bool = True, shared_gram: Path | None = None,
-                    chosen_with: str = "") -> TrainResult:
+                    chosen_with: str = "", final_fit_follows: bool = False) -> TrainResult:
     """Fit `model` on `data.train` and put it in the setting chosen on validation.
 
     Parameters
@@ -36,10 +36,13 @@ def fit_closed_form(model: ClosedFormRanker, config: RankingConfig, data: Prepar
     progress : Show the search's progress.
     shared_gram : A `data/gram` folder to start the search from.
     chosen_with : TrainResult.chosen_with_profiles.
+    final_fit_follows : A final fit on other pairs (`train.refit_with_validation`) will solve the chosen setting:
+        it is not solved on these, and its validation metrics are the search's measurement of it.
 
     Returns
     -------
-    The TrainResult, its model on the CPU; one curve row (or one per pass scored).
+    The TrainResult, its model on the CPU (in the chosen setting unless `final_fit_follows`); one curve row (or one
+    per pass scored).
     """
     has_valid = mask is not None
     if model.fits_on_device:
@@ -50,11 +53,14 @@ def fit_closed_form(model: ClosedFormRanker, config: RankingConfig, data: Prepar
         model.use_shared_eigen(read_shared_eigen(shared_gram, data, data.train.users, data.train.items))
     train = config.train
     choice = select(model, data, train.choice_rule, train.guard_additions, train.seed, progress=progress,
-                    screen=train.screen_search) if has_valid else None
+                    screen=train.screen_search, apply=not final_fit_follows) if has_valid else None
     model.use_shared_eigen(None)  # n_items^2 floats the final fit does not need
     if choice is not None and passes:  # every pass scored was a validation look as well
         choice = dataclasses.replace(choice, looks=choice.looks + len(passes))
     model.to(device)
-    valid = valid_metrics(model, data, mask) if has_valid else {}
+    if choice is not None and final_fit_follows:
+        valid = choice.validation(len(data.valid))
+    else:
+        valid = valid_metrics(model, data, mask) if has_valid else {}
     curves = passes or [{"epoch": 0, "loss": float("nan"), **curve_metrics(valid)}]
     return TrainResult(model.cpu(), curves, kept_pass, valid, selection=choice, chosen_with_profiles=chosen_with)

@@ -7,7 +7,8 @@ eigenvectors, each setting's scores and text parts). Measured at the paper's siz
 3,764 users and 17,033 items): `train --run ease` 3.85 GB peak RSS and `train --run bert_rs` 9.92 GB, since the
 solves work in place (pipeline/ranking/models/baselines.py: `ridge_inverse_`, `EigenGram`); before, 10.2 and 13.0 GB.
 Past the budget such a run would be killed by the OS half-way; this module lets it stop first, with a message
-naming the setting to change and the scalable alternative (pipeline/ranking/models/scalable.py, memory O(n_items x rank)).
+naming the setting to change and the scalable alternative (pipeline/ranking/models/scalable.py, memory
+O(n_items x rank)).
 
 The estimates are upper-bound style (bytes of the largest arrays alive together plus a fixed interpreter
 overhead), not exact accounting; tests/test_memory.py checks their scaling, and benchmarks/scale.py measures

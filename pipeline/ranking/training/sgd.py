@@ -81,7 +81,8 @@ def fit_by_sgd(model: Ranker, spec: RunSpec, config: RankingConfig, data: Prepar
         state.epoch, state.finished = epoch, stop or epoch == epochs
         states.save(state, model, optimizer, sampler)  # a rerun after an interruption continues from here
         if stop:
-            log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC, best.score)
+            log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, best.setting, SELECTION_METRIC,
+                     best.score)
             break
     model.load_state_dict(state.best_state)
     return TrainResult(model.cpu(), state.curves, best.setting, state.best_valid, distributed.processes(),

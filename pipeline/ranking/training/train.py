@@ -61,13 +61,14 @@ def train(
     stopping, then (`train.refit_with_validation`) fit what was chosen on training + validation pairs.
     `fixed_epochs` trains exactly that many epochs and keeps the last one (validation is still recorded, never
     used): an ablation that must hold its partner's epoch count instead of choosing its own. `resume_dir`: where a
-    neural model's loop writes its state after every epoch and a rerun takes it up (pipeline/ranking/training/resume.py).
-    `shared_gram`: a `data/gram` folder (pipeline/ranking/shared/gram.py) whose decomposition of the training Gram a
-    closed-form search starts from instead of taking its own."""
+    neural model's loop writes its state after every epoch and a rerun takes it up
+    (pipeline/ranking/training/resume.py). `shared_gram`: a `data/gram` folder (pipeline/ranking/shared/gram.py) whose
+    decomposition of the training Gram a closed-form search starts from instead of taking its own."""
     refit = config.train.refit_with_validation and len(data.valid) > 0
     if not refit:
         profiles = without_lag(profiles)  # tested as chosen: nothing lags
-    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs, resume_dir, shared_gram)
+    result = fit_on_training(spec, config, data, profiles, progress, fixed_epochs, resume_dir, shared_gram,
+                             final_fit_follows=refit)
     if refit:
         result = refit_with_validation(result, spec, config, data, profiles, progress, resume_dir)
     return result
@@ -115,11 +116,14 @@ def fit_on_training(
     fixed_epochs: int | None = None,
     resume_dir: Path | None = None,
     shared_gram: Path | None = None,
+    final_fit_follows: bool = False,
 ) -> TrainResult:
     """`train` without the final fit: the model as chosen on validation, fitted on `data.train` alone. Given
     profiles with a lagged view, a closed-form model is returned reading the lagged user profiles (as it chose):
     `refit_with_validation` puts the whole ones back; a neural text model choosing its epochs (`fixed_epochs`
-    None) trains with the lagged ones, and the final fit retrains with the whole ones. Score test only after it."""
+    None) trains with the lagged ones, and the final fit retrains with the whole ones. Score test only after it.
+    `final_fit_follows`: a closed-form model's choice is left for `refit_with_validation` to solve
+    (`fit_closed_form`)."""
     if fixed_epochs is not None and fixed_epochs < 1:
         raise ConfigError(f"fixed_epochs must be >= 1, got {fixed_epochs}")
     device = resolve_device(config.train.device)
@@ -135,7 +139,8 @@ def fit_on_training(
     if not has_valid and fixed_epochs is None:
         log.warning("no validation positives: no early stopping, the last epoch is kept")
     if closed_form:
-        return fit_closed_form(model, config, data, mask, device, progress, shared_gram, chosen_with)
+        return fit_closed_form(model, config, data, mask, device, progress, shared_gram, chosen_with,
+                               final_fit_follows)
     return fit_by_sgd(model, spec, config, data, mask, device, seen, fixed_epochs, resume_dir, progress, chosen_with)
 
 

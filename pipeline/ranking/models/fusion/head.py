@@ -83,7 +83,8 @@ class FusionRanker(TrainableRanker):
         self.n_users, self.n_items = n_users, n_items
         modules: dict[str, nn.Module] = {}
         if "semantic" in branches:
-            b_u, b_i = fixed_profiles(profiles, n_users, n_items, centre=semantic_form == "projected" or text_similarity)
+            b_u, b_i = fixed_profiles(profiles, n_users, n_items,
+                                      centre=semantic_form == "projected" or text_similarity)
             modules["semantic"] = (PaperSemantic(b_u, b_i) if semantic_form == "paper"
                                    else ProjectedSemantic(b_u, b_i, factors))
             if text_similarity:
