@@ -118,11 +118,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` to `path` as indented JSON (values JSON cannot hold written as `str`), atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON value in `path`; a missing file or invalid JSON raises `DataError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")

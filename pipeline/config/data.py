@@ -36,6 +36,28 @@ class ColumnMapping:
 
 @dataclass(frozen=True)
 class PrepareConfig:
+    """`prepare`: the review files read, the users and items kept, and how held-out pairs are split off.
+
+    Attributes
+    ----------
+    input : Review files or folders, plain or gzipped.
+    format : The input's format; "auto" recognises it from the files.
+    columns : Field names for CSV, Parquet and generic JSON-lines inputs.
+    metadata : Item metadata files (Amazon `meta_*` JSON lines), read for display names only.
+    text_fields : The review fields joined, in this order, into a review's text.
+    min_text_chars : A review with fewer characters of text (after stripping) is dropped as empty.
+    min_user_reviews, min_item_reviews : The fewest reviews a user / an item needs to be kept.
+    k_core : Repeat the two filters until neither drops anything.
+    max_users : Users sampled at random; None keeps all.
+    protocol : "random" (shares of all positives held out at random) or "leave_one_out" (each user's latest
+        interaction to test, the one before to validation).
+    test_share : Random protocol: share of the positives held out for test, in (0, 1).
+    valid_share : Random protocol: share of the remaining training positives held out for validation, in [0, 1).
+    eval_negatives : Sampled negatives per held-out positive (the sampled protocol's candidates).
+    seed : Seeds the user sample, the splits and the sampled negatives.
+    strict : The first bad record raises instead of being counted and reported.
+    """
+
     input: list[str] = field(default_factory=list)  # review files or folders, plain or gzipped
     # json: JSON lines (or Python-literal lines) with any field names, read through `columns`
     format: Literal["auto", "amazon2014", "amazon2018", "amazon2023", "python_literal", "json", "csv",

@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 
 
 def check(ok: bool, key: str, message: str) -> None:
+    """Raise `ConfigError("<key>: <message>")` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
 

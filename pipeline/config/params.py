@@ -32,6 +32,7 @@ class Params:
 
     @property
     def ranking(self) -> RankingConfig:
+        """What the trainer reads: `train` and `models` as one RankingConfig."""
         return RankingConfig(self.train, self.models)
 
     def all_runs(self) -> dict[str, RunSpec]:

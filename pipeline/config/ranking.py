@@ -25,6 +25,13 @@ class PopConfig:
 
 @dataclass(frozen=True)
 class EASEConfig:
+    """`models.ease`: the EASE item model.
+
+    Attributes
+    ----------
+    lambdas : The L2 penalty lambda, each > 0; with two or more values the one chosen on validation is kept.
+    """
+
     # EASE's L2 penalty lambda; with 2+ values the one with the best validation NDCG@10 is kept
     lambdas: list[float] = field(default_factory=lambda: [500.0])
 
@@ -54,6 +61,13 @@ class SGDConfig:
 
 @dataclass(frozen=True)
 class MFConfig(SGDConfig):
+    """`models.mf`: matrix factorisation, trained by minibatch SGD (SGDConfig's settings).
+
+    Attributes
+    ----------
+    loss : "bpr" (pairwise, a positive against its sampled negatives) or "bce" (pointwise binary cross-entropy).
+    """
+
     loss: Literal["bpr", "bce"] = "bpr"  # pairwise BPR or pointwise BCE
 
 
@@ -192,6 +206,7 @@ class ModelsConfig:
             getattr(self, name).validate(f"models.{name}")
 
     def section(self, model: str) -> Any:
+        """The section of model `model`; an unknown name raises `ConfigError` listing the known ones."""
         if model not in MODELS:
             raise ConfigError(f"models.{model}: unknown model (known: {', '.join(MODELS)})")
         return getattr(self, model)
@@ -247,6 +262,7 @@ class RankingConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def section(self, model: str) -> Any:
+        """The `models` section of model `model` (`ModelsConfig.section`)."""
         return self.models.section(model)
 
     def override(self, model: str | None = None, **changes: Any) -> "RankingConfig":
@@ -301,6 +317,17 @@ def _replace_nested(section: Any, changes: dict[str, Any], key: str) -> Any:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """`evaluate`: how the test split is scored.
+
+    Attributes
+    ----------
+    ks : The cut-offs K of HR@K and NDCG@K, each >= 1.
+    protocols : "sampled" (each held-out positive among its sampled negatives) and / or "full" (against every item).
+    batch_users : Users scored at once in full ranking.
+    mask_other_splits : Full ranking also masks the user's positives of the other held-out split; training items and
+        the split's own positives are masked either way.
+    """
+
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
     protocols: list[Literal["sampled", "full"]] = field(default_factory=lambda: ["sampled", "full"])
     batch_users: int = 256  # users scored at once in full ranking
@@ -316,6 +343,15 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RecommendConfig:
+    """`recommend`: the top-K lists written by the recommend stage and served over HTTP.
+
+    Attributes
+    ----------
+    k : Items per list.
+    candidates : Nearest items retrieved from the FAISS index over item profiles before the model re-ranks them.
+    popular_fallback : The most popular training items added to every user's candidate pool.
+    """
+
     k: int = 10
     candidates: int = 100  # FAISS candidates before re-ranking
     popular_fallback: int = 100  # popular items added to the candidate pool

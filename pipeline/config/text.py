@@ -29,6 +29,27 @@ class EncoderSpec:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """`finetune`: adapting an encoder on the training reviews (MLM + NSP, or the contrastive objective).
+
+    Attributes
+    ----------
+    enabled : False passes the base checkpoint through untouched.
+    max_steps : Optimiser steps; > 0 overrides `epochs`.
+    epochs : Passes over the training data, where `max_steps` is not > 0.
+    batch_size : The global batch, split evenly over the processes of a torchrun / accelerate launch.
+    grad_accum_steps : Micro-batches per optimiser step.
+    learning_rate, weight_decay, warmup_ratio : The optimiser's rate, its weight decay, and the share of the steps
+        spent warming the rate up.
+    max_length : Tokens per input (an NSP pair `[CLS] A [SEP] B [SEP]`, or a contrastive text), in [16, 512].
+    mlm_probability : Share of tokens masked for MLM, in (0, 1).
+    eval_share, max_eval_pairs : The share of the training reviews (contrastive: of the users) held out, in
+        (0, 0.5), and the most evaluation pairs taken from it: the before / after evaluation is measured on them.
+    save_steps : Steps between checkpoints, for resuming after an interruption.
+    contrastive_batch_size : Contrastive objective: pairs per batch (the others are its in-batch negatives), >= 2.
+    precision : "auto" (bf16 autocast on CUDA with bf16, fp16 on older CUDA, fp32 on CPU), or "fp32" / "bf16" forced.
+    seed : Seeds every draw: the held-out slice, the pairs, the masking and the trainer.
+    """
+
     enabled: bool = True  # false: pass the base checkpoint through untouched
     max_steps: int = 200  # > 0 overrides epochs
     epochs: float = 1.0
@@ -77,6 +98,28 @@ class RayEngineConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
+    """`embed`: encoding the reviews, pooling them into profiles, and the FAISS item index.
+
+    Attributes
+    ----------
+    pooling : A review's vector: "pooler" (tanh(W h_cls + b)), "mean" of the token states, or "cls".
+    max_length : Tokens per review, in [8, 512].
+    batch_size : Reviews per forward pass.
+    shard_size : Reviews per resumable shard (one Parquet row group each), >= `batch_size`.
+    profile : How training reviews are pooled into user and item profiles ("mean").
+    normalize_profiles : L2-normalise the profiles after pooling.
+    index_metric : "cosine" or "ip" (inner product) for the item index.
+    index_type, index_exact_below, index_nlist, index_nprobe, index_hnsw_m, index_ef_construction, index_ef_search :
+        The FAISS index kind ("auto": exact below `index_exact_below` items, approximate from there on) and its IVF
+        and HNSW settings (pipeline/embeddings/index.py).
+    backend : The encoder's numeric backend; "auto" picks by hardware.
+    backend_check_sample : Reviews also encoded in fp32, to record the chosen backend's cosine to it in the meta.
+    threads : Torch intra-op threads; None uses all cores.
+    engine, ray : Who encodes the shards ("local": this process; "ray": an actor pool) and the Ray pool's settings.
+    shared_passes, single_passes : The forward passes over the reviews: each `first: second` pair names encoders that
+        share weights and differ only in pooling (one pass writes both caches); each other encoder gets a pass.
+    """
+
     pooling: Literal["pooler", "mean", "cls"] = "pooler"  # pooler = tanh(W h_cls + b), paper eq. 7
     max_length: int = 128
     batch_size: int = 64

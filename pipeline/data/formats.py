@@ -62,6 +62,16 @@ class BadRecords:
     settings: Counter = field(default_factory=Counter)  # the params setting that would fix a record, when one would
 
     def report(self, path: Path, line: int, reason: str, detail: str, setting: str | None = None) -> None:
+        """Count a skipped record under `reason` and keep its location among the first `max_examples`; with
+        `strict`, raise `DataError` with the message instead.
+
+        Parameters
+        ----------
+        path, line : Where the record is (`line` is 1-based).
+        reason : The count it goes under ("missing_field", "bad_value", "empty_text", "non_utf8", "malformed").
+        detail : What is wrong with it, for the message.
+        setting : The params setting that would fix it, where one would (see `common_fix`).
+        """
         message = f"{path}:{line}: {detail}"
         if self.strict:
             raise DataError(f"{message} (strict mode: the first bad record stops the run)")
@@ -298,6 +308,21 @@ def sniff_delimiter(first_line: str, n_fields: int | None = None) -> str:
 
 
 def read_csv(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
+    """Stream the reviews of a CSV file (plain or gzipped), its delimiter sniffed from the first line.
+
+    Parameters
+    ----------
+    path : The file.
+    columns : The field names to read (`prepare.columns`); `header: false` reads `columns.names` as the columns.
+    source : The file's index among the inputs, recorded on each review.
+    bad : Where non-UTF-8 lines and records with a missing, non-numeric or unparseable field, or empty text, are
+        reported.
+
+    Yields
+    ------
+    The reviews in file order, `line` the physical line a record starts on. A missing header or a column the mapping
+    names but the file lacks (the rating column excepted) raises `DataError`.
+    """
     keys, text_keys = _column_keys(columns)
     lines = _decode_or_report(path, bad)
     first = next(lines, "").removeprefix(BYTE_ORDER_MARK)  # Excel's "CSV UTF-8" starts with one
@@ -333,6 +358,20 @@ def _decode_or_report(path: Path, bad: BadRecords) -> Iterator[str]:
 
 
 def read_parquet(path: Path, columns: ColumnMapping, source: int, bad: BadRecords) -> Iterator[RawReview]:
+    """Stream the reviews of a Parquet file, in batches of rows.
+
+    Parameters
+    ----------
+    path : The file.
+    columns : The field names to read (`prepare.columns`).
+    source : The file's index among the inputs, recorded on each review.
+    bad : Where records with a missing, non-numeric or unparseable field, or empty text, are reported.
+
+    Yields
+    ------
+    The reviews in row order, `line` the 1-based row number. An unreadable file, or one without the user, item, time
+    or text columns, raises `DataError`.
+    """
     keys, text_keys = _column_keys(columns)
     try:
         parquet = pq.ParquetFile(path)

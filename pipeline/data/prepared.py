@@ -119,6 +119,7 @@ class PreparedData:
 
 
 def load_interactions(root: str | Path, split: str) -> Interactions:
+    """The positive pairs of `split` ("train", "valid" or "test") in prepared folder `root`, as int64 index arrays."""
     name, schema = FILES[split]
     table = read_table(Path(root) / name, schema)
     return Interactions(
@@ -128,6 +129,13 @@ def load_interactions(root: str | Path, split: str) -> Interactions:
 
 
 def load_candidates(root: str | Path) -> dict[str, Candidates]:
+    """The held-out positives of "valid" and "test" in `root` with their sampled negatives.
+
+    Returns
+    -------
+    {"valid": Candidates, "test": Candidates}; each split's negatives are an (n, m) int64 array, m the longest list,
+    shorter lists padded with -1.
+    """
     name, schema = FILES["candidates"]
     table = read_table(Path(root) / name, schema)
     out = {}
@@ -189,5 +197,7 @@ def _item_meta(root: Path, n_items: int) -> dict:
 
 
 def load_reviews(root: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The prepared folder's `reviews.parquet` (one row per kept review), checked against REVIEWS_SCHEMA; `columns`
+    reads only those."""
     name, schema = FILES["reviews"]
     return read_table(Path(root) / name, schema, columns=columns)

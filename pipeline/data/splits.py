@@ -51,6 +51,16 @@ def leave_one_out_split(users: np.ndarray, times: np.ndarray, seed: int) -> np.n
 
 @dataclass(frozen=True)
 class CandidateSet:
+    """The sampled negatives of every held-out positive, as `sample_candidates` draws them.
+
+    Attributes
+    ----------
+    split : (n,) int8 split labels, VALID or TEST.
+    users, items : (n,) the user and the held-out positive item of each row.
+    negatives : n arrays of item indices, each without duplicates and without any positive of the user.
+    truncated : Positives that got fewer than the requested negatives (small item sets).
+    """
+
     split: np.ndarray  # (n,) int8: VALID or TEST
     users: np.ndarray  # (n,)
     items: np.ndarray  # (n,) the held-out positive

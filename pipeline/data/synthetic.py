@@ -36,6 +36,20 @@ FILLER_WORDS = (
 
 @dataclass(frozen=True)
 class SyntheticSpec:
+    """The shape of a generated review set (`generate_records`).
+
+    Attributes
+    ----------
+    n_users, n_items : Users generated and the catalogue they review.
+    n_topics : Topics the items are split into; each user prefers two of them (one where there is one).
+    reviews_per_user : The mean of a user's Poisson-drawn review count.
+    min_reviews : The fewest reviews a user gets (no user reviews more than `n_items` items).
+    topic_affinity : Share of a user's reviews about items of the user's preferred topics.
+    topic_words_per_review : Topic words per sentence are half of this (at least one); the rest is filler.
+    popularity_tail : Pareto shape of item popularity: smaller is a longer tail.
+    seed : The generator's seed.
+    """
+
     n_users: int = 200
     n_items: int = 100
     n_topics: int = 8

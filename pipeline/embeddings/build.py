@@ -50,6 +50,8 @@ class EncoderRecipe:
     backend: str  # resolved, never "auto": every process runs what the cache records
 
     def load(self):
+        """Load the encoder this recipe names: a `StaticEncoder` for the static backend, else an `Encoder` that
+        pools every one of `poolings` from one forward pass."""
         if self.backend == STATIC_BACKEND:
             return load_static(self.path, pooling=self.poolings[0], max_length=self.max_length,
                                batch_size=self.batch_size)

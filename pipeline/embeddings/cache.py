@@ -49,6 +49,8 @@ META_FIELDS = (
 
 
 def reviews_schema(dim: int, meta: dict | None = None) -> pa.Schema:
+    """The schema of a cache's `reviews.parquet`: review_id, user_idx, item_idx, split and a fixed-size
+    list<float32>[dim] `embedding`; `meta`, where given, is stored as JSON in the schema metadata under META_KEY."""
     schema = pa.schema(
         [
             pa.field("review_id", pa.int64(), nullable=False),
@@ -62,6 +64,9 @@ def reviews_schema(dim: int, meta: dict | None = None) -> pa.Schema:
 
 
 def profile_schema(kind: str, dim: int, meta: dict | None = None) -> pa.Schema:
+    """The schema of a cache's `<kind>_profiles.parquet` (`kind` "user" or "item"): `<kind>_idx`, a fixed-size
+    list<float32>[dim] `embedding`, `n_reviews` and `has_reviews`; `meta`, where given, is stored as JSON in the schema
+    metadata under META_KEY."""
     schema = pa.schema(
         [
             pa.field(f"{kind}_idx", pa.int32(), nullable=False),
@@ -117,6 +122,7 @@ class Profiles:
 
     @property
     def dim(self) -> int:
+        """The profiles' vector dimension."""
         return int(self.users.shape[1])
 
     @property
@@ -127,6 +133,7 @@ class Profiles:
 
 
 def read_meta(root: str | Path) -> dict:
+    """A cache folder's `meta.json`; a missing file or a missing provenance field (META_FIELDS) raises `DataError`."""
     root = Path(root)
     if not (root / META_FILE).is_file():
         raise DataError(f"{root}: not an embedding cache ({META_FILE} missing; has `bertrs embed` finished?)")

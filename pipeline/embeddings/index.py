@@ -66,6 +66,7 @@ class IndexChoice:
         return "hnsw" if metric == "cosine" else "ivf"
 
     def resolved_nlist(self, n_items: int) -> int:
+        """The IVF cell count for `n_items` items: `nlist`, or 2 sqrt(n_items) when unset, kept within [1, n_items]."""
         nlist = self.nlist or int(2 * math.sqrt(n_items))
         return max(1, min(nlist, n_items))
 
@@ -117,11 +118,13 @@ def index_type(index: faiss.Index) -> str:
 
 
 def write_index(index: faiss.Index, path: str | Path) -> None:
+    """Write a FAISS index to `path` atomically."""
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
 
 
 def read_index(path: str | Path) -> faiss.Index:
+    """Read a FAISS index written by `write_index`; a missing file raises `DataError`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: FAISS index not found (has `bertrs embed` finished?)")

@@ -27,6 +27,19 @@ TRAIN = "train"
 
 @dataclass(frozen=True)
 class ProfileTables:
+    """User and item profile tables as the profile builders return them.
+
+    Attributes
+    ----------
+    users, items : (n_users, dim) and (n_items, dim) float32 mean profiles of the training reviews (L2-normalised
+        where asked).
+    user_counts, item_counts : (n_users,) and (n_items,) int64 training reviews pooled into each profile (0: the
+        fallback vector).
+    recent_users : (n_users, dim) float32 recency-weighted user profiles, where the reviews' times were given.
+    lagged_users, lagged_recent_users : (n_users, dim) float32 the mean and recency-weighted user profiles with each
+        user's newest training review left out, where asked for.
+    """
+
     users: np.ndarray  # (n_users, dim) float32
     items: np.ndarray  # (n_items, dim) float32
     user_counts: np.ndarray  # (n_users,) int64 training reviews pooled
@@ -94,6 +107,8 @@ class ProfileAccumulator:
         self.items.add(items, vectors)
 
     def finalize(self, normalize: bool = False) -> ProfileTables:
+        """The mean profiles of everything added (fallback rows: the mean of all training reviews), L2-normalised when
+        `normalize`, as float32 tables with their review counts."""
         users, items = self.users.means(), self.items.means()
         if normalize:
             users, items = l2_normalize(users), l2_normalize(items)
@@ -102,6 +117,7 @@ class ProfileAccumulator:
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """`vectors` (n, dim) with each row scaled to unit L2 norm (an all-zero row stays zero)."""
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 

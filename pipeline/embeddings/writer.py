@@ -54,6 +54,8 @@ EncodeFn = Callable[[Sequence[str]], "np.ndarray | Mapping[str, np.ndarray]"]
 
 
 def library_versions() -> dict[str, str]:
+    """{package: version} of torch, transformers, pyarrow, numpy and faiss-cpu, for those installed: the
+    versions a cache's meta records."""
     out = {}
     for name in ("torch", "transformers", "pyarrow", "numpy", "faiss-cpu"):
         try:
@@ -64,16 +66,19 @@ def library_versions() -> dict[str, str]:
 
 
 def work_key(metas: Sequence[dict], shard_size: int) -> str:
+    """A 16-hex-digit key of the VECTOR_KEYS of `metas` and `shard_size`: the resumable work folder's name."""
     payload = json.dumps([{k: m.get(k) for k in VECTOR_KEYS} for m in metas] + [{"shard_size": shard_size}],
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def default_partial_dir(out: Path) -> Path:
+    """The work folder beside cache `out`: `<out>.partial`."""
     return Path(out).with_name(f"{Path(out).name}.partial")
 
 
 def vector_column(pooling: str) -> str:
+    """A shard's vector column for `pooling`: `embedding_<pooling>`."""
     return f"embedding_{pooling}"
 
 
@@ -87,6 +92,8 @@ class ShardPlan:
 
     @classmethod
     def for_source(cls, reviews_path: str | Path, shard_size: int) -> "ShardPlan":
+        """The plan over `reviews_path` in shards of `shard_size` rows; a missing file or source column raises
+        `DataError`."""
         reviews_path = Path(reviews_path)
         if not reviews_path.is_file():
             raise DataError(f"{reviews_path}: file not found (has `bertrs prepare` run?)")
@@ -98,9 +105,11 @@ class ShardPlan:
 
     @property
     def n_shards(self) -> int:
+        """Shards in the plan: `total / shard_size`, rounded up."""
         return -(-self.total // self.shard_size)
 
     def bounds(self, k: int) -> tuple[int, int]:
+        """The source rows [start, stop) of shard `k`."""
         return k * self.shard_size, min((k + 1) * self.shard_size, self.total)
 
 
@@ -121,6 +130,7 @@ def read_source_rows(reviews_path: str | Path, start: int, stop: int) -> pa.Tabl
 
 
 def shard_path(run_dir: Path, k: int) -> Path:
+    """Shard `k`'s file in the work folder `run_dir`."""
     return run_dir / f"shard-{k:05d}.parquet"
 
 
@@ -153,6 +163,7 @@ def encode_shard(source: pa.Table, encode: EncodeFn, poolings: Sequence[str], di
 
 
 def write_shard(path: Path, table: pa.Table) -> None:
+    """Write a shard table to `path` as zstd Parquet, atomically."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
@@ -167,6 +178,8 @@ def encode_and_write_shard(plan: ShardPlan, run_dir: Path, k: int, encode: Encod
 
 
 def full_meta(meta: dict, *, n_users: int, n_items: int, normalize_profiles: bool, index_metric: str) -> dict:
+    """A cache's meta.json content: `meta` with the profile and index settings and the catalogue's size added, and the
+    library versions where `meta` has none; a missing provenance field (META_FIELDS) raises `ValueError`."""
     meta = dict(meta)
     meta.setdefault("versions", library_versions())
     meta.update(profile=meta.get("profile", "mean"), normalize_profiles=normalize_profiles,

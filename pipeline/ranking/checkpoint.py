@@ -51,6 +51,17 @@ RETRAIN_HINT = "retrain the run with this version (`bertrs train`, or `dvc repro
 
 @dataclass
 class Checkpoint:
+    """A trained run read back by `load_checkpoint`.
+
+    Attributes
+    ----------
+    model : The rebuilt model with its saved weights.
+    spec : The run's RunSpec (model, embedding cache, shuffle).
+    config : The shared train section and this model's section as recorded (the other models' at defaults).
+    info : The run's run.json.
+    profiles : The profiles as the model sees them (shuffled for the ablation); None for a model that reads no cache.
+    """
+
     model: Ranker
     spec: RunSpec
     config: RankingConfig  # the shared train section and this model's section as recorded (others at defaults)

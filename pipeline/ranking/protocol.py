@@ -43,6 +43,15 @@ class Scorer(nn.Module, metaclass=ABCMeta):
 
 
 class Ranker(Scorer):
+    """A model every stage can use: pair scores, their additive parts for explanations, and its choices on validation.
+
+    Attributes
+    ----------
+    trainable : Fitted by the SGD loop (True) or by one closed-form `fit` (False).
+    ranks_whole_catalogue : Recommendations rank every item: candidates nearest the user's profile would drop the
+        model's own picks.
+    """
+
     trainable: bool = False  # fitted by the SGD loop (True) or by one closed-form `fit` (False)
     # recommendations rank every item: candidates nearest the user's profile would drop the model's own picks
     ranks_whole_catalogue: bool = False
@@ -67,6 +76,17 @@ class Ranker(Scorer):
 
 
 class ClosedFormRanker(Ranker):
+    """A ranker fitted by one `fit` on the training pairs, with no SGD loop.
+
+    Where it has a grid of settings it offers them through `candidates`, and `apply`s the one select.py chooses on
+    validation; `refit` fits the chosen setting on other pairs (training + validation).
+
+    Attributes
+    ----------
+    fits_on_device : `fit`, the search and the final fit run where the model is put (`train.device`); without it the
+        model is fitted on the CPU and moved afterwards.
+    """
+
     trainable = False
     # whether `fit`, the search and the final fit run where the model is put (`train.device`: decompositions,
     # solves and scoring on a GPU when there is one); a model without it is fitted on the CPU and moved afterwards
@@ -145,6 +165,9 @@ class ClosedFormRanker(Ranker):
 
 
 class TrainableRanker(Ranker):
+    """A ranker trained by the SGD loop of pipeline/ranking/training/sgd.py through `loss`, the epoch kept chosen on
+    validation by select.py's rule."""
+
     trainable = True
 
     @abstractmethod

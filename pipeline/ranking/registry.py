@@ -38,6 +38,18 @@ MemoryEstimate = Callable[[Any, TrainConfig, Shape], "tuple[float, str]"]
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """What the library knows of one model name: one row of REGISTRY.
+
+    Attributes
+    ----------
+    build : (its section, the shared train section, n_users, n_items, profiles or None) -> the untrained model.
+    config : The dataclass of its `models.<name>` section.
+    memory : (its section, the shared train section, the data's Shape) -> (estimated peak bytes of a fit, the settings
+        that would shrink it); checked before a fit allocates anything (training/memory.py).
+    reads_text : It needs an embedding cache (a `text_runs` row).
+    closed_form : It is fitted by one `fit` and a choice among its candidates, not by the SGD loop.
+    """
+
     # (its section, the shared train section, n_users, n_items, profiles or None) -> the untrained model
     build: Callable[[Any, TrainConfig, int, int, Profiles | None], Ranker]
     config: type  # the dataclass of `models.<name>`
@@ -77,6 +89,7 @@ def _fusion(branches: tuple[str, ...], literal_paper: bool = False, user_id_drop
     """A fusion head with these branches (of `fusion.BRANCHES`). `literal_paper`: eq. 8 as published whatever the
     section says; `user_id_dropout`: the section's user-ID dropout applies (the configurable text head alone)."""
     def build(section: NCFConfig, shared: TrainConfig, n_users: int, n_items: int, profiles) -> Ranker:
+        """The fusion head with these branches, sized by `section` (`profiles` reach the semantic branch only)."""
         text_head = isinstance(section, FusionConfig)  # bert_rs_paper and the NCF models stay as published
         return FusionRanker(
             branches, n_users, n_items, factors=section.factors, mlp_layers=section.mlp_layers,
@@ -107,6 +120,8 @@ def _bert_rs_memory(section: BertRSConfig, shared: TrainConfig, shape: Shape) ->
 
 def _neural_memory(name: str) -> MemoryEstimate:
     def estimate(section: NCFConfig, shared: TrainConfig, shape: Shape) -> tuple[float, str]:
+        """The SGD loop's estimated peak bytes at the section's factors and negatives, and the settings that lower
+        it."""
         return (neural_bytes(shape, section.factors, section.num_negatives),
                 f"; or lower models.{name}.factors / models.{name}.num_negatives")
     return estimate
@@ -145,12 +160,14 @@ def check_registry() -> None:
 
 
 def entry(model: str) -> ModelEntry:
+    """The registry's entry for model name `model`; an unknown name raises `ConfigError` listing the known ones."""
     if model not in REGISTRY:
         raise ConfigError(f"unknown model {model!r} (known: {', '.join(REGISTRY)})")
     return REGISTRY[model]
 
 
 def section_type(model: str) -> type:
+    """The dataclass of model `model`'s `models.<name>` section."""
     return entry(model).config
 
 

@@ -45,6 +45,26 @@ class ReviewText:
 
 @dataclass
 class ServedModel:
+    """A trained run loaded for serving, with everything its requests read (`load_served` builds and cross-checks it).
+
+    Attributes
+    ----------
+    model_dir, run : The model folder and the run's name.
+    checkpoint : The trained model, its settings and the profiles it sees.
+    data : The prepared data it was trained on.
+    known : Every (user, item) with a known interaction (train, valid or test): never recommended.
+    popular : The `popular_fallback` most popular training items, added to every candidate pool.
+    reviews : The training reviews, for histories and reasons.
+    cache_path : The embedding cache's folder; None for a model that reads no cache.
+    profiles : The cache's profiles as written (never the shuffled ablation's); None without a cache.
+    index : The cache's FAISS index over item profiles; None without a cache.
+    encode : Query text -> (n, dim) vectors with the cache's encoder and pooling; None where /search is off.
+    search_note : Why /search is off, or what it encodes with.
+    user_lookup, item_lookup : Raw user / item id -> index.
+    candidates : Nearest items retrieved from the index per user before re-ranking.
+    popular_fallback : How many popular items `popular` was asked for.
+    """
+
     model_dir: Path
     run: str
     checkpoint: Checkpoint
@@ -64,6 +84,7 @@ class ServedModel:
 
     @property
     def is_text_model(self) -> bool:
+        """Whether the model reads an embedding cache (so /similar works and /recommend gives reasons)."""
         return self.profiles is not None
 
 

@@ -13,16 +13,22 @@ SNIPPET_CHARS = 240  # a review as the page shows it: one line, at most this man
 
 
 class ErrorResponse(BaseModel):
+    """The body of every 4xx response."""
+
     detail: str = Field(description="what is wrong with the request, in words")
 
 
 class ItemRef(BaseModel):
+    """An item: its raw id and, where metadata gave them, its title and category."""
+
     item: str = Field(description="raw item id, as in the reviews")
     title: Optional[str] = Field(None, description="from item metadata, when prepare was given it")
     category: Optional[str] = None
 
 
 class ReviewSnippet(BaseModel):
+    """A training review as the page shows it: who wrote it, of what, its rating and a snippet."""
+
     user: str
     item: str
     item_title: Optional[str] = None
@@ -31,6 +37,8 @@ class ReviewSnippet(BaseModel):
 
 
 class Reason(BaseModel):
+    """Why an item was recommended: the user's and the item's training reviews that read most alike."""
+
     text: str = Field(description="why this item, in words")
     similarity: Optional[float] = Field(None, description="cosine between the two reviews' vectors")
     user_review: Optional[ReviewSnippet] = Field(None, description="the user's training review that matches best")
@@ -38,6 +46,8 @@ class Reason(BaseModel):
 
 
 class RecommendedItem(ItemRef):
+    """One recommended item: its rank, score, score parts and, for text models, a reason."""
+
     rank: int
     score: float
     parts: dict[str, float] = Field(description="score parts; they sum to the score")
@@ -45,6 +55,8 @@ class RecommendedItem(ItemRef):
 
 
 class RecommendResponse(BaseModel):
+    """GET /recommend: a user's top-k new items."""
+
     user: str
     model: str
     run: str
@@ -53,44 +65,60 @@ class RecommendResponse(BaseModel):
 
 
 class SimilarItem(ItemRef):
+    """An item ranked by the cosine of its review profile to a query."""
+
     rank: int
     similarity: float = Field(description="cosine between review profiles")
 
 
 class SimilarResponse(BaseModel):
+    """GET /similar: the items whose review profiles are nearest to one item's."""
+
     item: ItemRef
     k: int
     items: list[SimilarItem]
 
 
 class SearchResponse(BaseModel):
+    """GET /search: the items whose review profiles are nearest to the query text's vector."""
+
     query: str
     k: int
     items: list[SimilarItem]
 
 
 class HistoryEntry(ItemRef):
+    """One training review of a user, with its item, rating and date."""
+
     rating: Optional[float] = None
     date: Optional[str] = Field(None, description="ISO date of the review")
     snippet: str
 
 
 class HistoryResponse(BaseModel):
+    """GET /history: a user's training reviews, newest first."""
+
     user: str
     reviews: list[HistoryEntry] = Field(description="training reviews only, newest first")
 
 
 class UserSummary(BaseModel):
+    """A user id and the number of training reviews it has."""
+
     user: str
     train_reviews: int
 
 
 class UsersResponse(BaseModel):
+    """GET /users: user ids matching a prefix, most training reviews first."""
+
     total: int = Field(description="users matching the prefix")
     users: list[UserSummary]
 
 
 class Health(BaseModel):
+    """GET /health: the run served, its sizes, and which endpoints are on."""
+
     status: str
     run: str
     model: str

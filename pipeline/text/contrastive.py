@@ -120,6 +120,9 @@ def load_sentence_model(resolved: str, max_length: int, seed: int):
 
 
 def training_arguments(config: FinetuneConfig, output_dir: Path, n_pairs: int):
+    """The `SentenceTransformerTrainingArguments` of the contrastive objective: `trainer_settings` at
+    `finetune.contrastive_batch_size` split over the processes, with batches that never repeat a text (a repeat would
+    be a false in-batch negative). `n_pairs`: the training pairs, for the schedule."""
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 

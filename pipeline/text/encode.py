@@ -69,6 +69,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
+        """The encoder's hidden size: the dimension of its pooled vectors."""
         return int(self.model.config.hidden_size)
 
     def runner(self) -> torch.nn.Module:

@@ -72,6 +72,8 @@ def local_model_dir(resolved: str) -> Path:
 
 
 def weight_files(folder: Path) -> list[Path]:
+    """The files of `folder` matching WEIGHT_PATTERNS (*.safetensors, pytorch_model*.bin, config.json), sorted; a
+    folder without a weight file raises `DataError`."""
     files = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
     if not any(p.name != CONFIG_FILE for p in files):
         raise DataError(f"{folder}: no weight files (*.safetensors or pytorch_model*.bin)")

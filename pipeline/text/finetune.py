@@ -91,7 +91,12 @@ def make_collator(tokenizer, config: FinetuneConfig, seed: Optional[int] = None)
     from transformers import DataCollatorForLanguageModeling
 
     class SeededMasking(DataCollatorForLanguageModeling):
+        """`DataCollatorForLanguageModeling` whose masks are drawn from a generator seeded by (seed, the batch's pair
+        ids)."""
+
         def torch_call(self, examples):
+            """Collate `examples` as the base class does, after dropping their `pair_id`s and seeding the masking
+            from them."""
             examples = [dict(e) for e in examples]
             pair_ids = [int(e.pop("pair_id")) for e in examples if "pair_id" in e]
             if pair_ids:
@@ -235,6 +240,8 @@ def trainer_settings(config: FinetuneConfig, output_dir: Path, n_train: int, bat
 
 
 def training_arguments(config: FinetuneConfig, output_dir: Path, n_train: int):
+    """The `TrainingArguments` of MLM + NSP: `trainer_settings` at `finetune.batch_size` split over the processes,
+    keeping every dataset column for the collator. `n_train`: the training pairs, for the schedule."""
     from transformers import TrainingArguments
 
     return TrainingArguments(

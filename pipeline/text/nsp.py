@@ -77,6 +77,7 @@ def build_nsp_dataset(texts: Dataset, *, seed: int, text_column: str = "text") -
     with_sentences = with_sentences.add_column("next_sentence_label", labels.tolist())
 
     def to_pair(row: dict, index: int) -> dict:
+        """Row `index`'s (text_a, text_b) for its label, drawn by `make_pair`."""
         a, b = make_pair(row["sentences"], row["next_sentence_label"], index, seed=seed, pool=pool)
         return {"text_a": a, "text_b": b}
 
@@ -87,6 +88,7 @@ def tokenize_pairs(pairs: Dataset, tokenizer, max_length: int) -> Dataset:
     """[CLS] A [SEP] B [SEP] with token types; the special-token mask keeps the MLM collator off [CLS]/[SEP]."""
 
     def encode(batch: dict) -> dict:
+        """Tokenise a batch of (text_a, text_b) pairs, truncated longest first to `max_length`."""
         return tokenizer(
             batch["text_a"],
             batch["text_b"],

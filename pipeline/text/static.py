@@ -94,6 +94,7 @@ class StaticEncoder:
 
     @property
     def dim(self) -> int:
+        """The dimension of the model's token vectors, and so of its pooled vectors."""
         return int(self.model.dim)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

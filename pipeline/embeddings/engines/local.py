@@ -14,10 +14,29 @@ from pipeline.embeddings.writer import EncodeFn, ShardPlan, encode_and_write_sha
 
 
 class LocalEngine:
+    """The encoding engine that writes every missing shard in turn, in this process.
+
+    Parameters
+    ----------
+    encode : texts -> (n, dim) float32 vectors, or {pooling: (n, dim)} for several poolings from one forward pass.
+    on_shard : Called with k after shard k is on disk (tests stop a run here).
+    """
+
     def __init__(self, encode: EncodeFn, on_shard: Callable[[int], None] | None = None):
         self.encode, self.on_shard = encode, on_shard  # on_shard(k): after shard k is on disk (tests stop here)
 
     def run(self, plan: ShardPlan, run_dir: Path, todo: list[int], poolings: Sequence[str], dim: int, bar) -> None:
+        """Encode and write the shards `todo` of `plan` into `run_dir`, in order.
+
+        Parameters
+        ----------
+        plan : The shard boundaries over the prepared reviews.
+        run_dir : The resumable work folder the shards are written to.
+        todo : The numbers of the shards still missing.
+        poolings : The poolings written, one vector column each.
+        dim : The vector dimension the encoder must return.
+        bar : A progress bar, advanced by each shard's row count.
+        """
         for k in todo:
             bar.update(encode_and_write_shard(plan, run_dir, k, self.encode, poolings, dim))
             if self.on_shard is not None:

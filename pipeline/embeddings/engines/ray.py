@@ -24,6 +24,7 @@ RAY_EXTRA_MESSAGE = "embed.engine ray needs Ray Data: pip install '.[ray]' (or p
 
 
 def import_ray():
+    """The `ray` module, with `ray.data` imported; raises `DataError` with the install hint when Ray Data is missing."""
     try:
         import ray
         import ray.data  # noqa: F401
@@ -50,6 +51,18 @@ class ShardEncoder:
 
 
 class RayEngine:
+    """The encoding engine that writes the missing shards on a Ray Data actor pool, one shard per task.
+
+    Parameters
+    ----------
+    load : Returns the encode function; pickled to the actors and called once in each.
+    address : The Ray cluster to join ("auto" or host:port), unless Ray is already initialised; None: `ray.init()`
+        with no address (a local Ray, or the cluster RAY_ADDRESS names).
+    num_actors : The most actors encoding at the same time (the pool starts with one).
+    num_cpus_per_actor, num_gpus_per_actor : What each actor reserves; its torch threads are its CPUs.
+    on_shard : Called on the driver with k as shard k is reported finished.
+    """
+
     def __init__(self, load: Callable[[], EncodeFn], *, address: str | None = None, num_actors: int = 2,
                  num_cpus_per_actor: float = 1.0, num_gpus_per_actor: float = 0.0,
                  on_shard: Callable[[int], None] | None = None):
@@ -58,6 +71,19 @@ class RayEngine:
         self.num_cpus, self.num_gpus, self.on_shard = num_cpus_per_actor, num_gpus_per_actor, on_shard
 
     def run(self, plan: ShardPlan, run_dir: Path, todo: list[int], poolings: Sequence[str], dim: int, bar) -> None:
+        """Encode and write the shards `todo` of `plan` into `run_dir` on the actor pool, returning once all are
+        written.
+
+        Parameters
+        ----------
+        plan : The shard boundaries over the prepared reviews; workers must see its reviews file and `run_dir` at the
+            same paths.
+        run_dir : The resumable work folder the shards are written to.
+        todo : The numbers of the shards still missing.
+        poolings : The poolings written, one vector column each.
+        dim : The vector dimension the encoder must return.
+        bar : A progress bar, advanced by each shard's row count as shards finish.
+        """
         ray = import_ray()
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)

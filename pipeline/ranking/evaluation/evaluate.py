@@ -43,6 +43,7 @@ class Ranked:
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer; the CPU for a model that has neither."""
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")

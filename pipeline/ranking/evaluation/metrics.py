@@ -36,6 +36,7 @@ def rank_against(positive: torch.Tensor, competitors: torch.Tensor, valid: torch
 
 
 def hit_ratio(ranks: np.ndarray, k: int) -> float:
+    """HR@k: the share of 0-based `ranks` below `k`; NaN for no ranks."""
     ranks = np.asarray(ranks)
     return float(np.mean(ranks < k)) if len(ranks) else float("nan")
 
@@ -47,6 +48,7 @@ def ndcg_per_positive(ranks: np.ndarray, k: int) -> np.ndarray:
 
 
 def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k: the mean of `ndcg_per_positive(ranks, k)`; NaN for no ranks."""
     return float(np.mean(ndcg_per_positive(ranks, k))) if len(ranks) else float("nan")
 
 

@@ -182,6 +182,15 @@ class SearchBasis:
 
 
 class ReviewAwareEASE(ClosedFormRanker):
+    """BERT-RS's dense solver: an EASE item model with the review text as side information or prior, plus a
+    standardised text match and a popularity term (the module docstring gives the formulas).
+
+    Scores are z_u(x_u B) + w z_u(t_u) + p z(log(1 + c)) over every item, so the model ranks the whole catalogue. The
+    setting (lambda, side weight a, regulariser, whitening, text match, w, p) is chosen on validation among what
+    `candidates` offers and kept in buffers that the checkpoint saves beside B; the profiles are reloaded from the
+    cache, never saved.
+    """
+
     solver = "dense"  # the EASE solves; pipeline/ranking/models/scalable.py is the other bert_rs solver
     fits_on_device = True
     ranks_whole_catalogue = True  # scores come from full rows; profile-nearest candidates would drop EASE's picks
@@ -226,10 +235,12 @@ class ReviewAwareEASE(ClosedFormRanker):
 
     @property
     def match(self) -> str:
+        """The text match in use: "item_neighbours", "user_profile" or "user_profile_recent"."""
         return TEXT_MATCHES[int(self.match_index)]
 
     @property
     def regulariser(self) -> str:
+        """The regulariser B was solved with: "ease" or "l3ae"."""
         return REGULARISERS[int(self.regulariser_index)]
 
     def units(self, whiten: bool | None = None, recent: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,10 +272,12 @@ class ReviewAwareEASE(ClosedFormRanker):
 
     @property
     def unit_u(self) -> torch.Tensor:
+        """The users' unit-length centred profiles, whitened where the setting whitens: (n_users, dim)."""
         return self.units()[0]
 
     @property
     def unit_i(self) -> torch.Tensor:
+        """F, the items' unit-length centred profiles, whitened where the setting whitens: (n_items, dim)."""
         return self.units()[1]
 
     # ------------------------------------------------------------------------------------------------ fitting
@@ -415,8 +428,9 @@ class ReviewAwareEASE(ClosedFormRanker):
                    only: Container | None = None) -> Iterator[tuple[Setting, torch.Tensor] | WeightedSums]:
         """Every setting of the space with its validation scores for `users`, popularity alone first when p has a
         grid, then in `item_model_grid`'s order (ties go by `grid_position`). Item-model parts are computed once per
-        item model and text parts once per (whitening, match), lazily (one eigendecomposition serves the grid); the (text match, w, p) points of one item
-        model come as one block of weighted sums of its parts, which the selector ranks a few users at a time.
+        item model and text parts once per (whitening, match), lazily (one eigendecomposition serves the grid); the
+        (text match, w, p) points of one item model come as one block of weighted sums of its parts, which the
+        selector ranks a few users at a time.
 
         Parameters
         ----------

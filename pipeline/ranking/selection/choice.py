@@ -14,6 +14,24 @@ Setting = TypeVar("Setting")
 
 @dataclass(frozen=True)
 class Choice(Generic[Setting]):
+    """A choice among a model's candidates on validation (or among a trained model's epochs).
+
+    Attributes
+    ----------
+    setting : The candidate kept.
+    score : Its validation full-ranking NDCG@10.
+    looks : Candidates scored to choose it.
+    cross_fitted_gain : The guard's measurement (`train.guard_additions`), where the best setting was not plain: the
+        NDCG@10 gain of the search's winner over the best plain setting on users it was not chosen on (the plain
+        setting is kept when <= 0); None where the guard did not measure.
+    overruled : The rule or the guard kept a simpler setting than the validation best.
+    rule : The choice rule that kept it (select.py's CHOICE_RULES).
+    best_score : The validation best's NDCG@10.
+    gap_error : "simplest_within_noise": the standard error of the kept setting's gap to the best.
+    screened_to : Candidates scored on every validation user after screening (None: all were).
+    hit_rate : Its validation full-ranking HR@10, as the search measured it beside `score`.
+    """
+
     setting: Setting  # the candidate kept
     score: float  # its validation full-ranking NDCG@10
     looks: int  # candidates scored to choose it

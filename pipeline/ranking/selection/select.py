@@ -114,12 +114,14 @@ class EarlyStop(KeepBest[int]):
         self.patience, self.stale = patience, 0
 
     def offer(self, setting: int, score: float, evidence: Any = None, position: Any = None) -> bool:
+        """`KeepBest.offer`, counting the offers in a row without a new best; True when `setting` is the new best."""
         better = super().offer(setting, score, evidence, position)
         self.stale = 0 if better else self.stale + 1
         return better
 
     @property
     def spent(self) -> bool:
+        """Whether `patience` offers in a row brought no new best: time to stop."""
         return self.stale >= self.patience
 
 
@@ -155,6 +157,8 @@ class ValidationLooks:
 
     @property
     def competitors(self) -> torch.Tensor:
+        """(p, n_items) bool: True where an item competes with the positive of its row (the item is not masked for
+        that user); built at the first use."""
         if self._competitors is None:
             self._competitors = ~self.mask.dense_mask(self.users)[self.rows]
         return self._competitors
@@ -248,6 +252,7 @@ class Scored:
 
     @property
     def score(self) -> float:
+        """The candidate's validation NDCG@10: the mean of `per_positive`."""
         return float(self.per_positive.mean())  # SELECTION_METRIC, as metrics_from_ranks averages it
 
 
@@ -259,6 +264,8 @@ class HalfBest:
         self.best = (KeepBest(), KeepBest())
 
     def offer(self, setting: Any, per_positive: np.ndarray, position: Any = None) -> None:
+        """Offer a candidate to each half, scored by the mean of its per-positive NDCG@10 (p,) over that half's
+        positives."""
         for h in (0, 1):
             self.best[h].offer(setting, float(per_positive[self.half == h].mean()), per_positive, position)
 

@@ -47,10 +47,12 @@ def active() -> bool:
 
 
 def processes() -> int:
+    """The number of processes training together: the group's size inside `process_group`, else 1."""
     return dist.get_world_size() if active() else 1
 
 
 def rank() -> int:
+    """This process's rank in the group inside `process_group` (0 is the first, the one that writes), else 0."""
     return dist.get_rank() if active() else 0
 
 
@@ -93,6 +95,8 @@ class BatchShareLoss(nn.Module):
         self.model = model
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """This process's weighted share of the mean loss of the global batch users, pos (b,), neg (b, k): a
+        scalar."""
         n, world = len(users), processes()
         if world == 1:
             return self.model.loss(users, pos, neg)

@@ -7,6 +7,14 @@ from torch import nn
 
 
 class GMFBranch(nn.Module):
+    """NCF's GMF branch: the element-wise product of a user and an item embedding, l_g = u_g (.) i_g.
+
+    Parameters
+    ----------
+    n_users, n_items : Sizes of the ID embeddings.
+    factors : The embedding size, and the branch's output width (`width`).
+    """
+
     def __init__(self, n_users: int, n_items: int, factors: int) -> None:
         super().__init__()
         self.width = factors

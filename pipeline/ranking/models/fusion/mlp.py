@@ -16,6 +16,17 @@ PAIRS_PER_BLOCK = 2**13
 
 
 class MLPBranch(nn.Module):
+    """NCF's MLP branch: a ReLU tower over the concatenated user and item embeddings, l_m = MLP([u_m ; i_m]).
+
+    Parameters
+    ----------
+    n_users, n_items : Sizes of the ID embeddings.
+    layers : The tower's layer widths; `layers[0]` is also the (even) width of [u_m ; i_m], each embedding half of it,
+        and the last is the branch's output width (`width`).
+    dropout : Dropout after each layer's ReLU (none at 0).
+    pairs_per_block : (user, item) pairs pushed through the tower at once by `score_all`.
+    """
+
     def __init__(
         self, n_users: int, n_items: int, layers: Sequence[int], dropout: float = 0.0,
         pairs_per_block: int = PAIRS_PER_BLOCK,
