@@ -168,3 +168,16 @@ def test_a_bert_rs_row_says_what_its_search_chose_and_the_scalable_one_its_passe
         "chosen": {"solver": "scalable", "epochs": 9, "epochs_scored_on_validation": 10}}))
     assert paper_scale.run_note(tmp_path / "repo", SCALABLE_TRAIN) == \
         "solver scalable; passes kept 9 of 10 scored on validation"
+
+
+def test_the_report_says_where_the_dense_stages_minutes_go_from_the_profile_beside_it(tmp_path):
+    (tmp_path / "search_profile.json").write_text(json.dumps({
+        "meta": {"date": "2026-12-07", "code": "abc1234", "command": "python benchmarks/search_profile.py --screen on",
+                 "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [2.0, 2.0, 2.0]},
+        "runs": {"screened": {"total_seconds": 600.0, "search_seconds": 480.0, "peak_gb": 8.9,
+                              "steps_seconds": {"solves": 60.0, "ranking": 240.0, "other": 300.0},
+                              "calls": {"solves": 1, "ranking": 137}}}}))
+    lines = paper_scale.search_profile_lines(tmp_path / "search_profile.json")
+    assert "Whole stage 10.0 min, of which the validation search 8.0; peak RSS 8.9 GB." in lines[2]
+    assert lines[-4:-1] == ["| other | 5.0 | 50% |  |", "| ranking | 4.0 | 40% | 137 |", "| solves | 1.0 | 10% | 1 |"]
+    assert paper_scale.search_profile_lines(tmp_path / "absent.json") == []
