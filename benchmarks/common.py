@@ -40,6 +40,19 @@ from pipeline.data.prepared import PreparedData, load_reviews
 if TYPE_CHECKING:
     from pipeline.config import Params
 
+# ------------------------------------------------------------------------------------------------ data
+
+REPO = Path(__file__).resolve().parents[1]
+# the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
+SHARED_DATA = Path(os.environ.get("BERTRS_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATASETS = {
+    # the bundled sample is the shared Digital Music file itself, so it is one dataset here, not two
+    "digital_music": REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz",
+    "all_beauty": SHARED_DATA / "amazon2018" / "All_Beauty_5.json.gz",
+    "amazon_fashion": SHARED_DATA / "amazon2018" / "AMAZON_FASHION_5.json.gz",
+    "gift_cards": SHARED_DATA / "amazon2018" / "Gift_Cards_5.json.gz",
+}
+
 # ------------------------------------------------------------------------------------------------ measuring
 
 MIB = 2**20

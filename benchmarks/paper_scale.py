@@ -4,6 +4,7 @@
     python benchmarks/paper_scale.py --stages train_text@bert_rs   # these stages and the stages they need only
     python benchmarks/paper_scale.py --stages train_text@bert_rs --again   # measured again (after a code change)
     python benchmarks/paper_scale.py --fresh         # starts over (deletes --work)
+    python benchmarks/paper_scale.py --like data/prepared   # on a set generated like a real one, at the paper's shape
 
 The data has about the paper's shape after the default 3/3 k-core (the paper: 3,764 users, 17,647 items, 83,599
 reviews): the generator's interactions (`pipeline/data/synthetic.py`: 50 topics, each user preferring two, a few
@@ -19,6 +20,13 @@ at any point (kill -9 included) resumes at the first stage not recorded (the fin
 from their own checkpoints and shards; such a stage is marked resumed, its times covering the last run only). CPU
 minutes are recorded beside wall minutes: they hardly move when other jobs share the cores. Results:
 benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
+
+With `--like PREPARED` the data is instead `bertrs generate --like PREPARED --shape` at LIKE_SHAPE (users, items
+and reviews before the k-core, a little above the paper's so that the k-core leaves about its shape): the
+prepared set's activity, popularity and review lengths, with the planted signals fitted to its next-review
+predictability (pipeline/data/likeness.py), so that each model's test NDCG@10, reported beside its minutes, means
+something at that shape. Its workspace and results default to build/paper_scale_like and
+benchmarks/results/paper_scale_like/.
 
 The whole DAG takes hours on 2 cores, longer than one sitting may allow, and a workspace may not outlive it: the
 results file is itself a ledger. A stage recorded there by an earlier run keeps its row (with the date and code it
@@ -68,6 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import Ledger, run_measured  # noqa: E402
+from pipeline.data.likeness import LikeSpec, write_like  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.config import RankingConfig  # noqa: E402
@@ -78,9 +87,11 @@ BIN = Path(sys.executable).parent
 SAMPLE = ROOT / "data" / "sample"
 RESULTS = ROOT / "benchmarks" / "results"
 PAPER = {"users": 3764, "items": 17647, "reviews": 83599}
+LIKE_SHAPE = (3764, 20000, 88000)  # --like: generated users, items and reviews, before the k-core
 # the issue's targets on this 2-core machine: the DAG end to end, its peak memory, stage two, the dense bert_rs stage
 TARGETS = {"minutes": 90, "peak_gb": 12, "stage_two_minutes": 30, "dense_bert_rs_minutes": 8}
 DAG_TABLE = "comparison.md"  # the DAG's comparison table, kept in the work folder (see the docstring)
+DAG_METRICS = "metrics.json"  # and its metrics, for each run's test NDCG@10 beside its minutes
 MATMUL_SIDE = 2048
 
 
@@ -103,8 +114,9 @@ def paper_shaped_reviews(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def workspace(work: Path) -> Path:
-    """A clone of this repository's committed state whose prepare.input is the paper-shaped file."""
+def workspace(work: Path, like: Path | None = None) -> Path:
+    """A clone of this repository's committed state whose prepare.input is the paper-shaped file (generated like
+    the prepared set `like`, when given)."""
     clone = work / "repo"
     if not (clone / ".git").is_dir():
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -112,7 +124,10 @@ def workspace(work: Path) -> Path:
     data = clone / "data" / "paper_scale" / "reviews.json.gz"
     if not data.is_file():
         data.parent.mkdir(parents=True, exist_ok=True)
-        paper_shaped_reviews(data)
+        if like is None:
+            paper_shaped_reviews(data)
+        else:
+            write_like(like, data, LikeSpec(shape=LIKE_SHAPE), progress=lambda m: print(f"like: {m}", flush=True))
     params = yaml.safe_load((clone / "params.yaml").read_text())
     if params["prepare"]["input"] != "data/paper_scale/reviews.json.gz":
         text = (clone / "params.yaml").read_text().replace(
@@ -386,15 +401,18 @@ def search_profile_lines(path: Path) -> list[str]:
     return lines + [""]
 
 
-def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | None = None) -> None:
+def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | None = None,
+           like: Path | None = None) -> None:
     stats_file = clone / "data" / "prepared" / "stats.json"
     table1 = json.loads(stats_file.read_text())["table1"] if stats_file.is_file() else None
     totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
               for part in ("stage one", "stage two")}
     peak = max((r["peak_gb"] for s, r in done.items() if stage_part(s) != "beside the DAG"), default=None)
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    shown = like.relative_to(ROOT) if like is not None and like.is_relative_to(ROOT) else like
+    command = "python benchmarks/paper_scale.py" + (f" --like {shown}" if like else "")
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu})", "command": "python benchmarks/paper_scale.py",
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu})", "command": command,
             "load_average": os.getloadavg(), "complete": len(done) == len(stages)}
     write_json(out / "paper_scale.json", {"meta": meta, "prepared": table1, "stages": done,
                                           "pending": [s for s in stages if s not in done], "totals": totals,
@@ -408,16 +426,21 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
     if table1:
         lines += [f"Prepared: {table1['users']:,} users, {table1['items']:,} items, {table1['reviews']:,} reviews "
                   f"(the paper: {PAPER['users']:,}, {PAPER['items']:,}, {PAPER['reviews']:,}).", ""]
-    lines += ["| stage | wall minutes | CPU minutes | peak RSS (GB) | note |", "|---|---|---|---|---|"]
+    metrics_file = clone.parent / DAG_METRICS  # the clone's own is the bundled sample's again after a move
+    metrics = json.loads(metrics_file.read_text()) if "evaluate" in done and metrics_file.is_file() else {}
+    lines += ["| stage | wall minutes | CPU minutes | peak RSS (GB) | test NDCG@10 (full) | note |",
+              "|---|---|---|---|---|---|"]
     for stage in stages:
         row = done.get(stage)
         if not row:
-            lines.append(f"| {stage} | not run yet | | | |")
+            lines.append(f"| {stage} | not run yet | | | | |")
             continue
+        run = metrics.get(stage.partition("@")[2]) if stage.startswith("train") else None
+        ndcg = f"{run['full']['ndcg@10']:.4f}" if run else ""
         cpu = f"{row['cpu_seconds'] / 60:.1f}" if row.get("cpu_seconds") is not None else "not recorded"
         note = "; ".join(filter(None, ["resumed after an interruption: the times cover the last run only"
                                        if row.get("resumed") else "", run_note(clone, stage)]))
-        lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {cpu} | {row['peak_gb']:.2f} | {note} |")
+        lines.append(f"| {stage} | {row['seconds'] / 60:.1f} | {cpu} | {row['peak_gb']:.2f} | {ndcg} | {note} |")
     lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
               f"the DAG's stages run (the steps beside it not counted); peak {peak:.2f} GB."
               if peak is not None else "Nothing run yet.",
@@ -442,8 +465,12 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` stops the stage being measured as well
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default=str(ROOT / "build" / "paper_scale"))
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--work", default=None, help="the workspace (default build/paper_scale, or "
+                                                     "build/paper_scale_like with --like)")
+    parser.add_argument("--out", default=None, help="where the results go (default benchmarks/results, or "
+                                                    "benchmarks/results/paper_scale_like with --like)")
+    parser.add_argument("--like", default=None, metavar="PREPARED",
+                        help="generate the data like this prepared set at LIKE_SHAPE (see the docstring)")
     parser.add_argument("--fresh", action="store_true", help="delete --work and start over")
     parser.add_argument("--stages", nargs="+", metavar="STAGE",
                         help="run these stages and the stages they read from only (default: every stage)")
@@ -455,11 +482,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.again and not args.stages:
         parser.error("--again measures the stages named by --stages again; name them")
-    work, out = Path(args.work), Path(args.out)
+    like = Path(args.like).resolve() if args.like else None
+    work = Path(args.work or ROOT / "build" / ("paper_scale_like" if like else "paper_scale"))
+    out = Path(args.out or (RESULTS / "paper_scale_like" if like else RESULTS))
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    clone = workspace(work)
+    out.mkdir(parents=True, exist_ok=True)
+    clone = workspace(work, like)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     listing = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=clone, env=env, check=True,
                              capture_output=True, text=True)
@@ -488,12 +518,13 @@ def main() -> None:
         measured.put(stage, row)
         if stage == "evaluate":
             shutil.copyfile(clone / "reports" / "comparison.md", work / DAG_TABLE)
+            shutil.copyfile(clone / "metrics.json", work / DAG_METRICS)
         print(f"{time.strftime('%H:%M:%S')} {stage}: {row['seconds'] / 60:.1f} min, peak {row['peak_gb']:.2f} GB",
               flush=True)
-        report(clone, stages, done, out, floor)
+        report(clone, stages, done, out, floor, like)
     if args.floor:
         floor = stage_one_floor(clone)
-    report(clone, stages, done, out, floor)
+    report(clone, stages, done, out, floor, like)
 
 
 if __name__ == "__main__":

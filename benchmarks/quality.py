@@ -70,7 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import (  # noqa: E402
-    EASE_SEARCH, Ledger, fixed_choices, ledger_file, pct, review_times, user_bootstrap, with_refit,
+    DATASETS, EASE_SEARCH, Ledger, fixed_choices, ledger_file, pct, review_times, user_bootstrap, with_refit,
 )
 from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.config.ranking import DenseSearchConfig  # noqa: E402
@@ -90,14 +90,6 @@ from pipeline.text.encoders import resolve_encoder  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
 from pipeline.text.static import distill_static, is_static  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
-DATASETS = {
-    # the bundled sample is the shared Digital Music file itself, so it is one dataset here, not two
-    "digital_music": REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz",
-    "all_beauty": SHARED / "amazon2018" / "All_Beauty_5.json.gz",
-    "amazon_fashion": SHARED / "amazon2018" / "AMAZON_FASHION_5.json.gz",
-    "gift_cards": SHARED / "amazon2018" / "Gift_Cards_5.json.gz",
-}
 PROTOCOLS = ("leave_one_out", "random")
 KS = (1, 3, 5, 10)
 NON_TEXT = ("pop", "mf", "ease", "gmf", "mlp", "neumf")

@@ -43,7 +43,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import Ledger, ledger_file, review_times, with_refit  # noqa: E402
+from benchmarks.common import DATASETS, Ledger, ledger_file, review_times, with_refit  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER, Params, RunSpec, load_params  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.prepared import Interactions, PreparedData, load_prepared  # noqa: E402
@@ -60,14 +60,6 @@ from pipeline.ranking.selection.choice import Choice  # noqa: E402
 from pipeline.ranking.selection.select import ValidationLooks, keep_best, select  # noqa: E402
 from pipeline.ranking.training.train import refit_with_validation, train, with_validation_in_training  # noqa: E402
 
-# the shared data sets sit beside the repository; BERTRS_SHARED_DATA points elsewhere (e.g. from a worktree)
-SHARED = Path(os.environ.get("BERTRS_SHARED_DATA", REPO.parent / "shared" / "data"))
-DATASETS = {
-    "digital_music": REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz",
-    "all_beauty": SHARED / "amazon2018" / "All_Beauty_5.json.gz",
-    "gift_cards": SHARED / "amazon2018" / "Gift_Cards_5.json.gz",
-    "amazon_fashion": SHARED / "amazon2018" / "AMAZON_FASHION_5.json.gz",
-}
 DEFAULT_DATASETS = ("digital_music", "gift_cards", "all_beauty")
 LEVELS = {"100%": 1.0, "50%": 0.5, "25%": 0.25, "cap3": 3, "cap2": 2, "cap1": 1}  # share kept, or a per-user cap
 MODELS = ("pop", "ease", "neumf", "text", "bert_rs", "bert_rs_unguarded")

@@ -1,15 +1,18 @@
-"""`bertrs generate --like`: a synthetic set shaped like a real prepared one, with both sets' measures beside it."""
+"""`bertrs generate --like`: a synthetic set shaped like a real prepared one, its planted signals fitted to the real
+set's next-review predictability, with both sets' measures beside it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.config import load_params
-from pipeline.data.likeness import LikeSpec, NOT_FITTED, gini, write_like
+from pipeline.data.likeness import (NOT_FITTED, SIGNAL_GRID, LikeSpec, fit_signals, generated_signals, gini,
+                                    real_counts, write_like)
 from pipeline.data.prepare import prepare_dataset
 from stages.cli import app
 from tests.data_fixtures import BUNDLED_SAMPLE
@@ -27,7 +30,7 @@ def sample_prepared(tmp_path_factory) -> Path:
 
 def test_a_set_generated_like_the_sample_has_its_size_activity_popularity_and_review_lengths(sample_prepared,
                                                                                              tmp_path):
-    figures = write_like(sample_prepared, tmp_path / "like.json.gz", LikeSpec(seed=3))
+    figures = write_like(sample_prepared, tmp_path / "like.json.gz", LikeSpec(seed=3), grid=None)
     real, generated = figures["real"], figures["generated"]
     assert (real["users"], real["items"], real["reviews"]) == (756, 361, 4566)
     assert generated["users"] == real["users"] and abs(generated["items"] - real["items"]) <= real["items"] * 0.02
@@ -37,14 +40,15 @@ def test_a_set_generated_like_the_sample_has_its_size_activity_popularity_and_re
             assert abs(generated[measure][point] - real[measure][point]) <= max(1.0, 0.15 * real[measure][point]), \
                 (measure, point)
     assert abs(generated["item_popularity_gini"] - real["item_popularity_gini"]) <= 0.1
-    assert figures["not_fitted"] == list(NOT_FITTED)
+    assert figures["fit"] is None
+    assert figures["not_fitted"] == list(NOT_FITTED) + [f"{knob} (given)" for knob in SIGNAL_GRID]
     assert json.loads((tmp_path / "like.json.gz.like.json").read_text()) == figures
 
 
 def test_the_generated_dump_prepares_like_any_review_dump_and_doubles_with_scale(sample_prepared, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["generate", str(tmp_path / "like.json.gz"), "--like", str(sample_prepared),
-                                 "--scale", "2", "--seed", "1"])
+                                 "--scale", "2", "--seed", "1", "--no-fit"])
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "like.json.gz.like.json").read_text())
     assert figures["generated"]["users"] == 2 * figures["real"]["users"]
@@ -60,3 +64,58 @@ def test_the_generated_dump_prepares_like_any_review_dump_and_doubles_with_scale
 def test_gini_is_zero_for_equal_counts_and_grows_with_concentration():
     assert gini([5, 5, 5, 5]) == pytest.approx(0.0)
     assert gini([1, 1, 1, 97]) > gini([10, 20, 30, 40]) > 0.0
+
+
+@pytest.fixture(scope="module")
+def sample_counts(sample_prepared):
+    """The sample's activity, popularity and review lengths, at a third of its users and items and reviews of at
+    most 60 words (the measures below take a second each at that size)."""
+    activity, popularity, words, real = real_counts(sample_prepared)
+    return activity, popularity, np.minimum(words, 60), {**real, "users": 250, "items": 120}
+
+
+def test_each_planted_signal_moves_the_measure_it_names(sample_counts):
+    no_text = generated_signals(sample_counts, LikeSpec(topic_words=0))
+    topical_text = generated_signals(sample_counts, LikeSpec(topics=32, topic_words=16))
+    assert no_text["held_out_users"] == sample_counts[3]["users"]  # every sample user has 3 or more reviews
+    assert no_text["text_neighbour_lift"] < 1.1 < 1.3 < topical_text["text_neighbour_lift"]
+    assert topical_text["text_hit_rate"] > 3 * no_text["text_hit_rate"]
+    tasteless = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0))
+    neighbourly = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0, cooccurrence=0.7))
+    assert neighbourly["cooccurrence_hit_rate"] > 2 * tasteless["cooccurrence_hit_rate"]
+    named = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0, cooccurrence=0.7, topic_words=0,
+                                                      name_words=8))
+    assert named["text_hit_rate"] > 2 * neighbourly["text_hit_rate"]  # the name in the review finds the neighbours
+
+
+def test_the_fit_recovers_the_knobs_that_generated_a_set(sample_counts):
+    truth = LikeSpec(topics=16, topic_words=4, cooccurrence=0.35, seed=5)
+    target = generated_signals(sample_counts, truth)
+    start = LikeSpec(topics=16, topic_words=0, cooccurrence=0.0, seed=5, scale=2.0)
+    fitted, tried = fit_signals(sample_counts, target, start, grid={"topic_words": (0, 4, 16),
+                                                                   "cooccurrence": (0.0, 0.35, 0.7)})
+    assert (fitted.topic_words, fitted.cooccurrence, fitted.scale) == (4, 0.35, 2.0)
+    assert min(t["distance"] for t in tried) == 0.0 and len(tried) <= 9
+
+
+def test_write_like_fits_first_and_records_every_setting_tried(sample_prepared, tmp_path):
+    figures = write_like(sample_prepared, tmp_path / "like.json.gz", LikeSpec(), grid={"topic_words": (0, 16)})
+    best = min(figures["fit"]["tried"], key=lambda t: t["distance"])
+    assert figures["settings"]["topic_words"] == best["topic_words"] and len(figures["fit"]["tried"]) == 2
+    assert figures["fit"]["knobs"] == ["topic_words"] and "topic_words (given)" not in figures["not_fitted"]
+    for side in ("real", "generated"):
+        assert set(figures[side]["signals"]) >= {"popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate",
+                                                  "text_neighbour_lift"}
+
+
+def test_a_shape_sets_users_items_and_reviews_instead_of_a_scale(sample_prepared, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["generate", str(tmp_path / "shaped.json.gz"), "--like", str(sample_prepared),
+                                 "--shape", "300", "500", "6000", "--no-fit"])
+    assert result.exit_code == 0, result.output
+    generated = json.loads((tmp_path / "shaped.json.gz.like.json").read_text())["generated"]
+    assert generated["users"] == 300 and 400 < generated["items"] <= 500
+    assert abs(generated["reviews"] - 6000) <= 300  # activity stretched by one factor (20 a user, not the real 6)
+    refused = runner.invoke(app, ["generate", str(tmp_path / "z.json.gz"), "--like", str(sample_prepared),
+                                  "--shape", "300", "500", "6000", "--scale", "2", "--no-fit"])
+    assert refused.exit_code != 0 and "give a scale or a shape" in refused.output

@@ -149,6 +149,24 @@ def test_the_report_quotes_the_dags_own_table_when_the_clone_holds_the_samples_a
     assert "the paper-size table" in written and "the bundled sample's table" not in written
 
 
+def test_each_training_stage_shows_its_runs_test_ndcg_beside_its_minutes_once_the_dag_is_evaluated(tmp_path):
+    clone = tmp_path / "repo"
+    clone.mkdir()
+    (clone / "metrics.json").write_text(json.dumps({"ease": {"full": {"ndcg@10": 0.5}}}))  # the sample's, after a move
+    (tmp_path / paper_scale.DAG_METRICS).write_text(json.dumps({"ease": {"full": {"ndcg@10": 0.0512}},
+                                                                "bert_rs": {"full": {"ndcg@10": 0.0634}}}))
+    stages = ["prepare", "train@ease", "train_text@bert_rs", "evaluate"]
+    done = {s: {"seconds": 60.0, "cpu_seconds": 60.0, "peak_gb": 1.0} for s in stages}
+    paper_scale.report(clone, stages, done, tmp_path)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in (tmp_path / "paper_scale.md").read_text().splitlines() if line.startswith("| ")}
+    assert rows["train@ease"][4] == "0.0512" and rows["train_text@bert_rs"][4] == "0.0634"
+    assert rows["prepare"][4] == ""
+    del done["evaluate"]  # before the DAG's evaluate the metrics are not this run's
+    paper_scale.report(clone, stages, done, tmp_path)
+    assert "0.0512" not in (tmp_path / "paper_scale.md").read_text()
+
+
 def test_a_bert_rs_row_says_what_its_search_chose_and_the_scalable_one_its_passes(tmp_path):
     """docs/scale.md quotes the shuffled run's choice and the scalable step's passes from the results file."""
     dense = tmp_path / "repo" / "data" / "models" / "bert_rs_shuffled"

@@ -1,35 +1,59 @@
 """A synthetic review set shaped like a real prepared one: `bertrs generate OUT --like data/prepared`.
 
-Measured on the real set and reproduced by resampling: how many reviews each user wrote (user activity), how many
-each item received (item popularity), and how many words each review has. Each generated user takes the review
-count of a real user drawn at random, each generated item the popularity weight of a real item drawn at random, and
-each review the length of a real review drawn at random. Topics then plant a text signal as in synthetic.py: items
-belong to topics, a user prefers two, and a review's words mix its item's topic words with filler words.
+Resampled from the real set: how many reviews each user wrote (user activity), how many each item received (item
+popularity), and how many words each review has. Each generated user takes the review count of a real user drawn at
+random, each generated item the popularity weight of a real item drawn at random, and each review the length of a
+real review drawn at random.
 
-Not fitted yet: the share of interactions explained by co-occurrence rather than by topic, and how strongly a
-review's text predicts its item's neighbours. They stay the settings `topic_affinity` and `topic_words`, and the
-figures file written beside the dump (`<out>.like.json`: the real set's measures, the generated set's, and what was
-not fitted) says so.
+Planted, with knobs fitted to the real set: items belong to `topics` topics and a user prefers two of them
+(`topic_affinity`: the share of a user's reviews drawn from those topics); items also belong to small neighbourhoods
+unrelated to topic (an artist's albums, say), and a user's next item comes from the neighbourhood of an item they
+reviewed with probability `cooccurrence`; a review's words mix `topic_words` words of its item's topic and
+`name_words` words of its neighbourhood's two-word name (what a review says about that one artist) with filler.
+The knobs are fitted (`fit_signals`, over `SIGNAL_GRID`) on sets generated at the real set's own size, to the real
+set's next-review predictability from popularity, co-occurrence and text and its text-neighbour lift
+(pipeline/data/signals.py); `--scale`, or `--shape USERS ITEMS REVIEWS`, then applies them at the size asked for
+(a shape stretches every resampled user activity by one factor, so that the reviews add up).
+
+The figures file written beside the dump (`<out>.like.json`) holds the real set's measures, the generated set's,
+the fitted knobs with every setting tried, and what is not fitted.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from pipeline.data.prepared import load_reviews
+from pipeline.data.signals import FITTED_MEASURES, signal_measures
 from pipeline.data.synthetic import FILLER_WORDS, TOPIC_WORDS
 from pipeline.io import DataError, atomic_path, write_json
 
 NOT_FITTED = (
-    "share of interactions explained by co-occurrence versus by topic (set by topic_affinity)",
-    "how strongly a review's text predicts its item's neighbours (set by topic_words)",
+    "ratings (drawn uniformly from 3 to 5 stars)",
+    "review times (one review a week per user, in the order drawn)",
+    "vocabulary (topic words and filler words, not the real set's words)",
 )
+NEIGHBOURHOOD = 10  # items per co-occurrence neighbourhood
+# Real English words, none of them a topic or filler word: a neighbourhood's name is two of them (4,096 names).
+NAME_WORDS = (
+    "amber azure cobalt crimson golden ivory jade scarlet silver violet copper coral indigo olive ruby sapphire "
+    "emerald falcon badger beaver cobra dolphin eagle ferret gazelle heron jaguar koala lemur lynx otter panther raven "
+    "river canyon desert forest glacier harbor island meadow prairie valley summit tundra lagoon marsh orchard "
+    "comet galaxy meteor nebula planet rocket orbit quasar lunar solar stellar cosmic aurora eclipse zenith horizon"
+).split()
+SIGNAL_GRID = {"topics": (8, 16, 32),
+               "topic_affinity": (0.0, 0.25, 0.5, 0.7, 0.85, 0.95),
+               "topic_words": (0, 1, 2, 4, 6, 8, 16),
+               "cooccurrence": (0.0, 0.1, 0.2, 0.35, 0.5, 0.7),
+               "name_words": (0, 1, 2, 4, 8)}
+FIT_SWEEPS = 2  # coordinate-descent passes over the knobs from each start (fewer when a pass changes nothing)
+ZERO = 0.01  # added to both sides of a measure's ratio in the fit's distance
 QUANTILES = {"p10": 10, "p25": 25, "median": 50, "p75": 75, "p90": 90, "p99": 99}
 
 
@@ -40,22 +64,34 @@ class LikeSpec:
     Attributes
     ----------
     scale : Users (and items) as a multiple of the real set's.
+    shape : (users, items, reviews) to generate instead of a scale (before `prepare` filters them): each user's
+        resampled activity is stretched by one factor so that the reviews add up to about `reviews`.
     topics : Topics the items are split into.
     topic_affinity : Share of a user's reviews about items of the user's two preferred topics.
     topic_words : Topic words planted in each review (the rest of its length is filler).
+    cooccurrence : Probability that a user's next item comes from the neighbourhood of an item they reviewed.
+    name_words : Words of the item's neighbourhood's name planted in each review.
     seed : The generator's seed.
     """
 
     scale: float = 1.0
+    shape: tuple[int, int, int] | None = None
     topics: int = 8
     topic_affinity: float = 0.85
     topic_words: int = 6
+    cooccurrence: float = 0.0
+    name_words: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.scale <= 0 or self.topics < 1 or not 0.0 <= self.topic_affinity <= 1.0 or self.topic_words < 0:
-            raise DataError(f"generate --like: scale must be > 0, topics >= 1, topic_affinity in [0, 1] and "
-                            f"topic_words >= 0 (got {asdict(self)})")
+        if (self.scale <= 0 or self.topics < 1 or not 0.0 <= self.topic_affinity <= 1.0 or self.topic_words < 0
+                or not 0.0 <= self.cooccurrence <= 1.0 or self.name_words < 0):
+            raise DataError(f"generate --like: scale must be > 0, topics >= 1, topic_affinity and cooccurrence in "
+                            f"[0, 1], topic_words and name_words >= 0 (got {asdict(self)})")
+        if self.shape is not None and (self.scale != 1.0 or len(self.shape) != 3 or min(self.shape) < 1
+                                       or self.shape[1] < 2):
+            raise DataError(f"generate --like: give a scale or a shape (users >= 1, items >= 2, reviews >= 1), not "
+                            f"both (got scale {self.scale}, shape {self.shape})")
 
 
 def distribution(values: np.ndarray) -> dict:
@@ -104,29 +140,126 @@ def real_counts(prepared: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
             measure(users, items, words))
 
 
+def prepared_signals(prepared: str | Path, seed: int = 0) -> dict:
+    """The next-review predictability (pipeline/data/signals.py) of a prepared set, every review in time order."""
+    reviews = load_reviews(prepared, columns=["user_idx", "item_idx", "text", "time"])
+    return signal_measures(reviews.column("user_idx").to_numpy(), reviews.column("item_idx").to_numpy(),
+                           reviews.column("text").to_pylist(), reviews.column("time").fill_null(0).to_numpy(),
+                           seed=seed)
+
+
 def like_records(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> Iterator[dict]:
     """Yield Amazon 2018 records of a set shaped like the one `counts` (`real_counts`) describes (see the module
     docstring)."""
     activity, popularity, words, real = counts
     rng = np.random.default_rng(spec.seed)
-    n_users = max(1, round(real["users"] * spec.scale))
-    n_items = max(2, round(real["items"] * spec.scale))
-    user_reviews = np.minimum(rng.choice(activity, size=n_users), n_items)
+    if spec.shape is None:
+        n_users, n_items = max(1, round(real["users"] * spec.scale)), max(2, round(real["items"] * spec.scale))
+        user_reviews = np.minimum(rng.choice(activity, size=n_users), n_items)
+    else:
+        n_users, n_items, n_reviews = spec.shape
+        drawn = rng.choice(activity, size=n_users) * (n_reviews / (n_users * activity.mean()))
+        stretched = np.floor(drawn) + (rng.random(n_users) < drawn - np.floor(drawn))  # rounded without bias
+        user_reviews = np.clip(stretched.astype(np.int64), 1, n_items)
     weight = rng.choice(popularity, size=n_items).astype(np.float64)
     item_topic = rng.integers(0, spec.topics, size=n_items)
     pools = {t: np.flatnonzero(item_topic == t) for t in range(spec.topics)}
     everything = (np.arange(n_items), np.cumsum(weight))
+    named = spec.cooccurrence > 0 or spec.name_words > 0
+    neighbourhood, neighbours = _neighbourhoods(rng, weight) if named else (None, None)
     per_topic = max(3, len(TOPIC_WORDS) // spec.topics)
     for user in range(n_users):
         liked = rng.choice(spec.topics, size=min(2, spec.topics), replace=False)
         preferred = np.concatenate([pools[t] for t in liked])
         preferred = (preferred, np.cumsum(weight[preferred]))  # drawn from by popularity weight
-        seen: set[int] = set()
+        seen: list[int] = []
+        seen_set: set[int] = set()
         for k in range(int(user_reviews[user])):
-            pool = preferred if len(preferred[0]) and rng.random() < spec.topic_affinity else everything
-            item = _weighted_pick(rng, *pool, n_items, seen)
-            seen.add(item)
-            yield _record(rng, user, item, int(item_topic[item]), k, int(rng.choice(words)), per_topic, spec)
+            if spec.cooccurrence > 0 and seen and rng.random() < spec.cooccurrence:
+                pool = neighbours[neighbourhood[seen[int(rng.integers(len(seen)))]]]
+            else:
+                pool = preferred if len(preferred[0]) and rng.random() < spec.topic_affinity else everything
+            item = _weighted_pick(rng, *pool, n_items, seen_set)
+            seen.append(item)
+            seen_set.add(item)
+            name = _name(int(neighbourhood[item])) if named else ()
+            yield _record(rng, user, item, int(item_topic[item]), name, k, int(rng.choice(words)), per_topic, spec)
+
+
+def _neighbourhoods(rng: np.random.Generator, weight: np.ndarray) -> tuple[np.ndarray, list]:
+    """Items cut at random into neighbourhoods of NEIGHBOURHOOD items, unrelated to topic. -> (each item's
+    neighbourhood, each neighbourhood's (items, running sum of their popularity weights))"""
+    order = rng.permutation(len(weight))
+    neighbourhood = np.empty(len(weight), dtype=np.int64)
+    neighbourhood[order] = np.arange(len(weight)) // NEIGHBOURHOOD
+    members = [order[start:start + NEIGHBOURHOOD] for start in range(0, len(order), NEIGHBOURHOOD)]
+    return neighbourhood, [(group, np.cumsum(weight[group])) for group in members]
+
+
+def _name(neighbourhood: int) -> tuple[str, str]:
+    """A neighbourhood's two-word name."""
+    return (NAME_WORDS[neighbourhood % len(NAME_WORDS)],
+            NAME_WORDS[(neighbourhood // len(NAME_WORDS)) % len(NAME_WORDS)])
+
+
+def generated_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> dict:
+    """The next-review predictability (pipeline/data/signals.py) of the set `like_records` generates."""
+    users, items, texts, order = [], [], [], []
+    for record in like_records(counts, spec):
+        users.append(record["reviewerID"])
+        items.append(record["asin"])
+        texts.append(record["reviewText"])
+        order.append(record["unixReviewTime"])
+    return signal_measures(np.array(users), np.array(items), texts, np.array(order), seed=spec.seed)
+
+
+def signal_distance(generated: dict, real: dict) -> float:
+    """How far a generated set's fitted measures are from the real set's: the sum of |log| of their ratios."""
+    return round(float(sum(abs(np.log((generated[m] + ZERO) / (real[m] + ZERO))) for m in FITTED_MEASURES)), 4)
+
+
+def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_signals: dict, spec: LikeSpec,
+                grid: dict[str, tuple] = SIGNAL_GRID, progress=None) -> tuple[LikeSpec, list[dict]]:
+    """Fit the knobs named in `grid` so that a set generated at the real set's own size has the real set's
+    measures (`signal_distance`), by coordinate descent: each knob in turn takes its grid value closest to the
+    real set with the others held, for FIT_SWEEPS passes or until a pass changes nothing. The descent starts twice,
+    from `spec` and from the grid's first corner (no planted signal), and the closer end wins.
+
+    Parameters
+    ----------
+    counts : The real set's counts (`real_counts`).
+    real_signals : The real set's measures (`signal_measures`).
+    spec : The starting point; its scale or shape is ignored while fitting and kept in the result.
+    grid : Each knob's candidate values.
+    progress : Called with a message after each setting is measured.
+
+    Returns
+    -------
+    (the fitted spec, every setting tried with its measures and distance, in the order tried).
+    """
+    current = replace(spec, scale=1.0, shape=None, **{knob: values[0] for knob, values in grid.items()
+                                          if getattr(spec, knob) not in values})
+    tried: dict[tuple, dict] = {}
+
+    def distance(candidate: LikeSpec) -> float:
+        key = tuple(getattr(candidate, knob) for knob in grid)
+        if key not in tried:
+            measured = generated_signals(counts, candidate)
+            tried[key] = {**dict(zip(grid, key)), **measured, "distance": signal_distance(measured, real_signals)}
+            if progress:
+                progress(f"fit {len(tried)}: {dict(zip(grid, key))} distance {tried[key]['distance']}")
+        return tried[key]["distance"]
+
+    ends = []
+    for start in (current, replace(current, **{knob: values[0] for knob, values in grid.items()})):
+        for _ in range(FIT_SWEEPS):
+            before = start
+            for knob, values in grid.items():
+                start = min((replace(start, **{knob: value}) for value in values), key=distance)
+            if start == before:
+                break
+        ends.append(start)
+    return replace(min(ends, key=distance), scale=spec.scale, shape=spec.shape), list(tried.values())
 
 
 def _weighted_pick(rng: np.random.Generator, pool: np.ndarray, cumulative: np.ndarray, n_items: int,
@@ -141,11 +274,14 @@ def _weighted_pick(rng: np.random.Generator, pool: np.ndarray, cumulative: np.nd
     return int(rng.choice(unseen if len(unseen) else np.setdiff1d(np.arange(n_items), list(seen))))
 
 
-def _record(rng, user: int, item: int, topic: int, k: int, length: int, per_topic: int, spec: LikeSpec) -> dict:
+def _record(rng, user: int, item: int, topic: int, name: tuple, k: int, length: int, per_topic: int,
+            spec: LikeSpec) -> dict:
     start = (topic * per_topic) % len(TOPIC_WORDS)
     vocabulary = TOPIC_WORDS[start:start + per_topic]
     planted = min(spec.topic_words, length)
-    text = list(rng.choice(vocabulary, size=planted)) + list(rng.choice(FILLER_WORDS, size=max(length - planted, 0)))
+    named = min(spec.name_words, length - planted) if name else 0
+    text = (list(rng.choice(vocabulary, size=planted)) + (list(rng.choice(name, size=named)) if named else [])
+            + list(rng.choice(FILLER_WORDS, size=max(length - planted - named, 0))))
     rng.shuffle(text)
     return {"overall": float(rng.integers(3, 6)), "verified": True, "reviewTime": "",
             "reviewerID": f"L{user:07d}", "asin": f"J{item:07d}", "reviewerName": f"user {user}",
@@ -153,7 +289,8 @@ def _record(rng, user: int, item: int, topic: int, k: int, length: int, per_topi
             "unixReviewTime": 1_400_000_000 + k * 86_400 * 7 + int(rng.integers(0, 86_400))}
 
 
-def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec) -> dict:
+def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict[str, tuple] | None = SIGNAL_GRID,
+               progress=None) -> dict:
     """Write a gzipped JSON-lines dump shaped like `prepared`, and its figures beside it.
 
     Parameters
@@ -161,23 +298,38 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec) -> dict:
     prepared : A prepared-data folder (`bertrs prepare`'s output).
     out : The dump to write (gzipped Amazon 2018 JSON lines).
     spec : How the generated set departs from the real one.
+    grid : The knobs to fit to the real set first and their candidate values (`fit_signals`); None: the spec's
+        values as given.
+    progress : Called with a message after each setting the fit measures.
 
     Returns
     -------
     The figures written to `<out>.like.json`: the real set's measures, the generated set's (before any
-    filtering by `prepare`), the settings, and what is not fitted.
+    filtering by `prepare`), the settings, the fit, and what is not fitted.
     """
     out = Path(out)
     counts = real_counts(prepared)
-    users, items, words = [], [], []
+    real_signals = prepared_signals(prepared, spec.seed)
+    fitted = fit_signals(counts, real_signals, spec, grid, progress) if grid else None
+    if fitted:
+        spec = fitted[0]
+    users, items, words, texts, order = [], [], [], [], []
     with atomic_path(out) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
         for record in like_records(counts, spec):
             users.append(record["reviewerID"])
             items.append(record["asin"])
+            texts.append(record["reviewText"])
+            order.append(record["unixReviewTime"])
             words.append(len(record["reviewText"].split()))
             handle.write(json.dumps(record) + "\n")
-    figures = {"like": str(prepared), "settings": asdict(spec), "real": counts[3],
-               "generated": measure(np.array(users), np.array(items), np.array(words)),
-               "not_fitted": list(NOT_FITTED)}
+    generated = measure(np.array(users), np.array(items), np.array(words))
+    generated["signals"] = signal_measures(np.array(users), np.array(items), texts, np.array(order), seed=spec.seed)
+    figures = {"like": str(prepared), "settings": asdict(spec), "real": {**counts[3], "signals": real_signals},
+               "generated": generated,
+               "fit": {"knobs": list(grid), "measures": list(FITTED_MEASURES),
+                       "distance_at_real_size": min(t["distance"] for t in fitted[1]), "tried": fitted[1]}
+               if fitted else None,
+               "not_fitted": list(NOT_FITTED) + [f"{knob} (given)" for knob in SIGNAL_GRID
+                                                 if not fitted or knob not in grid]}
     write_json(f"{out}.like.json", figures)
     return figures
