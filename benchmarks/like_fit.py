@@ -1,26 +1,37 @@
 """How closely `bertrs generate --like` reproduces each shared review set, signals included.
 
     python benchmarks/like_fit.py            # minutes; writes benchmarks/results/like_fit.{md,json}
+    python benchmarks/like_fit.py --dag digital_music   # and the DAG on both sides of a set (about 15 min a side)
 
 For each shared set (skipped where ../shared/data, or $BERTRS_SHARED_DATA, lacks it): prepare it with params.yaml
 (random protocol; the measures read every review whatever its split), generate a set like it with the knobs fitted
 (pipeline/data/likeness.py), and set the two sets' measures side by side: size, user activity, item popularity,
 review length, and the next-review predictability from popularity, co-occurrence and text with the text-neighbour
 lift (pipeline/data/signals.py). Resumable: each finished set is a line in build/like_fit/runs.jsonl.
+
+`--dag SET...` also asks whether the models order on the twin as on the real set: this repository's DAG (`dvc
+repro`, every setting the default) runs in a clone under the work folder whose prepare.input is the twin, and in
+another whose input is the real set, and each run's full-ranking test NDCG@10 goes beside the other's. The bundled
+sample's real side is the repository's own committed metrics.json (the DAG on the sample), so it is not run again.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
 
 from benchmarks.common import DATASETS, Ledger  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
@@ -29,6 +40,7 @@ from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.signals import FITTED_MEASURES  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
+BUNDLED = REPO / "data" / "sample" / "reviews_Digital_Music_5.first6907.json.gz"  # metrics.json is the DAG on it
 SHAPE = (("users", "users", None), ("items", "items", None), ("reviews", "reviews", None),
          ("median activity", "user_activity", "median"), ("p90 activity", "user_activity", "p90"),
          ("item-popularity Gini", "item_popularity_gini", None), ("median review words", "review_words", "median"))
@@ -45,25 +57,58 @@ def fit_one(dataset: str, work: Path, seed: int) -> dict:
                       progress=lambda message: print(f"{dataset}: {message}", flush=True))
 
 
+def dag_metrics(dataset: str, side: str, reviews: Path, work: Path) -> dict:
+    """Each run's full-ranking test NDCG@10 from this repository's DAG on `reviews` (a clone under `work`)."""
+    if side == "real" and DATASETS[dataset] == BUNDLED:
+        metrics = json.loads((REPO / "metrics.json").read_text())
+    else:
+        clone = work / dataset / f"dag_{side}"
+        if not (clone / ".git").is_dir():
+            subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        data = clone / "data" / "like_fit" / reviews.name
+        data.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(reviews, data)
+        params = clone / "params.yaml"
+        current = yaml.safe_load(params.read_text())["prepare"]["input"]
+        params.write_text(params.read_text().replace(f"input: {current}", f"input: {data.relative_to(clone)}", 1))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        print(f"{dataset}: the DAG on the {side} set in {clone}", flush=True)
+        with open(work / dataset / f"dag_{side}.log", "a") as log:
+            subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=clone, env=env, check=True,
+                           stdout=log, stderr=subprocess.STDOUT)
+        metrics = json.loads((clone / "metrics.json").read_text())
+    return {run: round(m["full"]["ndcg@10"], 4) for run, m in metrics.items()}
+
+
 def markdown(rows: dict, meta: dict) -> str:
     lines = ["# Generated like a real set: each shared set and its fitted twin", "",
              f"{meta['date']}, {meta['machine']}, `{meta['command']}`. Real: the set prepared with params.yaml; "
              "generated: `bertrs generate --like` with its knobs fitted at the real set's own size (before "
              "`prepare` filters it). Hit rates: each user's last review held out, top 10 of the items outside the "
-             "user's history (pipeline/data/signals.py). Distance: the sum over the fitted measures "
+             "user's history; text measures read against a baseline that keeps popularity and loses the text "
+             "(pipeline/data/signals.py). Distance: the sum over the fitted measures "
              f"({', '.join(FITTED_MEASURES)}) of |log| of the generated-to-real ratio.", ""]
     for dataset, figures in rows.items():
         real, generated, fit = figures["real"], figures["generated"], figures["fit"]
         knobs = {knob: figures["settings"][knob] for knob in fit["knobs"]}
-        lines += [f"## {dataset}", "", f"Fitted: {knobs}; distance {fit['distance_at_real_size']} after "
-                  f"{len(fit['tried'])} settings tried.", "", "| measure | real | generated |", "|---|---|---|"]
+        lines += [f"## {dataset}", "", f"Fitted: {knobs}, after {len(fit['tried'])} settings tried; distance "
+                  f"{fit['distance_while_fitting']} while fitting (mean of {fit['seeds_per_setting']} seeds), "
+                  f"{fit['distance_at_unseen_seed']} at the written seed.", "",
+                  "| measure | real | generated |", "|---|---|---|"]
         for label, key, point in SHAPE:
             pick = (lambda side: side[key][point]) if point else (lambda side: side[key])
             lines.append(f"| {label} | {pick(real):g} | {pick(generated):g} |")
-        for measure in ("popularity_hit_rate", *[m for m in FITTED_MEASURES if m != "popularity_hit_rate"]):
+        for measure in ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_hit_rate_shuffled",
+                        "text_hit_lift", "text_neighbour_lift"):
             lines.append(f"| {measure.replace('_', ' ')} | {real['signals'][measure]:.4f} | "
                          f"{generated['signals'][measure]:.4f} |")
         lines.append("")
+        if "dag" in figures:
+            dag = figures["dag"]
+            lines += ["Full-ranking test NDCG@10 of each run of the DAG, real set and twin:", "",
+                      "| run | real | generated |", "|---|---|---|"]
+            lines += [f"| {run} | {dag['real'].get(run, '')} | {dag['generated'].get(run, '')} |"
+                      for run in dag["real"]] + [""]
     return "\n".join(lines)
 
 
@@ -73,6 +118,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "build" / "like_fit"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dag", nargs="*", default=[], choices=list(DATASETS),
+                        help="also run the DAG on these sets and their twins")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -83,6 +130,11 @@ def main() -> None:
             print(f"skip {dataset}: {DATASETS[dataset]} not present", flush=True)
             continue
         rows[dataset] = ledger.get_or_run(f"{dataset}|seed {args.seed}", lambda: fit_one(dataset, work, args.seed))
+        if dataset in args.dag:
+            twin = work / dataset / "like.json.gz"
+            rows[dataset] = {**rows[dataset], "dag": ledger.get_or_run(f"{dataset}|seed {args.seed}|dag", lambda: {
+                "real": dag_metrics(dataset, "real", DATASETS[dataset], work),
+                "generated": dag_metrics(dataset, "generated", twin, work)})}
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
             "command": "python benchmarks/like_fit.py" + "".join(f" {a}" for a in sys.argv[1:])}
     write_json(out / "like_fit.json", {"meta": meta, "datasets": rows})

@@ -3,6 +3,7 @@ set's next-review predictability, with both sets' measures beside it."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -28,6 +29,21 @@ def sample_prepared(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def small_prepared(tmp_path_factory) -> Path:
+    """The bundled sample's first 2,500 records with reviews cut to 30 words, prepared with the default params: a
+    real set small enough to fit and generate from in seconds."""
+    folder = tmp_path_factory.mktemp("small_like")
+    with gzip.open(next(BUNDLED_SAMPLE.glob("*.json.gz")), "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for _, line in zip(range(2500), handle)]
+    with gzip.open(folder / "small.json.gz", "wt", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps({**record, "reviewText": " ".join(record.get("reviewText", "").split()[:30])})
+                         + "\n")
+    prepare_dataset(load_params(REPO / "params.yaml").prepare, [folder / "small.json.gz"], folder / "prepared")
+    return folder / "prepared"
+
+
 def test_a_set_generated_like_the_sample_has_its_size_activity_popularity_and_review_lengths(sample_prepared,
                                                                                              tmp_path):
     figures = write_like(sample_prepared, tmp_path / "like.json.gz", LikeSpec(seed=3), grid=None)
@@ -45,16 +61,16 @@ def test_a_set_generated_like_the_sample_has_its_size_activity_popularity_and_re
     assert json.loads((tmp_path / "like.json.gz.like.json").read_text()) == figures
 
 
-def test_the_generated_dump_prepares_like_any_review_dump_and_doubles_with_scale(sample_prepared, tmp_path):
+def test_the_generated_dump_prepares_like_any_review_dump_and_doubles_with_scale(small_prepared, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["generate", str(tmp_path / "like.json.gz"), "--like", str(sample_prepared),
+    result = runner.invoke(app, ["generate", str(tmp_path / "like.json.gz"), "--like", str(small_prepared),
                                  "--scale", "2", "--seed", "1", "--no-fit"])
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "like.json.gz.like.json").read_text())
     assert figures["generated"]["users"] == 2 * figures["real"]["users"]
     stats = prepare_dataset(load_params(REPO / "params.yaml").prepare, [tmp_path / "like.json.gz"], tmp_path / "p")
     assert stats["table1"]["reviews"] > 0.8 * figures["generated"]["reviews"]  # the 3-core keeps nearly all of it
-    refused = runner.invoke(app, ["generate", str(tmp_path / "x.json.gz"), "--like", str(sample_prepared),
+    refused = runner.invoke(app, ["generate", str(tmp_path / "x.json.gz"), "--like", str(small_prepared),
                                   "--users", "10"])
     assert refused.exit_code != 0 and "use --scale" in refused.output
     missing = runner.invoke(app, ["generate", str(tmp_path / "y.json.gz"), "--like", str(tmp_path / "nowhere")])
@@ -79,43 +95,61 @@ def test_each_planted_signal_moves_the_measure_it_names(sample_counts):
     topical_text = generated_signals(sample_counts, LikeSpec(topics=32, topic_words=16))
     assert no_text["held_out_users"] == sample_counts[3]["users"]  # every sample user has 3 or more reviews
     assert no_text["text_neighbour_lift"] < 1.1 < 1.3 < topical_text["text_neighbour_lift"]
-    assert topical_text["text_hit_rate"] > 3 * no_text["text_hit_rate"]
+    assert no_text["text_hit_lift"] < 1.5 < 3.0 < topical_text["text_hit_lift"]  # 1: text no better than shuffled
     tasteless = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0))
     neighbourly = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0, cooccurrence=0.7))
     assert neighbourly["cooccurrence_hit_rate"] > 2 * tasteless["cooccurrence_hit_rate"]
     named = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0, cooccurrence=0.7, topic_words=0,
                                                       name_words=8))
-    assert named["text_hit_rate"] > 2 * neighbourly["text_hit_rate"]  # the name in the review finds the neighbours
+    assert named["text_hit_lift"] > 3 * neighbourly["text_hit_lift"]  # the name in the review finds the neighbours
 
 
-def test_the_fit_recovers_the_knobs_that_generated_a_set(sample_counts):
-    truth = LikeSpec(topics=16, topic_words=4, cooccurrence=0.35, seed=5)
+def test_the_fit_recovers_the_knobs_that_generated_a_set_at_seeds_it_never_saw(sample_counts):
+    truth = LikeSpec(topics=16, topic_words=4, cooccurrence=0.35, seed=50)
     target = generated_signals(sample_counts, truth)
-    start = LikeSpec(topics=16, topic_words=0, cooccurrence=0.0, seed=5, scale=2.0)
+    start = LikeSpec(topics=16, topic_words=16, cooccurrence=0.7, seed=5, scale=2.0)  # off the grid's first corner
     fitted, tried = fit_signals(sample_counts, target, start, grid={"topic_words": (0, 4, 16),
                                                                    "cooccurrence": (0.0, 0.35, 0.7)})
-    assert (fitted.topic_words, fitted.cooccurrence, fitted.scale) == (4, 0.35, 2.0)
-    assert min(t["distance"] for t in tried) == 0.0 and len(tried) <= 9
+    assert (fitted.topic_words, fitted.cooccurrence, fitted.scale, fitted.seed) == (4, 0.35, 2.0, 5)
+    settings = [(t["topic_words"], t["cooccurrence"]) for t in tried]
+    assert len(set(settings)) == len(settings)  # each setting measured once, however many descents pass it
 
 
-def test_write_like_fits_first_and_records_every_setting_tried(sample_prepared, tmp_path):
-    figures = write_like(sample_prepared, tmp_path / "like.json.gz", LikeSpec(), grid={"topic_words": (0, 16)})
+def test_write_like_fits_first_and_records_every_setting_tried(small_prepared, tmp_path):
+    figures = write_like(small_prepared, tmp_path / "like.json.gz", LikeSpec(), grid={"topic_words": (0, 16)})
     best = min(figures["fit"]["tried"], key=lambda t: t["distance"])
     assert figures["settings"]["topic_words"] == best["topic_words"] and len(figures["fit"]["tried"]) == 2
+    assert figures["fit"]["distance_while_fitting"] == best["distance"]
+    assert figures["fit"]["distance_at_unseen_seed"] > 0  # the written seed is not one the fit averaged over
     assert figures["fit"]["knobs"] == ["topic_words"] and "topic_words (given)" not in figures["not_fitted"]
     for side in ("real", "generated"):
-        assert set(figures[side]["signals"]) >= {"popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate",
+        assert set(figures[side]["signals"]) >= {"popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift",
                                                   "text_neighbour_lift"}
 
 
-def test_a_shape_sets_users_items_and_reviews_instead_of_a_scale(sample_prepared, tmp_path):
+def test_knobs_given_on_the_command_line_are_kept_and_only_the_others_fitted(small_prepared, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr("stages.generate.SIGNAL_GRID", {"topic_words": (0, 16), "name_words": (0, 2)})
     runner = CliRunner()
-    result = runner.invoke(app, ["generate", str(tmp_path / "shaped.json.gz"), "--like", str(sample_prepared),
+    result = runner.invoke(app, ["generate", str(tmp_path / "k.json.gz"), "--like", str(small_prepared),
+                                 "--topic-words", "4", "--scale", "0.2"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "k.json.gz.like.json").read_text())
+    assert figures["settings"]["topic_words"] == 4 and figures["fit"]["knobs"] == ["name_words"]
+    assert "topic_words (given)" in figures["not_fitted"]
+    for flags in (["--scale", "2"], ["--shape", "3", "4", "5"], ["--no-fit"], ["--name-words", "2"]):
+        refused = runner.invoke(app, ["generate", str(tmp_path / "n.json.gz"), *flags])
+        assert refused.exit_code != 0 and "only apply with --like" in refused.output, flags
+
+
+def test_a_shape_sets_users_items_and_reviews_instead_of_a_scale(small_prepared, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["generate", str(tmp_path / "shaped.json.gz"), "--like", str(small_prepared),
                                  "--shape", "300", "500", "6000", "--no-fit"])
     assert result.exit_code == 0, result.output
     generated = json.loads((tmp_path / "shaped.json.gz.like.json").read_text())["generated"]
     assert generated["users"] == 300 and 400 < generated["items"] <= 500
     assert abs(generated["reviews"] - 6000) <= 300  # activity stretched by one factor (20 a user, not the real 6)
-    refused = runner.invoke(app, ["generate", str(tmp_path / "z.json.gz"), "--like", str(sample_prepared),
+    refused = runner.invoke(app, ["generate", str(tmp_path / "z.json.gz"), "--like", str(small_prepared),
                                   "--shape", "300", "500", "6000", "--scale", "2", "--no-fit"])
     assert refused.exit_code != 0 and "give a scale or a shape" in refused.output

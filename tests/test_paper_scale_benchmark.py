@@ -162,9 +162,13 @@ def test_each_training_stage_shows_its_runs_test_ndcg_beside_its_minutes_once_th
             for line in (tmp_path / "paper_scale.md").read_text().splitlines() if line.startswith("| ")}
     assert rows["train@ease"][4] == "0.0512" and rows["train_text@bert_rs"][4] == "0.0634"
     assert rows["prepare"][4] == ""
+    done["evaluate"]["finished_at"], done["train@ease"]["finished_at"] = 100.0, 200.0  # ease trained again since
+    paper_scale.report(clone, stages, done, tmp_path)
+    written = (tmp_path / "paper_scale.md").read_text()
+    assert "0.0512" not in written and "0.0634" in written
     del done["evaluate"]  # before the DAG's evaluate the metrics are not this run's
     paper_scale.report(clone, stages, done, tmp_path)
-    assert "0.0512" not in (tmp_path / "paper_scale.md").read_text()
+    assert "0.0634" not in (tmp_path / "paper_scale.md").read_text()
 
 
 def test_a_bert_rs_row_says_what_its_search_chose_and_the_scalable_one_its_passes(tmp_path):
@@ -199,3 +203,15 @@ def test_the_report_says_where_the_dense_stages_minutes_go_from_the_profile_besi
     assert "Whole stage 10.0 min, of which the validation search 8.0; peak RSS 8.9 GB." in lines[2]
     assert lines[-4:-1] == ["| other | 5.0 | 50% |  |", "| ranking | 4.0 | 40% | 137 |", "| solves | 1.0 | 10% | 1 |"]
     assert paper_scale.search_profile_lines(tmp_path / "absent.json") == []
+
+
+def test_a_workspace_refuses_data_generated_from_another_source(tmp_path, monkeypatch):
+    clone = tmp_path / "repo"
+    (clone / ".git").mkdir(parents=True)
+    (clone / "params.yaml").write_text("prepare:\n  input: data/paper_scale/reviews.json.gz\n")
+    monkeypatch.setattr(paper_scale, "follow_committed_code", lambda clone: None)
+    monkeypatch.setattr(paper_scale, "paper_shaped_reviews", lambda path: path.write_text("generated"))
+    paper_scale.workspace(tmp_path)  # the paper-shaped generator's data, recorded as such
+    with pytest.raises(SystemExit, match="was generated from"):
+        paper_scale.workspace(tmp_path, like=tmp_path / "prepared")
+    paper_scale.workspace(tmp_path)  # the same source again is fine

@@ -53,6 +53,7 @@ SIGNAL_GRID = {"topics": (8, 16, 32),
                "cooccurrence": (0.0, 0.1, 0.2, 0.35, 0.5, 0.7),
                "name_words": (0, 1, 2, 4, 8)}
 FIT_SWEEPS = 2  # coordinate-descent passes over the knobs from each start (fewer when a pass changes nothing)
+FIT_SEEDS = 2  # generator seeds each setting's measures are averaged over while fitting
 ZERO = 0.01  # added to both sides of a measure's ratio in the fit's distance
 QUANTILES = {"p10": 10, "p25": 25, "median": 50, "p75": 75, "p90": 90, "p99": 99}
 
@@ -88,10 +89,11 @@ class LikeSpec:
                 or not 0.0 <= self.cooccurrence <= 1.0 or self.name_words < 0):
             raise DataError(f"generate --like: scale must be > 0, topics >= 1, topic_affinity and cooccurrence in "
                             f"[0, 1], topic_words and name_words >= 0 (got {asdict(self)})")
-        if self.shape is not None and (self.scale != 1.0 or len(self.shape) != 3 or min(self.shape) < 1
-                                       or self.shape[1] < 2):
-            raise DataError(f"generate --like: give a scale or a shape (users >= 1, items >= 2, reviews >= 1), not "
-                            f"both (got scale {self.scale}, shape {self.shape})")
+        if self.shape is not None and self.scale != 1.0:
+            raise DataError(f"generate --like: give a scale or a shape, not both (got scale {self.scale}, shape "
+                            f"{self.shape})")
+        if self.shape is not None and (len(self.shape) != 3 or min(self.shape) < 1 or self.shape[1] < 2):
+            raise DataError(f"generate --like: a shape is users >= 1, items >= 2 and reviews >= 1 (got {self.shape})")
 
 
 def distribution(values: np.ndarray) -> dict:
@@ -158,7 +160,8 @@ def like_records(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: 
         user_reviews = np.minimum(rng.choice(activity, size=n_users), n_items)
     else:
         n_users, n_items, n_reviews = spec.shape
-        drawn = rng.choice(activity, size=n_users) * (n_reviews / (n_users * activity.mean()))
+        drawn = rng.choice(activity, size=n_users).astype(np.float64)
+        drawn *= n_reviews / drawn.sum()
         stretched = np.floor(drawn) + (rng.random(n_users) < drawn - np.floor(drawn))  # rounded without bias
         user_reviews = np.clip(stretched.astype(np.int64), 1, n_items)
     weight = rng.choice(popularity, size=n_items).astype(np.float64)
@@ -198,8 +201,8 @@ def _neighbourhoods(rng: np.random.Generator, weight: np.ndarray) -> tuple[np.nd
 
 def _name(neighbourhood: int) -> tuple[str, str]:
     """A neighbourhood's two-word name."""
-    return (NAME_WORDS[neighbourhood % len(NAME_WORDS)],
-            NAME_WORDS[(neighbourhood // len(NAME_WORDS)) % len(NAME_WORDS)])
+    first = neighbourhood % len(NAME_WORDS)  # the second word differs too, below 64 neighbourhoods as above
+    return NAME_WORDS[first], NAME_WORDS[(neighbourhood // len(NAME_WORDS) + 37 * first + 11) % len(NAME_WORDS)]
 
 
 def generated_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> dict:
@@ -223,7 +226,9 @@ def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_si
     """Fit the knobs named in `grid` so that a set generated at the real set's own size has the real set's
     measures (`signal_distance`), by coordinate descent: each knob in turn takes its grid value closest to the
     real set with the others held, for FIT_SWEEPS passes or until a pass changes nothing. The descent starts twice,
-    from `spec` and from the grid's first corner (no planted signal), and the closer end wins.
+    from `spec` and from the grid's first corner (no planted signal), and the closer end wins. Each setting's
+    measures are the mean over FIT_SEEDS generator seeds after `spec.seed`, so the seed `spec` writes with is one
+    the fit never saw (`write_like` reports the distance at it).
 
     Parameters
     ----------
@@ -244,7 +249,8 @@ def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_si
     def distance(candidate: LikeSpec) -> float:
         key = tuple(getattr(candidate, knob) for knob in grid)
         if key not in tried:
-            measured = generated_signals(counts, candidate)
+            runs = [generated_signals(counts, replace(candidate, seed=spec.seed + 1 + k)) for k in range(FIT_SEEDS)]
+            measured = {m: round(float(np.mean([run[m] for run in runs])), 4) for m in runs[0]}
             tried[key] = {**dict(zip(grid, key)), **measured, "distance": signal_distance(measured, real_signals)}
             if progress:
                 progress(f"fit {len(tried)}: {dict(zip(grid, key))} distance {tried[key]['distance']}")
@@ -259,7 +265,7 @@ def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_si
             if start == before:
                 break
         ends.append(start)
-    return replace(min(ends, key=distance), scale=spec.scale, shape=spec.shape), list(tried.values())
+    return replace(min(ends, key=distance), scale=spec.scale, shape=spec.shape, seed=spec.seed), list(tried.values())
 
 
 def _weighted_pick(rng: np.random.Generator, pool: np.ndarray, cumulative: np.ndarray, n_items: int,
@@ -305,7 +311,8 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     Returns
     -------
     The figures written to `<out>.like.json`: the real set's measures, the generated set's (before any
-    filtering by `prepare`), the settings, the fit, and what is not fitted.
+    filtering by `prepare`), the settings, the fit (every setting tried, the best distance while fitting and the
+    distance at the written seed, at the real set's size), and what is not fitted.
     """
     out = Path(out)
     counts = real_counts(prepared)
@@ -324,10 +331,14 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
             handle.write(json.dumps(record) + "\n")
     generated = measure(np.array(users), np.array(items), np.array(words))
     generated["signals"] = signal_measures(np.array(users), np.array(items), texts, np.array(order), seed=spec.seed)
+    real_size = spec.shape is None and spec.scale == 1.0
+    at_real_size = generated["signals"] if real_size or not fitted else generated_signals(
+        counts, replace(spec, scale=1.0, shape=None))
     figures = {"like": str(prepared), "settings": asdict(spec), "real": {**counts[3], "signals": real_signals},
                "generated": generated,
-               "fit": {"knobs": list(grid), "measures": list(FITTED_MEASURES),
-                       "distance_at_real_size": min(t["distance"] for t in fitted[1]), "tried": fitted[1]}
+               "fit": {"knobs": list(grid), "measures": list(FITTED_MEASURES), "seeds_per_setting": FIT_SEEDS,
+                       "distance_while_fitting": min(t["distance"] for t in fitted[1]),
+                       "distance_at_unseen_seed": signal_distance(at_real_size, real_signals), "tried": fitted[1]}
                if fitted else None,
                "not_fitted": list(NOT_FITTED) + [f"{knob} (given)" for knob in SIGNAL_GRID
                                                  if not fitted or knob not in grid]}

@@ -1,17 +1,27 @@
-"""How predictable each user's next review is, and from what: co-occurrence, review text or popularity alone.
+"""How predictable each user's next review is, and from what: popularity, co-occurrence, or review text.
 
 Measured the same way on a real prepared set and on a generated one (`bertrs generate --like`), without an encoder,
 so that the generator's knobs can be fitted to the real set. Each user with two or more reviews has their last
-review (by time) held out; the rest is the history every signal reads:
+review (by time; equal times in a seeded random order) held out; the rest is the history every signal reads, and a
+held-out item already in its user's history is not a target:
 
 - popularity: items ranked by how many histories hold them;
 - co-occurrence: items ranked by the summed cosine co-occurrence (X^T X normalised by the items' counts) with the
   user's history items, as an item-kNN recommender does;
 - text: items ranked by the TF-IDF cosine between the user's history reviews and the item's history reviews.
 
-A hit rate is the share of held-out items ranked in the top `TOP_K` of the items outside the user's history (ties
-take their mean position). The text-neighbour lift is how much closer in TF-IDF two items reviewed by the same user
-are than two items drawn at random: 1 when text says nothing about an item's neighbours.
+A hit rate is the expected share of held-out items in the top `TOP_K` of the items outside the user's history
+(items tied with the target share the places they span at random).
+
+Averaged TF-IDF vectors also carry popularity: an item with many reviews has a dense, near-average vector, close to
+every other, and co-reviewed items are mostly popular ones. So each text measure is read against a baseline that
+keeps popularity and loses the text; both lifts are 1 where text says nothing:
+
+- text hit lift: the text hit rate over the text hit rate with the history's review texts shuffled across reviews
+  (seeded: every item keeps its review count, its words say nothing about it);
+- text-neighbour lift: the mean TF-IDF cosine of item pairs reviewed by the same user (weighted by how many users
+  share them) over that of random pairs of distinct items drawn in proportion to how often each item is in such a
+  pair (`RANDOM_PAIRS` of them, seeded).
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from pipeline.io import DataError
+
 TOP_K = 10
-RANDOM_PAIRS = 20_000  # item pairs drawn at random for the lift's denominator
 USER_CHUNK = 512  # users scored at once (a chunk x items dense block)
-FITTED_MEASURES = ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_neighbour_lift")
+ZERO = 1e-3  # added to both rates of the text hit lift
+RANDOM_PAIRS = 40_000  # pairs drawn for the text-neighbour lift's baseline
+FITTED_MEASURES = ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift", "text_neighbour_lift")
 
 
 def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], order: np.ndarray,
@@ -35,23 +48,33 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
     ----------
     users, items : Each review's user and item (any codes that `np.unique` sorts).
     texts : Each review's text.
-    order : Each review's time; a user's last review in this order is held out (ties: the later position).
-    seed : Seeds the random item pairs of the lift.
+    order : Each review's time; a user's last review in this order is held out.
+    seed : Seeds the order of equal times and the shuffled texts.
 
     Returns
     -------
-    {"held_out_users", "popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_neighbour_lift"}.
+    {"held_out_users", "popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_hit_rate_shuffled",
+    "text_hit_lift", "text_neighbour_lift"}.
+
+    Raises
+    ------
+    DataError : No reviews, or no word in two or more history reviews (nothing for TF-IDF to compare).
     """
+    if len(users) == 0:
+        raise DataError("next-review measures: the review set is empty")
+    rng = np.random.default_rng(seed)
     user_index = np.unique(users, return_inverse=True)[1].ravel()
     item_codes, item_index = np.unique(items, return_inverse=True)
     item_index = item_index.ravel()
     n_users, n_items = int(user_index.max()) + 1, len(item_codes)
-    held = _last_of_each_user(user_index, np.asarray(order))
+    held = last_of_each_user(user_index, np.asarray(order), rng)
     history = ~held
     x = sparse.csr_matrix((np.ones(int(history.sum())), (user_index[history], item_index[history])),
                           shape=(n_users, n_items))
     x.data[:] = 1.0  # a repeated pair counts once
     target_users, target_items = user_index[held], item_index[held]
+    new = np.asarray(x[target_users, target_items]).ravel() == 0  # a repeat of a history item is no target
+    target_users, target_items = target_users[new], target_items[new]
 
     counts = np.asarray(x.sum(axis=0)).ravel()
     gram = (x.T @ x).tocsr()
@@ -60,29 +83,42 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
     inverse_root = sparse.diags(1.0 / np.sqrt(np.maximum(counts, 1.0)))
     cooccurrence = (inverse_root @ gram @ inverse_root).tocsr()
 
-    vectoriser = TfidfVectorizer(sublinear_tf=True, min_df=2, token_pattern=r"(?u)\b[^\W\d_]{2,}\b")
     history_rows = np.flatnonzero(history)
-    reviews = vectoriser.fit_transform([texts[i] or "" for i in history_rows])
-    by_item = sparse.csr_matrix((np.ones(len(history_rows)), (item_index[history_rows], np.arange(len(history_rows)))),
-                                shape=(n_items, len(history_rows)))
-    by_user = sparse.csr_matrix((np.ones(len(history_rows)), (user_index[history_rows], np.arange(len(history_rows)))),
-                                shape=(n_users, len(history_rows)))
-    item_text, user_text = normalize(by_item @ reviews), normalize(by_user @ reviews)
+    vectoriser = TfidfVectorizer(sublinear_tf=True, min_df=2, token_pattern=r"(?u)\b[^\W\d_]{2,}\b")
+    try:
+        reviews = vectoriser.fit_transform([texts[i] or "" for i in history_rows])
+    except ValueError as error:  # sklearn: "empty vocabulary"
+        raise DataError(f"next-review measures: no word appears in two or more history reviews ({error})") from None
+    shuffled = reviews[rng.permutation(reviews.shape[0])]
+    texts_by = {}
+    for name, matrix in (("true", reviews), ("shuffled", shuffled)):
+        by_item = _rows_summed(item_index[history_rows], n_items) @ matrix
+        by_user = _rows_summed(user_index[history_rows], n_users) @ matrix
+        texts_by[name] = (normalize(by_user), normalize(by_item))
 
+    def text_rate(name: str) -> float:
+        user_text, item_text = texts_by[name]
+        return _hit_rate(lambda rows: (user_text[rows] @ item_text.T).toarray(), x, target_users, target_items)
+
+    text_hit_rate, shuffled_rate = text_rate("true"), text_rate("shuffled")
+    pairs = sparse.triu(gram, k=1).tocoo()
     return {
-        "held_out_users": int(held.sum()),
-        "popularity_hit_rate": _hit_rate(lambda rows: np.tile(counts, (len(rows), 1)), x, target_users, target_items),
+        "held_out_users": int(len(target_users)),
+        "popularity_hit_rate": _hit_rate(lambda rows: np.tile(counts, (len(rows), 1)), x, target_users,
+                                         target_items),
         "cooccurrence_hit_rate": _hit_rate(lambda rows: (x[rows] @ cooccurrence).toarray(), x, target_users,
                                            target_items),
-        "text_hit_rate": _hit_rate(lambda rows: (user_text[rows] @ item_text.T).toarray(), x, target_users,
-                                   target_items),
-        "text_neighbour_lift": _neighbour_lift(sparse.triu(gram, k=1).tocoo(), item_text, seed),
+        "text_hit_rate": text_hit_rate,
+        "text_hit_rate_shuffled": shuffled_rate,
+        "text_hit_lift": round((text_hit_rate + ZERO) / (shuffled_rate + ZERO), 4),
+        "text_neighbour_lift": _neighbour_lift(pairs, texts_by["true"][1], rng),
     }
 
 
-def _last_of_each_user(user_index: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """A mask of each user's last review in `order`, for users with two or more reviews."""
-    by_time = np.lexsort((np.arange(len(order)), order, user_index))
+def last_of_each_user(user_index: np.ndarray, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mask of each user's last review in `order` (equal times in a random order drawn from `rng`), for users
+    with two or more reviews."""
+    by_time = np.lexsort((rng.permutation(len(order)), order, user_index))
     sorted_users = user_index[by_time]
     last = np.r_[sorted_users[1:] != sorted_users[:-1], True]
     first = np.r_[True, sorted_users[1:] != sorted_users[:-1]]
@@ -91,8 +127,14 @@ def _last_of_each_user(user_index: np.ndarray, order: np.ndarray) -> np.ndarray:
     return held
 
 
+def _rows_summed(index: np.ndarray, n: int) -> sparse.csr_matrix:
+    """The (n x len(index)) matrix that sums rows by `index`."""
+    return sparse.csr_matrix((np.ones(len(index)), (index, np.arange(len(index)))), shape=(n, len(index)))
+
+
 def _hit_rate(score_rows, x: sparse.csr_matrix, target_users: np.ndarray, target_items: np.ndarray) -> float:
-    """The share of targets in the top TOP_K of the items outside their user's history, ties at their mean place."""
+    """The expected share of targets in the top TOP_K of the items outside their user's history: a target with
+    `above` items scored higher and `tied` others scored equal is at each of the tied places with equal chance."""
     if len(target_users) == 0:
         return 0.0
     hits = 0.0
@@ -104,20 +146,19 @@ def _hit_rate(score_rows, x: sparse.csr_matrix, target_users: np.ndarray, target
         target = scores[np.arange(len(rows)), wanted][:, None]
         above = (scores > target).sum(axis=1)
         tied = (scores == target).sum(axis=1) - 1
-        hits += float(((above + tied / 2.0) < TOP_K).sum())
+        hits += float(np.clip((TOP_K - above) / (tied + 1), 0.0, 1.0).sum())
     return round(hits / len(target_users), 4)
 
 
-def _neighbour_lift(pairs: sparse.coo_matrix, item_text: sparse.csr_matrix, seed: int) -> float:
-    """Mean TF-IDF cosine of co-reviewed item pairs (weighted by how many users share them) over that of random
-    pairs of distinct items."""
-    n_items = item_text.shape[0]
-    if pairs.nnz == 0 or n_items < 2:
+def _neighbour_lift(pairs: sparse.coo_matrix, item_text: sparse.csr_matrix, rng: np.random.Generator) -> float:
+    """Mean cosine of the co-reviewed pairs (weighted by how many users share them) over that of random distinct
+    pairs whose ends are drawn by each item's weighted share of the co-reviewed pairs."""
+    if pairs.nnz == 0:
         return 1.0
-    neighbours = np.asarray(item_text[pairs.row].multiply(item_text[pairs.col]).sum(axis=1)).ravel()
-    rng = np.random.default_rng(seed)
-    left = rng.integers(0, n_items, size=RANDOM_PAIRS)
-    right = (left + rng.integers(1, n_items, size=RANDOM_PAIRS)) % n_items  # never the same item
-    random = np.asarray(item_text[left].multiply(item_text[right]).sum(axis=1)).ravel()
-    base = float(random.mean())
-    return round(float(np.average(neighbours, weights=pairs.data)) / base, 4) if base > 0 else 1.0
+    cosines = np.asarray(item_text[pairs.row].multiply(item_text[pairs.col]).sum(axis=1)).ravel()
+    degree = np.bincount(pairs.row, pairs.data, item_text.shape[0]) + np.bincount(pairs.col, pairs.data,
+                                                                                item_text.shape[0])
+    left, right = (rng.choice(len(degree), size=RANDOM_PAIRS, p=degree / degree.sum()) for _ in range(2))
+    distinct = left != right
+    baseline = np.asarray(item_text[left[distinct]].multiply(item_text[right[distinct]]).sum(axis=1)).ravel()
+    return round(float(np.average(cosines, weights=pairs.data)) / max(float(baseline.mean()), 1e-12), 4)
