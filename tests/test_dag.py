@@ -261,3 +261,14 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(stage):
                 if not any(file == dep or dep in file.parents for dep in deps) and not _only_a_docstring(file)}
     assert not not_deps, f"{stage} imports {sorted(str(f.relative_to(REPO)) for f in not_deps)}, not among its deps"
     assert own in deps and not deps & others, stage
+
+
+def test_bytecode_python_writes_beside_the_sources_is_no_stage_dependency():
+    """A checkout that has run the tests holds __pycache__ folders inside the code folders the stages depend on;
+    counted, they would give dvc.lock another hash than a fresh clone's `make repro` writes."""
+    from dvc.repo import Repo
+
+    ignore = Repo(str(REPO)).dvcignore
+    assert ignore.is_ignored_dir(str(REPO / "pipeline" / "ranking" / "__pycache__"))
+    assert ignore.is_ignored_file(str(REPO / "pipeline" / "ranking" / "stray.cpython-311.pyc"))
+    assert not ignore.is_ignored_file(str(REPO / "pipeline" / "ranking" / "registry.py"))
