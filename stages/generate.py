@@ -58,7 +58,8 @@ def main(
             raise DataError("generate --like takes its size from the prepared set: use --scale or --shape, not "
                             "--users, --items or --copies")
         given = {knob: value for knob, value in knobs.items() if value is not None}
-        spec = LikeSpec(scale=1.0 if scale is None else scale, shape=shape, seed=seed, **given)
+        sized = {"scale": scale} if scale is not None else {}
+        spec = LikeSpec(shape=shape, seed=seed, **sized, **given)
         grid = {knob: values for knob, values in SIGNAL_GRID.items() if knob not in given} if fit else None
         figures = write_like(like, out, spec, grid or None, progress=lambda message: typer.echo(message, err=True))
         settings = figures["settings"]
@@ -71,8 +72,9 @@ def main(
     misplaced = [flag for flag, value in like_only.items() if value is not None]
     if misplaced:
         raise DataError(f"generate: {', '.join(misplaced)} only apply with --like")
-    spec = SyntheticSpec(n_users=users or 200, n_items=items or 100, n_topics=8 if topics is None else topics,
-                         reviews_per_user=reviews_per_user,
-                         topic_affinity=0.85 if topic_affinity is None else topic_affinity, seed=seed)
+    given = {name: value for name, value in (("n_topics", topics), ("topic_affinity", topic_affinity))
+             if value is not None}  # the rest: SyntheticSpec's defaults
+    spec = SyntheticSpec(n_users=users or 200, n_items=items or 100, reviews_per_user=reviews_per_user, seed=seed,
+                         **given)
     write_synthetic(out, spec, copies=copies)
     typer.echo(f"wrote {out}")

@@ -207,13 +207,14 @@ def _name(neighbourhood: int) -> tuple[str, str]:
 
 def generated_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> dict:
     """The next-review predictability (pipeline/data/signals.py) of the set `like_records` generates."""
-    users, items, texts, order = [], [], [], []
-    for record in like_records(counts, spec):
-        users.append(record["reviewerID"])
-        items.append(record["asin"])
-        texts.append(record["reviewText"])
-        order.append(record["unixReviewTime"])
-    return signal_measures(np.array(users), np.array(items), texts, np.array(order), seed=spec.seed)
+    return _records_signals(list(like_records(counts, spec)), spec.seed)
+
+
+def _records_signals(records: list[dict], seed: int) -> dict:
+    """`signal_measures` of generated records."""
+    return signal_measures(np.array([r["reviewerID"] for r in records]), np.array([r["asin"] for r in records]),
+                           [r["reviewText"] for r in records], np.array([r["unixReviewTime"] for r in records]),
+                           seed=seed)
 
 
 def signal_distance(generated: dict, real: dict) -> float:
@@ -320,17 +321,12 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     fitted = fit_signals(counts, real_signals, spec, grid, progress) if grid else None
     if fitted:
         spec = fitted[0]
-    users, items, words, texts, order = [], [], [], [], []
+    records = list(like_records(counts, spec))
     with atomic_path(out) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
-        for record in like_records(counts, spec):
-            users.append(record["reviewerID"])
-            items.append(record["asin"])
-            texts.append(record["reviewText"])
-            order.append(record["unixReviewTime"])
-            words.append(len(record["reviewText"].split()))
-            handle.write(json.dumps(record) + "\n")
-    generated = measure(np.array(users), np.array(items), np.array(words))
-    generated["signals"] = signal_measures(np.array(users), np.array(items), texts, np.array(order), seed=spec.seed)
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    generated = measure(np.array([r["reviewerID"] for r in records]), np.array([r["asin"] for r in records]),
+                        np.array([len(r["reviewText"].split()) for r in records]))
+    generated["signals"] = _records_signals(records, spec.seed)
     real_size = spec.shape is None and spec.scale == 1.0
     at_real_size = generated["signals"] if real_size or not fitted else generated_signals(
         counts, replace(spec, scale=1.0, shape=None))
