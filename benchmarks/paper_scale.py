@@ -42,6 +42,11 @@ give up past its memory budget: bert_rs with `solver: scalable` (the low-rank mo
 the same prepared data and embedding cache as the DAG's dense bert_rs, then both evaluated by `bertrs evaluate` on
 the test split (<work>/scalable/).
 
+A step beside the DAG run only when named, `--stages train@pop train@ease "beside: evaluate the runs trained so
+far"`, scores the test split for every run the workspace has trained (`bertrs evaluate --every-folder`, into the
+work folder where the DAG's own evaluate table is kept), so that a few runs' quality at the paper's shape is read
+without the hours every other run of the DAG takes first.
+
 `--floor` measures why the end-to-end target is out of reach on a machine like this one: the arithmetic of the DAG's
 encoder passes (torch's FlopCounterMode on one forward pass at each truncated review length, times the prepared
 reviews of that length; padding not counted, so a lower bound) against the machine's fastest fp32 matrix product
@@ -162,6 +167,8 @@ def follow_committed_code(clone: Path) -> None:
 
 
 SCALABLE_TRAIN, SCALABLE_EVALUATE = "beside: train bert_rs (solver scalable)", "beside: evaluate scalable and dense"
+# run only when named: the test split scored for the runs trained so far, when `--stages` stops short of `evaluate`
+EVALUATE_TRAINED = "beside: evaluate the runs trained so far"
 
 
 def dag_command(stage: str, again: bool = False) -> list[str]:
@@ -177,6 +184,9 @@ def needed_stages(clone: Path, env: dict, targets: list[str], stages: list[str])
         raise SystemExit(f"--stages: no stage named {', '.join(unknown)}; the stages are: {', '.join(stages)}")
     needed = set()
     for target in targets:
+        if target == EVALUATE_TRAINED:  # reads whatever runs the workspace holds
+            needed.add(target)
+            continue
         if stage_part(target) == "beside the DAG":
             needed |= {SCALABLE_TRAIN, target}
             target = "train_text@bert_rs"
@@ -202,9 +212,11 @@ def earlier_rows(out: Path, stages: list[str]) -> dict[str, dict]:
             if stage in stages}
 
 
-def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
+def steps_beside_dag(clone: Path, work: Path) -> dict[str, list[str]]:
     """The steps that train bert_rs with the scalable solver on the DAG's own prepared data and embedding cache,
-    and evaluate it beside the DAG's dense bert_rs (hard links, not copies, of the dense run's files)."""
+    and evaluate it beside the DAG's dense bert_rs (hard links, not copies, of the dense run's files); and the step
+    that scores the test split for every run the workspace has trained so far, into the work folder's metrics and
+    table where the DAG's `evaluate` puts its own."""
     side = work / "scalable"
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["models"]["bert_rs"]["solver"] = "scalable"
@@ -224,7 +236,11 @@ def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
                              str(side / "curves.csv"), "--params", str(side / "params.yaml"), "--no-progress"],
             SCALABLE_EVALUATE: [bertrs, "evaluate", "--prepared", "data/prepared", "--models", str(side / "models"),
                                 "--metrics", str(side / "metrics.json"), "--table", str(side / "comparison.md"),
-                                "--plots-dir", str(side / "at_k"), "--params", "params.yaml", "--every-folder"]}
+                                "--plots-dir", str(side / "at_k"), "--params", "params.yaml", "--every-folder"],
+            EVALUATE_TRAINED: [bertrs, "evaluate", "--prepared", "data/prepared", "--models", "data/models",
+                               "--metrics", str(work / DAG_METRICS), "--table", str(work / DAG_TABLE),
+                               "--plots-dir", str(work / "at_k_trained"), "--params", "params.yaml",
+                               "--every-folder"]}
 
 
 def encoder_pass_flops(clone: Path, encoder_spec: str, max_length: int) -> dict:
@@ -415,15 +431,17 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
     table1 = json.loads(stats_file.read_text())["table1"] if stats_file.is_file() else None
     totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
               for part in ("stage one", "stage two")}
+    wanted = [stage for stage in stages if stage != EVALUATE_TRAINED]  # what a complete run measures
+    pending = [stage for stage in wanted if stage not in done]
     peak = max((r["peak_gb"] for s, r in done.items() if stage_part(s) != "beside the DAG"), default=None)
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     shown = like.relative_to(ROOT) if like is not None and like.is_relative_to(ROOT) else like
     command = "python benchmarks/paper_scale.py" + (f" --like {shown}" if like else "")
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu})", "command": command,
-            "load_average": os.getloadavg(), "complete": len(done) == len(stages)}
+            "load_average": os.getloadavg(), "complete": not pending}
     write_json(out / "paper_scale.json", {"meta": meta, "prepared": table1, "stages": done,
-                                          "pending": [s for s in stages if s not in done], "totals": totals,
+                                          "pending": pending, "totals": totals,
                                           "floor": floor})
     lines = ["# The whole DAG at the paper's size", "",
              f"{meta['date']}, {meta['machine']}, `{meta['command']}` (resumable; see its docstring for the data). "
@@ -435,15 +453,19 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
         lines += [f"Prepared: {table1['users']:,} users, {table1['items']:,} items, {table1['reviews']:,} reviews "
                   f"(the paper: {PAPER['users']:,}, {PAPER['items']:,}, {PAPER['reviews']:,}).", ""]
     metrics_file = clone.parent / DAG_METRICS  # the clone's own is the bundled sample's again after a move
-    metrics = json.loads(metrics_file.read_text()) if "evaluate" in done and metrics_file.is_file() else {}
+    evaluations = [done[step] for step in ("evaluate", EVALUATE_TRAINED) if step in done]
+    metrics = json.loads(metrics_file.read_text()) if evaluations and metrics_file.is_file() else {}
+    evaluated_at = max((row.get("finished_at", 0.0) for row in evaluations), default=0.0)
     lines += ["| stage | wall minutes | CPU minutes | peak RSS (GB) | test NDCG@10 (full) | note |",
               "|---|---|---|---|---|---|"]
     for stage in stages:
         row = done.get(stage)
+        if not row and stage == EVALUATE_TRAINED:
+            continue
         if not row:
             lines.append(f"| {stage} | not run yet | | | | |")
             continue
-        fresh = row.get("finished_at", 0.0) <= done.get("evaluate", {}).get("finished_at", 0.0)  # not re-trained since
+        fresh = row.get("finished_at", 0.0) <= evaluated_at  # not re-trained since the test split was scored
         run = metrics.get(stage.partition("@")[2]) if stage.startswith("train") and fresh else None
         ndcg = f"{run['full']['ndcg@10']:.4f}" if run else ""
         cpu = f"{row['cpu_seconds'] / 60:.1f}" if row.get("cpu_seconds") is not None else "not recorded"
@@ -453,7 +475,7 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
     lines += ["", f"Stage one {totals['stage one'] / 60:.1f} min, stage two {totals['stage two'] / 60:.1f} min over "
               f"the DAG's stages run (the steps beside it not counted); peak {peak:.2f} GB."
               if peak is not None else "Nothing run yet.",
-              "" if meta["complete"] else f"Incomplete: {len(stages) - len(done)} of {len(stages)} stages not run "
+              "" if meta["complete"] else f"Incomplete: {len(pending)} of {len(wanted)} stages not run "
               "yet; rerun the command to resume, or name a few with `--stages`.", ""]
     codes: dict[str, list[str]] = {}
     for stage, row in done.items():
@@ -502,8 +524,9 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     listing = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=clone, env=env, check=True,
                              capture_output=True, text=True)
-    stages = listing.stdout.split() + [SCALABLE_TRAIN, SCALABLE_EVALUATE]
-    to_run = needed_stages(clone, env, args.stages, stages) if args.stages else stages
+    stages = listing.stdout.split() + [SCALABLE_TRAIN, SCALABLE_EVALUATE, EVALUATE_TRAINED]
+    to_run = needed_stages(clone, env, args.stages, stages) if args.stages else [
+        stage for stage in stages if stage != EVALUATE_TRAINED]
     measured = Ledger(work / "stages.jsonl")  # one row per stage measured in this workspace
     begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
     done = {**earlier_rows(out, stages), **measured.rows}
@@ -517,7 +540,7 @@ def main() -> None:
         begun.put(stage, {"at": time.time()})
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
         if stage_part(stage) == "beside the DAG" and not beside:
-            beside = scalable_beside_dense(clone, work)
+            beside = steps_beside_dag(clone, work)
         command = beside[stage] if stage_part(stage) == "beside the DAG" else dag_command(stage, stage in again)
 
         seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import paper_scale
 from benchmarks.paper_scale import (
+    EVALUATE_TRAINED,
     SCALABLE_EVALUATE,
     SCALABLE_TRAIN,
     earlier_rows,
@@ -169,6 +170,34 @@ def test_each_training_stage_shows_its_runs_test_ndcg_beside_its_minutes_once_th
     del done["evaluate"]  # before the DAG's evaluate the metrics are not this run's
     paper_scale.report(clone, stages, done, tmp_path)
     assert "0.0634" not in (tmp_path / "paper_scale.md").read_text()
+
+
+def test_runs_trained_short_of_the_whole_dag_show_their_test_ndcg_once_the_step_beside_it_scores_them(tmp_path):
+    """`--stages train@ease ... "beside: evaluate the runs trained so far"`: quality at the paper's shape without
+    the hours every other run of the DAG would take first; the step is no stage a complete run waits for."""
+    clone = tmp_path / "repo"
+    clone.mkdir()
+    (tmp_path / paper_scale.DAG_METRICS).write_text(json.dumps({"ease": {"full": {"ndcg@10": 0.0512}}}))
+    stages = ["prepare", "train@ease", "train@mf", "evaluate", EVALUATE_TRAINED]
+    done = {s: {"seconds": 60.0, "cpu_seconds": 60.0, "peak_gb": 1.0, "finished_at": t}
+            for s, t in [("prepare", 1.0), ("train@ease", 2.0), (EVALUATE_TRAINED, 3.0)]}
+    paper_scale.report(clone, stages, done, tmp_path)
+    written = (tmp_path / "paper_scale.md").read_text()
+    assert "| train@ease | 1.0 | 1.0 | 1.00 | 0.0512 |" in written
+    assert "Incomplete: 2 of 4 stages not run yet" in written
+    assert json.loads((tmp_path / "paper_scale.json").read_text())["pending"] == ["train@mf", "evaluate"]
+    del done[EVALUATE_TRAINED]
+    done["evaluate"] = done["train@mf"] = {"seconds": 60.0, "cpu_seconds": 60.0, "peak_gb": 1.0, "finished_at": 4.0}
+    paper_scale.report(clone, stages, done, tmp_path)
+    assert json.loads((tmp_path / "paper_scale.json").read_text())["meta"]["complete"]
+    assert EVALUATE_TRAINED not in (tmp_path / "paper_scale.md").read_text()
+
+
+@needs_dvc
+def test_scoring_the_runs_trained_so_far_needs_no_stage_before_it():
+    env = {**os.environ, "PATH": f"{DVC.parent}:{os.environ['PATH']}"}
+    assert needed_stages(ROOT, env, ["train@pop", EVALUATE_TRAINED], STAGES + [EVALUATE_TRAINED]) == [
+        "prepare", "train@pop", EVALUATE_TRAINED]
 
 
 def test_a_bert_rs_row_says_what_its_search_chose_and_the_scalable_one_its_passes(tmp_path):
