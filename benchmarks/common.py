@@ -35,7 +35,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config.ranking import BertRSConfig, DenseSearchConfig
-from pipeline.data.prepared import PreparedData, load_reviews
+from pipeline.data.prepare import prepare_dataset
+from pipeline.data.prepared import PreparedData, load_prepared, load_reviews
+from pipeline.embeddings.build import build_caches
+from pipeline.embeddings.cache import load_review_embeddings
+from pipeline.embeddings.engines.local import write_embedding_cache
+from pipeline.io import read_json
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -52,6 +57,62 @@ DATASETS = {
     "amazon_fashion": SHARED_DATA / "amazon2018" / "AMAZON_FASHION_5.json.gz",
     "gift_cards": SHARED_DATA / "amazon2018" / "Gift_Cards_5.json.gz",
 }
+
+
+# ------------------------------------------------------------------------------------------------ the shared sets
+# quality.py's prepared data and embedding caches, per dataset and protocol under one work folder (build/quality):
+# other studies of the same rows read them from there instead of preparing and encoding again
+
+PROTOCOLS = ("leave_one_out", "random")
+
+
+def mean_cache_of(params: Params) -> str:
+    return "minilm_mean" if "minilm_mean" in params.encoders else next(iter(params.encoders))
+
+
+def prepared_for(work: Path, dataset: str, protocol: str, params: Params) -> PreparedData:
+    out = work / dataset / protocol / "prepared"
+    if not (out / "stats.json").is_file():
+        config = dataclasses.replace(params.prepare, protocol=protocol, input=[str(DATASETS[dataset])])
+        prepare_dataset(config, config.input, out)
+    return load_prepared(out)
+
+
+def caches_for(work: Path, dataset: str, protocol: str, params: Params, data: PreparedData,
+               encoders: dict[str, str]) -> dict[str, Path]:
+    """One cache per encoder name; names that share weights (the same encoder folder) share one forward pass, and
+    a cache another protocol already built for the same reviews lends its review vectors (only the profiles, which
+    follow the split, are computed again)."""
+    caches = {name: work / dataset / protocol / "embeddings" / name for name in encoders}
+    for name in encoders:
+        donor = next((work / dataset / other / "embeddings" / name for other in PROTOCOLS if other != protocol
+                      and (work / dataset / other / "embeddings" / name / "meta.json").is_file()), None)
+        if donor is not None and not (caches[name] / "meta.json").is_file():
+            reuse_review_vectors(donor, data, params.embed_for(name), caches[name])
+    todo = [name for name in encoders if not (caches[name] / "meta.json").is_file()]
+    for encoder_dir in dict.fromkeys(encoders[name] for name in todo):
+        names = [name for name in todo if encoders[name] == encoder_dir]
+        build_caches(data.root, encoder_dir, {n: params.embed_for(n) for n in names}, {n: caches[n] for n in names})
+    return caches
+
+
+def reuse_review_vectors(donor: Path, data: PreparedData, config, out: Path) -> None:
+    """A cache for `data` from another protocol's cache of the same reviews and encoder: the review vectors are
+    looked up by text instead of encoded again (the encoder is deterministic), the profiles follow this split."""
+    table, vectors = load_review_embeddings(donor)
+    reviews = load_reviews(data.root, columns=["review_id", "text"])
+    if not np.array_equal(np.sort(table.column("review_id").to_numpy()),
+                          np.sort(reviews.column("review_id").to_numpy())):
+        raise RuntimeError(f"{donor}: another set of reviews; cannot lend its vectors to {out}")
+    by_id = dict(zip(table.column("review_id").to_pylist(), vectors))
+    by_text = dict(zip(reviews.column("text").to_pylist(), (by_id[r] for r in reviews.column("review_id").to_pylist())))
+    meta = {k: v for k, v in read_json(donor / "meta.json").items() if k not in ("n_users", "n_items", "n_reviews")}
+    meta["data_fingerprint"] = data.fingerprint
+    write_embedding_cache(out, data.root / "reviews.parquet", lambda texts: np.stack([by_text[t] for t in texts]),
+                          meta=meta, n_users=data.n_users, n_items=data.n_items, shard_size=config.shard_size,
+                          normalize_profiles=config.normalize_profiles, index_metric=config.index_metric,
+                          progress=False)
+
 
 # ------------------------------------------------------------------------------------------------ measuring
 

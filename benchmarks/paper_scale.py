@@ -411,7 +411,9 @@ def search_profile_lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
     profile = json.loads(path.read_text())
-    run = profile["runs"].get("screened") or next(iter(profile["runs"].values()))
+    default = RankingConfig().train.search_precision  # with both precisions profiled, the default's run
+    run = profile["runs"].get("screened") or profile["runs"].get(f"screened {default}") or next(
+        iter(profile["runs"].values()))
     meta, total = profile["meta"], run["total_seconds"]
     lines = ["## Where the dense bert_rs stage's minutes go", "",
              f"{meta['date']}, code {meta.get('code', 'not recorded')}, `{meta['command']}` (load average "

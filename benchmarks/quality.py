@@ -70,17 +70,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import (  # noqa: E402
-    DATASETS, EASE_SEARCH, Ledger, fixed_choices, ledger_file, pct, review_times, user_bootstrap, with_refit,
+    DATASETS, EASE_SEARCH, PROTOCOLS, Ledger, caches_for, fixed_choices, ledger_file, mean_cache_of, pct,
+    prepared_for, review_times, user_bootstrap, with_refit,
 )
 from pipeline.config import Params, RankingConfig, RunSpec, load_params  # noqa: E402
 from pipeline.config.ranking import DenseSearchConfig  # noqa: E402
-from pipeline.data.prepare import prepare_dataset  # noqa: E402
-from pipeline.data.prepared import PreparedData, load_prepared, load_reviews  # noqa: E402
-from pipeline.embeddings.build import build_caches  # noqa: E402
+from pipeline.data.prepared import PreparedData, load_reviews  # noqa: E402
 from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embeddings  # noqa: E402
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
-from pipeline.embeddings.engines.local import write_embedding_cache  # noqa: E402
-from pipeline.io import read_json, write_json  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
 from pipeline.ranking.selection.spaces import ReviewAwareSpace, Setting  # noqa: E402
 from pipeline.ranking.registry import load_model_profiles  # noqa: E402
@@ -90,7 +88,6 @@ from pipeline.text.encoders import resolve_encoder  # noqa: E402
 from pipeline.text.finetune import finetune_encoder  # noqa: E402
 from pipeline.text.static import distill_static, is_static  # noqa: E402
 
-PROTOCOLS = ("leave_one_out", "random")
 KS = (1, 3, 5, 10)
 NON_TEXT = ("pop", "mf", "ease", "gmf", "mlp", "neumf")
 
@@ -110,10 +107,6 @@ LEVERS = {
 }
 FIXED_SHUFFLE = "+shuffled"  # the headline ablation: partner's choices held, profiles permuted
 RESEARCHED_SHUFFLE = "+shuffled_researched"  # the text search rerun on permuted profiles
-
-
-def mean_cache_of(params: Params) -> str:
-    return "minilm_mean" if "minilm_mean" in params.encoders else next(iter(params.encoders))
 
 
 def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
@@ -145,14 +138,6 @@ def variants(params: Params) -> dict[str, tuple[RunSpec, dict]]:
 
 
 # ---------------------------------------------------------------------------------------------------- stages
-
-
-def prepared_for(work: Path, dataset: str, protocol: str, params: Params) -> PreparedData:
-    out = work / dataset / protocol / "prepared"
-    if not (out / "stats.json").is_file():
-        config = dataclasses.replace(params.prepare, protocol=protocol, input=[str(DATASETS[dataset])])
-        prepare_dataset(config, config.input, out)
-    return load_prepared(out)
 
 
 def shared_training_reviews(work: Path, dataset: str, protocols: list[str], params: Params) -> pa.Table:
@@ -193,42 +178,6 @@ def encoders_for(work: Path, dataset: str, protocols: list[str], params: Params)
             write_json(work / dataset / "encoders" / f"{name}.metrics.json", metrics)
         out[name] = str(folder)
     return out
-
-
-def caches_for(work: Path, dataset: str, protocol: str, params: Params, data: PreparedData,
-               encoders: dict[str, str]) -> dict[str, Path]:
-    """One cache per encoder name; names that share weights (the same encoder folder) share one forward pass, and
-    a cache another protocol already built for the same reviews lends its review vectors (only the profiles, which
-    follow the split, are computed again)."""
-    caches = {name: work / dataset / protocol / "embeddings" / name for name in encoders}
-    for name in encoders:
-        donor = next((work / dataset / other / "embeddings" / name for other in PROTOCOLS if other != protocol
-                      and (work / dataset / other / "embeddings" / name / "meta.json").is_file()), None)
-        if donor is not None and not (caches[name] / "meta.json").is_file():
-            reuse_review_vectors(donor, data, params.embed_for(name), caches[name])
-    todo = [name for name in encoders if not (caches[name] / "meta.json").is_file()]
-    for encoder_dir in dict.fromkeys(encoders[name] for name in todo):
-        names = [name for name in todo if encoders[name] == encoder_dir]
-        build_caches(data.root, encoder_dir, {n: params.embed_for(n) for n in names}, {n: caches[n] for n in names})
-    return caches
-
-
-def reuse_review_vectors(donor: Path, data: PreparedData, config, out: Path) -> None:
-    """A cache for `data` from another protocol's cache of the same reviews and encoder: the review vectors are
-    looked up by text instead of encoded again (the encoder is deterministic), the profiles follow this split."""
-    table, vectors = load_review_embeddings(donor)
-    reviews = load_reviews(data.root, columns=["review_id", "text"])
-    if not np.array_equal(np.sort(table.column("review_id").to_numpy()),
-                          np.sort(reviews.column("review_id").to_numpy())):
-        raise RuntimeError(f"{donor}: another set of reviews; cannot lend its vectors to {out}")
-    by_id = dict(zip(table.column("review_id").to_pylist(), vectors))
-    by_text = dict(zip(reviews.column("text").to_pylist(), (by_id[r] for r in reviews.column("review_id").to_pylist())))
-    meta = {k: v for k, v in read_json(donor / "meta.json").items() if k not in ("n_users", "n_items", "n_reviews")}
-    meta["data_fingerprint"] = data.fingerprint
-    write_embedding_cache(out, data.root / "reviews.parquet", lambda texts: np.stack([by_text[t] for t in texts]),
-                          meta=meta, n_users=data.n_users, n_items=data.n_items, shard_size=config.shard_size,
-                          normalize_profiles=config.normalize_profiles, index_metric=config.index_metric,
-                          progress=False)
 
 
 def leaky_profiles(cache: Path, data: PreparedData) -> Profiles:

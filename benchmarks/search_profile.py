@@ -4,6 +4,7 @@
     python benchmarks/search_profile.py --users 600 --items 3000 --screen on --out build/search_profile  # a look
     python benchmarks/search_profile.py --screen on --prepared build/paper_scale/repo/data/prepared \
         --gram build/paper_scale/repo/data/gram      # paper_scale.py's data and its gram stage, the stage alone
+    python benchmarks/search_profile.py --screen on --precision both ...   # float64 and float32 grids side by side
 
 The data has the paper's shape as benchmarks/paper_scale.py generates it (3,764 users, 24.2 reviews each over 22,000
 items of a flattened popularity, 50 topics; the default 3/3 k-core then leaves about 17k items and 83k reviews),
@@ -11,7 +12,8 @@ prepared with params.yaml's defaults (leave-one-out, final fit on training + val
 random unit vectors of the MiniLM width (384): the time of every step depends on the shapes, not on what the vectors
 say, and no encoder pass (an hour here) is needed. bert_rs is trained by the library's own `train` with params.yaml's
 `models.bert_rs` grid, in this process, with a cumulative wall-clock timer around each step, once with the search
-screened (`train.screen_search`, pipeline/ranking/selection/select.py) and once without, one after the other. As in
+screened (`train.screen_search`, pipeline/ranking/selection/select.py) and once without, one after the other (or, with
+`--precision both`, once with the grid scored in float64 and once in float32: `train.search_precision`). As in
 the DAG, the decomposition the search starts from is made once before the stage (`bertrs gram`, data/gram/: its time
 is given beside the stage's, not in it) and the stage reads it; `--own-decomposition` has the stage take its own.
 
@@ -164,6 +166,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--screen", choices=["both", "on", "off"], default="both",
                         help="train.screen_search for the run(s): both = screened, then unscreened, side by side")
+    parser.add_argument("--precision", choices=["float64", "float32", "both"], default=None,
+                        help="train.search_precision for the run(s) (default: params.yaml's); both = float32, then "
+                             "float64, side by side (with --screen on or off)")
     parser.add_argument("--prepared", type=Path, default=None,
                         help="profile on this prepared folder instead of generating one (e.g. paper_scale.py's)")
     parser.add_argument("--gram", type=Path, default=None,
@@ -173,12 +178,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "search_profile")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.screen == "both" and args.precision == "both":
+        parser.error("compare one thing at a time: --precision both needs --screen on or off")
     load_start = os.getloadavg()
     data = load_prepared(args.prepared or paper_shaped_data(args.work, args.users, args.items, args.seed))
     config = load_params(ROOT / "params.yaml").ranking
     profiles = random_profiles(data.n_users, data.n_items, args.dim, args.seed)
-    variants = {"screened": True, "unscreened": False}
-    wanted = list(variants) if args.screen == "both" else ["screened" if args.screen == "on" else "unscreened"]
+    screens = {"screened": True, "unscreened": False}
+    screens = screens if args.screen == "both" else {
+        name: on for name, on in screens.items() if on == (args.screen == "on")}
+    precisions = ["float32", "float64"] if args.precision == "both" else [
+        args.precision or config.train.search_precision]
+    # each run's train settings, named by what differs between them
+    variants = {name if args.precision != "both" else f"{name} {precision}":
+                {"screen_search": on, "search_precision": precision}
+                for name, on in screens.items() for precision in precisions}
     shared, gram_seconds = None, None
     if args.gram is not None and not args.own_decomposition:
         shared = args.gram  # made by an earlier gram stage; its time is that stage's
@@ -186,8 +200,8 @@ def main() -> None:
         shared, start = args.work / "gram", time.perf_counter()
         write_shared_gram(data, shared, config.train.memory_budget_gb)
         gram_seconds = round(time.perf_counter() - start, 1)
-    runs = {name: profile_stage(data, config.override(screen_search=variants[name]), profiles, shared)
-            for name in wanted}
+    runs = {name: profile_stage(data, config.override(**settings), profiles, shared)
+            for name, settings in variants.items()}
     report = {
         "meta": {"date": date.today().isoformat(),
                  "command": " ".join(["python benchmarks/search_profile.py", *sys.argv[1:]]),
@@ -202,9 +216,10 @@ def main() -> None:
         "runs": runs,
     }
     if len(runs) == 2:
-        report["unscreened_over_screened"] = round(runs["unscreened"]["total_seconds"]
-                                                   / runs["screened"]["total_seconds"], 2)
-        report["same_choice"] = runs["screened"]["chosen"] == runs["unscreened"]["chosen"]
+        # the runs come faster variant first (float32, screened); the ratio is the slower over it
+        (first, slow), (second, fast) = reversed(runs.items())
+        report["ratio"] = {"of": f"{first} / {second}", "wall": round(slow["total_seconds"] / fast["total_seconds"], 2)}
+        report["same_choice"] = slow["chosen"] == fast["chosen"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "search_profile.json", report)
     lines = ["# Where the dense bert_rs stage's minutes go", "",
@@ -222,7 +237,8 @@ def main() -> None:
                   f"does (`write_shared_gram`), in {gram_seconds / 60:.1f} min; the stage read it.", ""]
     for name, run in runs.items():
         scored = run["scored_on_every_user"]
-        lines += [f"**{name}** (`train.screen_search: {str(variants[name]).lower()}`): whole stage "
+        settings = ", ".join(f"{key}: {str(value).lower()}" for key, value in variants[name].items())
+        lines += [f"**{name}** (`train` {settings}): whole stage "
                   f"{run['total_seconds'] / 60:.1f} min, of which the validation search "
                   f"{run['search_seconds'] / 60:.1f}; {run['candidates']:,} candidates scored"
                   + (f", {scored:,} of them on every validation user" if scored is not None else "")
@@ -235,8 +251,8 @@ def main() -> None:
                  for run in runs.values()]
         lines.append(f"| {step} | " + " | ".join(cells) + f" | {runs[names[0]]['calls'].get(step, '')} |")
     if len(runs) == 2:
-        lines += ["", f"Unscreened / screened wall time: {report['unscreened_over_screened']}x, measured in one "
-                  f"process one after the other; the same setting chosen: {report['same_choice']}."]
+        lines += ["", f"Wall time {report['ratio']['of']}: {report['ratio']['wall']}x, measured in one process one "
+                  f"after the other; the same setting chosen: {report['same_choice']}."]
     (args.out / "search_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

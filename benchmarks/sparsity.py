@@ -178,6 +178,7 @@ def fit(name: str, data: PreparedData, profiles: Profiles, params: Params
     model = ReviewAwareEASE.from_config(data.n_users, data.n_items, profiles, params.models.bert_rs)
     if profiles.lagged is not None:  # chosen as test will read the profiles, as `bertrs train` does
         model.use_profiles(profiles.lagged)
+    model.use_search_precision(getattr(torch, params.ranking.train.search_precision))  # as `bertrs train` does
     guard = params.ranking.train.guard_additions and name == "bert_rs"  # bert_rs_unguarded: the rule alone
     choice = select(model.fit(data.train.users, data.train.items), data, params.ranking.train.choice_rule, guard,
                     params.ranking.train.seed, screen=params.ranking.train.screen_search)

@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 

@@ -45,7 +45,7 @@ def test_a_cache_lent_by_another_protocol_equals_one_encoded_for_this_split(tmp_
     only the profiles, which follow the split, are computed again. The result must be the cache encoding gives."""
     import dataclasses as dc
 
-    from benchmarks.quality import reuse_review_vectors
+    from benchmarks.common import reuse_review_vectors
     from pipeline.config import EmbedConfig
     from pipeline.data.prepare import prepare_dataset
     from pipeline.data.prepared import load_prepared

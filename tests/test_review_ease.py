@@ -169,6 +169,44 @@ def test_whitening_gives_identity_covariance():
 # ------------------------------------------------------------------------------------------- the search
 
 
+def test_a_float32_grid_scores_every_point_as_the_float64_grid_does_and_solves_the_choice_in_float64():
+    """`train.search_precision: float32` halves the bytes of the grid's products; the scores move by float32's
+    rounding, far below the gaps a ranking compares, and the chosen setting is solved as before."""
+    data, _, profiles = random_world(seed=6, n_users=120, n_items=60)
+    space = ReviewAwareSpace(lambdas=[0.5, 3.0, 40.0, 1000.0], side_weights=[0.0, 2.0], regularisers=["ease", "l3ae"],
+                             whitening=[False, True])
+    grids = {}
+    for dtype in (torch.float64, torch.float32):
+        model = ReviewAwareEASE(data.n_users, data.n_items, profiles, space).fit(data.train.users, data.train.items)
+        model.use_search_precision(dtype)
+        grids[dtype] = {point: scores for point, scores in model.item_model_grid(torch.arange(data.n_users))}
+        assert {scores.dtype for scores in grids[dtype].values()} == {dtype}
+    assert grids[torch.float32].keys() == grids[torch.float64].keys()
+    for point, exact in grids[torch.float64].items():
+        scale = float(exact.abs().max())
+        np.testing.assert_allclose(grids[torch.float32][point].double().numpy(), exact.numpy(), atol=1e-5 * scale)
+    model.solve(2.0, 3.0, "l3ae", True)
+    assert model.ease.B.dtype == torch.float32  # B is kept in float32 as always, from the float64 solve
+    exact = ReviewAwareEASE(data.n_users, data.n_items, profiles, space).fit(data.train.users, data.train.items)
+    exact.solve(2.0, 3.0, "l3ae", True)
+    assert torch.equal(model.ease.B, exact.ease.B)
+
+
+def test_a_float32_search_chooses_the_setting_the_float64_search_chooses():
+    data, profiles = topic_world(seed=2, n_users=300, n_items=90)
+    space = ReviewAwareSpace(lambdas=[1.0, 10.0, 100.0], side_weights=[0.0, 1.0], matches=["item_neighbours",
+                             "user_profile"], text_weights=[0.0, 0.25, 0.5, 1.0], regularisers=["ease", "l3ae"],
+                             whitening=[False, True], pop_weights=[0.0, 0.25, 1.0])
+    chosen = {}
+    for dtype in (torch.float64, torch.float32):
+        model = ReviewAwareEASE(data.n_users, data.n_items, profiles, space).fit(data.train.users, data.train.items)
+        model.use_search_precision(dtype)
+        choice = select(model, data)
+        chosen[dtype] = (model.choices(), choice.score)
+    assert chosen[torch.float32][0] == chosen[torch.float64][0]
+    assert chosen[torch.float32][1] == pytest.approx(chosen[torch.float64][1], abs=1e-6)
+
+
 def test_a_single_value_grid_reproduces_that_fixed_configuration():
     data, x, profiles = random_world()
     model = ReviewAwareEASE(data.n_users, data.n_items, profiles,

@@ -540,6 +540,44 @@ def test_bert_rs_asked_for_some_settings_computes_only_their_lambdas_and_a_scree
     assert (screened.setting, screened.score) == (full.setting, full.score)
 
 
+def test_a_float32_search_screened_chooses_as_unscreened_and_as_float64(monkeypatch):
+    """`train.search_precision: float32`: the screen's two passes over parts of the users round their products
+    differently from one pass over all of them, by far less than what a ranking tells apart."""
+    data, model = bert_rs_world(seed=9)
+    full = select(model, data, rule="best")
+    monkeypatch.setattr(select_module, "SCREEN_FROM_USERS", 7)
+    monkeypatch.setattr(select_module, "SCREEN_Z", 1e9)
+    monkeypatch.setattr(select_module, "SCREEN_KEEP", 1.0)
+    data, model = bert_rs_world(seed=9)
+    model.use_search_precision(torch.float32)
+    screened = select(model, data, rule="best")
+    assert screened.screened_to is not None
+    assert screened.setting == full.setting and screened.score == pytest.approx(full.score, abs=1e-9)
+
+
+def test_a_float32_search_from_the_shared_decomposition_decomposes_nothing_and_lets_the_float64_one_go(
+        monkeypatch):
+    """The search keeps one float32 copy of the gram stage's eigenvectors (half the bytes of the float64 ones, which
+    it lets go), for both passes of a screened search."""
+    decomposed = []
+
+    class Counted(review_ease.EigenGram):
+        def __init__(self, gram):
+            decomposed.append(gram.shape)
+            super().__init__(gram)
+
+    data, model = bert_rs_world(seed=9)
+    shared = review_ease.EigenGram(model.gram().clone())
+    monkeypatch.setattr(baselines, "EigenGram", Counted)
+    monkeypatch.setattr(select_module, "SCREEN_FROM_USERS", 7)
+    model.use_shared_eigen(shared)
+    model.use_search_precision(torch.float32)
+    choice = select(model, data, rule="best")
+    assert decomposed == [] and model.ease._shared_eigen is None and choice.screened_to is not None
+    data, exact = bert_rs_world(seed=9)
+    assert choice.setting == select(exact, data, rule="best").setting
+
+
 def test_bert_rs_counts_only_text_free_settings_as_plain():
     # whitening reads nothing here
     plain_ease = review_ease.Setting(True, 0.0, 100.0, "ease", "user_profile", 0.0, 0.25, 1.0)

@@ -243,6 +243,10 @@ class TrainConfig:
     # from 2,000 validation users on, score every candidate on a quarter of them first and only the best few near
     # that screen's best on the rest (a fraction of the search's cost; the same choice unless the screen dropped it)
     screen_search: bool = True
+    # the floating-point type a closed-form model's validation grid is scored in (dense bert_rs: its products with
+    # the Gram's eigenvectors, its item-model and text parts). float32 halves the bytes and the time of those
+    # products; the ranks it compares were float32 already, and the chosen setting is solved in float64 either way
+    search_precision: Literal["float64", "float32"] = "float32"
     # once every choice is made on a fit to the training pairs, fit the chosen settings (a closed-form model's
     # grid point, a neural model's epoch count) once more on training + validation pairs, so that test and
     # recommendations are scored from every interaction known before test (pipeline/ranking/training/train.py). Reviews,

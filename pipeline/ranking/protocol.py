@@ -121,6 +121,11 @@ class ClosedFormRanker(Ranker):
         `bertrs gram`) instead of taking one, or from its own again (None). Models whose search decomposes the Gram
         (ease with a lambda grid, dense bert_rs) use it; the default ignores it."""
 
+    def use_search_precision(self, dtype: torch.dtype) -> None:
+        """Score the validation grid in this floating-point type (`train.search_precision`); the setting chosen is
+        solved in float64 whatever it is. Models whose grid is dense products over the catalogue (dense bert_rs) use
+        it; the default ignores it."""
+
     def candidate_count(self) -> int | None:
         """How many settings `candidates` will offer (the search's progress total), or None when the model cannot
         tell before offering them. None, the default."""

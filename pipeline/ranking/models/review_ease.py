@@ -160,21 +160,25 @@ class SearchBasis:
     Q F = V diag(1 / (s + lambda)) V^T F. Each is made at its first use: a screened search's screen and its choosing
     pass would otherwise make the (n, n) x (n, d) products twice (n^2 d each, 12 of them at the default grid)."""
 
-    def __init__(self, eig: EigenGram, per_item: torch.Tensor, model: "ReviewAwareEASE") -> None:
-        self.eig, self.per_item, self._model = eig, per_item, model
+    def __init__(self, eig: EigenGram, per_item: torch.Tensor, model: "ReviewAwareEASE",
+                 dtype: torch.dtype = torch.float64) -> None:
+        if eig.v.dtype != dtype:  # one copy in the search's type; the caller lets the float64 one go
+            eig = EigenGram.from_parts(eig.s.to(dtype), eig.v.to(dtype))
+        self.eig, self.per_item, self._model, self.dtype = eig, per_item.to(dtype), model, dtype
         self._text: dict[bool, tuple[torch.Tensor, torch.Tensor, LowRankPrior | None]] = {}
         self._q_f: dict[tuple[bool, float], torch.Tensor] = {}
 
     def text(self, whiten: bool) -> tuple[torch.Tensor, torch.Tensor, "LowRankPrior | None"]:
-        """F (n, d) float64, V^T F (n, d) and S in factored form (None when the space has no L3AE prior)."""
+        """F (n, d), V^T F (n, d) and S in factored form (None when the space has no L3AE prior), in the search's
+        type."""
         if whiten not in self._text:
-            unit = self._model.units(whiten)[1].double()
+            unit = self._model.units(whiten)[1].to(self.dtype)
             prior = LowRankPrior(unit, TEXT_PRIOR_LAMBDA) if self._model.space.with_prior else None
             self._text[whiten] = (unit, self.eig.v.T @ unit, prior)
         return self._text[whiten]
 
     def q_f(self, whiten: bool, ease_lambda: float) -> torch.Tensor:
-        """Q F at this lambda, (n, d) float64."""
+        """Q F at this lambda, (n, d) in the search's type."""
         key = (whiten, ease_lambda)
         if key not in self._q_f:
             self._q_f[key] = self.eig.inverse_times(self.text(whiten)[1], ease_lambda)
@@ -226,6 +230,7 @@ class ReviewAwareEASE(ClosedFormRanker):
         self.register_buffer("raw_i", centred_units(profiles.items), persistent=False)  # (n_items, dim)
         self._gram: torch.Tensor | None = None  # X^T X of the pairs being fitted, while a search or solve needs it
         self._search: SearchBasis | None = None  # the search's decomposition and shared parts, until `apply`
+        self.search_dtype = torch.float64  # what the grid is scored in (`use_search_precision`)
         self.use_profiles(profiles)
 
     @classmethod
@@ -365,8 +370,20 @@ class ReviewAwareEASE(ClosedFormRanker):
         if self._search is None:
             gram, self._gram = self.gram(), None  # the decomposition overwrites it; the final solve builds it again
             per_item = per_item_count(gram)
-            self._search = SearchBasis(self.ease.training_eigen(gram), per_item, self)
+            eig = self.ease.training_eigen(gram)
+            del gram  # before a copy in another precision is made: two n^2 float64 matrices at most, as before
+            if self.search_dtype != eig.v.dtype:
+                self.ease.use_shared_eigen(None)  # the search makes its own copy; the float64 one can go
+            self._search = SearchBasis(eig, per_item, self, self.search_dtype)
+            del eig
         return self._search
+
+    def use_search_precision(self, dtype: torch.dtype) -> None:
+        """Score the grid in `dtype` from the next search on (`train.search_precision`); a search already begun in
+        this precision keeps its decomposition."""
+        if dtype != self.search_dtype:
+            self.search_dtype = dtype
+            self._search = None
 
     def item_model_grid(self, users: torch.Tensor, only: Container | None = None):
         """Yield ((whiten, side, lambda, regulariser), x_u B) for every grid point, for these users; B is never
@@ -379,11 +396,11 @@ class ReviewAwareEASE(ClosedFormRanker):
         of bert_rs's search time at 17k items. The order the points come in is therefore not the order of simplicity;
         ties are settled by `grid_position`. `only`: these item models alone ((whitening, side, lambda, regulariser)
         tuples; the lambdas without one are skipped, x Q included).
-        (b, n_items) float64 each"""
+        (b, n_items) each, in the search's type (`use_search_precision`)"""
         space = self.space
-        x = self.ease.rows(users).double()  # (b, n)
         self.ease.B = torch.empty(0)  # `apply` solves the chosen one
         basis = self.search_basis()
+        x = self.ease.rows(users).to(basis.dtype)  # (b, n)
         eig, per_item = basis.eig, basis.per_item
         x_v = x @ eig.v  # (b, n)
         needs_q_f = space.with_prior or any(space.side_weights)
@@ -440,18 +457,19 @@ class ReviewAwareEASE(ClosedFormRanker):
 
         Yields
         ------
-        (Setting, (b, n_items) float64 scores) for popularity alone, else `WeightedSums` blocks whose parts are
-        (b, n_items) float64 (popularity (1, n_items)).
+        (Setting, (b, n_items) scores) for popularity alone, else `WeightedSums` blocks whose parts are
+        (b, n_items) (popularity (1, n_items)), in the search's type (`use_search_precision`).
         """
-        pop = standardise(self.log_counts[None, :].double())  # (1, n)
+        dtype = self.search_dtype
+        pop = standardise(self.log_counts[None, :].to(dtype))  # (1, n)
         unweighed = torch.zeros_like(pop)  # in place of a text part no candidate of the block weighs
         # each (whitening, text match) part made once for these users, at its first use: the grid's loops alternate
-        # the whitening, and making them again at each turn cost more than keeping them ((b, n) float64 each)
+        # the whitening, and making them again at each turn cost more than keeping them ((b, n) each)
         text: dict[tuple[bool, str], torch.Tensor] = {}
 
         def text_part(whiten: bool, match: str) -> torch.Tensor:
             if (whiten, match) not in text:
-                text[whiten, match] = standardise_(self.text_scores(users, match, whiten).double())
+                text[whiten, match] = standardise_(self.text_scores(users, match, whiten).to(dtype))
             return text[whiten, match]
 
         pop_alone = self.space.popularity_alone

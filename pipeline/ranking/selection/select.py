@@ -37,8 +37,9 @@ among lambdas a quarter of the users made noisily at the paper's shape), and any
 SCREEN_KEEP of the screen, or the screen's best of its level of simplicity, and its gap to the screen's best is
 within SCREEN_Z of its paired standard error there; with the guard on, the screen's best plain setting goes on
 whatever its gap. A candidate
-scored on all users has the scores it would have had unscreened (exactly on the CPU; on a GPU up to the rounding of
-products of another shape), and the rule and the guard choose among those: the guard's halvings then compare the
+scored on all users has the scores it would have had unscreened, up to the rounding of products of another shape
+(a few units in the last place: far below what a float32 ranking tells apart in float64, about 1e-6 of a score in
+float32, `train.search_precision`), and the rule and the guard choose among those: the guard's halvings then compare the
 survivors, which the screen picked on users of both halves. The model computes its grid
 for the screened users alone and then only the surviving settings for the rest (`candidates(users, only=...)`),
 so the search's big products shrink with the share (docs/scale.md). Below SCREEN_FROM_USERS the whole grid is
@@ -184,9 +185,9 @@ class ValidationLooks:
         return rank_against(scores[positives, items], scores, competitors).cpu().numpy()
 
     def ranks_of_sums(self, sums: WeightedSums) -> np.ndarray:
-        """Every candidate of the block ranked as `ranks` would rank its full score matrix (the same float64 sums,
-        the same float32 comparison), built CACHE_ELEMENTS scores at a time: a few users' parts are cut once and
-        serve every candidate. (candidates, p)"""
+        """Every candidate of the block ranked as `ranks` would rank its full score matrix (the same sums, in the
+        parts' type, the same float32 comparison), built CACHE_ELEMENTS scores at a time: a few users' parts are cut
+        once and serve every candidate. (candidates, p)"""
         n_items = sums.parts[0].shape[-1]
         all_rows, all_items, all_competitors = self.on(sums.parts[0].device)
         step = max(1, CACHE_ELEMENTS // max(n_items, 1))

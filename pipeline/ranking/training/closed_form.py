@@ -29,7 +29,8 @@ def fit_closed_form(model: ClosedFormRanker, config: RankingConfig, data: Prepar
     Parameters
     ----------
     model : The untrained model, reading the profiles it chooses with.
-    config : The ranking settings (`train.choice_rule`, `guard_additions`, `screen_search`, `seed`).
+    config : The ranking settings (`train.choice_rule`, `guard_additions`, `screen_search`,
+        `search_precision`, `seed`).
     data : The prepared data; with no validation pairs nothing is chosen.
     mask : The validation ranking's mask (`full_ranking_mask(data, "valid")`), or None without validation.
     device : Where solves, decompositions and the search run, for models that fit on a device.
@@ -52,6 +53,7 @@ def fit_closed_form(model: ClosedFormRanker, config: RankingConfig, data: Prepar
     if shared_gram is not None and has_valid and model.candidate_count():
         model.use_shared_eigen(read_shared_eigen(shared_gram, data, data.train.users, data.train.items))
     train = config.train
+    model.use_search_precision(getattr(torch, train.search_precision))
     choice = select(model, data, train.choice_rule, train.guard_additions, train.seed, progress=progress,
                     screen=train.screen_search, apply=not final_fit_follows) if has_valid else None
     model.use_shared_eigen(None)  # n_items^2 floats the final fit does not need
