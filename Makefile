@@ -36,9 +36,14 @@ test: setup
 test-all: setup
 	$(BIN)/pytest -q -m "slow or not slow"
 
+# The committed bytes on any x86-64 CPU with AVX2: torch, MKL, oneDNN, OpenBLAS, numpy and FAISS are held to their
+# AVX2 code paths, since an AVX-512 machine's kernels sum in other orders and write other last digits
+REPRO_ENV := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell \
+	FAISS_OPT_LEVEL=avx2 NPY_DISABLE_CPU_FEATURES="AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+
 repro: setup
 	@[ -d .git ] || git init -q
-	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(REPRO_ENV) $(BIN)/dvc repro
 	@cat reports/comparison.md
 
 clean:
