@@ -212,11 +212,9 @@ def earlier_rows(out: Path, stages: list[str]) -> dict[str, dict]:
             if stage in stages}
 
 
-def steps_beside_dag(clone: Path, work: Path) -> dict[str, list[str]]:
+def scalable_beside_dense(clone: Path, work: Path) -> dict[str, list[str]]:
     """The steps that train bert_rs with the scalable solver on the DAG's own prepared data and embedding cache,
-    and evaluate it beside the DAG's dense bert_rs (hard links, not copies, of the dense run's files); and the step
-    that scores the test split for every run the workspace has trained so far, into the work folder's metrics and
-    table where the DAG's `evaluate` puts its own."""
+    and evaluate it beside the DAG's dense bert_rs (hard links, not copies, of the dense run's files)."""
     side = work / "scalable"
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["models"]["bert_rs"]["solver"] = "scalable"
@@ -236,11 +234,15 @@ def steps_beside_dag(clone: Path, work: Path) -> dict[str, list[str]]:
                              str(side / "curves.csv"), "--params", str(side / "params.yaml"), "--no-progress"],
             SCALABLE_EVALUATE: [bertrs, "evaluate", "--prepared", "data/prepared", "--models", str(side / "models"),
                                 "--metrics", str(side / "metrics.json"), "--table", str(side / "comparison.md"),
-                                "--plots-dir", str(side / "at_k"), "--params", "params.yaml", "--every-folder"],
-            EVALUATE_TRAINED: [bertrs, "evaluate", "--prepared", "data/prepared", "--models", "data/models",
-                               "--metrics", str(work / DAG_METRICS), "--table", str(work / DAG_TABLE),
-                               "--plots-dir", str(work / "at_k_trained"), "--params", "params.yaml",
-                               "--every-folder"]}
+                                "--plots-dir", str(side / "at_k"), "--params", "params.yaml", "--every-folder"]}
+
+
+def evaluate_trained_command(work: Path) -> list[str]:
+    """The step that scores the test split for every run the workspace has trained so far, into the work folder's
+    metrics and table where the DAG's `evaluate` puts its own."""
+    return [str(BIN / "bertrs"), "evaluate", "--prepared", "data/prepared", "--models", "data/models", "--metrics",
+            str(work / DAG_METRICS), "--table", str(work / DAG_TABLE), "--plots-dir", str(work / "at_k_trained"),
+            "--params", "params.yaml", "--every-folder"]
 
 
 def encoder_pass_flops(clone: Path, encoder_spec: str, max_length: int) -> dict:
@@ -533,7 +535,7 @@ def main() -> None:
     begun = Ledger(work / "started.jsonl")    # stages begun here: one begun but not measured was interrupted
     done = {**earlier_rows(out, stages), **measured.rows}
     floor = earlier_results(out).get("floor")  # stage one's floor, kept until measured again
-    beside: dict[str, list[str]] = {}  # set up when the first step beside the DAG starts (dense bert_rs exists)
+    beside: dict[str, list[str]] = {}  # set up when the first scalable step starts (dense bert_rs exists)
     again = set(args.stages) if args.again else set()
     for stage in to_run:
         if stage in measured.rows and stage not in again:
@@ -541,9 +543,13 @@ def main() -> None:
         resumed = stage in begun.rows and stage not in measured.rows
         begun.put(stage, {"at": time.time()})
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", flush=True)
-        if stage_part(stage) == "beside the DAG" and not beside:
-            beside = steps_beside_dag(clone, work)
-        command = beside[stage] if stage_part(stage) == "beside the DAG" else dag_command(stage, stage in again)
+        if stage == EVALUATE_TRAINED:
+            command = evaluate_trained_command(work)
+        elif stage_part(stage) == "beside the DAG":
+            beside = beside or scalable_beside_dense(clone, work)
+            command = beside[stage]
+        else:
+            command = dag_command(stage, stage in again)
 
         seconds, cpu, peak = run_step(clone, stage, command, env, work / "dvc.log")
         done[stage] = row = {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "resumed": resumed,

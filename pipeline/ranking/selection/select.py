@@ -38,8 +38,7 @@ SCREEN_KEEP of the screen, or the screen's best of its level of simplicity, and 
 within SCREEN_Z of its paired standard error there; with the guard on, the screen's best plain setting goes on
 whatever its gap. A candidate
 scored on all users has the scores it would have had unscreened, up to the rounding of products of another shape
-(a few units in the last place: far below what a float32 ranking tells apart in float64, about 1e-6 of a score in
-float32, `train.search_precision`), and the rule and the guard choose among those: the guard's halvings then compare the
+(a few units in the last place of the grid's type, `train.search_precision`), and the rule and the guard choose among those: the guard's halvings then compare the
 survivors, which the screen picked on users of both halves. The model computes its grid
 for the screened users alone and then only the surviving settings for the rest (`candidates(users, only=...)`),
 so the search's big products shrink with the share (docs/scale.md). Below SCREEN_FROM_USERS the whole grid is
