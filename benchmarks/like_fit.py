@@ -2,6 +2,7 @@
 
     python benchmarks/like_fit.py            # minutes; writes benchmarks/results/like_fit.{md,json}
     python benchmarks/like_fit.py --dag digital_music   # and the DAG on both sides of a set (about 15 min a side)
+    python benchmarks/like_fit.py --text planted        # twins whose reviews are planted words, not real texts
 
 For each shared set (skipped where ../shared/data, or $BERTRS_SHARED_DATA, lacks it): prepare it with params.yaml
 (random protocol; the measures read every review whatever its split), generate a set like it with the knobs fitted
@@ -35,7 +36,7 @@ import yaml  # noqa: E402
 
 from benchmarks.common import DATASETS, Ledger  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from pipeline.data.likeness import LikeSpec, write_like  # noqa: E402
+from pipeline.data.likeness import TEXTS, LikeSpec, write_like  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
 from pipeline.data.signals import FITTED_MEASURES  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
@@ -45,14 +46,15 @@ SHAPE = (("users", "users", None), ("items", "items", None), ("reviews", "review
          ("item-popularity Gini", "item_popularity_gini", None), ("median review words", "review_words", "median"))
 
 
-def fit_one(dataset: str, work: Path, seed: int) -> dict:
-    """Prepare one shared set, generate a set like it with fitted knobs, and return the figures file's content."""
+def fit_one(dataset: str, work: Path, seed: int, text: str) -> dict:
+    """Prepare one shared set, generate a set like it (`text` reviews) with fitted knobs, and return the figures
+    file's content."""
     prepared = work / dataset / "prepared"
     if not (prepared / "stats.json").is_file():
         params = load_params(REPO / "params.yaml")
         config = dataclasses.replace(params.prepare, protocol="random", input=[str(DATASETS[dataset])])
         prepare_dataset(config, config.input, prepared)
-    return write_like(prepared, work / dataset / "like.json.gz", LikeSpec(seed=seed),
+    return write_like(prepared, work / dataset / f"like_{text}.json.gz", LikeSpec(seed=seed, text=text),
                       progress=lambda message: print(f"{dataset}: {message}", flush=True))
 
 
@@ -82,7 +84,8 @@ def dag_metrics(dataset: str, side: str, reviews: Path, work: Path) -> dict:
 def markdown(rows: dict, meta: dict) -> str:
     lines = ["# Generated like a real set: each shared set and its fitted twin", "",
              f"{meta['date']}, {meta['machine']}, `{meta['command']}`. Real: the set prepared with params.yaml; "
-             "generated: `bertrs generate --like` with its knobs fitted at the real set's own size (before "
+             f"generated: `bertrs generate --like --text {meta.get('text', 'planted')}` with its knobs fitted at the "
+             "real set's own size (before "
              "`prepare` filters it). Hit rates: each user's last review held out, top 10 of the items outside the "
              "user's history; text measures read against a baseline that keeps popularity and loses the text "
              "(pipeline/data/signals.py). Distance: the sum over the fitted measures "
@@ -117,6 +120,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "build" / "like_fit"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text", choices=TEXTS, default="real", help="the twins' review words (likeness.py)")
     parser.add_argument("--dag", nargs="*", default=[], choices=list(DATASETS),
                         help="also run the DAG on these sets and their twins")
     args = parser.parse_args()
@@ -128,14 +132,15 @@ def main() -> None:
         if not DATASETS[dataset].is_file():
             print(f"skip {dataset}: {DATASETS[dataset]} not present", flush=True)
             continue
-        rows[dataset] = ledger.get_or_run(f"{dataset}|seed {args.seed}", lambda: fit_one(dataset, work, args.seed))
+        key = f"{dataset}|seed {args.seed}" + ("" if args.text == "planted" else f"|text {args.text}")
+        rows[dataset] = ledger.get_or_run(key, lambda: fit_one(dataset, work, args.seed, args.text))
         if dataset in args.dag:
-            twin = work / dataset / "like.json.gz"
-            rows[dataset] = {**rows[dataset], "dag": ledger.get_or_run(f"{dataset}|seed {args.seed}|dag", lambda: {
+            twin = work / dataset / f"like_{args.text}.json.gz"
+            rows[dataset] = {**rows[dataset], "dag": ledger.get_or_run(f"{key}|dag", lambda: {
                 "real": dag_metrics(dataset, "real", DATASETS[dataset], work),
-                "generated": dag_metrics(dataset, "generated", twin, work)})}
+                "generated": dag_metrics(dataset, f"generated_{args.text}", twin, work)})}
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
-            "command": "python benchmarks/like_fit.py" + "".join(f" {a}" for a in sys.argv[1:])}
+            "command": "python benchmarks/like_fit.py" + "".join(f" {a}" for a in sys.argv[1:]), "text": args.text}
     write_json(out / "like_fit.json", {"meta": meta, "datasets": rows})
     (out / "like_fit.md").write_text(markdown(rows, meta) + "\n")
 

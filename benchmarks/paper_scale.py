@@ -5,6 +5,7 @@
     python benchmarks/paper_scale.py --stages train_text@bert_rs --again   # measured again (after a code change)
     python benchmarks/paper_scale.py --fresh         # starts over (deletes --work)
     python benchmarks/paper_scale.py --like data/prepared   # on a set generated like a real one, at the paper's shape
+    python benchmarks/paper_scale.py --like data/prepared --like-text planted   # its reviews planted words instead
 
 The data has about the paper's shape after the default 3/3 k-core (the paper: 3,764 users, 17,647 items, 83,599
 reviews): the generator's interactions (`pipeline/data/synthetic.py`: 50 topics, each user preferring two, a few
@@ -22,12 +23,13 @@ minutes are recorded beside wall minutes: they hardly move when other jobs share
 benchmarks/results/paper_scale.{json,md}, rewritten after every stage.
 
 With `--like PREPARED` the data is instead `bertrs generate --like PREPARED --shape` at LIKE_SHAPE (users, items
-and reviews before the k-core): the prepared set's activity, popularity and review lengths, with the planted
-signals fitted to its next-review predictability (pipeline/data/likeness.py), so that each model's test NDCG@10,
-reported beside its minutes, means something at that shape. Fitted to the bundled Digital Music sample, the 3/3
-k-core leaves about the paper's users and reviews (3,764 and 82,140 in a trial) but 13,153
-items, not 17,647: at the paper's review count the sample's popularity curve gives that many items three or more
-reviews. Its workspace and results default to build/paper_scale_like and benchmarks/results/paper_scale_like/.
+and reviews before the k-core): the prepared set's activity, popularity and review lengths and, by default, its own
+review texts (`--like-text planted`: topic and filler words), with the planted signals fitted to its next-review
+predictability (pipeline/data/likeness.py), so that each model's test NDCG@10, reported beside its minutes, means
+something at that shape. Fitted to the bundled Digital Music sample, the 3/3 k-core leaves about the paper's users
+and reviews (3,764 and 82,356 with planted text) but 15,004 items, not 17,647: at the paper's review count the
+sample's popularity curve gives that many items three or more reviews. Its workspace and results default to
+build/paper_scale_like and benchmarks/results/paper_scale_like/ (with `_planted` after both for planted text).
 
 The whole DAG takes hours on 2 cores, longer than one sitting may allow, and a workspace may not outlive it: the
 results file is itself a ledger. A stage recorded there by an earlier run keeps its row (with the date and code it
@@ -82,7 +84,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import Ledger, run_measured  # noqa: E402
-from pipeline.data.likeness import LikeSpec, write_like  # noqa: E402
+from pipeline.data.likeness import TEXTS, LikeSpec, write_like  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate_records  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.config import RankingConfig  # noqa: E402
@@ -120,18 +122,20 @@ def paper_shaped_reviews(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def workspace(work: Path, like: Path | None = None) -> Path:
+def workspace(work: Path, like: Path | None = None, like_text: str = "real") -> Path:
     """A clone of this repository's committed state whose prepare.input is the paper-shaped file (generated like
-    the prepared set `like`, when given)."""
+    the prepared set `like`, with `like_text` reviews, when given)."""
     clone = work / "repo"
     if not (clone / ".git").is_dir():
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     follow_committed_code(clone)
     data = clone / "data" / "paper_scale" / "reviews.json.gz"
-    source = {"like": str(like) if like else None, "shape": list(LIKE_SHAPE) if like else None}
+    source = {"like": str(like) if like else None, "shape": list(LIKE_SHAPE) if like else None,
+              "text": like_text if like else None}
     made_from = data.parent / "source.json"
     if data.is_file():
         recorded = json.loads(made_from.read_text()) if made_from.is_file() else {"like": None, "shape": None}
+        recorded.setdefault("text", "planted" if recorded["like"] else None)  # written before real text came
         if recorded != source:
             raise SystemExit(f"{data} was generated from {recorded}, not {source}: use another --work (or --fresh)")
     else:
@@ -139,7 +143,8 @@ def workspace(work: Path, like: Path | None = None) -> Path:
         if like is None:
             paper_shaped_reviews(data)
         else:
-            write_like(like, data, LikeSpec(shape=LIKE_SHAPE), progress=lambda m: print(f"like: {m}", flush=True))
+            write_like(like, data, LikeSpec(shape=LIKE_SHAPE, text=like_text),
+                       progress=lambda m: print(f"like: {m}", flush=True))
         write_json(made_from, source)
     params = yaml.safe_load((clone / "params.yaml").read_text())
     if params["prepare"]["input"] != "data/paper_scale/reviews.json.gz":
@@ -430,7 +435,7 @@ def search_profile_lines(path: Path) -> list[str]:
 
 
 def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | None = None,
-           like: Path | None = None) -> None:
+           like: Path | None = None, like_text: str = "real") -> None:
     stats_file = clone / "data" / "prepared" / "stats.json"
     table1 = json.loads(stats_file.read_text())["table1"] if stats_file.is_file() else None
     totals = {part: sum(r["seconds"] for s, r in done.items() if stage_part(s) == part)
@@ -440,7 +445,8 @@ def report(clone: Path, stages: list[str], done: dict, out: Path, floor: dict | 
     peak = max((r["peak_gb"] for s, r in done.items() if stage_part(s) != "beside the DAG"), default=None)
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     shown = like.relative_to(ROOT) if like is not None and like.is_relative_to(ROOT) else like
-    command = "python benchmarks/paper_scale.py" + (f" --like {shown}" if like else "")
+    command = ("python benchmarks/paper_scale.py" + (f" --like {shown}" if like else "")
+               + (f" --like-text {like_text}" if like and like_text != "real" else ""))
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu})", "command": command,
             "load_average": os.getloadavg(), "complete": not pending}
@@ -506,6 +512,8 @@ def main() -> None:
                                                     "benchmarks/results/paper_scale_like with --like)")
     parser.add_argument("--like", default=None, metavar="PREPARED",
                         help="generate the data like this prepared set at LIKE_SHAPE (see the docstring)")
+    parser.add_argument("--like-text", choices=TEXTS, default="real",
+                        help="with --like: the generated reviews' words (pipeline/data/likeness.py)")
     parser.add_argument("--fresh", action="store_true", help="delete --work and start over")
     parser.add_argument("--stages", nargs="+", metavar="STAGE",
                         help="run these stages and the stages they read from only (default: every stage)")
@@ -518,13 +526,16 @@ def main() -> None:
     if args.again and not args.stages:
         parser.error("--again measures the stages named by --stages again; name them")
     like = Path(args.like).resolve() if args.like else None
-    work = Path(args.work or ROOT / "build" / ("paper_scale_like" if like else "paper_scale"))
-    out = Path(args.out or (RESULTS / "paper_scale_like" if like else RESULTS))
+    if args.like_text != "real" and like is None:
+        parser.error("--like-text applies with --like")
+    suffix = "_planted" if args.like_text == "planted" else ""
+    work = Path(args.work or ROOT / "build" / (f"paper_scale_like{suffix}" if like else "paper_scale"))
+    out = Path(args.out or (RESULTS / f"paper_scale_like{suffix}" if like else RESULTS))
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    clone = workspace(work, like)
+    clone = workspace(work, like, args.like_text)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     listing = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=clone, env=env, check=True,
                              capture_output=True, text=True)
@@ -561,10 +572,10 @@ def main() -> None:
             shutil.copyfile(clone / "metrics.json", work / DAG_METRICS)
         print(f"{time.strftime('%H:%M:%S')} {stage}: {row['seconds'] / 60:.1f} min, peak {row['peak_gb']:.2f} GB",
               flush=True)
-        report(clone, stages, done, out, floor, like)
+        report(clone, stages, done, out, floor, like, args.like_text)
     if args.floor:
         floor = stage_one_floor(clone)
-    report(clone, stages, done, out, floor, like)
+    report(clone, stages, done, out, floor, like, args.like_text)
 
 
 if __name__ == "__main__":

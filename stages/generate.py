@@ -4,9 +4,10 @@
     bertrs generate data/like.json.gz --like data/prepared --scale 2     # shaped like a real prepared set
     bertrs generate data/paper.json.gz --like data/prepared --shape 3764 17033 83186   # at another shape
 
-With `--like`, user activity, item popularity and review lengths are resampled from the prepared set, the planted
-signals' knobs not given are fitted to its next-review predictability (`--no-fit`: their defaults), and the
-measures of both sets go to `<out>.like.json` (pipeline/data/likeness.py).
+With `--like`, user activity, item popularity and review lengths are resampled from the prepared set, reviews reuse
+its real texts (`--text planted`: topic and filler words), the planted signals' knobs not given are fitted to its
+next-review predictability (`--no-fit`: their defaults), and the measures of both sets go to `<out>.like.json`
+(pipeline/data/likeness.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.data.likeness import SIGNAL_GRID, LikeSpec, write_like
+from pipeline.data.likeness import SIGNAL_GRIDS, TEXTS, LikeSpec, write_like
 from pipeline.data.synthetic import SyntheticSpec, write_synthetic
 from pipeline.io import DataError
 from stages.common import user_errors
@@ -39,28 +40,37 @@ def main(
     topic_affinity: Optional[float] = typer.Option(
         None, help="share of a user's reviews about the user's preferred topics (default 0.85; with --like: fitted "
                    "unless given)"),
-    topic_words: Optional[int] = typer.Option(None, help="with --like: topic words planted in each review (fitted "
-                                                         "unless given)"),
+    text: str = typer.Option("real", help=f"with --like: where a review's words come from ({' or '.join(TEXTS)}: the "
+                                          "real set's reviews, or topic and filler words)"),
+    text_fidelity: Optional[float] = typer.Option(
+        None, help="with --like and real text: share of reviews whose text is one of the item's donor's real reviews "
+                   "(fitted unless given)"),
+    topic_words: Optional[int] = typer.Option(None, help="with --like and planted text: topic words planted in each "
+                                                         "review (fitted unless given)"),
     cooccurrence: Optional[float] = typer.Option(None, help="with --like: probability that a user's next item comes "
                                                             "from the neighbourhood of an item they reviewed (fitted "
                                                             "unless given)"),
-    name_words: Optional[int] = typer.Option(None, help="with --like: words of the item's neighbourhood's name "
-                                                        "planted in each review (fitted unless given)"),
+    name_words: Optional[int] = typer.Option(None, help="with --like and planted text: words of the item's "
+                                                        "neighbourhood's name planted in each review (fitted unless "
+                                                        "given)"),
     fit: bool = typer.Option(True, help="with --like: fit the knobs not given to the prepared set (a few minutes on "
                                         "the bundled sample); --no-fit takes their defaults"),
     seed: int = typer.Option(0),
 ) -> None:
     """Generate a seeded dataset whose review words reflect each item's topic."""
     knobs = {"topics": topics, "topic_affinity": topic_affinity, "topic_words": topic_words,
-             "cooccurrence": cooccurrence, "name_words": name_words}
+             "cooccurrence": cooccurrence, "name_words": name_words, "text_fidelity": text_fidelity}
     if like is not None:
         if users is not None or items is not None or copies != 1:
             raise DataError("generate --like takes its size from the prepared set: use --scale or --shape, not "
                             "--users, --items or --copies")
         given = {knob: value for knob, value in knobs.items() if value is not None}
         sized = {"scale": scale} if scale is not None else {}
-        spec = LikeSpec(shape=shape, seed=seed, **sized, **given)
-        grid = {knob: values for knob, values in SIGNAL_GRID.items() if knob not in given} if fit else None
+        spec = LikeSpec(shape=shape, seed=seed, text=text, **sized, **given)
+        unread = [f"--{knob.replace('_', '-')}" for knob in given if knob not in SIGNAL_GRIDS[spec.text]]
+        if unread:
+            raise DataError(f"generate --like --text {spec.text}: {', '.join(unread)} only apply with the other text")
+        grid = {knob: values for knob, values in SIGNAL_GRIDS[spec.text].items() if knob not in given} if fit else None
         figures = write_like(like, out, spec, grid or None, progress=lambda message: typer.echo(message, err=True))
         settings = figures["settings"]
         fitted = "; fitted " + ", ".join(f"{knob} {settings[knob]}" for knob in grid) if grid else ""
@@ -68,7 +78,8 @@ def main(
                    f"figures -> {out}.like.json")
         return
     like_only = {"--scale": scale, "--shape": shape, "--topic-words": topic_words, "--cooccurrence": cooccurrence,
-                 "--name-words": name_words, "--no-fit": None if fit else True}
+                 "--name-words": name_words, "--text-fidelity": text_fidelity,
+                 "--text": None if text == "real" else text, "--no-fit": None if fit else True}
     misplaced = [flag for flag, value in like_only.items() if value is not None]
     if misplaced:
         raise DataError(f"generate: {', '.join(misplaced)} only apply with --like")

@@ -1,5 +1,6 @@
-"""`bertrs generate --like`: a synthetic set shaped like a real prepared one, its planted signals fitted to the real
-set's next-review predictability, with both sets' measures beside it."""
+"""`bertrs generate --like`: a synthetic set shaped like a real prepared one, its reviews the real set's own texts
+(or planted words), its planted signals fitted to the real set's next-review predictability, with both sets'
+measures beside it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.config import load_params
-from pipeline.data.likeness import (NOT_FITTED, SIGNAL_GRID, LikeSpec, fit_signals, generated_signals, gini,
-                                    real_counts, write_like)
+from pipeline.data.likeness import (NOT_FITTED, NOT_FITTED_BY_TEXT, SIGNAL_GRIDS, LikeSpec, fit_signals,
+                                    generated_signals, gini, like_records, real_set, write_like)
 from pipeline.data.prepare import prepare_dataset
+from pipeline.io import DataError
 from stages.cli import app
 from tests.data_fixtures import BUNDLED_SAMPLE
 
@@ -56,8 +58,9 @@ def test_a_set_generated_like_the_sample_has_its_size_activity_popularity_and_re
             assert abs(generated[measure][point] - real[measure][point]) <= max(1.0, 0.15 * real[measure][point]), \
                 (measure, point)
     assert abs(generated["item_popularity_gini"] - real["item_popularity_gini"]) <= 0.1
-    assert figures["fit"] is None
-    assert figures["not_fitted"] == list(NOT_FITTED) + [f"{knob} (given)" for knob in SIGNAL_GRID]
+    assert figures["fit"] is None and figures["settings"]["text"] == "real"
+    assert figures["not_fitted"] == (list(NOT_FITTED) + list(NOT_FITTED_BY_TEXT["real"])
+                                     + [f"{knob} (given)" for knob in SIGNAL_GRIDS["real"]])
     assert json.loads((tmp_path / "like.json.gz.like.json").read_text()) == figures
 
 
@@ -83,45 +86,79 @@ def test_gini_is_zero_for_equal_counts_and_grows_with_concentration():
 
 
 @pytest.fixture(scope="module")
-def sample_counts(sample_prepared):
-    """The sample's activity, popularity and review lengths, at a third of its users and items and reviews of at
-    most 60 words (the measures below take a second each at that size)."""
-    activity, popularity, words, real = real_counts(sample_prepared)
-    return activity, popularity, np.minimum(words, 60), {**real, "users": 250, "items": 120}
+def sample_real(sample_prepared):
+    """The sample's activity, popularity, review lengths and texts, at a third of its users and items and reviews of
+    at most 60 words (the measures below take a second each at that size)."""
+    real = real_set(sample_prepared)
+    real.words = np.minimum(real.words, 60)
+    real.texts = [" ".join(text.split()[:60]) for text in real.texts]
+    real.measures = {**real.measures, "users": 250, "items": 120}
+    return real
 
 
-def test_each_planted_signal_moves_the_measure_it_names(sample_counts):
-    no_text = generated_signals(sample_counts, LikeSpec(topic_words=0))
-    topical_text = generated_signals(sample_counts, LikeSpec(topics=32, topic_words=16))
-    assert no_text["held_out_users"] == sample_counts[3]["users"]  # every sample user has 3 or more reviews
+def test_each_planted_signal_moves_the_measure_it_names(sample_real):
+    no_text = generated_signals(sample_real, LikeSpec(text="planted", topic_words=0))
+    topical_text = generated_signals(sample_real, LikeSpec(text="planted", topics=32, topic_words=16))
+    assert no_text["held_out_users"] == sample_real.measures["users"]  # every sample user has 3 or more reviews
     assert no_text["text_neighbour_lift"] < 1.1 < 1.3 < topical_text["text_neighbour_lift"]
     assert no_text["text_hit_lift"] < 1.5 < 3.0 < topical_text["text_hit_lift"]  # 1: text no better than shuffled
-    tasteless = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0))
-    neighbourly = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0, cooccurrence=0.7))
+    tasteless = generated_signals(sample_real, LikeSpec(text="planted", topic_affinity=0.0))
+    neighbourly = generated_signals(sample_real, LikeSpec(text="planted", topic_affinity=0.0, cooccurrence=0.7))
     assert neighbourly["cooccurrence_hit_rate"] > 2 * tasteless["cooccurrence_hit_rate"]
-    named = generated_signals(sample_counts, LikeSpec(topic_affinity=0.0, cooccurrence=0.7, topic_words=0,
-                                                      name_words=8))
+    named = generated_signals(sample_real, LikeSpec(text="planted", topic_affinity=0.0, cooccurrence=0.7,
+                                                    topic_words=0, name_words=8))
     assert named["text_hit_lift"] > 3 * neighbourly["text_hit_lift"]  # the name in the review finds the neighbours
 
 
-def test_the_fit_recovers_the_knobs_that_generated_a_set_at_seeds_it_never_saw(sample_counts):
-    truth = LikeSpec(topics=16, topic_words=4, cooccurrence=0.35, seed=50)
-    target = generated_signals(sample_counts, truth)
-    start = LikeSpec(topics=16, topic_words=16, cooccurrence=0.7, seed=5, scale=2.0)  # off the grid's first corner
-    fitted, tried = fit_signals(sample_counts, target, start, grid={"topic_words": (0, 4, 16),
-                                                                   "cooccurrence": (0.0, 0.35, 0.7)})
+def test_real_text_reuses_the_real_reviews_and_its_fidelity_sets_how_much_they_say_about_the_item(sample_real):
+    real_texts = set(sample_real.texts)
+    records = list(like_records(sample_real, LikeSpec(topics=16, text_fidelity=1.0, seed=4)))
+    assert all(record["reviewText"] in real_texts for record in records)
+    by_item: dict[str, set] = {}
+    for record in records:
+        by_item.setdefault(record["asin"], set()).add(record["reviewText"])
+    topics, item_reviews = sample_real.topics(16)
+    donors_reviews = [{sample_real.texts[i] for i in own} for own in item_reviews]
+    assert all(any(texts <= own for own in donors_reviews) for texts in by_item.values())  # one donor's reviews
+
+    def mean_over_seeds(fidelity: float) -> dict:  # a hit lift over 250 users moves by +-0.3 from seed to seed
+        runs = [generated_signals(sample_real, LikeSpec(topics=16, text_fidelity=fidelity, seed=s)) for s in range(3)]
+        return {measure: np.mean([run[measure] for run in runs]) for measure in ("text_hit_lift",
+                                                                                   "text_neighbour_lift")}
+
+    unrelated, faithful = mean_over_seeds(0.0), mean_over_seeds(1.0)
+    assert unrelated["text_hit_lift"] < 1.5 < 2.5 < faithful["text_hit_lift"]
+    assert unrelated["text_neighbour_lift"] < 1.02 < 1.1 < faithful["text_neighbour_lift"]
+    assert sum(len(members) for members in topics) == len(sample_real.popularity)  # every real item in one topic
+
+
+def test_the_planted_text_writes_what_it_wrote_before_real_text_came(sample_prepared):
+    first = next(like_records(real_set(sample_prepared), LikeSpec(text="planted", topic_words=1, seed=0)))
+    # as the generator wrote it before (its first 3,000 records compared whole when real text came)
+    assert (first["summary"], first["overall"], len(first["reviewText"].split())) == ("Treats", 5.0, 28)
+
+
+def test_the_fit_recovers_the_knobs_that_generated_a_set_at_seeds_it_never_saw(sample_real):
+    truth = LikeSpec(text="planted", topics=16, topic_words=4, cooccurrence=0.35, seed=50)
+    target = generated_signals(sample_real, truth)
+    start = LikeSpec(text="planted", topics=16, topic_words=16, cooccurrence=0.7, seed=5, scale=2.0)
+    fitted, tried = fit_signals(sample_real, target, start, grid={"topic_words": (0, 4, 16),
+                                                                 "cooccurrence": (0.0, 0.35, 0.7)})
     assert (fitted.topic_words, fitted.cooccurrence, fitted.scale, fitted.seed) == (4, 0.35, 2.0, 5)
     settings = [(t["topic_words"], t["cooccurrence"]) for t in tried]
     assert len(set(settings)) == len(settings)  # each setting measured once, however many descents pass it
 
 
 def test_write_like_fits_first_and_records_every_setting_tried(small_prepared, tmp_path):
-    figures = write_like(small_prepared, tmp_path / "like.json.gz", LikeSpec(), grid={"topic_words": (0, 16)})
+    figures = write_like(small_prepared, tmp_path / "like.json.gz", LikeSpec(), grid={"text_fidelity": (0.0, 1.0)})
     best = min(figures["fit"]["tried"], key=lambda t: t["distance"])
-    assert figures["settings"]["topic_words"] == best["topic_words"] and len(figures["fit"]["tried"]) == 2
+    assert figures["settings"]["text_fidelity"] == best["text_fidelity"] and len(figures["fit"]["tried"]) == 2
     assert figures["fit"]["distance_while_fitting"] == best["distance"]
     assert figures["fit"]["distance_at_unseen_seed"] > 0  # the written seed is not one the fit averaged over
-    assert figures["fit"]["knobs"] == ["topic_words"] and "topic_words (given)" not in figures["not_fitted"]
+    assert figures["fit"]["knobs"] == ["text_fidelity"] and "text_fidelity (given)" not in figures["not_fitted"]
+    with pytest.raises(DataError, match="topic_words only apply with text planted, not real"):
+        write_like(small_prepared, tmp_path / "bad.json.gz", LikeSpec(), grid={"topic_words": (0, 16)})
+    assert not (tmp_path / "bad.json.gz").exists()
     for side in ("real", "generated"):
         assert set(figures[side]["signals"]) >= {"popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift",
                                                   "text_neighbour_lift"}
@@ -129,15 +166,19 @@ def test_write_like_fits_first_and_records_every_setting_tried(small_prepared, t
 
 def test_knobs_given_on_the_command_line_are_kept_and_only_the_others_fitted(small_prepared, tmp_path,
                                                                                monkeypatch):
-    monkeypatch.setattr("stages.generate.SIGNAL_GRID", {"topic_words": (0, 16), "name_words": (0, 2)})
+    monkeypatch.setitem(SIGNAL_GRIDS, "planted", {"topic_words": (0, 16), "name_words": (0, 2)})
     runner = CliRunner()
     result = runner.invoke(app, ["generate", str(tmp_path / "k.json.gz"), "--like", str(small_prepared),
-                                 "--topic-words", "4", "--scale", "0.2"])
+                                 "--text", "planted", "--topic-words", "4", "--scale", "0.2"])
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "k.json.gz.like.json").read_text())
     assert figures["settings"]["topic_words"] == 4 and figures["fit"]["knobs"] == ["name_words"]
     assert "topic_words (given)" in figures["not_fitted"]
-    for flags in (["--scale", "2"], ["--shape", "3", "4", "5"], ["--no-fit"], ["--name-words", "2"]):
+    mixed = runner.invoke(app, ["generate", str(tmp_path / "m.json.gz"), "--like", str(small_prepared),
+                                "--topic-words", "4"])
+    assert mixed.exit_code != 0 and "--topic-words only apply with the other text" in mixed.output
+    for flags in (["--scale", "2"], ["--shape", "3", "4", "5"], ["--no-fit"], ["--name-words", "2"],
+                  ["--text", "planted"], ["--text-fidelity", "0.5"]):
         refused = runner.invoke(app, ["generate", str(tmp_path / "n.json.gz"), *flags])
         assert refused.exit_code != 0 and "only apply with --like" in refused.output, flags
 

@@ -244,3 +244,18 @@ def test_a_workspace_refuses_data_generated_from_another_source(tmp_path, monkey
     with pytest.raises(SystemExit, match="was generated from"):
         paper_scale.workspace(tmp_path, like=tmp_path / "prepared")
     paper_scale.workspace(tmp_path)  # the same source again is fine
+
+
+def test_a_twin_generated_before_real_text_came_counts_as_planted_text(tmp_path, monkeypatch):
+    clone = tmp_path / "repo"
+    (clone / ".git").mkdir(parents=True)
+    (clone / "params.yaml").write_text("prepare:\n  input: data/paper_scale/reviews.json.gz\n")
+    data = clone / "data" / "paper_scale"
+    data.mkdir(parents=True)
+    (data / "reviews.json.gz").write_text("generated")
+    like = tmp_path / "prepared"
+    (data / "source.json").write_text(json.dumps({"like": str(like), "shape": list(paper_scale.LIKE_SHAPE)}))
+    monkeypatch.setattr(paper_scale, "follow_committed_code", lambda clone: None)
+    paper_scale.workspace(tmp_path, like=like, like_text="planted")  # resumes the run made with planted words
+    with pytest.raises(SystemExit, match="'text': 'planted'.*'text': 'real'"):
+        paper_scale.workspace(tmp_path, like=like)  # the default, real text, is another twin

@@ -8,11 +8,22 @@ real review drawn at random.
 Planted, with knobs fitted to the real set: items belong to `topics` topics and a user prefers two of them
 (`topic_affinity`: the share of a user's reviews drawn from those topics); items also belong to small neighbourhoods
 unrelated to topic (an artist's albums, say), and a user's next item comes from the neighbourhood of an item they
-reviewed with probability `cooccurrence`; a review's words mix `topic_words` words of its item's topic and
-`name_words` words of its neighbourhood's two-word name (what a review says about that one artist) with filler.
-The knobs are fitted (`fit_signals`, over `SIGNAL_GRID`) on sets generated at the real set's own size, to the real
-set's next-review predictability from popularity, co-occurrence and text and its text-neighbour lift
-(pipeline/data/signals.py); `--scale`, or `--shape USERS ITEMS REVIEWS`, then applies them at the size asked for
+reviewed with probability `cooccurrence`.
+
+A review's words come one of two ways (`text`):
+
+- "real" (the default): the real set's own reviews. Its items are clustered into `topics` topics by their reviews'
+  TF-IDF (k-means, seeded); each generated item of a topic takes one real item of that cluster as its donor, and a
+  review's text is, with probability `text_fidelity`, one of its donor's real reviews, otherwise a real review drawn
+  from the whole set. The text then speaks the real set's language, as an encoder reads it, and says as much about
+  the item as the fit asks; a review's length is its real review's.
+- "planted": `topic_words` words of its item's topic and `name_words` words of its neighbourhood's two-word name
+  (what a review says about that one artist) mixed with filler words; a length drawn from the real set's. TF-IDF
+  sees one planted word among a hundred, a mean-pooled encoder hardly does.
+
+The knobs are fitted (`fit_signals`, over the text's grid in `SIGNAL_GRIDS`) on sets generated at the real set's own
+size, to the real set's next-review predictability from popularity, co-occurrence and text and its text-neighbour
+lift (pipeline/data/signals.py); `--scale`, or `--shape USERS ITEMS REVIEWS`, then applies them at the size asked for
 (a shape stretches every resampled user activity by one factor, so that the reviews add up).
 
 The figures file written beside the dump (`<out>.like.json`) holds the real set's measures, the generated set's,
@@ -23,11 +34,15 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from scipy import sparse
+from sklearn.cluster import KMeans
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
 
 from pipeline.data.prepared import load_reviews
 from pipeline.data.signals import FITTED_MEASURES, signal_measures
@@ -37,8 +52,12 @@ from pipeline.io import DataError, atomic_path, write_json
 NOT_FITTED = (
     "ratings (drawn uniformly from 3 to 5 stars)",
     "review times (one review a week per user, in the order drawn)",
-    "vocabulary (topic words and filler words, not the real set's words)",
 )
+TEXTS = ("real", "planted")
+NOT_FITTED_BY_TEXT = {
+    "real": ("vocabulary (the real set's reviews, each reused by every item its real item is donor to)",),
+    "planted": ("vocabulary (topic words and filler words, not the real set's words)",),
+}
 NEIGHBOURHOOD = 10  # items per co-occurrence neighbourhood
 # Real English words, none of them a topic or filler word: a neighbourhood's name is two of them (4,096 names).
 NAME_WORDS = (
@@ -47,11 +66,18 @@ NAME_WORDS = (
     "river canyon desert forest glacier harbor island meadow prairie valley summit tundra lagoon marsh orchard "
     "comet galaxy meteor nebula planet rocket orbit quasar lunar solar stellar cosmic aurora eclipse zenith horizon"
 ).split()
-SIGNAL_GRID = {"topics": (8, 16, 32),
-               "topic_affinity": (0.0, 0.25, 0.5, 0.7, 0.85, 0.95),
-               "topic_words": (0, 1, 2, 4, 6, 8, 16),
-               "cooccurrence": (0.0, 0.1, 0.2, 0.35, 0.5, 0.7),
-               "name_words": (0, 1, 2, 4, 8)}
+SIGNAL_GRIDS = {
+    "real": {"topics": (8, 16, 32),
+             "topic_affinity": (0.0, 0.25, 0.5, 0.7, 0.85, 0.95),
+             "text_fidelity": (0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+             "cooccurrence": (0.0, 0.1, 0.2, 0.35, 0.5, 0.7)},
+    "planted": {"topics": (8, 16, 32),
+                "topic_affinity": (0.0, 0.25, 0.5, 0.7, 0.85, 0.95),
+                "topic_words": (0, 1, 2, 4, 6, 8, 16),
+                "cooccurrence": (0.0, 0.1, 0.2, 0.35, 0.5, 0.7),
+                "name_words": (0, 1, 2, 4, 8)},
+}  # each text's knobs and the values the fit tries
+TEXT_KNOBS = {"real": ("text_fidelity",), "planted": ("topic_words", "name_words")}  # knobs only that text reads
 FIT_SWEEPS = 2  # coordinate-descent passes over the knobs from each start (fewer when a pass changes nothing)
 FIT_SEEDS = 2  # generator seeds each setting's measures are averaged over while fitting
 ZERO = 0.01  # added to both sides of a measure's ratio in the fit's distance
@@ -69,9 +95,12 @@ class LikeSpec:
         resampled activity is stretched by one factor so that the reviews add up to about `reviews`.
     topics : Topics the items are split into.
     topic_affinity : Share of a user's reviews about items of the user's two preferred topics.
-    topic_words : Topic words planted in each review (the rest of its length is filler).
     cooccurrence : Probability that a user's next item comes from the neighbourhood of an item they reviewed.
-    name_words : Words of the item's neighbourhood's name planted in each review.
+    text : Where a review's words come from: "real" (the real set's reviews) or "planted" (see the module docstring).
+    text_fidelity : With real text: the share of reviews whose text is one of the item's donor's real reviews (the
+        rest take a real review drawn from the whole set).
+    topic_words : With planted text: topic words planted in each review (the rest of its length is filler).
+    name_words : With planted text: words of the item's neighbourhood's name planted in each review.
     seed : The generator's seed.
     """
 
@@ -82,13 +111,18 @@ class LikeSpec:
     topic_words: int = 6
     cooccurrence: float = 0.0
     name_words: int = 0
+    text: str = "real"
+    text_fidelity: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.text not in TEXTS:
+            raise DataError(f"generate --like: text must be one of {', '.join(TEXTS)} (got {self.text!r})")
         if (self.scale <= 0 or self.topics < 1 or not 0.0 <= self.topic_affinity <= 1.0 or self.topic_words < 0
-                or not 0.0 <= self.cooccurrence <= 1.0 or self.name_words < 0):
-            raise DataError(f"generate --like: scale must be > 0, topics >= 1, topic_affinity and cooccurrence in "
-                            f"[0, 1], topic_words and name_words >= 0 (got {asdict(self)})")
+                or not 0.0 <= self.cooccurrence <= 1.0 or self.name_words < 0
+                or not 0.0 <= self.text_fidelity <= 1.0):
+            raise DataError(f"generate --like: scale must be > 0, topics >= 1, topic_affinity, cooccurrence and "
+                            f"text_fidelity in [0, 1], topic_words and name_words >= 0 (got {asdict(self)})")
         if self.shape is not None and self.scale != 1.0:
             raise DataError(f"generate --like: give a scale or a shape, not both (got scale {self.scale}, shape "
                             f"{self.shape})")
@@ -130,16 +164,66 @@ def measure(users: np.ndarray, items: np.ndarray, words: np.ndarray) -> dict:
             "item_popularity_gini": round(gini(popularity), 4), "review_words": distribution(words)}
 
 
-def real_counts(prepared: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Per-user review counts, per-item review counts and per-review word counts of a prepared set, with its
-    measures; every review counts, whatever its split (the shape of the data, not of a protocol)."""
+@dataclass
+class RealSet:
+    """What the generator reads of a real prepared set.
+
+    Attributes
+    ----------
+    activity : Each user's review count.
+    popularity : Each item's review count.
+    words : Each review's length in words.
+    measures : The set's `measure`s.
+    texts : Each review's text (every split: the shape of the data, not of a protocol).
+    text_items : Each review's item, numbered 0.. in the order of `popularity`.
+    """
+
+    activity: np.ndarray
+    popularity: np.ndarray
+    words: np.ndarray
+    measures: dict
+    texts: list[str]
+    text_items: np.ndarray
+    _item_tfidf: sparse.csr_matrix | None = field(default=None, repr=False)
+    _topics: dict = field(default_factory=dict, repr=False)  # topics() by topic count
+
+    def topics(self, n_topics: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The real items clustered into `n_topics` topics by their reviews' summed TF-IDF (k-means with a fixed
+        seed: the clusters are the real set's, whatever seed generates from them; a topic beyond the number of
+        items shares a cluster). -> (each topic's real items, each real item's reviews)"""
+        if n_topics not in self._topics:
+            n_items = len(self.popularity)
+            if self._item_tfidf is None:
+                vectoriser = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=50_000,
+                                             token_pattern=r"(?u)\b[^\W\d_]{2,}\b")
+                try:
+                    reviews = vectoriser.fit_transform(self.texts)
+                except ValueError as error:  # sklearn: "empty vocabulary"
+                    raise DataError(f"generate --like: the real reviews share no word, so real text cannot be "
+                                    f"clustered into topics ({error}); use --text planted") from None
+                summed = sparse.csr_matrix((np.ones(len(self.texts)), (self.text_items, np.arange(len(self.texts)))),
+                                           shape=(n_items, len(self.texts)))
+                self._item_tfidf = normalize(summed @ reviews)
+            clusters = min(n_topics, n_items)
+            labels = KMeans(clusters, n_init=3, random_state=0).fit_predict(self._item_tfidf)
+            order = np.argsort(self.text_items, kind="stable")
+            by_item = np.split(order, np.cumsum(np.bincount(self.text_items, minlength=n_items))[:-1])
+            self._topics[n_topics] = ([np.flatnonzero(labels == t % clusters) for t in range(n_topics)], by_item)
+        return self._topics[n_topics]
+
+
+def real_set(prepared: str | Path) -> RealSet:
+    """Per-user and per-item review counts, review lengths and texts of a prepared set, with its measures; every
+    review counts, whatever its split (the shape of the data, not of a protocol)."""
     reviews = load_reviews(prepared, columns=["user_idx", "item_idx", "text"])  # names a missing file itself
     if reviews.num_rows == 0:
         raise DataError(f"generate --like {prepared}: the prepared data has no reviews")
     users, items = reviews.column("user_idx").to_numpy(), reviews.column("item_idx").to_numpy()
-    words = np.array([len((text or "").split()) for text in reviews.column("text").to_pylist()])
-    return (np.bincount(users)[np.unique(users)], np.bincount(items)[np.unique(items)], words,
-            measure(users, items, words))
+    texts = [text or "" for text in reviews.column("text").to_pylist()]
+    words = np.array([len(text.split()) for text in texts])
+    item_codes, text_items = np.unique(items, return_inverse=True)
+    return RealSet(np.bincount(users)[np.unique(users)], np.bincount(items)[item_codes], words,
+                   measure(users, items, words), texts, text_items.ravel())
 
 
 def prepared_signals(prepared: str | Path, seed: int = 0) -> dict:
@@ -150,27 +234,31 @@ def prepared_signals(prepared: str | Path, seed: int = 0) -> dict:
                            seed=seed)
 
 
-def like_records(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> Iterator[dict]:
-    """Yield Amazon 2018 records of a set shaped like the one `counts` (`real_counts`) describes (see the module
-    docstring)."""
-    activity, popularity, words, real = counts
+def like_records(real: RealSet, spec: LikeSpec) -> Iterator[dict]:
+    """Yield Amazon 2018 records of a set shaped like `real` (see the module docstring)."""
     rng = np.random.default_rng(spec.seed)
     if spec.shape is None:
-        n_users, n_items = max(1, round(real["users"] * spec.scale)), max(2, round(real["items"] * spec.scale))
-        user_reviews = np.minimum(rng.choice(activity, size=n_users), n_items)
+        n_users, n_items = max(1, round(real.measures["users"] * spec.scale)), max(2, round(real.measures["items"]
+                                                                                          * spec.scale))
+        user_reviews = np.minimum(rng.choice(real.activity, size=n_users), n_items)
     else:
         n_users, n_items, n_reviews = spec.shape
-        drawn = rng.choice(activity, size=n_users).astype(np.float64)
+        drawn = rng.choice(real.activity, size=n_users).astype(np.float64)
         drawn *= n_reviews / drawn.sum()
         stretched = np.floor(drawn) + (rng.random(n_users) < drawn - np.floor(drawn))  # rounded without bias
         user_reviews = np.clip(stretched.astype(np.int64), 1, n_items)
-    weight = rng.choice(popularity, size=n_items).astype(np.float64)
+    weight = rng.choice(real.popularity, size=n_items).astype(np.float64)
     item_topic = rng.integers(0, spec.topics, size=n_items)
     pools = {t: np.flatnonzero(item_topic == t) for t in range(spec.topics)}
     everything = (np.arange(n_items), np.cumsum(weight))
-    named = spec.cooccurrence > 0 or spec.name_words > 0
+    named = spec.cooccurrence > 0 or (spec.text == "planted" and spec.name_words > 0)
     neighbourhood, neighbours = _neighbourhoods(rng, weight) if named else (None, None)
-    per_topic = max(3, len(TOPIC_WORDS) // spec.topics)
+    if spec.text == "real":
+        topic_items, item_reviews = real.topics(spec.topics)
+        donor = np.array([rng.choice(topic_items[t]) for t in item_topic])
+        write = _real_text_writer(rng, real, donor, item_reviews, spec.text_fidelity)
+    else:
+        write = _planted_text_writer(rng, real, item_topic, neighbourhood if named else None, spec)
     for user in range(n_users):
         liked = rng.choice(spec.topics, size=min(2, spec.topics), replace=False)
         preferred = np.concatenate([pools[t] for t in liked])
@@ -185,8 +273,46 @@ def like_records(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: 
             item = _weighted_pick(rng, *pool, n_items, seen_set)
             seen.append(item)
             seen_set.add(item)
-            name = _name(int(neighbourhood[item])) if named else ()
-            yield _record(rng, user, item, int(item_topic[item]), name, k, int(rng.choice(words)), per_topic, spec)
+            text, summary = write(item)
+            yield {"overall": float(rng.integers(3, 6)), "verified": True, "reviewTime": "",
+                   "reviewerID": f"L{user:07d}", "asin": f"J{item:07d}", "reviewerName": f"user {user}",
+                   "reviewText": text, "summary": summary(),
+                   "unixReviewTime": 1_400_000_000 + k * 86_400 * 7 + int(rng.integers(0, 86_400))}
+
+
+def _real_text_writer(rng: np.random.Generator, real: RealSet, donor: np.ndarray, item_reviews: list[np.ndarray],
+                      fidelity: float):
+    """item -> (text, summary drawer): one of the item's donor's real reviews with probability `fidelity`, otherwise
+    any real review (its summary is in the prepared text already)."""
+
+    def write(item: int):
+        own = item_reviews[donor[item]]
+        pick = own[rng.integers(len(own))] if rng.random() < fidelity else rng.integers(len(real.texts))
+        return real.texts[int(pick)], str
+
+    return write
+
+
+def _planted_text_writer(rng: np.random.Generator, real: RealSet, item_topic: np.ndarray,
+                         neighbourhood: np.ndarray | None, spec: LikeSpec):
+    """item -> (text, summary drawer): planted topic and name words mixed with filler, at a length drawn from the
+    real set's; the summary, a topic word, is drawn after the rating (the order the generator has always drawn
+    in, so that a seed writes the same set as before real text came)."""
+    per_topic = max(3, len(TOPIC_WORDS) // spec.topics)
+
+    def write(item: int):
+        start = (int(item_topic[item]) * per_topic) % len(TOPIC_WORDS)
+        vocabulary = TOPIC_WORDS[start:start + per_topic]
+        length = int(rng.choice(real.words))
+        name = _name(int(neighbourhood[item])) if neighbourhood is not None else ()
+        planted = min(spec.topic_words, length)
+        named = min(spec.name_words, length - planted) if name else 0
+        text = (list(rng.choice(vocabulary, size=planted)) + (list(rng.choice(name, size=named)) if named else [])
+                + list(rng.choice(FILLER_WORDS, size=max(length - planted - named, 0))))
+        rng.shuffle(text)
+        return " ".join(text), lambda: str(rng.choice(vocabulary)).capitalize()
+
+    return write
 
 
 def _neighbourhoods(rng: np.random.Generator, weight: np.ndarray) -> tuple[np.ndarray, list]:
@@ -205,9 +331,9 @@ def _name(neighbourhood: int) -> tuple[str, str]:
     return NAME_WORDS[first], NAME_WORDS[(neighbourhood // len(NAME_WORDS) + 37 * first + 11) % len(NAME_WORDS)]
 
 
-def generated_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], spec: LikeSpec) -> dict:
+def generated_signals(real: RealSet, spec: LikeSpec) -> dict:
     """The next-review predictability (pipeline/data/signals.py) of the set `like_records` generates."""
-    return _records_signals(list(like_records(counts, spec)), spec.seed)
+    return _records_signals(list(like_records(real, spec)), spec.seed)
 
 
 def _records_signals(records: list[dict], seed: int) -> dict:
@@ -222,8 +348,8 @@ def signal_distance(generated: dict, real: dict) -> float:
     return round(float(sum(abs(np.log((generated[m] + ZERO) / (real[m] + ZERO))) for m in FITTED_MEASURES)), 4)
 
 
-def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_signals: dict, spec: LikeSpec,
-                grid: dict[str, tuple] = SIGNAL_GRID, progress=None) -> tuple[LikeSpec, list[dict]]:
+def fit_signals(real: RealSet, real_signals: dict, spec: LikeSpec, grid: dict[str, tuple] | None = None,
+                progress=None) -> tuple[LikeSpec, list[dict]]:
     """Fit the knobs named in `grid` so that a set generated at the real set's own size has the real set's
     measures (`signal_distance`), by coordinate descent: each knob in turn takes its grid value closest to the
     real set with the others held, for FIT_SWEEPS passes or until a pass changes nothing. The descent starts twice,
@@ -233,16 +359,17 @@ def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_si
 
     Parameters
     ----------
-    counts : The real set's counts (`real_counts`).
+    real : The real set (`real_set`).
     real_signals : The real set's measures (`signal_measures`).
     spec : The starting point; its scale or shape is ignored while fitting and kept in the result.
-    grid : Each knob's candidate values.
+    grid : Each knob's candidate values; None: SIGNAL_GRIDS[spec.text].
     progress : Called with a message after each setting is measured.
 
     Returns
     -------
     (the fitted spec, every setting tried with its measures and distance, in the order tried).
     """
+    grid = SIGNAL_GRIDS[spec.text] if grid is None else grid
     current = replace(spec, scale=1.0, shape=None, **{knob: values[0] for knob, values in grid.items()
                                           if getattr(spec, knob) not in values})
     tried: dict[tuple, dict] = {}
@@ -250,7 +377,7 @@ def fit_signals(counts: tuple[np.ndarray, np.ndarray, np.ndarray, dict], real_si
     def distance(candidate: LikeSpec) -> float:
         key = tuple(getattr(candidate, knob) for knob in grid)
         if key not in tried:
-            runs = [generated_signals(counts, replace(candidate, seed=spec.seed + 1 + k)) for k in range(FIT_SEEDS)]
+            runs = [generated_signals(real, replace(candidate, seed=spec.seed + 1 + k)) for k in range(FIT_SEEDS)]
             measured = {m: round(float(np.mean([run[m] for run in runs])), 4) for m in runs[0]}
             tried[key] = {**dict(zip(grid, key)), **measured, "distance": signal_distance(measured, real_signals)}
             if progress:
@@ -281,22 +408,7 @@ def _weighted_pick(rng: np.random.Generator, pool: np.ndarray, cumulative: np.nd
     return int(rng.choice(unseen if len(unseen) else np.setdiff1d(np.arange(n_items), list(seen))))
 
 
-def _record(rng, user: int, item: int, topic: int, name: tuple, k: int, length: int, per_topic: int,
-            spec: LikeSpec) -> dict:
-    start = (topic * per_topic) % len(TOPIC_WORDS)
-    vocabulary = TOPIC_WORDS[start:start + per_topic]
-    planted = min(spec.topic_words, length)
-    named = min(spec.name_words, length - planted) if name else 0
-    text = (list(rng.choice(vocabulary, size=planted)) + (list(rng.choice(name, size=named)) if named else [])
-            + list(rng.choice(FILLER_WORDS, size=max(length - planted - named, 0))))
-    rng.shuffle(text)
-    return {"overall": float(rng.integers(3, 6)), "verified": True, "reviewTime": "",
-            "reviewerID": f"L{user:07d}", "asin": f"J{item:07d}", "reviewerName": f"user {user}",
-            "reviewText": " ".join(text), "summary": str(rng.choice(vocabulary)).capitalize(),
-            "unixReviewTime": 1_400_000_000 + k * 86_400 * 7 + int(rng.integers(0, 86_400))}
-
-
-def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict[str, tuple] | None = SIGNAL_GRID,
+def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict[str, tuple] | None | str = "all",
                progress=None) -> dict:
     """Write a gzipped JSON-lines dump shaped like `prepared`, and its figures beside it.
 
@@ -305,8 +417,8 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     prepared : A prepared-data folder (`bertrs prepare`'s output).
     out : The dump to write (gzipped Amazon 2018 JSON lines).
     spec : How the generated set departs from the real one.
-    grid : The knobs to fit to the real set first and their candidate values (`fit_signals`); None: the spec's
-        values as given.
+    grid : The knobs to fit to the real set first and their candidate values (`fit_signals`); "all": every knob of
+        the spec's text (SIGNAL_GRIDS); None: the spec's values as given.
     progress : Called with a message after each setting the fit measures.
 
     Returns
@@ -316,12 +428,17 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     distance at the written seed, at the real set's size), and what is not fitted.
     """
     out = Path(out)
-    counts = real_counts(prepared)
+    grid = SIGNAL_GRIDS[spec.text] if grid == "all" else grid
+    unread = sorted(set(grid or ()) - set(SIGNAL_GRIDS[spec.text]))
+    if unread:
+        raise DataError(f"generate --like: {', '.join(unread)} only apply with text "
+                        f"{' or '.join(t for t in TEXTS if set(unread) <= set(SIGNAL_GRIDS[t]))}, not {spec.text}")
+    real = real_set(prepared)
     real_signals = prepared_signals(prepared, spec.seed)
-    fitted = fit_signals(counts, real_signals, spec, grid, progress) if grid else None
+    fitted = fit_signals(real, real_signals, spec, grid, progress) if grid else None
     if fitted:
         spec = fitted[0]
-    records = list(like_records(counts, spec))
+    records = list(like_records(real, spec))
     with atomic_path(out) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in records)
     generated = measure(np.array([r["reviewerID"] for r in records]), np.array([r["asin"] for r in records]),
@@ -329,14 +446,14 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     generated["signals"] = _records_signals(records, spec.seed)
     real_size = spec.shape is None and spec.scale == 1.0
     at_real_size = generated["signals"] if real_size or not fitted else generated_signals(
-        counts, replace(spec, scale=1.0, shape=None))
-    figures = {"like": str(prepared), "settings": asdict(spec), "real": {**counts[3], "signals": real_signals},
+        real, replace(spec, scale=1.0, shape=None))
+    figures = {"like": str(prepared), "settings": asdict(spec), "real": {**real.measures, "signals": real_signals},
                "generated": generated,
                "fit": {"knobs": list(grid), "measures": list(FITTED_MEASURES), "seeds_per_setting": FIT_SEEDS,
                        "distance_while_fitting": min(t["distance"] for t in fitted[1]),
                        "distance_at_unseen_seed": signal_distance(at_real_size, real_signals), "tried": fitted[1]}
                if fitted else None,
-               "not_fitted": list(NOT_FITTED) + [f"{knob} (given)" for knob in SIGNAL_GRID
-                                                 if not fitted or knob not in grid]}
+               "not_fitted": list(NOT_FITTED) + list(NOT_FITTED_BY_TEXT[spec.text])
+               + [f"{knob} (given)" for knob in SIGNAL_GRIDS[spec.text] if not fitted or knob not in grid]}
     write_json(f"{out}.like.json", figures)
     return figures
