@@ -3,6 +3,7 @@
     python benchmarks/like_fit.py            # minutes; writes benchmarks/results/like_fit.{md,json}
     python benchmarks/like_fit.py --dag digital_music   # and the DAG on both sides of a set (about 15 min a side)
     python benchmarks/like_fit.py --text planted        # twins whose reviews are planted words, not real texts
+                                                        # (writes like_fit_planted.{md,json})
 
 For each shared set (skipped where ../shared/data, or $BERTRS_SHARED_DATA, lacks it): prepare it with params.yaml
 (random protocol; the measures read every review whatever its split), generate a set like it with the knobs fitted
@@ -141,8 +142,9 @@ def main() -> None:
                 "generated": dag_metrics(dataset, f"generated_{args.text}", twin, work)})}
     meta = {"date": date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
             "command": "python benchmarks/like_fit.py" + "".join(f" {a}" for a in sys.argv[1:]), "text": args.text}
-    write_json(out / "like_fit.json", {"meta": meta, "datasets": rows})
-    (out / "like_fit.md").write_text(markdown(rows, meta) + "\n")
+    name = "like_fit" + ("_planted" if args.text == "planted" else "")
+    write_json(out / f"{name}.json", {"meta": meta, "datasets": rows})
+    (out / f"{name}.md").write_text(markdown(rows, meta) + "\n")
 
 
 if __name__ == "__main__":

@@ -507,9 +507,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` stops the stage being measured as well
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=None, help="the workspace (default build/paper_scale, or "
-                                                     "build/paper_scale_like with --like)")
+                                                     "build/paper_scale_like[_planted] with --like)")
     parser.add_argument("--out", default=None, help="where the results go (default benchmarks/results, or "
-                                                    "benchmarks/results/paper_scale_like with --like)")
+                                                    "benchmarks/results/paper_scale_like[_planted] with --like)")
     parser.add_argument("--like", default=None, metavar="PREPARED",
                         help="generate the data like this prepared set at LIKE_SHAPE (see the docstring)")
     parser.add_argument("--like-text", choices=TEXTS, default="real",

@@ -1,4 +1,4 @@
-"""`bertrs generate`: write a synthetic review dump (Amazon 2018 format) with a planted text signal.
+"""`bertrs generate`: write a synthetic review dump (Amazon 2018 format) whose review text carries a signal.
 
     bertrs generate data/synthetic.json.gz --users 500 --items 200
     bertrs generate data/like.json.gz --like data/prepared --scale 2     # shaped like a real prepared set
@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.data.likeness import SIGNAL_GRIDS, TEXTS, LikeSpec, write_like
+from pipeline.data.likeness import SIGNAL_GRIDS, TEXT_KNOBS, TEXTS, LikeSpec, write_like
 from pipeline.data.synthetic import SyntheticSpec, write_synthetic
 from pipeline.io import DataError
 from stages.common import user_errors
@@ -57,7 +57,10 @@ def main(
                                         "the bundled sample); --no-fit takes their defaults"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Generate a seeded dataset whose review words reflect each item's topic."""
+    """Generate a seeded dataset whose review words reflect each item's topic (planted words; with --like, the
+    prepared set's own reviews by default)."""
+    if text not in TEXTS:
+        raise DataError(f"generate: --text must be one of {', '.join(TEXTS)} (got {text!r})")
     knobs = {"topics": topics, "topic_affinity": topic_affinity, "topic_words": topic_words,
              "cooccurrence": cooccurrence, "name_words": name_words, "text_fidelity": text_fidelity}
     if like is not None:
@@ -67,9 +70,11 @@ def main(
         given = {knob: value for knob, value in knobs.items() if value is not None}
         sized = {"scale": scale} if scale is not None else {}
         spec = LikeSpec(shape=shape, seed=seed, text=text, **sized, **given)
-        unread = [f"--{knob.replace('_', '-')}" for knob in given if knob not in SIGNAL_GRIDS[spec.text]]
-        if unread:
-            raise DataError(f"generate --like --text {spec.text}: {', '.join(unread)} only apply with the other text")
+        for other in (t for t in TEXTS if t != spec.text):
+            unread = [f"--{knob.replace('_', '-')}" for knob in given if knob in TEXT_KNOBS[other]]
+            if unread:
+                raise DataError(f"generate --like --text {spec.text}: {', '.join(unread)} only apply with --text "
+                                f"{other}")
         grid = {knob: values for knob, values in SIGNAL_GRIDS[spec.text].items() if knob not in given} if fit else None
         figures = write_like(like, out, spec, grid or None, progress=lambda message: typer.echo(message, err=True))
         settings = figures["settings"]

@@ -5,6 +5,8 @@ measures beside it."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline.config import load_params
 from pipeline.data.likeness import (NOT_FITTED, NOT_FITTED_BY_TEXT, SIGNAL_GRIDS, LikeSpec, fit_signals,
-                                    generated_signals, gini, like_records, real_set, write_like)
+                                    RealSet, generated_signals, gini, like_records, real_set, write_like)
 from pipeline.data.prepare import prepare_dataset
 from pipeline.io import DataError
 from stages.cli import app
@@ -133,9 +135,38 @@ def test_real_text_reuses_the_real_reviews_and_its_fidelity_sets_how_much_they_s
 
 
 def test_the_planted_text_writes_what_it_wrote_before_real_text_came(sample_prepared):
-    first = next(like_records(real_set(sample_prepared), LikeSpec(text="planted", topic_words=1, seed=0)))
-    # as the generator wrote it before (its first 3,000 records compared whole when real text came)
-    assert (first["summary"], first["overall"], len(first["reviewText"].split())) == ("Treats", 5.0, 28)
+    spec = LikeSpec(text="planted", topics=32, topic_words=2, cooccurrence=0.5, name_words=2, seed=7)
+    records = itertools.islice(like_records(real_set(sample_prepared), spec), 2000)
+    written = hashlib.sha256("".join(json.dumps(record) + "\n" for record in records).encode()).hexdigest()
+    assert written == "656af908728cee05e130253c58868edeb7f82bbd1dbb2615204bd8cda15fa286"  # at 1bdf119, the same spec
+
+
+def test_real_text_keeps_every_topic_when_the_set_has_fewer_items_than_topics_or_items_alike():
+    words = "guitar piano violin drums melody chorus rhythm bass".split()
+    texts = [f"{words[item]} {words[item]} song" if item >= 5 else "great album" for item in range(8) for _ in range(3)]
+    text_items = np.repeat(np.arange(8), 3)  # 8 items of 3 reviews; items 0-4 say the same words
+    real = RealSet(activity=np.full(6, 4), popularity=np.full(8, 3), words=np.full(24, 3),
+                   measures={"users": 6, "items": 8}, texts=texts, text_items=text_items)
+    topics, reviews = real.topics(12)  # k-means finds 4 distinct clusters, not 8, let alone 12
+    assert len(topics) == 12 and all(len(members) for members in topics)
+    assert sorted(np.concatenate(topics[:4]).tolist()) == list(range(8))
+    assert [r.tolist() for r in reviews[:2]] == [[0, 1, 2], [3, 4, 5]]
+    assert len(list(like_records(real, LikeSpec(topics=12)))) > 0
+
+
+def test_the_generator_refuses_knobs_it_does_not_have_or_the_text_does_not_read(small_prepared, tmp_path):
+    with pytest.raises(DataError, match="no knob named topic_word "):
+        write_like(small_prepared, tmp_path / "bad.json.gz", LikeSpec(), grid={"topic_word": (0, 16)})
+    with pytest.raises(DataError, match="text_fidelity only apply with text real, not planted"):
+        fit_signals(real_set(small_prepared), {}, LikeSpec(text="planted"), grid={"text_fidelity": (0.0, 1.0)})
+    assert not list(tmp_path.iterdir())
+    runner = CliRunner()
+    for flags, message in ((["--text", "planted", "--text-fidelity", "0.5"], "--text-fidelity only apply with --text "
+                                                                              "real"),
+                           (["--text", "bogus"], "--text must be one of real, planted (got 'bogus')")):
+        refused = runner.invoke(app, ["generate", str(tmp_path / "x.json.gz"), "--like", str(small_prepared), *flags])
+        assert refused.exit_code != 0 and message in refused.output, flags
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_fit_recovers_the_knobs_that_generated_a_set_at_seeds_it_never_saw(sample_real):
@@ -176,7 +207,7 @@ def test_knobs_given_on_the_command_line_are_kept_and_only_the_others_fitted(sma
     assert "topic_words (given)" in figures["not_fitted"]
     mixed = runner.invoke(app, ["generate", str(tmp_path / "m.json.gz"), "--like", str(small_prepared),
                                 "--topic-words", "4"])
-    assert mixed.exit_code != 0 and "--topic-words only apply with the other text" in mixed.output
+    assert mixed.exit_code != 0 and "--topic-words only apply with --text planted" in mixed.output
     for flags in (["--scale", "2"], ["--shape", "3", "4", "5"], ["--no-fit"], ["--name-words", "2"],
                   ["--text", "planted"], ["--text-fidelity", "0.5"]):
         refused = runner.invoke(app, ["generate", str(tmp_path / "n.json.gz"), *flags])

@@ -1,9 +1,9 @@
 """A synthetic review set shaped like a real prepared one: `bertrs generate OUT --like data/prepared`.
 
 Resampled from the real set: how many reviews each user wrote (user activity), how many each item received (item
-popularity), and how many words each review has. Each generated user takes the review count of a real user drawn at
-random, each generated item the popularity weight of a real item drawn at random, and each review the length of a
-real review drawn at random.
+popularity), and the reviews' texts or lengths. Each generated user takes the review count of a real user drawn at
+random, each generated item the popularity weight of a real item drawn at random, and each review a real review's
+text (its length with it) or, with planted words, the length of a real review drawn at random.
 
 Planted, with knobs fitted to the real set: items belong to `topics` topics and a user prefers two of them
 (`topic_affinity`: the share of a user's reviews drawn from those topics); items also belong to small neighbourhoods
@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import asdict, dataclass, field, replace
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from scipy import sparse
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
@@ -189,8 +191,9 @@ class RealSet:
 
     def topics(self, n_topics: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The real items clustered into `n_topics` topics by their reviews' summed TF-IDF (k-means with a fixed
-        seed: the clusters are the real set's, whatever seed generates from them; a topic beyond the number of
-        items shares a cluster). -> (each topic's real items, each real item's reviews)"""
+        seed: the clusters are the real set's, whatever seed generates from them; a topic beyond the clusters
+        k-means found, as when there are fewer items than topics, shares one). -> (each topic's real items, each
+        real item's reviews)"""
         if n_topics not in self._topics:
             n_items = len(self.popularity)
             if self._item_tfidf is None:
@@ -204,11 +207,13 @@ class RealSet:
                 summed = sparse.csr_matrix((np.ones(len(self.texts)), (self.text_items, np.arange(len(self.texts)))),
                                            shape=(n_items, len(self.texts)))
                 self._item_tfidf = normalize(summed @ reviews)
-            clusters = min(n_topics, n_items)
-            labels = KMeans(clusters, n_init=3, random_state=0).fit_predict(self._item_tfidf)
-            order = np.argsort(self.text_items, kind="stable")
+            with warnings.catch_warnings():  # fewer distinct clusters than asked: handled below
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                labels = KMeans(min(n_topics, n_items), n_init=3, random_state=0).fit_predict(self._item_tfidf)
+            clusters = [np.flatnonzero(labels == label) for label in np.unique(labels)]  # items with equal vectors
+            order = np.argsort(self.text_items, kind="stable")  # (no shared word, say) can leave a cluster empty
             by_item = np.split(order, np.cumsum(np.bincount(self.text_items, minlength=n_items))[:-1])
-            self._topics[n_topics] = ([np.flatnonzero(labels == t % clusters) for t in range(n_topics)], by_item)
+            self._topics[n_topics] = ([clusters[t % len(clusters)] for t in range(n_topics)], by_item)
         return self._topics[n_topics]
 
 
@@ -348,6 +353,18 @@ def signal_distance(generated: dict, real: dict) -> float:
     return round(float(sum(abs(np.log((generated[m] + ZERO) / (real[m] + ZERO))) for m in FITTED_MEASURES)), 4)
 
 
+def check_knobs(knobs, text: str) -> None:
+    """Refuse knobs that the generator does not have, or that `text` does not read (DataError naming them)."""
+    every = {f.name for f in fields(LikeSpec)} - {"scale", "shape", "text", "seed"}
+    unknown = sorted(set(knobs) - every)
+    if unknown:
+        raise DataError(f"generate --like: no knob named {', '.join(unknown)} (the knobs: {', '.join(sorted(every))})")
+    other = {t: sorted(set(knobs) & set(TEXT_KNOBS[t])) for t in TEXTS if t != text}
+    for other_text, unread in other.items():
+        if unread:
+            raise DataError(f"generate --like: {', '.join(unread)} only apply with text {other_text}, not {text}")
+
+
 def fit_signals(real: RealSet, real_signals: dict, spec: LikeSpec, grid: dict[str, tuple] | None = None,
                 progress=None) -> tuple[LikeSpec, list[dict]]:
     """Fit the knobs named in `grid` so that a set generated at the real set's own size has the real set's
@@ -370,6 +387,7 @@ def fit_signals(real: RealSet, real_signals: dict, spec: LikeSpec, grid: dict[st
     (the fitted spec, every setting tried with its measures and distance, in the order tried).
     """
     grid = SIGNAL_GRIDS[spec.text] if grid is None else grid
+    check_knobs(grid, spec.text)
     current = replace(spec, scale=1.0, shape=None, **{knob: values[0] for knob, values in grid.items()
                                           if getattr(spec, knob) not in values})
     tried: dict[tuple, dict] = {}
@@ -429,10 +447,7 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     """
     out = Path(out)
     grid = SIGNAL_GRIDS[spec.text] if grid == "all" else grid
-    unread = sorted(set(grid or ()) - set(SIGNAL_GRIDS[spec.text]))
-    if unread:
-        raise DataError(f"generate --like: {', '.join(unread)} only apply with text "
-                        f"{' or '.join(t for t in TEXTS if set(unread) <= set(SIGNAL_GRIDS[t]))}, not {spec.text}")
+    check_knobs(grid or {}, spec.text)
     real = real_set(prepared)
     real_signals = prepared_signals(prepared, spec.seed)
     fitted = fit_signals(real, real_signals, spec, grid, progress) if grid else None
@@ -447,7 +462,9 @@ def write_like(prepared: str | Path, out: str | Path, spec: LikeSpec, grid: dict
     real_size = spec.shape is None and spec.scale == 1.0
     at_real_size = generated["signals"] if real_size or not fitted else generated_signals(
         real, replace(spec, scale=1.0, shape=None))
-    figures = {"like": str(prepared), "settings": asdict(spec), "real": {**real.measures, "signals": real_signals},
+    settings = {knob: value for knob, value in asdict(spec).items()
+                if not any(knob in TEXT_KNOBS[t] for t in TEXTS if t != spec.text)}  # what this text reads
+    figures = {"like": str(prepared), "settings": settings, "real": {**real.measures, "signals": real_signals},
                "generated": generated,
                "fit": {"knobs": list(grid), "measures": list(FITTED_MEASURES), "seeds_per_setting": FIT_SEEDS,
                        "distance_while_fitting": min(t["distance"] for t in fitted[1]),

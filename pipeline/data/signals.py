@@ -37,6 +37,7 @@ TOP_K = 10
 USER_CHUNK = 512  # users scored at once (a chunk x items dense block)
 ZERO = 1e-3  # added to both rates of the text hit lift
 RANDOM_PAIRS = 40_000  # pairs drawn for the text-neighbour lift's baseline
+PAIR_CHUNK = 20_000  # item pairs whose cosines are computed at once
 FITTED_MEASURES = ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift", "text_neighbour_lift")
 
 
@@ -155,10 +156,18 @@ def _neighbour_lift(pairs: sparse.coo_matrix, item_text: sparse.csr_matrix, rng:
     pairs whose ends are drawn by each item's weighted share of the co-reviewed pairs."""
     if pairs.nnz == 0:
         return 1.0
-    cosines = np.asarray(item_text[pairs.row].multiply(item_text[pairs.col]).sum(axis=1)).ravel()
+    cosines = _pair_cosines(item_text, pairs.row, pairs.col)
     degree = np.bincount(pairs.row, pairs.data, item_text.shape[0]) + np.bincount(pairs.col, pairs.data,
                                                                                 item_text.shape[0])
     left, right = (rng.choice(len(degree), size=RANDOM_PAIRS, p=degree / degree.sum()) for _ in range(2))
     distinct = left != right
-    baseline = np.asarray(item_text[left[distinct]].multiply(item_text[right[distinct]]).sum(axis=1)).ravel()
+    baseline = _pair_cosines(item_text, left[distinct], right[distinct])
     return round(float(np.average(cosines, weights=pairs.data)) / max(float(baseline.mean()), 1e-12), 4)
+
+
+def _pair_cosines(item_text: sparse.csr_matrix, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The cosine of each (left, right) pair of L2-normalised rows, PAIR_CHUNK pairs at a time (a pair's two rows
+    are copied out, which for a million pairs of real reviews' vocabularies would take tens of GB at once)."""
+    return np.concatenate([np.asarray(item_text[left[start:start + PAIR_CHUNK]].multiply(
+        item_text[right[start:start + PAIR_CHUNK]]).sum(axis=1)).ravel()
+        for start in range(0, len(left), PAIR_CHUNK)] or [np.zeros(0)])
