@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline.config import load_params
 from pipeline.data.likeness import (NOT_FITTED, NOT_FITTED_BY_TEXT, SIGNAL_GRIDS, LikeSpec, fit_signals,
-                                    RealSet, generated_signals, gini, like_records, real_set, write_like)
+                                    RealSet, generated_signals, generated_topics, gini, like_records, real_set, write_like)
 from pipeline.data.prepare import prepare_dataset
 from pipeline.io import DataError
 from stages.cli import app
@@ -147,11 +147,35 @@ def test_real_text_keeps_every_topic_when_the_set_has_fewer_items_than_topics_or
     text_items = np.repeat(np.arange(8), 3)  # 8 items of 3 reviews; items 0-4 say the same words
     real = RealSet(activity=np.full(6, 4), popularity=np.full(8, 3), words=np.full(24, 3),
                    measures={"users": 6, "items": 8}, texts=texts, text_items=text_items)
-    topics, reviews = real.topics(12)  # k-means finds 4 distinct clusters, not 8, let alone 12
-    assert len(topics) == 12 and all(len(members) for members in topics)
+    topics, reviews = real.topics(6)  # k-means finds 4 distinct clusters, not 6
+    assert len(topics) == 6 and all(len(members) for members in topics)
     assert sorted(np.concatenate(topics[:4]).tolist()) == list(range(8))
     assert [r.tolist() for r in reviews[:2]] == [[0, 1, 2], [3, 4, 5]]
+    one_each, _ = real.topics(12)  # more topics than items: an item a topic, then shared
+    assert [members.tolist() for members in one_each] == [[item % 8] for item in range(12)]
     assert len(list(like_records(real, LikeSpec(topics=12)))) > 0
+
+
+def test_with_real_text_a_larger_catalogue_has_more_topics_of_the_same_size_within_the_real_clusters(sample_real):
+    at_real_size = sample_real.measures["items"]  # 120 (the fixture's third of the sample)
+    assert generated_topics(sample_real, LikeSpec(topics=16), at_real_size) == 16
+    assert generated_topics(sample_real, LikeSpec(topics=16), 4 * at_real_size) == 64
+    assert generated_topics(sample_real, LikeSpec(topics=16), 100 * at_real_size) == 361  # one real item a topic
+    assert generated_topics(sample_real, LikeSpec(text="planted", topics=16), 4 * at_real_size) == 16
+    records = list(like_records(sample_real, LikeSpec(topics=16, text_fidelity=1.0, topic_affinity=1.0, scale=4.0)))
+    clusters, _ = sample_real.topics(16)  # the real set's text clusters stay the fitted 16
+    cluster_of = {}
+    for cluster, members in enumerate(clusters):
+        for item in members:
+            cluster_of.setdefault(int(item), cluster)
+    cluster_of_text = {}
+    for text, item in zip(sample_real.texts, sample_real.text_items):
+        cluster_of_text.setdefault(text, cluster_of[int(item)])
+    by_user: dict[str, set] = {}
+    for record in records:  # a user's two preferred topics (of 64) lie in two of the 16 clusters, or one
+        by_user.setdefault(record["reviewerID"], set()).add(cluster_of_text[record["reviewText"]])
+    assert np.mean([len(found) <= 2 for found in by_user.values()]) > 0.9  # 0.75 with donors from 64 clusters (a
+    # few texts are in several items)
 
 
 def test_the_generator_refuses_knobs_it_does_not_have_or_the_text_does_not_read(small_prepared, tmp_path):

@@ -15,7 +15,8 @@ A review's words come one of two ways (`text`):
 - "real" (the default): the real set's own reviews. Its items are clustered into `topics` topics by their reviews'
   TF-IDF (k-means, seeded); each generated item of a topic takes one real item of that cluster as its donor, and a
   review's text is, with probability `text_fidelity`, one of its donor's real reviews, otherwise a real review drawn
-  from the whole set. The text then speaks the real set's language, as an encoder reads it, and says as much about
+  from the whole set. At a larger size the generated topics multiply with the items, each within one cluster
+  (`generated_topics`). The text then speaks the real set's language, as an encoder reads it, and says as much about
   the item as the fit asks; a review's length is its real review's.
 - "planted": `topic_words` words of its item's topic and `name_words` words of its neighbourhood's two-word name
   (what a review says about that one artist) mixed with filler words; a length drawn from the real set's. TF-IDF
@@ -209,7 +210,8 @@ class RealSet:
                 self._item_tfidf = normalize(summed @ reviews)
             with warnings.catch_warnings():  # fewer distinct clusters than asked: handled below
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                labels = KMeans(min(n_topics, n_items), n_init=3, random_state=0).fit_predict(self._item_tfidf)
+                labels = (np.arange(n_items) if n_topics >= n_items else  # one item a topic
+                          KMeans(n_topics, n_init=3, random_state=0).fit_predict(self._item_tfidf))
             clusters = [np.flatnonzero(labels == label) for label in np.unique(labels)]  # items with equal vectors
             order = np.argsort(self.text_items, kind="stable")  # (no shared word, say) can leave a cluster empty
             by_item = np.split(order, np.cumsum(np.bincount(self.text_items, minlength=n_items))[:-1])
@@ -253,19 +255,20 @@ def like_records(real: RealSet, spec: LikeSpec) -> Iterator[dict]:
         stretched = np.floor(drawn) + (rng.random(n_users) < drawn - np.floor(drawn))  # rounded without bias
         user_reviews = np.clip(stretched.astype(np.int64), 1, n_items)
     weight = rng.choice(real.popularity, size=n_items).astype(np.float64)
-    item_topic = rng.integers(0, spec.topics, size=n_items)
-    pools = {t: np.flatnonzero(item_topic == t) for t in range(spec.topics)}
+    n_topics = generated_topics(real, spec, n_items)
+    item_topic = rng.integers(0, n_topics, size=n_items)
+    pools = {t: np.flatnonzero(item_topic == t) for t in range(n_topics)}
     everything = (np.arange(n_items), np.cumsum(weight))
     named = spec.cooccurrence > 0 or (spec.text == "planted" and spec.name_words > 0)
     neighbourhood, neighbours = _neighbourhoods(rng, weight) if named else (None, None)
     if spec.text == "real":
-        topic_items, item_reviews = real.topics(spec.topics)
-        donor = np.array([rng.choice(topic_items[t]) for t in item_topic])
+        topic_items, item_reviews = real.topics(spec.topics)  # a generated topic lies in one of these
+        donor = np.array([rng.choice(topic_items[t % spec.topics]) for t in item_topic])
         write = _real_text_writer(rng, real, donor, item_reviews, spec.text_fidelity)
     else:
         write = _planted_text_writer(rng, real, item_topic, neighbourhood if named else None, spec)
     for user in range(n_users):
-        liked = rng.choice(spec.topics, size=min(2, spec.topics), replace=False)
+        liked = rng.choice(n_topics, size=min(2, n_topics), replace=False)
         preferred = np.concatenate([pools[t] for t in liked])
         preferred = (preferred, np.cumsum(weight[preferred]))  # drawn from by popularity weight
         seen: list[int] = []
@@ -283,6 +286,19 @@ def like_records(real: RealSet, spec: LikeSpec) -> Iterator[dict]:
                    "reviewerID": f"L{user:07d}", "asin": f"J{item:07d}", "reviewerName": f"user {user}",
                    "reviewText": text, "summary": summary(),
                    "unixReviewTime": 1_400_000_000 + k * 86_400 * 7 + int(rng.integers(0, 86_400))}
+
+
+def generated_topics(real: RealSet, spec: LikeSpec, n_items: int) -> int:
+    """How many topics `n_items` generated items fall into: `spec.topics` up to the real set's size; with real text,
+    beyond it, more in proportion to the items, up to one per real item: a topic keeps the number of items it has
+    at the real set's size (as a co-occurrence neighbourhood keeps its NEIGHBOURHOOD items), so that a larger
+    catalogue does not make every next item a draw from thousands. Each generated topic lies within one of the
+    real set's `spec.topics` text clusters, whose real items are its items' donors: the text says which cluster, as
+    at the real set's size, and the finer topics are taste the text does not name. Planted text keeps
+    `spec.topics`: its vocabulary has words for a few dozen topics."""
+    if spec.text != "real" or n_items <= real.measures["items"]:
+        return spec.topics
+    return max(spec.topics, min(len(real.popularity), round(spec.topics * n_items / real.measures["items"])))
 
 
 def _real_text_writer(rng: np.random.Generator, real: RealSet, donor: np.ndarray, item_reviews: list[np.ndarray],
