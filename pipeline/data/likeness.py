@@ -48,7 +48,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from pipeline.data.prepared import load_reviews
-from pipeline.data.signals import FITTED_MEASURES, signal_measures
+from pipeline.data.signals import FITTED_MEASURES, TFIDF, signal_measures
 from pipeline.data.synthetic import FILLER_WORDS, TOPIC_WORDS
 from pipeline.io import DataError, atomic_path, write_json
 
@@ -80,7 +80,8 @@ SIGNAL_GRIDS = {
                 "cooccurrence": (0.0, 0.1, 0.2, 0.35, 0.5, 0.7),
                 "name_words": (0, 1, 2, 4, 8)},
 }  # each text's knobs and the values the fit tries
-TEXT_KNOBS = {"real": ("text_fidelity",), "planted": ("topic_words", "name_words")}  # knobs only that text reads
+TEXT_KNOBS = {text: tuple(knob for knob in grid if not all(knob in SIGNAL_GRIDS[t] for t in TEXTS))
+              for text, grid in SIGNAL_GRIDS.items()}  # knobs only that text reads
 FIT_SWEEPS = 2  # coordinate-descent passes over the knobs from each start (fewer when a pass changes nothing)
 FIT_SEEDS = 2  # generator seeds each setting's measures are averaged over while fitting
 ZERO = 0.01  # added to both sides of a measure's ratio in the fit's distance
@@ -198,8 +199,7 @@ class RealSet:
         if n_topics not in self._topics:
             n_items = len(self.popularity)
             if self._item_tfidf is None:
-                vectoriser = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=50_000,
-                                             token_pattern=r"(?u)\b[^\W\d_]{2,}\b")
+                vectoriser = TfidfVectorizer(**TFIDF, max_features=50_000)
                 try:
                     reviews = vectoriser.fit_transform(self.texts)
                 except ValueError as error:  # sklearn: "empty vocabulary"

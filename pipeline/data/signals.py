@@ -38,6 +38,7 @@ USER_CHUNK = 512  # users scored at once (a chunk x items dense block)
 ZERO = 1e-3  # added to both rates of the text hit lift
 RANDOM_PAIRS = 40_000  # pairs drawn for the text-neighbour lift's baseline
 PAIR_CHUNK = 20_000  # item pairs whose cosines are computed at once
+TFIDF = {"sublinear_tf": True, "min_df": 2, "token_pattern": r"(?u)\b[^\W\d_]{2,}\b"}  # words of 2+ letters
 FITTED_MEASURES = ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift", "text_neighbour_lift")
 
 
@@ -85,7 +86,7 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
     cooccurrence = (inverse_root @ gram @ inverse_root).tocsr()
 
     history_rows = np.flatnonzero(history)
-    vectoriser = TfidfVectorizer(sublinear_tf=True, min_df=2, token_pattern=r"(?u)\b[^\W\d_]{2,}\b")
+    vectoriser = TfidfVectorizer(**TFIDF)
     try:
         reviews = vectoriser.fit_transform([texts[i] or "" for i in history_rows])
     except ValueError as error:  # sklearn: "empty vocabulary"
