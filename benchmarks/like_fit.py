@@ -102,7 +102,10 @@ def markdown(rows: dict, meta: dict) -> str:
             pick = (lambda side: side[key][point]) if point else (lambda side: side[key])
             lines.append(f"| {label} | {pick(real):g} | {pick(generated):g} |")
         for measure in ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_hit_rate_shuffled",
-                        "text_hit_lift", "text_neighbour_lift"):
+                        "text_hit_lift", "text_neighbour_lift", "cooccurrence_text_hit_rate",
+                        "cooccurrence_text_hit_rate_shuffled", "text_over_cooccurrence_lift"):
+            if measure not in real["signals"]:  # measured before the measure was
+                continue
             lines.append(f"| {measure.replace('_', ' ')} | {real['signals'][measure]:.4f} | "
                          f"{generated['signals'][measure]:.4f} |")
         lines.append("")

@@ -112,6 +112,15 @@ def test_each_planted_signal_moves_the_measure_it_names(sample_real):
     assert named["text_hit_lift"] > 3 * neighbourly["text_hit_lift"]  # the name in the review finds the neighbours
 
 
+def test_with_real_text_a_cooccurrence_neighbourhood_is_the_items_whose_donors_reviews_read_alike(sample_real):
+    tasteless = generated_signals(sample_real, LikeSpec(topics=16, topic_affinity=0.0, text_fidelity=1.0, seed=0))
+    neighbourly = generated_signals(sample_real, LikeSpec(topics=16, topic_affinity=0.0, text_fidelity=1.0,
+                                                          cooccurrence=0.7, seed=0))
+    assert neighbourly["cooccurrence_hit_rate"] > 1.5 * tasteless["cooccurrence_hit_rate"]
+    assert tasteless["text_neighbour_lift"] < 1.02 < 1.05 < neighbourly["text_neighbour_lift"]  # co-reviewed items
+    # read alike: the neighbourhood's text names it, as an artist's albums' reviews name the artist
+
+
 def test_real_text_reuses_the_real_reviews_and_its_fidelity_sets_how_much_they_say_about_the_item(sample_real):
     real_texts = set(sample_real.texts)
     records = list(like_records(sample_real, LikeSpec(topics=16, text_fidelity=1.0, seed=4)))

@@ -67,3 +67,22 @@ def test_no_shared_words_and_no_reviews_are_clear_errors():
         measures([("u0", "a", "alpha", 1), ("u0", "b", "beta", 2), ("u1", "c", "gamma", 1), ("u1", "a", "delta", 2)])
     with pytest.raises(DataError, match="empty"):
         signal_measures(np.array([]), np.array([]), [], np.array([]))
+
+
+LETTERS = "abcdefghij"  # a topic's name is letters: TF-IDF here reads no digits
+
+
+def sparse_topic_world(named: bool) -> list[tuple[str, str, str, int]]:
+    """90 users in 30 topics of 10 items, each user reviewing 4 items of their topic: three users a topic, too few for
+    co-occurrence to find the topic's other items; each review names its item's topic when `named`."""
+    rng = np.random.default_rng(0)
+    return [(f"u{user}", f"i{10 * (user % 30) + item}",
+             f"{FILLER} topic{LETTERS[user % 30 // 10]}{LETTERS[user % 10]}" if named else FILLER, k)
+            for user in range(90) for k, item in enumerate(rng.choice(10, size=4, replace=False))]
+
+
+def test_text_that_says_what_sparse_cooccurrence_cannot_lifts_the_two_together_and_wordless_text_does_not():
+    named, wordless = measures(sparse_topic_world(True)), measures(sparse_topic_world(False))
+    assert named["cooccurrence_text_hit_rate"] > named["cooccurrence_hit_rate"]
+    assert named["text_over_cooccurrence_lift"] > 1.5
+    assert wordless["text_over_cooccurrence_lift"] == 1.0  # every item reads alike: the co-occurrence order stands

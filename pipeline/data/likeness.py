@@ -7,8 +7,10 @@ text (its length with it) or, with planted words, the length of a real review dr
 
 Planted, with knobs fitted to the real set: items belong to `topics` topics and a user prefers two of them
 (`topic_affinity`: the share of a user's reviews drawn from those topics); items also belong to small neighbourhoods
-unrelated to topic (an artist's albums, say), and a user's next item comes from the neighbourhood of an item they
-reviewed with probability `cooccurrence`.
+(an artist's albums, say), and a user's next item comes from the neighbourhood of an item they reviewed with
+probability `cooccurrence`. With planted text a neighbourhood is drawn at random and named by planted words; with
+real text it is the items whose donors' reviews read most alike (`_text_neighbourhoods`), as reviews of one artist's
+albums name the artist.
 
 A review's words come one of two ways (`text`):
 
@@ -62,6 +64,7 @@ NOT_FITTED_BY_TEXT = {
     "planted": ("vocabulary (topic words and filler words, not the real set's words)",),
 }
 NEIGHBOURHOOD = 10  # items per co-occurrence neighbourhood
+NEAREST_CHUNK = 256  # real items whose text neighbours are ranked at once
 # Real English words, none of them a topic or filler word: a neighbourhood's name is two of them (4,096 names).
 NAME_WORDS = (
     "amber azure cobalt crimson golden ivory jade scarlet silver violet copper coral indigo olive ruby sapphire "
@@ -191,6 +194,21 @@ class RealSet:
     _item_tfidf: sparse.csr_matrix | None = field(default=None, repr=False)
     _topics: dict = field(default_factory=dict, repr=False)  # topics() by topic count
 
+    def item_vectors(self) -> sparse.csr_matrix:
+        """Each real item's reviews' summed TF-IDF, normalised (the vectors `topics` clusters)."""
+        if self._item_tfidf is None:
+            vectoriser = TfidfVectorizer(**TFIDF, max_features=50_000)
+            try:
+                reviews = vectoriser.fit_transform(self.texts)
+            except ValueError as error:  # sklearn: "empty vocabulary"
+                raise DataError(f"generate --like: the real reviews share no word, so real text cannot be "
+                                f"clustered into topics ({error}); use --text planted") from None
+            n_items = len(self.popularity)
+            summed = sparse.csr_matrix((np.ones(len(self.texts)), (self.text_items, np.arange(len(self.texts)))),
+                                       shape=(n_items, len(self.texts)))
+            self._item_tfidf = normalize(summed @ reviews)
+        return self._item_tfidf
+
     def topics(self, n_topics: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The real items clustered into `n_topics` topics by their reviews' summed TF-IDF (k-means with a fixed
         seed: the clusters are the real set's, whatever seed generates from them; a topic beyond the clusters
@@ -198,20 +216,10 @@ class RealSet:
         real item's reviews)"""
         if n_topics not in self._topics:
             n_items = len(self.popularity)
-            if self._item_tfidf is None:
-                vectoriser = TfidfVectorizer(**TFIDF, max_features=50_000)
-                try:
-                    reviews = vectoriser.fit_transform(self.texts)
-                except ValueError as error:  # sklearn: "empty vocabulary"
-                    raise DataError(f"generate --like: the real reviews share no word, so real text cannot be "
-                                    f"clustered into topics ({error}); use --text planted") from None
-                summed = sparse.csr_matrix((np.ones(len(self.texts)), (self.text_items, np.arange(len(self.texts)))),
-                                           shape=(n_items, len(self.texts)))
-                self._item_tfidf = normalize(summed @ reviews)
             with warnings.catch_warnings():  # fewer distinct clusters than asked: handled below
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 labels = (np.arange(n_items) if n_topics >= n_items else  # one item a topic
-                          KMeans(n_topics, n_init=3, random_state=0).fit_predict(self._item_tfidf))
+                          KMeans(n_topics, n_init=3, random_state=0).fit_predict(self.item_vectors()))
             clusters = [np.flatnonzero(labels == label) for label in np.unique(labels)]  # items with equal vectors
             order = np.argsort(self.text_items, kind="stable")  # (no shared word, say) can leave a cluster empty
             by_item = np.split(order, np.cumsum(np.bincount(self.text_items, minlength=n_items))[:-1])
@@ -260,12 +268,13 @@ def like_records(real: RealSet, spec: LikeSpec) -> Iterator[dict]:
     pools = {t: np.flatnonzero(item_topic == t) for t in range(n_topics)}
     everything = (np.arange(n_items), np.cumsum(weight))
     named = spec.cooccurrence > 0 or (spec.text == "planted" and spec.name_words > 0)
-    neighbourhood, neighbours = _neighbourhoods(rng, weight) if named else (None, None)
     if spec.text == "real":
         topic_items, item_reviews = real.topics(spec.topics)  # a generated topic lies in one of these
         donor = np.array([rng.choice(topic_items[t % spec.topics]) for t in item_topic])
         write = _real_text_writer(rng, real, donor, item_reviews, spec.text_fidelity)
+        neighbourhood, neighbours = _text_neighbourhoods(real, donor, weight) if named else (None, None)
     else:
+        neighbourhood, neighbours = _neighbourhoods(rng, weight) if named else (None, None)
         write = _planted_text_writer(rng, real, item_topic, neighbourhood if named else None, spec)
     for user in range(n_users):
         liked = rng.choice(n_topics, size=min(2, n_topics), replace=False)
@@ -344,6 +353,28 @@ def _neighbourhoods(rng: np.random.Generator, weight: np.ndarray) -> tuple[np.nd
     neighbourhood[order] = np.arange(len(weight)) // NEIGHBOURHOOD
     members = [order[start:start + NEIGHBOURHOOD] for start in range(0, len(order), NEIGHBOURHOOD)]
     return neighbourhood, [(group, np.cumsum(weight[group])) for group in members]
+
+
+def _text_neighbourhoods(real: RealSet, donor: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Neighbourhoods that the real text names, as reviews of one artist's albums name the artist: a generated
+    item's neighbourhood is the generated items whose donors are its own donor and the real items whose reviews
+    read most like it (TF-IDF cosine, nearest first), until it holds NEIGHBOURHOOD items or more. -> (each item's
+    neighbourhood, which is its donor; each donor's (items, running sum of their popularity weights))"""
+    vectors = real.item_vectors()
+    sizes = np.bincount(donor, minlength=len(real.popularity))
+    members = np.split(np.argsort(donor, kind="stable"), np.cumsum(sizes)[:-1])
+    donors = np.flatnonzero(sizes)
+    neighbours = {}
+    for start in range(0, len(donors), NEAREST_CHUNK):
+        chunk = donors[start:start + NEAREST_CHUNK]
+        similarity = (vectors[chunk] @ vectors.T).toarray()
+        similarity[np.arange(len(chunk)), chunk] = np.inf  # the donor itself comes first
+        for row, own in zip(similarity, chunk):
+            nearest = np.argsort(-row, kind="stable")
+            enough = int(np.searchsorted(np.cumsum(sizes[nearest]), NEIGHBOURHOOD)) + 1
+            pool = np.concatenate([members[r] for r in nearest[:enough]])
+            neighbours[int(own)] = (pool, np.cumsum(weight[pool]))
+    return donor, neighbours
 
 
 def _name(neighbourhood: int) -> tuple[str, str]:

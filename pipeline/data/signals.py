@@ -22,6 +22,9 @@ keeps popularity and loses the text; both lifts are 1 where text says nothing:
 - text-neighbour lift: the mean TF-IDF cosine of item pairs reviewed by the same user (weighted by how many users
   share them) over that of random pairs of distinct items drawn in proportion to how often each item is in such a
   pair (`RANDOM_PAIRS` of them, seeded).
+- text lift over co-occurrence: the hit rate of co-occurrence and text together (each user's two score rows scaled
+  to their maximum and added) over that of co-occurrence and the shuffled text together: whether the text says
+  something about the next item that the co-occurrence of the histories does not already say.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ ZERO = 1e-3  # added to both rates of the text hit lift
 RANDOM_PAIRS = 40_000  # pairs drawn for the text-neighbour lift's baseline
 PAIR_CHUNK = 20_000  # item pairs whose cosines are computed at once
 TFIDF = {"sublinear_tf": True, "min_df": 2, "token_pattern": r"(?u)\b[^\W\d_]{2,}\b"}  # words of 2+ letters
-FITTED_MEASURES = ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift", "text_neighbour_lift")
+FITTED_MEASURES = ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_lift", "text_neighbour_lift",
+                   "text_over_cooccurrence_lift")
 
 
 def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], order: np.ndarray,
@@ -56,7 +60,8 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
     Returns
     -------
     {"held_out_users", "popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_hit_rate_shuffled",
-    "text_hit_lift", "text_neighbour_lift"}.
+    "text_hit_lift", "text_neighbour_lift", "cooccurrence_text_hit_rate", "cooccurrence_text_hit_rate_shuffled",
+    "text_over_cooccurrence_lift"}.
 
     Raises
     ------
@@ -103,6 +108,13 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
         return _hit_rate(lambda rows: (user_text[rows] @ item_text.T).toarray(), x, target_users, target_items)
 
     text_hit_rate, shuffled_rate = text_rate("true"), text_rate("shuffled")
+
+    def with_cooccurrence_rate(name: str) -> float:
+        user_text, item_text = texts_by[name]
+        return _hit_rate(lambda rows: _scaled((x[rows] @ cooccurrence).toarray())
+                         + _scaled((user_text[rows] @ item_text.T).toarray()), x, target_users, target_items)
+
+    together, together_shuffled = with_cooccurrence_rate("true"), with_cooccurrence_rate("shuffled")
     pairs = sparse.triu(gram, k=1).tocoo()
     return {
         "held_out_users": int(len(target_users)),
@@ -114,6 +126,9 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
         "text_hit_rate_shuffled": shuffled_rate,
         "text_hit_lift": round((text_hit_rate + ZERO) / (shuffled_rate + ZERO), 4),
         "text_neighbour_lift": _neighbour_lift(pairs, texts_by["true"][1], rng),
+        "cooccurrence_text_hit_rate": together,
+        "cooccurrence_text_hit_rate_shuffled": together_shuffled,
+        "text_over_cooccurrence_lift": round((together + ZERO) / (together_shuffled + ZERO), 4),
     }
 
 
@@ -132,6 +147,12 @@ def last_of_each_user(user_index: np.ndarray, order: np.ndarray, rng: np.random.
 def _rows_summed(index: np.ndarray, n: int) -> sparse.csr_matrix:
     """The (n x len(index)) matrix that sums rows by `index`."""
     return sparse.csr_matrix((np.ones(len(index)), (index, np.arange(len(index)))), shape=(n, len(index)))
+
+
+def _scaled(scores: np.ndarray) -> np.ndarray:
+    """Each row divided by its largest value (rows with no positive score left as they are)."""
+    top = scores.max(axis=1, keepdims=True)
+    return scores / np.where(top > 0, top, 1.0)
 
 
 def _hit_rate(score_rows, x: sparse.csr_matrix, target_users: np.ndarray, target_items: np.ndarray) -> float:
