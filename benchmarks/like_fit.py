@@ -89,14 +89,15 @@ def markdown(rows: dict, meta: dict) -> str:
              "real set's own size (before "
              "`prepare` filters it). Hit rates: each user's last review held out, top 10 of the items outside the "
              "user's history; text measures read against a baseline that keeps popularity and loses the text "
-             "(pipeline/data/signals.py). Distance: the sum over the fitted measures "
-             f"({', '.join(FITTED_MEASURES)}) of |log| of the generated-to-real ratio.", ""]
+             "(pipeline/data/signals.py). Distance: the sum over the fitted measures (each set's own, below) of "
+             "|log| of the generated-to-real ratio.", ""]
     for dataset, figures in rows.items():
         real, generated, fit = figures["real"], figures["generated"], figures["fit"]
         knobs = {knob: figures["settings"][knob] for knob in fit["knobs"]}
         lines += [f"## {dataset}", "", f"Fitted: {knobs}, after {len(fit['tried'])} settings tried; distance "
                   f"{fit['distance_while_fitting']} while fitting (mean of {fit['seeds_per_setting']} seeds), "
-                  f"{fit['distance_at_unseen_seed']} at the written seed.", "",
+                  f"{fit['distance_at_unseen_seed']} at the written seed; measures fitted: "
+                  f"{', '.join(fit.get('measures', FITTED_MEASURES))}.", "",
                   "| measure | real | generated |", "|---|---|---|"]
         for label, key, point in SHAPE:
             pick = (lambda side: side[key][point]) if point else (lambda side: side[key])
@@ -104,7 +105,7 @@ def markdown(rows: dict, meta: dict) -> str:
         for measure in ("popularity_hit_rate", "cooccurrence_hit_rate", "text_hit_rate", "text_hit_rate_shuffled",
                         "text_hit_lift", "text_neighbour_lift", "cooccurrence_text_hit_rate",
                         "cooccurrence_text_hit_rate_shuffled", "text_over_cooccurrence_lift"):
-            if measure not in real["signals"]:  # measured before the measure was
+            if measure not in real["signals"] or measure not in generated["signals"]:  # measured before it was
                 continue
             lines.append(f"| {measure.replace('_', ' ')} | {real['signals'][measure]:.4f} | "
                          f"{generated['signals'][measure]:.4f} |")

@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.config import load_params
-from pipeline.data.likeness import (NOT_FITTED, NOT_FITTED_BY_TEXT, SIGNAL_GRIDS, LikeSpec, fit_signals,
-                                    RealSet, generated_signals, generated_topics, gini, like_records, real_set, write_like)
+from pipeline.data.likeness import (NEIGHBOURHOOD, NOT_FITTED, NOT_FITTED_BY_TEXT, SIGNAL_GRIDS, LikeSpec,
+                                    RealSet, _text_neighbourhoods, fit_signals, generated_signals, generated_topics,
+                                    gini, like_records, real_set, write_like)
 from pipeline.data.prepare import prepare_dataset
 from pipeline.io import DataError
 from stages.cli import app
@@ -110,6 +111,41 @@ def test_each_planted_signal_moves_the_measure_it_names(sample_real):
     named = generated_signals(sample_real, LikeSpec(text="planted", topic_affinity=0.0, cooccurrence=0.7,
                                                     topic_words=0, name_words=8))
     assert named["text_hit_lift"] > 3 * neighbourly["text_hit_lift"]  # the name in the review finds the neighbours
+
+
+def tiny_real_set() -> RealSet:
+    """Sixteen real items of two reviews each: items 0 and 1 are reviewed in the same words, as are 2 and 3; each of
+    the other twelve has a word of its own, shared with no other item."""
+    words = ["alpha beta", "alpha beta", "gamma delta", "gamma delta"] + [f"solo{chr(97 + k)}" for k in range(12)]
+    texts = [words[item] for item in range(16) for _ in range(2)]
+    text_items = np.repeat(np.arange(16), 2)
+    return RealSet(np.array([2] * 16), np.array([2] * 16), np.array([2] * 32), {"users": 16, "items": 16}, texts,
+                   text_items)
+
+
+def test_a_real_items_text_neighbours_are_itself_then_the_items_reviewed_in_its_words_and_wordless_items_no_hub():
+    nearest = tiny_real_set().nearest_items()
+    assert nearest[:4, :2].tolist() == [[0, 1], [1, 0], [2, 3], [3, 2]]
+    assert nearest[4:, 0].tolist() == list(range(4, 16))
+    assert len(set(nearest[4:, 1].tolist())) >= 6  # equal (zero) cosines are not all broken towards the same items
+
+
+def test_a_text_neighbourhood_holds_its_donors_items_then_the_nearest_donors_until_it_is_full():
+    donor = np.repeat(np.arange(16), 2)  # generated items 2k and 2k + 1 take real item k's reviews
+    neighbourhood, neighbours = _text_neighbourhoods(tiny_real_set(), donor, np.ones(32))
+    assert neighbourhood.tolist() == donor.tolist()
+    pool, cumulative = neighbours[int(neighbourhood[0])]
+    assert pool[:4].tolist() == [0, 1, 2, 3] and len(pool) >= NEIGHBOURHOOD and len(set(pool.tolist())) == len(pool)
+    assert cumulative.tolist() == list(range(1, len(pool) + 1))
+
+
+def test_a_donor_giving_to_many_items_has_them_cut_into_neighbourhoods_of_the_usual_size():
+    donor = np.r_[np.zeros(25, dtype=np.int64), np.arange(1, 16)]  # real item 0 gives its reviews to 25 items
+    neighbourhood, neighbours = _text_neighbourhoods(tiny_real_set(), donor, np.ones(40))
+    parts = sorted({int(n) for n in neighbourhood[:25]})
+    assert len(parts) == 2 and sorted(len(neighbours[n][0]) for n in parts) == [12, 13]
+    assert sorted(np.concatenate([neighbours[n][0] for n in parts]).tolist()) == list(range(25))
+    assert all(n >= 16 for n in parts)  # numbered apart from the small donors' neighbourhoods
 
 
 def test_with_real_text_a_cooccurrence_neighbourhood_is_the_items_whose_donors_reviews_read_alike(sample_real):

@@ -63,8 +63,9 @@ NOT_FITTED_BY_TEXT = {
     "real": ("vocabulary (the real set's reviews, each reused by every item its real item is donor to)",),
     "planted": ("vocabulary (topic words and filler words, not the real set's words)",),
 }
-NEIGHBOURHOOD = 10  # items per co-occurrence neighbourhood
+NEIGHBOURHOOD = 10  # items per co-occurrence neighbourhood (at least, with real text)
 NEAREST_CHUNK = 256  # real items whose text neighbours are ranked at once
+NEAREST_ITEMS = 64  # real items a real item's text neighbours are drawn from, nearest first
 # Real English words, none of them a topic or filler word: a neighbourhood's name is two of them (4,096 names).
 NAME_WORDS = (
     "amber azure cobalt crimson golden ivory jade scarlet silver violet copper coral indigo olive ruby sapphire "
@@ -193,6 +194,7 @@ class RealSet:
     text_items: np.ndarray
     _item_tfidf: sparse.csr_matrix | None = field(default=None, repr=False)
     _topics: dict = field(default_factory=dict, repr=False)  # topics() by topic count
+    _nearest: np.ndarray | None = field(default=None, repr=False)  # nearest_items(), made once
 
     def item_vectors(self) -> sparse.csr_matrix:
         """Each real item's reviews' summed TF-IDF, normalised (the vectors `topics` clusters)."""
@@ -208,6 +210,24 @@ class RealSet:
                                        shape=(n_items, len(self.texts)))
             self._item_tfidf = normalize(summed @ reviews)
         return self._item_tfidf
+
+    def nearest_items(self) -> np.ndarray:
+        """Each real item's NEAREST_ITEMS real items whose reviews read most like its own (`item_vectors` cosine):
+        itself first, then nearest first, equal cosines in a fixed random order of each item's own (so that items
+        with no word in common with any other do not all point at the same items). -> (real items x NEAREST_ITEMS)
+        indices"""
+        if self._nearest is None:
+            vectors = self.item_vectors()
+            n_items = vectors.shape[0]
+            rows = []
+            for start in range(0, n_items, NEAREST_CHUNK):
+                similarity = (vectors[start:start + NEAREST_CHUNK] @ vectors.T).toarray()
+                similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))] = np.inf
+                tiebreak = np.random.default_rng(start).random(similarity.shape)  # fixed, its own for each item
+                order = np.lexsort((tiebreak, -similarity), axis=-1)
+                rows.append(order[:, :NEAREST_ITEMS])
+            self._nearest = np.concatenate(rows)
+        return self._nearest
 
     def topics(self, n_topics: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The real items clustered into `n_topics` topics by their reviews' summed TF-IDF (k-means with a fixed
@@ -300,7 +320,7 @@ def like_records(real: RealSet, spec: LikeSpec) -> Iterator[dict]:
 def generated_topics(real: RealSet, spec: LikeSpec, n_items: int) -> int:
     """How many topics `n_items` generated items fall into: `spec.topics` up to the real set's size; with real text,
     beyond it, more in proportion to the items, up to one per real item: a topic keeps the number of items it has
-    at the real set's size (as a co-occurrence neighbourhood keeps its NEIGHBOURHOOD items), so that a larger
+    at the real set's size (as a planted co-occurrence neighbourhood keeps its NEIGHBOURHOOD items), so that a larger
     catalogue does not make every next item a draw from thousands. Each generated topic lies within one of the
     real set's `spec.topics` text clusters, whose real items are its items' donors: the text says which cluster, as
     at the real set's size, and the finer topics are taste the text does not name. Planted text keeps
@@ -356,25 +376,31 @@ def _neighbourhoods(rng: np.random.Generator, weight: np.ndarray) -> tuple[np.nd
 
 
 def _text_neighbourhoods(real: RealSet, donor: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Neighbourhoods that the real text names, as reviews of one artist's albums name the artist: a generated
-    item's neighbourhood is the generated items whose donors are its own donor and the real items whose reviews
-    read most like it (TF-IDF cosine, nearest first), until it holds NEIGHBOURHOOD items or more. -> (each item's
-    neighbourhood, which is its donor; each donor's (items, running sum of their popularity weights))"""
-    vectors = real.item_vectors()
+    """Neighbourhoods that the real text names, as reviews of one artist's albums name the artist. A generated item
+    whose donor gives its reviews to NEIGHBOURHOOD items or fewer has for neighbourhood those items and then the
+    items of the real items whose reviews read most like its donor's (`RealSet.nearest_items`, nearest first), until
+    it holds NEIGHBOURHOOD items or more (fewer only where its NEAREST_ITEMS nearest real items give to fewer). A donor
+    that gives to more, as at a size beyond the real set's, has its items cut into neighbourhoods of NEIGHBOURHOOD
+    or a few more (in item order, which nothing else follows), so that a neighbourhood keeps its size as a topic
+    does (`generated_topics`); the text then names the donor, shared by its few neighbourhoods. -> (each item's
+    neighbourhood, each neighbourhood's (items, running sum of their popularity weights))"""
+    nearest = real.nearest_items()
     sizes = np.bincount(donor, minlength=len(real.popularity))
     members = np.split(np.argsort(donor, kind="stable"), np.cumsum(sizes)[:-1])
-    donors = np.flatnonzero(sizes)
+    neighbourhood = donor.copy()  # a small donor's items share one neighbourhood, numbered as the donor
     neighbours = {}
-    for start in range(0, len(donors), NEAREST_CHUNK):
-        chunk = donors[start:start + NEAREST_CHUNK]
-        similarity = (vectors[chunk] @ vectors.T).toarray()
-        similarity[np.arange(len(chunk)), chunk] = np.inf  # the donor itself comes first
-        for row, own in zip(similarity, chunk):
-            nearest = np.argsort(-row, kind="stable")
-            enough = int(np.searchsorted(np.cumsum(sizes[nearest]), NEIGHBOURHOOD)) + 1
-            pool = np.concatenate([members[r] for r in nearest[:enough]])
-            neighbours[int(own)] = (pool, np.cumsum(weight[pool]))
-    return donor, neighbours
+    for own in np.flatnonzero(sizes):
+        if sizes[own] > NEIGHBOURHOOD:
+            for part in np.array_split(members[own], sizes[own] // NEIGHBOURHOOD):
+                key = len(real.popularity) + len(neighbours)  # beyond every donor's number
+                neighbourhood[part] = key
+                neighbours[key] = (part, np.cumsum(weight[part]))
+            continue
+        ranked = nearest[own]
+        enough = int(np.searchsorted(np.cumsum(sizes[ranked]), NEIGHBOURHOOD)) + 1
+        pool = np.concatenate([members[r] for r in ranked[:enough]])
+        neighbours[int(own)] = (pool, np.cumsum(weight[pool]))
+    return neighbourhood, neighbours
 
 
 def _name(neighbourhood: int) -> tuple[str, str]:

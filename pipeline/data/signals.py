@@ -15,7 +15,7 @@ A hit rate is the expected share of held-out items in the top `TOP_K` of the ite
 
 Averaged TF-IDF vectors also carry popularity: an item with many reviews has a dense, near-average vector, close to
 every other, and co-reviewed items are mostly popular ones. So each text measure is read against a baseline that
-keeps popularity and loses the text; both lifts are 1 where text says nothing:
+keeps popularity and loses the text:
 
 - text hit lift: the text hit rate over the text hit rate with the history's review texts shuffled across reviews
   (seeded: every item keeps its review count, its words say nothing about it);
@@ -23,8 +23,12 @@ keeps popularity and loses the text; both lifts are 1 where text says nothing:
   share them) over that of random pairs of distinct items drawn in proportion to how often each item is in such a
   pair (`RANDOM_PAIRS` of them, seeded).
 - text lift over co-occurrence: the hit rate of co-occurrence and text together (each user's two score rows scaled
-  to their maximum and added) over that of co-occurrence and the shuffled text together: whether the text says
-  something about the next item that the co-occurrence of the histories does not already say.
+  to their maximum over the items outside the user's history, and added) over that of co-occurrence and the
+  shuffled text together: how the text changes what the co-occurrence of the histories finds.
+
+The shuffled baseline keeps the popularity that averaged vectors carry and nothing else, so a lift reads below 1
+where text says nothing about the next item and less about popularity than its shuffle does: the lifts are
+measures to match between a real set and its twin, not tests of whether text helps.
 """
 
 from __future__ import annotations
@@ -111,8 +115,9 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
 
     def with_cooccurrence_rate(name: str) -> float:
         user_text, item_text = texts_by[name]
-        return _hit_rate(lambda rows: _scaled((x[rows] @ cooccurrence).toarray())
-                         + _scaled((user_text[rows] @ item_text.T).toarray()), x, target_users, target_items)
+        return _hit_rate(lambda rows: _scaled_unseen((x[rows] @ cooccurrence).toarray(), x[rows])
+                         + _scaled_unseen((user_text[rows] @ item_text.T).toarray(), x[rows]), x, target_users,
+                         target_items)
 
     together, together_shuffled = with_cooccurrence_rate("true"), with_cooccurrence_rate("shuffled")
     pairs = sparse.triu(gram, k=1).tocoo()
@@ -149,9 +154,13 @@ def _rows_summed(index: np.ndarray, n: int) -> sparse.csr_matrix:
     return sparse.csr_matrix((np.ones(len(index)), (index, np.arange(len(index)))), shape=(n, len(index)))
 
 
-def _scaled(scores: np.ndarray) -> np.ndarray:
-    """Each row divided by its largest value (rows with no positive score left as they are)."""
-    top = scores.max(axis=1, keepdims=True)
+def _scaled_unseen(scores: np.ndarray, seen: sparse.csr_matrix) -> np.ndarray:
+    """Each row divided by its largest value over the items outside the user's history (`seen`, whose own scores
+    are left to `_hit_rate` to drop; a row with no positive score there is left as it is)."""
+    seen = seen.tocoo()
+    outside = scores.copy()
+    outside[seen.row, seen.col] = 0.0
+    top = outside.max(axis=1, keepdims=True)
     return scores / np.where(top > 0, top, 1.0)
 
 
