@@ -115,9 +115,13 @@ def signal_measures(users: np.ndarray, items: np.ndarray, texts: list[str], orde
 
     def with_cooccurrence_rate(name: str) -> float:
         user_text, item_text = texts_by[name]
-        return _hit_rate(lambda rows: _scaled_unseen((x[rows] @ cooccurrence).toarray(), x[rows])
-                         + _scaled_unseen((user_text[rows] @ item_text.T).toarray(), x[rows]), x, target_users,
-                         target_items)
+
+        def together(rows: np.ndarray) -> np.ndarray:
+            seen = x[rows]
+            return (_scaled_unseen((seen @ cooccurrence).toarray(), seen)
+                    + _scaled_unseen((user_text[rows] @ item_text.T).toarray(), seen))
+
+        return _hit_rate(together, x, target_users, target_items)
 
     together, together_shuffled = with_cooccurrence_rate("true"), with_cooccurrence_rate("shuffled")
     pairs = sparse.triu(gram, k=1).tocoo()
