@@ -7,6 +7,7 @@ import dataclasses
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import typer
@@ -16,8 +17,8 @@ from pipeline.config import ConfigError, EmbedConfig, RayEngineConfig
 from pipeline.embeddings import build, cache, writer
 from pipeline.embeddings.build import build_cache, build_caches
 from pipeline.io import DataError
-from pipeline.text import encode
-from pipeline.text.encode import choose_backend, cosine_agreement, encode_pooled, load_encoder
+from pipeline.text import encode, openvino_int8
+from pipeline.text.encode import choose_backend, cosine_agreement, encode_pooled, load_encoder, usable_flags
 from tests.embed_fixtures import ROOT, embed_then_kill
 from tests.text_fixtures import TOY_REVIEWS
 
@@ -56,11 +57,31 @@ def test_importing_the_cache_contract_loads_no_faiss_torch_or_transformers():
     (set(), True, True, "torch_bf16"),
     (set(), True, False, "torch_fp16"),  # e.g. a T4: fp16 tensor cores, no bf16
 ])
-def test_auto_backend_follows_the_hardware(flags, cuda, cuda_bf16, expected):
+def test_auto_backend_follows_the_hardware(flags, cuda, cuda_bf16, expected, monkeypatch):
+    monkeypatch.setattr(openvino_int8, "available", lambda: False)  # torch's own backends only
     assert choose_backend("auto", flags=flags, cuda=cuda, cuda_bf16=cuda_bf16) == expected
     assert choose_backend("torch", flags={"amx_bf16"}, cuda=True) == "torch"  # an explicit choice is kept
     with pytest.raises(DataError, match="backend 'fp8' is not one of"):
         choose_backend("fp8")
+
+
+def test_auto_runs_the_int8_dot_products_in_openvino_where_it_is_installed(monkeypatch):
+    monkeypatch.setattr(openvino_int8, "available", lambda: True)
+    assert choose_backend("auto", flags={"avx2", "avx512_vnni"}, cuda=False) == "openvino_int8"
+    assert choose_backend("auto", flags={"avx2", "amx_bf16", "amx_int8"}, cuda=False) == "torch_bf16"
+    assert choose_backend("auto", flags={"avx2", "avx512f"}, cuda=False) == "torch"  # int8 without VNNI is slower
+    assert choose_backend("auto", flags={"avx2", "avx512_vnni"}, cuda=True, cuda_bf16=True) == "torch_bf16"
+
+
+@pytest.mark.parametrize("capability", ["avx2", "AVX2", "default"])
+def test_make_repros_avx2_code_paths_hold_auto_to_fp32_on_any_cpu(capability, monkeypatch):
+    rich = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni"}
+    assert usable_flags(rich, capability) == {"avx2", "fma"}
+    assert usable_flags(rich, None) == rich and usable_flags(rich, "avx512") == rich  # uncapped: all of them
+    monkeypatch.setattr(openvino_int8, "available", lambda: True)
+    assert choose_backend("auto", flags=usable_flags(rich, capability), cuda=False) == "torch"
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)  # and cpu_flags() applies it to this machine's flags
+    assert not any(f.startswith(("avx512", "amx", "avx_vnni")) for f in encode.cpu_flags())
 
 
 def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_prepared, tiny_encoder_dir, tmp_path,
@@ -77,7 +98,7 @@ def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_p
     fast = encode_pooled(encoder, texts[:5], ["mean"])["mean"]
     exact = encode_pooled(dataclasses.replace(encoder, backend="torch"), texts[:5], ["mean"])["mean"]
     expected = cosine_agreement(fast, exact)
-    assert check["sample"] == 5
+    assert check["sample"] == 5 and check["speedup"] > 0  # and its speed over fp32's on them
     assert check["cosine_min"] == pytest.approx(expected["min"], abs=1e-6) and check["cosine_min"] < 1.0
     assert cache.read_meta(tmp_path / "c")["backend_check"] == check
     monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2"})
@@ -85,10 +106,18 @@ def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_p
     assert plain["backend"] == "torch" and plain["backend_check"]["sample"] == 0  # fp32 is its own reference
 
 
+def pretend_seconds(monkeypatch, fast: float, fp32: float) -> None:
+    """The backend check's two timed passes (the chosen backend's, then fp32's) take these many seconds."""
+    durations = iter([fast, fp32] * 10)
+    monkeypatch.setattr(build, "_timed", lambda encode_: (encode_(), next(durations)))
+
+
 def test_auto_keeps_int8_only_where_it_agrees_with_fp32_on_the_check_sample(toy_prepared, tiny_encoder_dir, tmp_path,
                                                                            monkeypatch):
     monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "avx512_vnni"})  # pretend: a CPU with int8 dot products
+    monkeypatch.setattr(openvino_int8, "available", lambda: False)
     monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
+    pretend_seconds(monkeypatch, fast=1.0, fp32=2.0)
     config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
     monkeypatch.setattr(build, "AUTO_INT8_MIN_COSINE", 0.5)
     kept = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "kept", progress=False)
@@ -100,10 +129,52 @@ def test_auto_keeps_int8_only_where_it_agrees_with_fp32_on_the_check_sample(toy_
     assert fell["backend"] == "torch" and fell["backend_requested"] == "auto"
     assert "fell back" in fell["backend_check"]["note"] and f"{kept['backend_check']['cosine_mean']:.4f}" in \
         fell["backend_check"]["note"]
-    fp32 = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
-                       tmp_path / "fp32", progress=False)
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
+                tmp_path / "fp32", progress=False)
     vectors = [pq.read_table(tmp_path / name / cache.REVIEWS_FILE).column("embedding") for name in ("fell", "fp32")]
     assert vectors[0].equals(vectors[1])  # the fallback's vectors are fp32's, bit for bit
+
+
+def test_auto_keeps_int8_only_where_it_encodes_the_check_sample_faster_than_fp32(toy_prepared, tiny_encoder_dir,
+                                                                                 tmp_path, monkeypatch):
+    monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    monkeypatch.setattr(openvino_int8, "available", lambda: False)
+    monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(build, "AUTO_INT8_MIN_COSINE", 0.5)
+    config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
+    pretend_seconds(monkeypatch, fast=1.0, fp32=1.5)
+    kept = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "kept", progress=False)
+    assert kept["backend"] == "torch_int8" and kept["backend_check"]["speedup"] == pytest.approx(1.5)
+    pretend_seconds(monkeypatch, fast=2.0, fp32=1.5)  # as OpenVINO's int8 on a CPU without VNNI
+    slower = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "slower", progress=False)
+    assert slower["backend"] == "torch" and "speedup 0.75x over fp32 <= 1" in slower["backend_check"]["note"]
+    explicit = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny",
+                           dataclasses.replace(config, backend="torch_int8"), tmp_path / "explicit", progress=False)
+    assert explicit["backend"] == "torch_int8"  # a backend asked for by name is kept, measured or not
+
+
+def test_openvino_int8_cache_is_calibrated_on_training_reviews_apart_from_its_check_sample(toy_prepared,
+                                                                                          tiny_encoder_dir, tmp_path,
+                                                                                          monkeypatch):
+    calibrations = []
+    original = openvino_int8.OpenVinoInt8.__init__
+
+    def spying(self, model, tokenizer, calibration, max_length):
+        calibrations.append(list(calibration))
+        original(self, model, tokenizer, calibration, max_length)
+
+    monkeypatch.setattr(openvino_int8.OpenVinoInt8, "__init__", spying)
+    config = dataclasses.replace(CONFIG, backend="openvino_int8", backend_check_sample=5, pooling="mean")
+    meta = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "ov", progress=False)
+    assert meta["backend"] == "openvino_int8" and meta["backend_check"]["sample"] == 5
+    assert meta["backend_check"]["cosine_mean"] > 0.9  # int8 weights and activations, still close to fp32
+    training = [r[3] for r in TOY_REVIEWS if r[2] == "train"]
+    assert calibrations and calibrations[0] == training[5: 5 + openvino_int8.CALIBRATION_SAMPLE]  # never test text
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
+                tmp_path / "fp32", progress=False)
+    vectors = [pq.read_table(tmp_path / name / cache.REVIEWS_FILE).column("embedding").to_pylist()
+               for name in ("ov", "fp32")]
+    assert cosine_agreement(np.array(vectors[0]), np.array(vectors[1]))["mean"] > 0.9
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.config import PACKAGED_ENCODER
 from pipeline.io import DataError
+from pipeline.text import openvino_int8
 from pipeline.text.encode import cosine_agreement, encode_texts, length_sorted_batches, load_encoder
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 
@@ -123,3 +124,25 @@ def test_saved_encoder_config_names_no_library_version(tiny_encoder_dir, tmp_pat
                  out, {"base": "tiny"})
     assert "transformers_version" not in json.loads((out / "config.json").read_text())
     assert weights_fingerprint(out) == weights_fingerprint(tiny_encoder_dir)
+
+
+def test_openvino_int8_backend_agrees_with_fp32_gives_the_same_bytes_again_and_leaves_the_model_fp32(
+        tiny_encoder_dir):
+    calibration = [f"{text}, and track {i} again" for i, text in enumerate(TEXTS * 4)]
+    fp32 = load_encoder(tiny_encoder_dir, pooling="pooler")
+    exact = encode_texts(fp32, TEXTS)
+    int8 = load_encoder(tiny_encoder_dir, pooling="pooler", backend="openvino_int8", calibration=calibration)
+    quantised = encode_texts(int8, TEXTS)
+    agreement = cosine_agreement(quantised, exact)
+    assert 0.95 < agreement["mean"] < 1.0 - 1e-7  # int8 arithmetic: close to fp32, not equal
+    again = load_encoder(tiny_encoder_dir, pooling="pooler", backend="openvino_int8", calibration=calibration)
+    np.testing.assert_array_equal(encode_texts(again, TEXTS), quantised)  # same calibration, same int8 model
+    np.testing.assert_array_equal(encode_texts(dataclasses.replace(int8, backend="torch"), TEXTS), exact)
+
+
+def test_openvino_int8_backend_names_what_it_lacks(tiny_encoder_dir, monkeypatch):
+    with pytest.raises(DataError, match="openvino_int8 needs calibration texts"):
+        encode_texts(load_encoder(tiny_encoder_dir, backend="openvino_int8"), TEXTS)
+    monkeypatch.setattr(openvino_int8, "available", lambda: False)
+    with pytest.raises(DataError, match=r"needs OpenVINO and NNCF: pip install 'bert-rs\[openvino\]'"):
+        encode_texts(load_encoder(tiny_encoder_dir, backend="openvino_int8", calibration=TEXTS), TEXTS)

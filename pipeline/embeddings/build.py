@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,6 +24,7 @@ from pipeline.embeddings.index import IndexChoice
 from pipeline.io import DataError, read_json
 from pipeline.text.encode import (
     AUTO_INT8_MIN_COSINE,
+    CPU_ONLY,
     choose_backend,
     cosine_agreement,
     encode_pooled,
@@ -31,6 +34,9 @@ from pipeline.text.encode import (
 from pipeline.text.encoders import resolve_encoder, weights_fingerprint
 from pipeline.text.static import STATIC_BACKEND, is_static, load_static
 from pipeline.text.finetune import SOURCE_FILE
+from pipeline.text.openvino_int8 import CALIBRATION_SAMPLE
+
+log = logging.getLogger(__name__)
 
 
 def _rows(path: Path) -> int:
@@ -48,6 +54,7 @@ class EncoderRecipe:
     max_length: int
     batch_size: int
     backend: str  # resolved, never "auto": every process runs what the cache records
+    calibration: tuple[str, ...] = ()  # training reviews that set openvino_int8's scales (the same in every process)
 
     def load(self):
         """Load the encoder this recipe names: a `StaticEncoder` for the static backend, else an `Encoder` that
@@ -56,28 +63,51 @@ class EncoderRecipe:
             return load_static(self.path, pooling=self.poolings[0], max_length=self.max_length,
                                batch_size=self.batch_size)
         return load_encoder(self.path, pooling=self.poolings[0], also_poolings=self.poolings,
-                            max_length=self.max_length, batch_size=self.batch_size, backend=self.backend)
+                            max_length=self.max_length, batch_size=self.batch_size, backend=self.backend,
+                            calibration=self.calibration)
 
     def __call__(self):
         return functools.partial(encode_pooled, self.load(), poolings=self.poolings)
 
 
+def _timed(encode) -> tuple[Mapping, float]:
+    start = time.perf_counter()
+    vectors = encode()
+    return vectors, time.perf_counter() - start
+
+
 def backend_check(encoder, texts: Sequence[str], poolings: Sequence[str]) -> dict:
-    """Cosine of the chosen backend's vectors against fp32 on `texts` (identity when the backend is fp32; a static
-    encoder has no transformer to compare with)."""
+    """Cosine of the chosen backend's vectors against fp32 on `texts`, and its speed over fp32's on them (seconds
+    of each pass, the int8 copy made beforehand); identity when the backend is fp32, and a static encoder has no
+    transformer to compare with."""
     if encoder.backend == STATIC_BACKEND:
         return {"reference": "none: a static encoder runs no transformer", "sample": 0}
     if encoder.backend == "torch" or not texts:
         return {"reference": "torch (fp32)", "sample": 0}
-    fast = encode_pooled(encoder, texts, poolings)
-    reference = encode_pooled(dataclasses.replace(encoder, backend="torch"), texts, poolings)
+    encoder.runner()
+    fast, seconds = _timed(lambda: encode_pooled(encoder, texts, poolings))
+    reference, fp32_seconds = _timed(lambda: encode_pooled(dataclasses.replace(encoder, backend="torch"), texts,
+                                                           poolings))
     worst = min((cosine_agreement(fast[p], reference[p]) for p in poolings), key=lambda c: c["min"])
     return {"reference": "torch (fp32)", "sample": len(texts), "cosine_mean": worst["mean"],
-            "cosine_min": worst["min"]}
+            "cosine_min": worst["min"], "speedup": fp32_seconds / max(seconds, 1e-9)}
+
+
+def auto_fallback(check: dict) -> str | None:
+    """Why auto's int8 pick gives way to fp32 (None when it keeps it): its cosine to fp32 on the check sample is
+    below `AUTO_INT8_MIN_COSINE`, or it encoded that sample no faster than fp32, or there was no sample."""
+    if "cosine_mean" not in check:
+        return "no check sample"
+    if check["cosine_mean"] < AUTO_INT8_MIN_COSINE:
+        return f"cosine_mean {check['cosine_mean']:.4f} < {AUTO_INT8_MIN_COSINE}"
+    if check["speedup"] <= 1.0:
+        return f"speedup {check['speedup']:.2f}x over fp32 <= 1"
+    return None
 
 
 def _check_sample(reviews_path: Path, n: int) -> list[str]:
-    """The first n training reviews (only training text ever informs a choice, even a numerical check)."""
+    """The first n training reviews (only training text ever informs a choice, even a numerical check, or sets an
+    int8 scale)."""
     if n == 0:
         return []
     texts = []
@@ -123,21 +153,29 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
     backend = choose_backend(first.backend, cuda=True, cuda_bf16=False) if blind else choose_backend(first.backend)
     if is_static(resolved):
         backend, blind = STATIC_BACKEND, False  # numpy on the CPU, in any process
-    recipe = EncoderRecipe(resolved, tuple(poolings), first.max_length,
-                           (first.ray.batch_size if first.engine == "ray" else None) or first.batch_size, backend)
-    encoder = dataclasses.replace(recipe, backend="torch").load() if blind else recipe.load()
     reviews_path = prepared / FILES["reviews"][0]
+    # the check sample, then the training reviews after it that calibrate openvino_int8 (the check sample itself
+    # only where the training split has no others)
+    n_check = first.backend_check_sample
+    sample = [] if blind else _check_sample(reviews_path, n_check + CALIBRATION_SAMPLE)
+    checked, calibration = sample[:n_check], sample[n_check:] or sample
+    recipe = EncoderRecipe(resolved, tuple(poolings), first.max_length,
+                           (first.ray.batch_size if first.engine == "ray" else None) or first.batch_size, backend,
+                           tuple(calibration) if backend == "openvino_int8" else ())
+    encoder = dataclasses.replace(recipe, backend="torch").load() if blind else recipe.load()
     if blind:
         check = {"reference": "torch (fp32)", "sample": 0, "note": "not measured: the driver has no GPU"}
     else:
-        check = backend_check(encoder, _check_sample(reviews_path, first.backend_check_sample), poolings)
-    if first.backend == "auto" and backend == "torch_int8" and check.get("cosine_mean", 0.0) < AUTO_INT8_MIN_COSINE:
-        # int8 as auto's pick must agree with fp32 on the cache's own sample; without a sample it cannot be shown
-        measured = f"cosine_mean {check['cosine_mean']:.4f}" if "cosine_mean" in check else "no check sample"
-        backend, recipe = "torch", dataclasses.replace(recipe, backend="torch")
-        encoder = dataclasses.replace(encoder, backend="torch")
+        check = backend_check(encoder, checked, poolings)
+    reason = auto_fallback(check) if first.backend == "auto" and backend in CPU_ONLY else None
+    if reason:
+        # int8 as auto's pick must agree with fp32 on the cache's own sample and be faster there
+        log.info("embed: auto's %s pick gives way to fp32 (%s)", backend, reason)
+        picked, backend = backend, "torch"
+        recipe = dataclasses.replace(recipe, backend="torch", calibration=())
+        encoder = dataclasses.replace(encoder, backend="torch", calibration=())
         check = {"reference": "torch (fp32)", "sample": 0,
-                 "note": f"fp32: auto's int8 pick fell back ({measured} < {AUTO_INT8_MIN_COSINE})"}
+                 "note": f"fp32: auto's int8 pick ({picked}) fell back ({reason})"}
     common = {
         "encoder_path": str(encoder_dir),
         "source_model": source.get("base"),

@@ -13,16 +13,21 @@ pooling never encode the same text twice.
 Backends: "torch" is fp32; "torch_bf16" runs the matmuls in bfloat16 (autocast), fast on CPUs with AVX-512 BF16 /
 AMX and on recent GPUs; "torch_fp16" is float16 autocast, CUDA only; "torch_int8" runs the attention block's
 projections (query, key, value, output) with int8 weights (per output channel) and int8 activations quantised on the fly
-(torch dynamic quantisation; CPU only; the other layers stay fp32, `INT8_LAYERS`); "auto" (the default) picks bf16
-or fp16 where the hardware runs it natively, int8 on CPUs with native int8 dot products (VNNI, AMX-INT8), fp32
-elsewhere (`choose_backend`); the cache keeps int8 only where its cosine to fp32 on the check sample is at least
-`AUTO_INT8_MIN_COSINE` (pipeline/embeddings/build.py). Vectors are always returned as float32.
+(torch dynamic quantisation; CPU only; the other layers stay fp32, `INT8_LAYERS`); "openvino_int8" runs the whole
+encoder in OpenVINO with int8 weights and activations whose scales calibration texts set (CPU only, the `openvino`
+extra; pipeline/text/openvino_int8.py); "auto" (the default) picks bf16 or fp16 where the hardware runs it natively,
+int8 on CPUs with native int8 dot products (VNNI, AMX-INT8: openvino_int8 where installed, else torch_int8), fp32
+elsewhere (`choose_backend`); the cache keeps auto's int8 pick only where its cosine to fp32 on the check sample is
+at least `AUTO_INT8_MIN_COSINE` and it encodes that sample faster than fp32 (pipeline/embeddings/build.py). Under
+`make repro`'s AVX2 code paths (`ATEN_CPU_CAPABILITY=avx2`) "auto" sees only AVX2's features, so it runs fp32 on
+every machine and writes the same bytes. Vectors are always returned as float32.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +42,9 @@ from pipeline.io import DataError
 log = logging.getLogger(__name__)
 
 POOLINGS = ("pooler", "mean", "cls")
-BACKENDS = ("torch", "torch_bf16", "torch_fp16", "torch_int8")  # what an Encoder runs; "auto" is resolved before
+BACKENDS = ("torch", "torch_bf16", "torch_fp16", "torch_int8", "openvino_int8")  # what an Encoder runs; "auto" is
+# resolved before
+CPU_ONLY = ("torch_int8", "openvino_int8")  # backends whose kernels are CPU kernels: the model stays on the CPU
 # the linear layers torch_int8 quantises (names match so): the attention block's, whose int8 copy kept the pooled
 # vectors' cosine to fp32 highest of the sets above 0.99 (benchmarks/results/int8_layers.md); the feed-forward
 # projections, which cost the most cosine, stay fp32
@@ -45,6 +52,7 @@ INT8_LAYERS = (".attention.self.query", ".attention.self.key", ".attention.self.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
 CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # ... and with native int8 dot products
 AUTO_INT8_MIN_COSINE = 0.99  # "auto" keeps int8 only where its mean cosine to fp32 on the check sample reaches this
+CAPPED_CAPABILITIES = ("default", "avx2")  # ATEN_CPU_CAPABILITY values that hold torch below AVX-512 (make repro)
 
 
 @dataclass
@@ -57,7 +65,8 @@ class Encoder:
     max_length: int = 128
     batch_size: int = 64
     backend: str = "torch"
-    _int8: torch.nn.Module | None = field(default=None, init=False, repr=False)  # `runner`'s copy, made once
+    calibration: tuple[str, ...] = ()  # texts that set openvino_int8's activation scales (training reviews)
+    _runner: object = field(default=None, init=False, repr=False)  # `runner`'s int8 copy, made once
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -72,29 +81,51 @@ class Encoder:
         """The encoder's hidden size: the dimension of its pooled vectors."""
         return int(self.model.config.hidden_size)
 
-    def runner(self) -> torch.nn.Module:
-        """The module the forward pass runs: the model, or for torch_int8 its quantised copy (the model itself is
+    def runner(self):
+        """What the forward pass calls: the model, or for an int8 backend its quantised copy (the model itself is
         left fp32, so that the backend check can encode with it)."""
-        if self.backend != "torch_int8":
+        if self.backend not in CPU_ONLY:
             return self.model
-        if self._int8 is None:
-            self._int8 = quantised_int8(self.model)
-        return self._int8
+        if self._runner is None:
+            if self.backend == "torch_int8":
+                self._runner = quantised_int8(self.model)
+            else:
+                from pipeline.text.openvino_int8 import OpenVinoInt8
+
+                self._runner = OpenVinoInt8(self.model, self.tokenizer, self.calibration, self.max_length)
+        return self._runner
 
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         return encode_texts(self, texts, progress=progress)
 
 
 def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere: then "auto" keeps fp32 on CPU)."""
+    """The CPU feature flags Linux reports (empty elsewhere: then "auto" keeps fp32 on CPU), as `usable_flags`
+    leaves them under this process's `ATEN_CPU_CAPABILITY`."""
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return set()
+    return usable_flags(flags, os.environ.get("ATEN_CPU_CAPABILITY"))
+
+
+def usable_flags(flags: set[str], capability: str | None) -> set[str]:
+    """`flags` less those beyond AVX2 when torch is held to its AVX2 (or default) kernels, as `make repro` holds it:
+    the reduced-precision backends are then off, as on an AVX2-only machine, and every machine writes fp32's bytes.
+
+    Parameters
+    ----------
+    flags : CPU feature flags as /proc/cpuinfo names them.
+    capability : The `ATEN_CPU_CAPABILITY` setting (None or "" when unset).
+    """
+    if (capability or "").lower() not in CAPPED_CAPABILITIES:
+        return set(flags)
+    return {f for f in flags if not f.startswith(("avx512", "amx", "avx_vnni"))}
 
 
 def choose_backend(requested: str, *, cuda: bool | None = None, cuda_bf16: bool | None = None,
@@ -110,8 +141,9 @@ def choose_backend(requested: str, *, cuda: bool | None = None, cuda_bf16: bool 
     Returns
     -------
     On CUDA bf16 where supported, else fp16; on a CPU bf16 where it has native bf16 matmuls, else int8 where it has
-    native int8 dot products, else fp32. Reduced precision only where the hardware runs it natively: emulated bf16
-    on an AVX2 CPU is slower than fp32. The int8 pick is provisional: the cache builder measures it against fp32.
+    native int8 dot products (openvino_int8 where OpenVINO is installed, else torch_int8), else fp32. Reduced
+    precision only where the hardware runs it natively: emulated bf16 on an AVX2 CPU is slower than fp32, and so is
+    OpenVINO's int8 without VNNI. The int8 pick is provisional: the cache builder measures it against fp32.
     """
     if requested != "auto":
         if requested not in BACKENDS:
@@ -124,7 +156,11 @@ def choose_backend(requested: str, *, cuda: bool | None = None, cuda_bf16: bool 
     flags = cpu_flags() if flags is None else flags
     if any(f in flags for f in CPU_BF16_FLAGS):
         return "torch_bf16"
-    return "torch_int8" if any(f in flags for f in CPU_INT8_FLAGS) else "torch"
+    if not any(f in flags for f in CPU_INT8_FLAGS):
+        return "torch"
+    from pipeline.text import openvino_int8
+
+    return "openvino_int8" if openvino_int8.available() else "torch_int8"
 
 
 def set_threads(threads: int | None) -> None:
@@ -152,9 +188,10 @@ def quantised_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int = 128, batch_size: int = 64,
-                 backend: str = "torch", also_poolings: Sequence[str] = ()) -> Encoder:
+                 backend: str = "torch", also_poolings: Sequence[str] = (), calibration: Sequence[str] = ()) -> Encoder:
     """Load a `BertModel` checkpoint; pooler pooling (as `pooling` or one of `also_poolings`, for
-    `encode_pooled`) refuses a checkpoint whose pooler weights are missing. `backend` "auto" is resolved here."""
+    `encode_pooled`) refuses a checkpoint whose pooler weights are missing. `backend` "auto" is resolved here;
+    `calibration` texts set openvino_int8's scales."""
     from transformers import AutoTokenizer, BertModel
 
     try:
@@ -169,9 +206,10 @@ def load_encoder(path: str | Path, *, pooling: str = "pooler", max_length: int =
         log.warning("%s: weights initialised at random (absent from the checkpoint): %s", path, missing)
     model.eval()
     backend = choose_backend(backend)
-    if torch.cuda.is_available() and backend != "torch_int8":  # the batches follow the model's device
+    if torch.cuda.is_available() and backend not in CPU_ONLY:  # the batches follow the model's device
         model.to("cuda")  # (int8's kernels are CPU kernels: it stays there)
-    return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size, backend=backend)
+    return Encoder(model, tokenizer, pooling=pooling, max_length=max_length, batch_size=batch_size, backend=backend,
+                   calibration=tuple(calibration))
 
 
 def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
