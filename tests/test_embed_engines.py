@@ -276,6 +276,18 @@ def test_ray_driver_killed_with_sigkill_resumes_to_the_local_bytes(local_ray, to
     assert_same_cache(out, tmp_path / "local")
 
 
+def test_ray_actors_run_the_int8_model_the_local_engine_runs(local_ray, toy_prepared, tiny_encoder_dir, tmp_path):
+    int8 = dataclasses.replace(CONFIG, backend="openvino_int8", backend_check_sample=5)
+    local = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", int8, tmp_path / "local", progress=False)
+    distributed = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny",
+                              dataclasses.replace(ray_config(), backend="openvino_int8", backend_check_sample=5),
+                              tmp_path / "ray", progress=False)
+    assert distributed["backend"] == local["backend"] == "openvino_int8"
+    _, a = cache.load_review_embeddings(tmp_path / "ray")
+    _, b = cache.load_review_embeddings(tmp_path / "local")
+    assert cosine_agreement(a, b)["min"] >= 0.9999  # each actor calibrates on the same training reviews
+
+
 def test_ray_engine_stopped_after_a_shard_resumes_to_the_local_cache(local_ray, toy_prepared, tiny_encoder_dir,
                                                                      tmp_path):
     def stop(k):
