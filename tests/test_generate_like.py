@@ -157,6 +157,16 @@ def test_with_real_text_a_cooccurrence_neighbourhood_is_the_items_whose_donors_r
     # read alike: the neighbourhood's text names it, as an artist's albums' reviews name the artist
 
 
+def test_random_neighbourhoods_with_real_text_keep_cooccurrence_but_no_review_names_them(sample_real):
+    knobs = dict(topics=16, topic_affinity=0.0, text_fidelity=1.0, cooccurrence=0.7, seed=0)
+    named = generated_signals(sample_real, LikeSpec(**knobs))
+    unnamed = generated_signals(sample_real, LikeSpec(**knobs, neighbourhoods="random"))
+    assert unnamed["cooccurrence_hit_rate"] > 0.5 * named["cooccurrence_hit_rate"]
+    assert unnamed["text_neighbour_lift"] < 1.03 < named["text_neighbour_lift"]
+    with pytest.raises(DataError, match="neighbourhoods must be one of text, random"):
+        LikeSpec(neighbourhoods="topic")
+
+
 def test_real_text_reuses_the_real_reviews_and_its_fidelity_sets_how_much_they_say_about_the_item(sample_real):
     real_texts = set(sample_real.texts)
     records = list(like_records(sample_real, LikeSpec(topics=16, text_fidelity=1.0, seed=4)))

@@ -59,6 +59,7 @@ NOT_FITTED = (
     "review times (one review a week per user, in the order drawn)",
 )
 TEXTS = ("real", "planted")
+NEIGHBOURHOOD_KINDS = ("text", "random")  # LikeSpec.neighbourhoods, with real text
 NOT_FITTED_BY_TEXT = {
     "real": ("vocabulary (the real set's reviews, each reused by every item its real item is donor to)",),
     "planted": ("vocabulary (topic words and filler words, not the real set's words)",),
@@ -109,6 +110,9 @@ class LikeSpec:
         rest take a real review drawn from the whole set).
     topic_words : With planted text: topic words planted in each review (the rest of its length is filler).
     name_words : With planted text: words of the item's neighbourhood's name planted in each review.
+    neighbourhoods : With real text: "text" draws a co-occurrence neighbourhood as the items whose donors' reviews
+        read alike (`_text_neighbourhoods`); "random" cuts the items into neighbourhoods at random, as planted text
+        does, so that no review names them (the ablation of the text's naming).
     seed : The generator's seed.
     """
 
@@ -121,11 +125,15 @@ class LikeSpec:
     name_words: int = 0
     text: str = "real"
     text_fidelity: float = 1.0
+    neighbourhoods: str = "text"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.text not in TEXTS:
             raise DataError(f"generate --like: text must be one of {', '.join(TEXTS)} (got {self.text!r})")
+        if self.neighbourhoods not in NEIGHBOURHOOD_KINDS:
+            raise DataError(f"generate --like: neighbourhoods must be one of {', '.join(NEIGHBOURHOOD_KINDS)} (got "
+                            f"{self.neighbourhoods!r})")
         if (self.scale <= 0 or self.topics < 1 or not 0.0 <= self.topic_affinity <= 1.0 or self.topic_words < 0
                 or not 0.0 <= self.cooccurrence <= 1.0 or self.name_words < 0
                 or not 0.0 <= self.text_fidelity <= 1.0):
@@ -292,7 +300,12 @@ def like_records(real: RealSet, spec: LikeSpec) -> Iterator[dict]:
         topic_items, item_reviews = real.topics(spec.topics)  # a generated topic lies in one of these
         donor = np.array([rng.choice(topic_items[t % spec.topics]) for t in item_topic])
         write = _real_text_writer(rng, real, donor, item_reviews, spec.text_fidelity)
-        neighbourhood, neighbours = _text_neighbourhoods(real, donor, weight) if named else (None, None)
+        if not named:
+            neighbourhood, neighbours = None, None
+        elif spec.neighbourhoods == "random":  # drawn apart from the main stream, which stays as with "text"
+            neighbourhood, neighbours = _neighbourhoods(np.random.default_rng([spec.seed, 1]), weight)
+        else:
+            neighbourhood, neighbours = _text_neighbourhoods(real, donor, weight)
     else:
         neighbourhood, neighbours = _neighbourhoods(rng, weight) if named else (None, None)
         write = _planted_text_writer(rng, real, item_topic, neighbourhood if named else None, spec)
