@@ -114,7 +114,9 @@ def run(args) -> dict:
         summary[kind] = {"seeds": len(gains), "mean_gain_over_shuffle": float(np.mean(gains)),
                          "seed_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
                          "positive": sum(g > 0 for g in gains)}
-    return {"command": "python benchmarks/like_ablation.py " + " ".join(sys.argv[1:]), "like": args.like,
+    like = Path(args.like).resolve()
+    return {"command": "python benchmarks/like_ablation.py " + " ".join(sys.argv[1:]),
+            "like": str(like.relative_to(REPO)) if like.is_relative_to(REPO) else str(like),
             "knobs": knobs, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "twins": twins,
             "summary": summary}
 
