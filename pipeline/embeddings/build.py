@@ -167,6 +167,8 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
         check = {"reference": "torch (fp32)", "sample": 0, "note": "not measured: the driver has no GPU"}
     else:
         check = backend_check(encoder, checked, poolings)
+    if backend == "openvino_int8":  # where its int8 scales came from
+        check["calibration_sample"] = len(recipe.calibration)
     reason = auto_fallback(check) if first.backend == "auto" and backend in CPU_ONLY else None
     if reason:
         # int8 as auto's pick must agree with fp32 on the cache's own sample and be faster there
