@@ -170,7 +170,10 @@ def test_openvino_int8_cache_is_calibrated_on_training_reviews_apart_from_its_ch
     assert meta["backend_check"]["cosine_mean"] > 0.9  # int8 weights and activations, still close to fp32
     training = [r[3] for r in TOY_REVIEWS if r[2] == "train"]
     assert calibrations and calibrations[0] == training[5: 5 + openvino_int8.CALIBRATION_SAMPLE]  # never test text
-    assert meta["backend_check"]["calibration_sample"] == len(calibrations[0])  # recorded in meta.json
+    int8_model = meta["int8_model"]  # recorded in meta.json, and part of the resume key
+    assert int8_model["calibration_sample"] == len(calibrations[0]) and len(int8_model["calibration_fingerprint"]) == 16
+    other = {**meta, "int8_model": {**int8_model, "calibration_fingerprint": "0" * 16}}
+    assert writer.work_key([meta], 4) != writer.work_key([other], 4)  # shards of two int8 models never mix
     build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
                 tmp_path / "fp32", progress=False)
     vectors = [pq.read_table(tmp_path / name / cache.REVIEWS_FILE).column("embedding").to_pylist()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -105,6 +107,16 @@ def auto_fallback(check: dict) -> str | None:
     return None
 
 
+def int8_model(calibration: Sequence[str]) -> dict:
+    """What fixes an openvino_int8 model besides the weights: its calibration texts (a fingerprint and how many) and
+    the OpenVINO and NNCF releases that quantised it (part of the resume key: shards of two int8 models never mix)."""
+    import importlib.metadata
+
+    digest = hashlib.sha256(json.dumps(list(calibration)).encode()).hexdigest()[:16]
+    return {"calibration_fingerprint": digest, "calibration_sample": len(calibration),
+            **{name: importlib.metadata.version(name) for name in ("openvino", "nncf")}}
+
+
 def _check_sample(reviews_path: Path, n: int) -> list[str]:
     """The first n training reviews (only training text ever informs a choice, even a numerical check, or sets an
     int8 scale)."""
@@ -167,8 +179,6 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
         check = {"reference": "torch (fp32)", "sample": 0, "note": "not measured: the driver has no GPU"}
     else:
         check = backend_check(encoder, checked, poolings)
-    if backend == "openvino_int8":  # where its int8 scales came from
-        check["calibration_sample"] = len(recipe.calibration)
     reason = auto_fallback(check) if first.backend == "auto" and backend in CPU_ONLY else None
     if reason:
         # int8 as auto's pick must agree with fp32 on the cache's own sample and be faster there
@@ -190,6 +200,7 @@ def build_caches(prepared: str | Path, encoder_dir: str, configs: Mapping[str, E
         "backend_check": check,
         "data_fingerprint": read_json(prepared / STATS_FILE)["fingerprint"],
         "profile": first.profile,
+        **({"int8_model": int8_model(recipe.calibration)} if backend == "openvino_int8" else {}),
     }
     metas = {configs[n].pooling: {"encoder": n, "pooling": configs[n].pooling, **common} for n in names}
     if first.engine == "ray":

@@ -47,7 +47,8 @@ from pipeline.io import DataError, atomic_dir, atomic_path, write_json, write_ta
 SOURCE_COLUMNS = ["review_id", "user_idx", "item_idx", "split", "text"]
 ID_COLUMNS = ["review_id", "user_idx", "item_idx", "split"]
 # meta fields that change the vectors; with the shard size they key the resumable work folder
-VECTOR_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "backend")
+VECTOR_KEYS = ("encoder", "weights_fingerprint", "pooling", "max_length", "dim", "data_fingerprint", "backend",
+               "int8_model")
 
 # texts -> (n, dim) float32 for one pooling, or {pooling: (n, dim)} for several from one forward pass
 EncodeFn = Callable[[Sequence[str]], "np.ndarray | Mapping[str, np.ndarray]"]

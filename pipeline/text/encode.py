@@ -19,8 +19,9 @@ extra; pipeline/text/openvino_int8.py); "auto" (the default) picks bf16 or fp16 
 int8 on CPUs with native int8 dot products (VNNI, AMX-INT8: openvino_int8 where installed, else torch_int8), fp32
 elsewhere (`choose_backend`); the cache keeps auto's int8 pick only where its cosine to fp32 on the check sample is
 at least `AUTO_INT8_MIN_COSINE` and it encodes that sample faster than fp32 (pipeline/embeddings/build.py). Under
-`make repro`'s AVX2 code paths (`ATEN_CPU_CAPABILITY=avx2`) "auto" sees only AVX2's features, so it runs fp32 on
-every machine and writes the same bytes. Vectors are always returned as float32.
+`make repro`'s AVX2 code paths (`ATEN_CPU_CAPABILITY=avx2`) "auto" sees only AVX2's CPU features, so it runs fp32
+on every CPU-only machine and writes the same bytes (on a CUDA machine it still picks bf16 or fp16). Vectors are
+always returned as float32.
 """
 
 from __future__ import annotations
