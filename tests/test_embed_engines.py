@@ -153,6 +153,21 @@ def test_auto_keeps_int8_only_where_it_encodes_the_check_sample_faster_than_fp32
     assert explicit["backend"] == "torch_int8"  # a backend asked for by name is kept, measured or not
 
 
+def test_auto_gives_way_from_openvino_int8_to_a_plain_fp32_cache_where_it_is_slower(toy_prepared, tiny_encoder_dir,
+                                                                                    tmp_path, monkeypatch):
+    monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
+    pretend_seconds(monkeypatch, fast=2.0, fp32=1.0)
+    config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
+    fell = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "fell", progress=False)
+    assert fell["backend"] == "torch" and "(openvino_int8) fell back (speedup 0.50x" in fell["backend_check"]["note"]
+    assert "int8_model" not in fell  # nothing of the int8 model is left on the fp32 cache
+    build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
+                tmp_path / "fp32", progress=False)
+    vectors = [pq.read_table(tmp_path / name / cache.REVIEWS_FILE).column("embedding") for name in ("fell", "fp32")]
+    assert vectors[0].equals(vectors[1])
+
+
 def test_openvino_int8_cache_is_calibrated_on_training_reviews_apart_from_its_check_sample(toy_prepared,
                                                                                           tiny_encoder_dir, tmp_path,
                                                                                           monkeypatch):
