@@ -30,14 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import DATASETS, PROTOCOLS, mean_cache_of, prepared_for, user_bootstrap  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DATASETS, PROTOCOLS, mean_cache_of, prepared_for, user_bootstrap, uses_text)
 from pipeline.config import RunSpec, load_params  # noqa: E402
 from pipeline.embeddings.build import build_caches  # noqa: E402
 from pipeline.embeddings.cache import read_meta  # noqa: E402
 from pipeline.io import read_json, write_json  # noqa: E402
 from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full  # noqa: E402
 from pipeline.ranking.registry import load_model_profiles  # noqa: E402
-from pipeline.ranking.selection.spaces import ReviewAwareSpace, Setting  # noqa: E402
 from pipeline.ranking.training.train import train  # noqa: E402
 
 
@@ -67,13 +67,6 @@ def scored(path: Path, model: str, params, data, profiles=None) -> dict:
            "choices": result.model.choices() if hasattr(result.model, "choices") else None}
     write_json(path, row)
     return row
-
-
-def uses_text(choices: dict) -> bool:
-    """Whether bert_rs's chosen setting reads the review vectors (its rule may keep plain EASE)."""
-    return not ReviewAwareSpace.is_plain(Setting(
-        choices["whitening"], choices["side_weight"], choices["ease_lambda"], choices["regulariser"],
-        choices["text_match"], choices["text_weight"], choices["pop_weight"], 0.0 if choices["pop_only"] else 1.0))
 
 
 def run(args) -> dict:

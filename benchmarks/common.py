@@ -41,6 +41,7 @@ from pipeline.embeddings.build import build_caches
 from pipeline.embeddings.cache import load_review_embeddings
 from pipeline.embeddings.engines.local import write_embedding_cache
 from pipeline.io import read_json
+from pipeline.ranking.selection.spaces import ReviewAwareSpace, Setting
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -356,3 +357,13 @@ def repeat_reviews(prepared: Path, n: int) -> None:
 
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def uses_text(choices: dict | None) -> bool:
+    """Whether a fitted text model's chosen settings read the review vectors: bert_rs's guard may keep a plain
+    setting (`ReviewAwareSpace.is_plain`); neural heads and the scalable solver (text-initialised) always read them."""
+    if not choices or "side_weight" not in choices:
+        return True
+    return not ReviewAwareSpace.is_plain(Setting(
+        choices["whitening"], choices["side_weight"], choices["ease_lambda"], choices["regulariser"],
+        choices["text_match"], choices["text_weight"], choices["pop_weight"], 0.0 if choices["pop_only"] else 1.0))

@@ -70,6 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import (  # noqa: E402
+    uses_text,
     DATASETS, EASE_SEARCH, PROTOCOLS, Ledger, caches_for, fixed_choices, ledger_file, mean_cache_of, pct,
     prepared_for, review_times, user_bootstrap, with_refit,
 )
@@ -80,7 +81,6 @@ from pipeline.embeddings.cache import Profiles, load_profiles, load_review_embed
 from pipeline.embeddings.profiles import mean_profiles  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.ranking.evaluation.evaluate import full_ranking_mask, rank_full, evaluate  # noqa: E402
-from pipeline.ranking.selection.spaces import ReviewAwareSpace, Setting  # noqa: E402
 from pipeline.ranking.registry import load_model_profiles  # noqa: E402
 from pipeline.ranking.training.train import train  # noqa: E402
 from pipeline.text.contrastive import PAIR_COLUMNS, contrastive_finetune  # noqa: E402
@@ -322,16 +322,6 @@ def summarise(spec: RunSpec, chosen: int, search: list[float], runs: list[dict],
     out["text_choices"] = runs[0]["text_choices"]
     out["seconds_per_fit"] = float(np.mean([r["seconds"] for r in runs]))
     return out
-
-
-def uses_text(choices: dict | None) -> bool:
-    """Whether a fitted text model's chosen settings read the review vectors: bert_rs's guard may keep a plain
-    setting (`ReviewAwareSpace.is_plain`); neural heads and the scalable solver (text-initialised) always read them."""
-    if not choices or "side_weight" not in choices:
-        return True
-    return not ReviewAwareSpace.is_plain(Setting(
-        choices["whitening"], choices["side_weight"], choices["ease_lambda"], choices["regulariser"],
-        choices["text_match"], choices["text_weight"], choices["pop_weight"], 0.0 if choices["pop_only"] else 1.0))
 
 
 def verdict(rows: dict, test_users: np.ndarray, default: str | None = None) -> dict:
