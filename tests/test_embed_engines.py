@@ -98,7 +98,7 @@ def test_cache_records_chosen_backend_and_its_measured_cosine_against_fp32(toy_p
     fast = encode_pooled(encoder, texts[:5], ["mean"])["mean"]
     exact = encode_pooled(dataclasses.replace(encoder, backend="torch"), texts[:5], ["mean"])["mean"]
     expected = cosine_agreement(fast, exact)
-    assert check["sample"] == 5 and check["speedup"] > 0  # and its speed over fp32's on them
+    assert check["sample"] == 5 and check["faster_than_fp32"] in (True, False)  # and whether it beat fp32's speed
     assert check["cosine_min"] == pytest.approx(expected["min"], abs=1e-6) and check["cosine_min"] < 1.0
     assert cache.read_meta(tmp_path / "c")["backend_check"] == check
     monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2"})
@@ -135,8 +135,8 @@ def test_auto_keeps_int8_only_where_it_agrees_with_fp32_on_the_check_sample(toy_
     assert vectors[0].equals(vectors[1])  # the fallback's vectors are fp32's, bit for bit
 
 
-def test_auto_keeps_int8_only_where_it_encodes_the_check_sample_faster_than_fp32(toy_prepared, tiny_encoder_dir,
-                                                                                 tmp_path, monkeypatch):
+def test_auto_keeps_int8_only_where_it_encodes_the_check_sample_faster_than_fp32_by_a_margin(
+        toy_prepared, tiny_encoder_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
     monkeypatch.setattr(openvino_int8, "available", lambda: False)
     monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
@@ -144,13 +144,32 @@ def test_auto_keeps_int8_only_where_it_encodes_the_check_sample_faster_than_fp32
     config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
     pretend_seconds(monkeypatch, fast=1.0, fp32=1.5)
     kept = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "kept", progress=False)
-    assert kept["backend"] == "torch_int8" and kept["backend_check"]["speedup"] == pytest.approx(1.5)
+    assert kept["backend"] == "torch_int8" and kept["backend_check"]["faster_than_fp32"] is True
     pretend_seconds(monkeypatch, fast=2.0, fp32=1.5)  # as OpenVINO's int8 on a CPU without VNNI
     slower = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "slower", progress=False)
-    assert slower["backend"] == "torch" and "speedup 0.75x over fp32 <= 1" in slower["backend_check"]["note"]
+    assert slower["backend"] == "torch" and "less than 1.1x as fast as fp32" in slower["backend_check"]["note"]
+    pretend_seconds(monkeypatch, fast=1.0, fp32=1.05)  # a tie within timing noise buys nothing for its cosine
+    tied = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "tied", progress=False)
+    assert tied["backend"] == "torch"
     explicit = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny",
                            dataclasses.replace(config, backend="torch_int8"), tmp_path / "explicit", progress=False)
     assert explicit["backend"] == "torch_int8"  # a backend asked for by name is kept, measured or not
+
+
+def test_an_int8_cache_rebuilt_with_other_timings_writes_the_same_meta_json(toy_prepared, tiny_encoder_dir, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(encode, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    monkeypatch.setattr(openvino_int8, "available", lambda: False)
+    monkeypatch.setattr(encode.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(build, "AUTO_INT8_MIN_COSINE", 0.5)
+    config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
+    for name, fp32_seconds in (("first", 1.5), ("rerun", 2.7)):  # the wall clock differs between runs
+        pretend_seconds(monkeypatch, fast=1.0, fp32=fp32_seconds)
+        build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / name, progress=False)
+    metas = [(tmp_path / name / cache.META_FILE).read_bytes() for name in ("first", "rerun")]
+    assert b"torch_int8" in metas[0] and metas[0] == metas[1]  # so DVC sees an unchanged cache
+    vectors = [(tmp_path / name / cache.REVIEWS_FILE).read_bytes() for name in ("first", "rerun")]
+    assert vectors[0] == vectors[1]  # the Parquet file, which carries the same provenance in its schema
 
 
 def test_auto_gives_way_from_openvino_int8_to_a_plain_fp32_cache_where_it_is_slower(toy_prepared, tiny_encoder_dir,
@@ -160,7 +179,7 @@ def test_auto_gives_way_from_openvino_int8_to_a_plain_fp32_cache_where_it_is_slo
     pretend_seconds(monkeypatch, fast=2.0, fp32=1.0)
     config = dataclasses.replace(CONFIG, backend="auto", backend_check_sample=5, pooling="mean")
     fell = build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", config, tmp_path / "fell", progress=False)
-    assert fell["backend"] == "torch" and "(openvino_int8) fell back (speedup 0.50x" in fell["backend_check"]["note"]
+    assert fell["backend"] == "torch" and "(openvino_int8) fell back (less than 1.1x" in fell["backend_check"]["note"]
     assert "int8_model" not in fell  # nothing of the int8 model is left on the fp32 cache
     build_cache(toy_prepared, str(tiny_encoder_dir), "tiny", dataclasses.replace(config, backend="torch"),
                 tmp_path / "fp32", progress=False)

@@ -18,7 +18,8 @@ encoder in OpenVINO with int8 weights and activations whose scales calibration t
 extra; pipeline/text/openvino_int8.py); "auto" (the default) picks bf16 or fp16 where the hardware runs it natively,
 int8 on CPUs with native int8 dot products (VNNI, AMX-INT8: openvino_int8 where installed, else torch_int8), fp32
 elsewhere (`choose_backend`); the cache keeps auto's int8 pick only where its cosine to fp32 on the check sample is
-at least `AUTO_INT8_MIN_COSINE` and it encodes that sample faster than fp32 (pipeline/embeddings/build.py). Under
+at least `AUTO_INT8_MIN_COSINE` and it encodes that sample at least `AUTO_INT8_MIN_SPEEDUP` times as fast as fp32
+(pipeline/embeddings/build.py). Under
 `make repro`'s AVX2 code paths (`ATEN_CPU_CAPABILITY=avx2`) "auto" sees only AVX2's CPU features, so it runs fp32
 on every CPU-only machine and writes the same bytes (on a CUDA machine it still picks bf16 or fp16). Vectors are
 always returned as float32.
@@ -53,6 +54,7 @@ INT8_LAYERS = (".attention.self.query", ".attention.self.key", ".attention.self.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
 CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # ... and with native int8 dot products
 AUTO_INT8_MIN_COSINE = 0.99  # "auto" keeps int8 only where its mean cosine to fp32 on the check sample reaches this
+AUTO_INT8_MIN_SPEEDUP = 1.1  # ... and where it encodes that sample at least this many times as fast as fp32
 CAPPED_CAPABILITIES = ("default", "avx2")  # ATEN_CPU_CAPABILITY values that hold torch below AVX-512 (make repro)
 
 
