@@ -65,8 +65,11 @@ class MLPBranch(nn.Module):
         user_part = self.user(users) @ first.weight[:, :half].T + first.bias  # (b, h1)
         item_part = self.item.weight @ first.weight[:, half:].T  # (n_items, h1)
         step = max(1, self.pairs_per_block // max(len(users), 1))
+        in_place = not torch.is_grad_enabled()  # ranking: the ReLUs may overwrite their input
         chunks = []
         for start in range(0, self.n_items, step):
-            z = user_part[:, None, :] + item_part[None, start : start + step, :]  # (b, c, h1)
-            chunks.append(self.layers[1:](z) @ w)  # (b, c)
+            z = (user_part[:, None, :] + item_part[None, start : start + step, :]).flatten(0, 1)  # (b * c, h1)
+            for layer in self.layers[1:]:  # 2-D blocks: each Linear is one matrix product, with no copy
+                z = z.relu_() if in_place and isinstance(layer, nn.ReLU) else layer(z)
+            chunks.append((z @ w).view(len(users), -1))  # (b, c)
         return torch.cat(chunks, dim=1)
