@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import (  # noqa: E402
-    DATASETS, PROTOCOLS, mean_cache_of, prepared_for, user_bootstrap, uses_text)
+    DATASETS, PROTOCOLS, mean_cache_of, prepared_for, user_bootstrap, uses_text, write_report)
 from pipeline.config import RunSpec, load_params  # noqa: E402
 from pipeline.embeddings.build import build_caches  # noqa: E402
 from pipeline.embeddings.cache import read_meta  # noqa: E402
@@ -144,11 +144,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "build" / "backend_quality"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
-    report = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "backend_quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "backend_quality.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, "backend_quality", run(args), markdown)
 
 
 if __name__ == "__main__":

@@ -355,6 +355,14 @@ def repeat_reviews(prepared: Path, n: int) -> None:
     pq.write_table(grown.replace_schema_metadata(table.schema.metadata), path, row_group_size=8192)
 
 
+def write_report(out: Path, name: str, report: dict, markdown: Callable[[dict], str]) -> None:
+    """A benchmark's results: `<out>/<name>.json` (the report) and `<out>/<name>.md` (its table), also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f}%"
 

@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import PeakRSS  # noqa: E402
+from benchmarks.common import PeakRSS, write_report  # noqa: E402
 from pipeline.config import PACKAGED_ENCODER  # noqa: E402
 from pipeline.text.encode import choose_backend, cosine_agreement, encode_texts, load_encoder  # noqa: E402
 from pipeline.text import openvino_int8  # noqa: E402
@@ -284,11 +284,7 @@ def main() -> None:
     parser.add_argument("--always-bf16", action="store_true", help="time bf16 even where the CPU only emulates it")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = parser.parse_args()
-    report = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embed_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "embed_throughput.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, "embed_throughput", run(args), markdown)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import mean_cache_of, user_bootstrap  # noqa: E402
+from benchmarks.common import mean_cache_of, user_bootstrap, write_report  # noqa: E402
 from pipeline.config import RunSpec, load_params  # noqa: E402
 from pipeline.data.likeness import NEIGHBOURHOOD_KINDS, LikeSpec, like_records, real_set  # noqa: E402
 from pipeline.data.prepare import prepare_dataset  # noqa: E402
@@ -154,11 +154,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "build" / "like_ablation"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
-    report = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "like_ablation.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "like_ablation.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, "like_ablation", run(args), markdown)
 
 
 if __name__ == "__main__":
