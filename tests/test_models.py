@@ -79,6 +79,8 @@ def test_the_mlp_tower_scores_the_catalogue_in_blocks_of_bounded_size():
     torch.testing.assert_close(scores, expected)
     assert max(seen) <= 20 and sum(seen) == N_USERS * 50  # small blocks that cover every pair once
     torch.testing.assert_close(branch.score_all(torch.arange(N_USERS), torch.ones(4)), scores)  # autograd's path
+    with torch.no_grad():
+        assert branch.score_all(torch.arange(0), torch.ones(4)).shape == (0, 50)  # an empty user batch
 
 
 def test_semantic_branch_equals_eq8_by_hand():

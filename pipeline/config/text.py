@@ -137,7 +137,7 @@ class EmbedConfig:
     index_ef_search: int = 256  # HNSW candidates kept while searching
     # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs; CUDA: bf16, else fp16), int8 on CPUs
     # with native int8 dot products (VNNI, AMX-INT8; openvino_int8 where installed, else torch_int8) where it keeps
-    # cosine >= 0.99 to fp32 and is faster than fp32 on the check sample, fp32 elsewhere
+    # cosine >= 0.99 to fp32 and is at least 1.1x as fast as fp32 on the check sample, fp32 elsewhere
     backend: Literal["auto", "torch", "torch_bf16", "torch_fp16", "torch_int8", "openvino_int8"] = "auto"
     backend_check_sample: int = 256  # reviews encoded in fp32 too, to record the chosen backend's cosine in meta
     threads: Optional[int] = None  # torch intra-op threads; null = all cores

@@ -71,5 +71,5 @@ class MLPBranch(nn.Module):
             z = (user_part[:, None, :] + item_part[None, start : start + step, :]).flatten(0, 1)  # (b * c, h1)
             for layer in self.layers[1:]:  # 2-D blocks: each Linear is one matrix product, with no copy
                 z = z.relu_() if in_place and isinstance(layer, nn.ReLU) else layer(z)
-            chunks.append((z @ w).view(len(users), -1))  # (b, c)
+            chunks.append((z @ w).view(len(users), min(step, self.n_items - start)))  # (b, c)
         return torch.cat(chunks, dim=1)
