@@ -86,6 +86,16 @@ def test_fixed_epochs_trains_exactly_that_many_and_keeps_the_last(ranking_env):
             == pytest.approx(result.curves[-1]["valid_ndcg@10"]))
 
 
+def test_the_neural_heads_step_with_adams_fused_kernel(ranking_env, monkeypatch):
+    """One pass over each parameter per step: foreach Adam's several passes over every row of the ID and gate tables
+    were 2-4x slower per step at the paper's shape (benchmarks/results/neural_epoch.md)."""
+    made = []
+    real_adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *args, **kwargs: made.append(kwargs) or real_adam(*args, **kwargs))
+    train(RunSpec(model="gmf"), replace_config(ranking_env.config, epochs=1), ranking_env.data, progress=False)
+    assert made and all(kwargs.get("fused") for kwargs in made)
+
+
 def test_checkpoint_round_trip_and_refusals(ranking_env, trained_runs, tmp_path):
     data, profiles = ranking_env.data, ranking_env.profiles()
     users, items = torch.tensor([0, 5, 9]), torch.tensor([1, 2, 3])

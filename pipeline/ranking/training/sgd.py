@@ -56,7 +56,11 @@ def fit_by_sgd(model: Ranker, spec: RunSpec, config: RankingConfig, data: Prepar
     has_valid = mask is not None
     model.to(device)
     batch_loss = distributed.training_module(model)  # DDP over the processes' parts of each batch, under torchrun
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # the fused kernel updates each parameter in one pass (foreach Adam makes several over every row of the ID and
+    # gate tables each step; 2-4x per step at the paper's shape, benchmarks/results/neural_epoch.md): the same update
+    # up to float rounding, which compounded over epochs moves a run about as much as another seed would
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                 fused=True)
     sampler = NegativeSampler(data.train.users, data.train.items, data.n_users, data.n_items, config.train.seed)
     best = EarlyStop(settings.patience)
     epochs = settings.epochs if fixed_epochs is None else fixed_epochs
