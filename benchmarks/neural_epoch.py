@@ -134,7 +134,7 @@ def markdown(report: dict) -> str:
     for name, row in report["models"].items():
         lines.append(f"| {name} | {row['parameters']:,} | {row['steps_per_epoch']:,.0f} | "
                      f"{row['step_ms']['foreach']:.1f} | {row['step_ms']['fused']:.1f} | {row['fused_speedup']:.2f}x | "
-                     f"{row['epoch_training_s']['fused']:.0f} | {row['validation_s']:.0f} |")
+                     f"{row['epoch_training_s']['fused']:.1f} | {row['validation_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
